@@ -1,0 +1,132 @@
+"""The FastAPI application: routers, the one place where domain errors become HTTP answers."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api import ui
+from api.deps import MAX_BODY
+from api.routes import deployments, ledger, tokens, workspaces
+from api.wire import request_id
+from domain.errors import LedgerError
+from projections.history import History
+from projections.system import System
+
+log = logging.getLogger("tokentrail.api")
+
+
+def create_app(system: System) -> FastAPI:
+    app = FastAPI(
+        title="tokentrail",
+        version="0.1.0",
+        description=(
+            "A token ledger speaking Tinybird's Token API. Authenticate with `?token=<value>` or "
+            "`Authorization: Bearer <value>`. Every error is JSON `{\"error\": \"…\"}`."
+        ),
+    )
+    app.state.system = system
+    app.state.history = History(system.read_engine)
+    app.state.ledger_views = ledger.LedgerViews(system, app.state.history)
+    app.include_router(ledger.router)  # before tokens: its /v0/tokens/{x}/history must match first
+    app.include_router(tokens.router)
+    app.include_router(workspaces.router)
+    app.include_router(deployments.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
+
+    @app.exception_handler(LedgerError)
+    async def _ledger_error(request: Request, error: LedgerError) -> JSONResponse:
+        return _error(request, error.status, error.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        message = {404: "Not found", 405: "Method not allowed"}.get(error.status_code, str(error.detail))
+        return _error(request, error.status_code, message, getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
+        first = error.errors()[0] if error.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(request, 400, f"invalid request: {where} {first.get('msg', '')}".strip())
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error handling %s %s", request.method, request.url.path)
+        return _error(request, 500, "internal error; the request id identifies it in the server log")
+
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+def _error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    rid = getattr(request.state, "request_id", None)
+    if rid:
+        headers["X-Request-Id"] = rid
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (kept from X-Request-Id when sane), echoes it in the answer,
+    and refuses bodies over MAX_BODY with 413 before anything reads them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        rid = request_id(headers.get("x-request-id")) or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            response = JSONResponse(
+                {"error": f"request body too large (at most {MAX_BODY} bytes)"},
+                status_code=413,
+                headers={"X-Request-Id": rid},
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_BODY:
+                    raise _TooLarge()
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                if not any(k.lower() == b"x-request-id" for k, _ in message["headers"]):
+                    message["headers"].append((b"x-request-id", rid.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except _TooLarge:
+            response = JSONResponse({"error": "request body too large"}, status_code=413)
+            await response(scope, receive, send_with_id)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def app_from_env() -> Any:
+    """Uvicorn factory: `uvicorn --factory api.app:app_from_env`."""
+    return create_app(System())

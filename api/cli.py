@@ -1,0 +1,254 @@
+"""The `tokentrail` command line: local commands that open the store directly (init, serve,
+migrate, rebuild, audit verify, deploy) and client commands that talk to a server (token, audit,
+access, workspace). Shared options, consoles and exit codes live in api/cli_common.py."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+
+from api.cli_audit import access_app, audit_app
+from api.cli_common import (
+    ERROR,
+    FAILED,
+    AsJson,
+    DatabaseUrl,
+    DataDir,
+    cells,
+    console,
+    err,
+    fail,
+    open_system,
+    print_json,
+    progress_bar,
+    scope_text,
+    table,
+)
+from api.cli_deploy import deploy
+from api.cli_tokens import token_app, workspace_app
+from domain.errors import LedgerError
+
+app = typer.Typer(
+    name="tokentrail",
+    help="A token ledger in the model of Tinybird's Auth Tokens, on an append-only event store.\n\n"
+    "Exit codes: 0 ok, 1 error, 2 verification failed or differences found, 3 server unreachable.\n\n"
+    "Example: [bold]tokentrail token ls --host http://127.0.0.1:8000 --token \"$T\"[/]",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+# -- local commands ------------------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    workspace: str = typer.Option("default", "--workspace", help="Name of the first workspace."),
+    email: str = typer.Option("admin@localhost", "--email", help="E-mail of the workspace owner."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the admin token's value."),
+    user_token: bool = typer.Option(False, "--user-token", help="Print only the user token's value."),
+    as_json: bool = AsJson,
+    database_url: Optional[str] = DatabaseUrl,
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Create the store and a workspace with its default tokens, and print the tokens.
+
+    Safe to run again: it prints the existing workspace's tokens.
+
+    Example: [bold]export TOKENTRAIL_TOKEN=$(tokentrail init --quiet)[/]
+    """
+    from api.setup import initialise
+
+    system = open_system(database_url, data_dir)
+    try:
+        result = initialise(system, workspace, email)
+    except LedgerError as error:
+        fail(error.message)
+    finally:
+        system.close()
+    if quiet or user_token:
+        wanted = "AUTH" if user_token else "ADMIN"
+        print(next(t["token"] for t in result["tokens"] if t["scopes"][0]["type"] == wanted))
+        return
+    if as_json:
+        print_json(result)
+        return
+    ws = result["workspace"]
+    console.print(f"workspace [bold]{escape(ws['name'])}[/] ({ws['id']}), owner {escape(ws['user_email'])}"
+                  + ("" if result["created"] else " [dim](already existed)[/]"))
+    tokens = table("name", "id", "scopes", "token")
+    for token in result["tokens"]:
+        tokens.add_row(*cells(token["name"], token["id"], ", ".join(scope_text(s) for s in token["scopes"]),
+                              token["token"]))
+    console.print(tokens)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes (PostgreSQL or SQLite alike)."),
+    database_url: Optional[str] = DatabaseUrl,
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Serve the API. On an empty store, run init first and print the admin token.
+
+    Example: [bold]tokentrail serve --port 8000[/]
+    """
+    import uvicorn
+
+    from api.setup import initialise
+
+    _check_port(host, port)
+    if data_dir is not None:
+        os.environ["TOKENTRAIL_DATA_DIR"] = str(data_dir)
+    if database_url:
+        os.environ["TOKENTRAIL_DATABASE_URL"] = database_url
+    system = open_system(None, None)
+    if not system.queries.all_workspaces():
+        result = initialise(system, "default", "admin@localhost")
+        admin = next(t for t in result["tokens"] if t["name"] == "admin token")
+        err.print(f"Initialised an empty store: workspace [bold]default[/], admin token:\n{admin['token']}")
+    system.close()
+    uvicorn.run("api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="info", access_log=False)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail in one line before start-up when the address is taken (uvicorn would log a page)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        fail(f"cannot listen on {host}:{port}: {error.strerror}")
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            fail(f"cannot listen on {host}:{port}: {error.strerror} (is another server running? try --port)")
+
+
+@app.command()
+def migrate(as_json: bool = AsJson, database_url: Optional[str] = DatabaseUrl,
+            data_dir: Optional[Path] = DataDir) -> None:
+    """Bring the read-model schema up to date (Alembic); run it after every upgrade.
+
+    Example: [bold]tokentrail migrate --data-dir ./tokentrail-data[/]
+    """
+    from projections.migrate import current, head
+
+    system = open_system(database_url, data_dir, migrate=True)
+    revision, latest = current(system.write_engine), head()
+    system.close()
+    if as_json:
+        print_json({"revision": revision, "head": latest, "up_to_date": revision == latest})
+    else:
+        console.print(f"read-model schema at revision {revision} (latest {latest})")
+
+
+@app.command()
+def rebuild(
+    verify: bool = typer.Option(False, "--verify", help="Compare a rebuild with the live read models; change nothing."),
+    as_json: bool = AsJson,
+    database_url: Optional[str] = DatabaseUrl,
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Rebuild every projection from the event store; --verify exits 2 on any difference.
+
+    Example: [bold]tokentrail rebuild --verify[/]
+    """
+    from projections.rebuild import rebuild as run_rebuild
+
+    system = open_system(database_url, data_dir)
+    with progress_bar("rebuilding") as bar:
+        task = bar.add_task("events", total=None)
+
+        def step(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        report = run_rebuild(system, verify=verify, progress=step)
+    system.close()
+    if as_json:
+        print_json({
+            "ok": report.ok, "position": report.position, "events": report.events, "rows": report.rows,
+            "differences": [{"table": d.table, "key": list(d.key), "live": _jsonable(d.live),
+                             "rebuilt": _jsonable(d.rebuilt)} for d in report.differences],
+        })
+    else:
+        verb = "verified" if verify else "rebuilt"
+        for d in report.differences:
+            console.print(f"[red]difference[/] in {d.table} at {escape(str(d.key))}: "
+                          f"live={escape(str(d.live))} rebuilt={escape(str(d.rebuilt))}")
+        if report.ok:
+            console.print(f"{verb} {report.events} events up to position {report.position}: "
+                          + ", ".join(f"{k} {v}" for k, v in report.rows.items()))
+    if not report.ok:
+        fail(f"the live read models differ from a rebuild ({len(report.differences)} differences shown)", FAILED)
+
+
+def _jsonable(row: Any) -> Any:
+    return None if row is None else [v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for v in row]
+
+
+app.command("deploy")(deploy)
+app.add_typer(token_app)
+app.add_typer(audit_app)
+app.add_typer(access_app)
+app.add_typer(workspace_app)
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Run the CLI; every failure a user can cause ends as one line on stderr and an exit code."""
+    command = typer.main.get_command(app)
+    # Typer vendors click in recent versions: take the exception classes from where it raises them.
+    errors = sys.modules[typer.BadParameter.__module__]
+    no_args = getattr(errors, "NoArgsIsHelpError", ())
+    aborted = (typer.Abort, getattr(errors, "Abort", typer.Abort))
+    try:
+        code = command.main(args=argv, prog_name="tokentrail", standalone_mode=False)
+    except no_args as error:  # type: ignore[misc]
+        text = error.format_message()  # rich help is printed as the error is made; plain help is text
+        if text.strip():
+            print(text)
+        code = 0
+    except errors.UsageError as error:
+        where = error.ctx.command_path if error.ctx else "tokentrail"
+        err.print(f"[bold red]error:[/] {escape(error.format_message())} (see '{where} --help')")
+        code = ERROR
+    except errors.ClickException as error:
+        err.print(f"[bold red]error:[/] {escape(error.format_message())}")
+        code = ERROR
+    except aborted:
+        err.print("[bold red]error:[/] aborted")
+        code = ERROR
+    except LedgerError as error:
+        err.print(f"[bold red]error:[/] {escape(error.message)}")
+        code = ERROR
+    except KeyboardInterrupt:
+        err.print("[bold red]error:[/] interrupted")
+        code = 130
+    except Exception as error:  # noqa: BLE001 - a bug or an outage, still one line unless asked
+        if os.environ.get("TOKENTRAIL_DEBUG"):
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        err.print(f"[bold red]error:[/] unexpected {type(error).__name__}: {escape(first)} "
+                  "(set TOKENTRAIL_DEBUG=1 for the traceback)")
+        code = ERROR
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,378 @@
+"""`tokentrail audit …` and `tokentrail access …`: the questions a compliance officer asks.
+
+The trail and the access views are read from a server; `audit verify` and `audit checkpoint` open
+the store itself (the chain is recomputed from the events, and the checkpoint key never leaves
+the data directory), unless --host/--token ask a server instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+
+from api.cli_client import client, remote_client
+from api.cli_common import (
+    FAILED,
+    AsJson,
+    DatabaseUrl,
+    DataDir,
+    Host,
+    RemoteHost,
+    RemoteToken,
+    Token,
+    cells,
+    console,
+    err,
+    fail,
+    open_system,
+    print_json,
+    progress_bar,
+    say,
+    short_time,
+    table,
+    time_option,
+)
+
+audit_app = typer.Typer(name="audit", invoke_without_command=True, rich_markup_mode="rich")
+access_app = typer.Typer(
+    name="access",
+    help="Who could do what, at any instant; what changed between two.\n\n"
+    "Example: [bold]tokentrail access who events --as-of 1h[/]",
+    no_args_is_help=True, rich_markup_mode="rich",
+)
+
+TimeFrom = typer.Option(None, "--from", callback=time_option,
+                        help="Events at or after: ISO 8601, Unix seconds, or 1h/2d ago.")
+TimeTo = typer.Option(None, "--to", callback=time_option, help="Events before this instant.")
+Actor = typer.Option(None, "--actor", help="Only changes made by this token (id or name).")
+TokenId = typer.Option(None, "--token-id", help="Only events of this token id.")
+TokenName = typer.Option(None, "--token-name", help="Only events of tokens with this name.")
+Resource = typer.Option(None, "--resource", help="Only events touching scopes on this datasource or pipe.")
+Event = typer.Option([], "--event", help="Only these event types (Created, Refreshed, …); repeatable.")
+Deployment = typer.Option(None, "--deployment", help="Only the changes of this deployment id.")
+
+
+def _filters(start: Optional[str], end: Optional[str], actor: Optional[str], token_id: Optional[str],
+             token_name: Optional[str], resource: Optional[str], event: list[str],
+             deployment: Optional[str]) -> list[tuple[str, Any]]:
+    return [
+        ("from", start), ("to", end), ("actor", actor), ("token_id", token_id), ("token_name", token_name),
+        ("resource", resource), ("event", ",".join(event) or None), ("deployment", deployment),
+    ]
+
+
+def change_text(event: dict[str, Any]) -> str:
+    """What an event changed, in a few words for a table cell."""
+    before, after = event.get("scopes_before") or [], event.get("scopes_after") or []
+    parts = [f"+{s}" for s in after if s not in before] + [f"-{s}" for s in before if s not in after]
+    details = event.get("details") or {}
+    if details.get("grace_seconds"):
+        parts.append(f"grace {details['grace_seconds']} s")
+    for key in ("name", "previous_name", "description"):
+        if key in details and isinstance(details[key], str):
+            parts.append(f"{key}: {details[key]}")
+    return "\n".join(parts)
+
+
+def events_table(events: list[dict[str, Any]], title: Optional[str] = None) -> Any:
+    t = table("pos", "at (UTC)", "event", "token", "actor", "origin", "change", title=title)
+    for e in events:
+        origin = e.get("origin") or ""
+        if e.get("deployment_id"):
+            origin += f" {e['deployment_id'][:8]}"
+        t.add_row(*cells(e.get("position"), short_time(e.get("at")), e.get("type"), e.get("token_name"),
+                         (e.get("actor") or {}).get("name"), origin, change_text(e)))
+    return t
+
+
+# -- audit ----------------------------------------------------------------------------------------
+
+
+@audit_app.callback()
+def audit(
+    ctx: typer.Context,
+    start: Optional[str] = TimeFrom, end: Optional[str] = TimeTo, actor: Optional[str] = Actor,
+    token_id: Optional[str] = TokenId, token_name: Optional[str] = TokenName, resource: Optional[str] = Resource,
+    event: list[str] = Event, deployment: Optional[str] = Deployment,
+    limit: int = typer.Option(100, "--limit", min=1, max=10_000, help="Events per page."),
+    cursor: Optional[str] = typer.Option(None, "--cursor", help="Continue from a previous page's next_cursor."),
+    every: bool = typer.Option(False, "--all", help="Follow the cursors and print every matching event."),
+    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+) -> None:
+    """Query, export and verify the audit trail; without a sub-command, print it (filtered).
+
+    Example: [bold]tokentrail audit --from 1d --event Created --event Deleted --actor "admin token"[/]
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    api = client(host, token)
+    params = _filters(start, end, actor, token_id, token_name, resource, event, deployment)
+    events: list[dict[str, Any]] = []
+    while True:
+        page = api.get("/v0/audit", [*params, ("limit", limit), ("cursor", cursor)])
+        events += page.get("events", [])
+        cursor = page.get("next_cursor")
+        if not (every and cursor):
+            break
+    if as_json:
+        print_json({"events": events, "next_cursor": cursor})
+        return
+    if events:
+        console.print(events_table(events))
+    else:
+        say("no events match")
+    if cursor:
+        err.print(f"more events: add --cursor {cursor} (or --all)")
+
+
+@audit_app.command("export")
+def audit_export(
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write here (default: stdout)."),
+    fmt: Optional[str] = typer.Option(None, "--format", help="csv or ndjson (default: from -o's suffix, else ndjson)."),
+    start: Optional[str] = TimeFrom, end: Optional[str] = TimeTo, actor: Optional[str] = Actor,
+    token_id: Optional[str] = TokenId, token_name: Optional[str] = TokenName, resource: Optional[str] = Resource,
+    event: list[str] = Event, deployment: Optional[str] = Deployment,
+    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+) -> None:
+    """Stream the whole (filtered) trail to a CSV or NDJSON file, with a progress indicator.
+
+    Example: [bold]tokentrail audit export --format csv -o audit-2026.csv --from 2026-01-01T00:00:00+00:00[/]
+    """
+    chosen = (fmt or (output.suffix.lstrip(".") if output and output.suffix in (".csv", ".ndjson") else "ndjson"))
+    chosen = chosen.lower()
+    if chosen not in ("csv", "ndjson"):
+        raise typer.BadParameter("csv or ndjson", param_hint="--format")
+    params = [*_filters(start, end, actor, token_id, token_name, resource, event, deployment), ("format", chosen)]
+    api = client(host, token)
+    partial = output.with_name(output.name + ".part") if output else None
+    lines = size = 0
+    try:
+        sink = partial.open("wb") if partial else os.fdopen(os.dup(1), "wb")
+    except OSError as error:
+        fail(f"cannot write {output}: {error.strerror}")
+    try:
+        with sink, api.stream("/v0/audit", params) as response, \
+                progress_bar("exporting", total_known=False) as bar:
+            task = bar.add_task("export", total=None, unit="events")
+            for chunk in response.iter_bytes():
+                sink.write(chunk)
+                lines += chunk.count(b"\n")
+                size += len(chunk)
+                bar.update(task, completed=max(lines - (chosen == "csv"), 0))
+    except BaseException:
+        if partial:
+            partial.unlink(missing_ok=True)
+        raise
+    if partial and output:
+        partial.replace(output)
+    count = max(lines - (chosen == "csv"), 0)
+    if as_json and output:  # on stdout the export itself is the machine-readable output
+        print_json({"file": str(output), "format": chosen, "events": count, "bytes": size})
+    elif output:
+        say(f"exported {count} events ({size} bytes, {chosen}) to {escape(str(output))}")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    checkpoint: Optional[Path] = typer.Option(
+        None, "--checkpoint", help="Also check a checkpoint file written earlier by `audit checkpoint`."),
+    public_key: Optional[Path] = typer.Option(
+        None, "--public-key", help="PEM public key for the checkpoint (default: the data directory's key)."),
+    as_json: bool = AsJson, database_url: Optional[str] = DatabaseUrl, data_dir: Optional[Path] = DataDir,
+    host: Optional[str] = RemoteHost, token: Optional[str] = RemoteToken,
+) -> None:
+    """Recompute the audit hash chain from the event store. Exit 0 when intact; exit 2 naming
+    the first bad position when an event was edited, deleted, inserted or reordered.
+
+    Example: [bold]tokentrail audit verify --checkpoint checkpoint.json[/]
+    """
+    api = remote_client(host, token)
+    checkpoint_data = _read_checkpoint(checkpoint) if checkpoint else None
+    if api is not None:
+        if checkpoint_data is not None:
+            fail("--checkpoint is checked against the store itself: run without --host/--token")
+        report = api.get("/v0/audit/verify")
+        return _chain_verdict(report, None, as_json)
+    from projections.keys import checkpoint_key
+    from projections.verify import verify_chain, verify_checkpoint
+
+    system = open_system(database_url, data_dir)
+    with progress_bar("verifying") as bar:
+        task = bar.add_task("verify", total=None)
+        chain = verify_chain(system, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    checked = None
+    if checkpoint_data is not None:
+        key = _public_key(public_key) if public_key else checkpoint_key(system.data_dir, system.environ).public_key()
+        from domain.errors import LedgerError
+
+        try:
+            checked = verify_checkpoint(system, checkpoint_data, key).wire()
+        except LedgerError as error:
+            fail(f"{checkpoint}: {error.message}")
+    _chain_verdict(chain.wire(), checked, as_json)
+
+
+def _chain_verdict(chain: dict[str, Any], checked: Optional[dict[str, Any]], as_json: bool) -> None:
+    ok = bool(chain["ok"]) and (checked is None or bool(checked["ok"]))
+    if as_json:
+        print_json({**chain, "ok": ok, **({"checkpoint": checked} if checked is not None else {})})
+    elif chain["ok"]:
+        say(f"the audit trail is intact: {chain['events_checked']} events checked, head {chain['head']}")
+        if checked is not None and checked["ok"]:
+            say(f"the checkpoint at position {checked['position']} holds: its signature is valid and the "
+                "events up to it hash to its head")
+    if not chain["ok"]:
+        fail(f"the audit trail is broken at position {chain['first_bad_position']}: {chain.get('reason')}", FAILED)
+    if checked is not None and not checked["ok"]:
+        fail(f"the checkpoint at position {checked['position']} does not hold: {checked.get('reason')}", FAILED)
+
+
+def _read_checkpoint(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        fail(f"cannot read {path}: {error.strerror}")
+    except ValueError:
+        fail(f"{path} is not a JSON checkpoint")
+
+
+def _public_key(path: Path) -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        fail(f"cannot read {path}: {error.strerror}")
+    try:
+        key: Any = serialization.load_pem_public_key(data)
+    except ValueError:
+        try:
+            key = serialization.load_pem_private_key(data, password=None).public_key()
+        except (ValueError, TypeError):
+            fail(f"{path} is not a PEM Ed25519 key")
+    if isinstance(key, Ed25519PrivateKey):
+        key = key.public_key()
+    if not isinstance(key, Ed25519PublicKey):
+        fail(f"{path} is not an Ed25519 key")
+    return key
+
+
+@audit_app.command("checkpoint")
+def audit_checkpoint(
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the checkpoint here (default: stdout)."),
+    as_json: bool = AsJson, database_url: Optional[str] = DatabaseUrl, data_dir: Optional[Path] = DataDir,
+    host: Optional[str] = RemoteHost, token: Optional[str] = RemoteToken,
+) -> None:
+    """Sign the chain's current head with the checkpoint key; keep the file somewhere safe and
+    check it later with `audit verify --checkpoint FILE`.
+
+    Example: [bold]tokentrail audit checkpoint -o checkpoint.json[/]
+    """
+    api = remote_client(host, token)
+    if api is not None:
+        body = api.get("/v0/audit/checkpoint")
+    else:
+        from projections.verify import make_checkpoint
+
+        system = open_system(database_url, data_dir)
+        body = make_checkpoint(system, system.checkpoint_key())
+    text = json.dumps(body, indent=2) + "\n"
+    if output is None:
+        print(text, end="")
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as error:
+        fail(f"cannot write {output}: {error.strerror}")
+    if as_json:
+        print_json({"file": str(output), **body})
+    else:
+        say(f"checkpoint of position {body['position']} (head {body['head'][:16]}…) written to {escape(str(output))}")
+
+
+# -- access ---------------------------------------------------------------------------------------
+
+Kind = typer.Option("datasource", "--kind", help="datasource or pipe.")
+Permission = typer.Option("READ", "--permission", help="READ, APPEND (datasources) or DROP.")
+
+
+def grants_table(grants: list[dict[str, Any]], title: str, with_resource: bool = False) -> Any:
+    columns = (["resource", "kind", "permission"] if with_resource else []) + ["token", "id", "via", "filter", "jwt"]
+    t = table(*columns, title=title)
+    for g in grants:
+        lead = [g.get("resource"), g.get("kind"), g.get("permission")] if with_resource else []
+        t.add_row(*cells(*lead, g.get("name"), g.get("token_id"), g.get("via"), g.get("filter"),
+                         "yes" if g.get("jwt") else ""))
+    return t
+
+
+@access_app.command("who")
+def access_who(
+    resource: str = typer.Argument(..., help="The datasource or pipe."),
+    kind: str = Kind, permission: str = Permission,
+    as_of: Optional[str] = typer.Option(None, "--as-of", callback=time_option,
+                                        help="The instant asked about (default now): ISO 8601, Unix seconds, 1h ago."),
+    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+) -> None:
+    """Every token (and JWT) that held a permission on a resource at an instant, with the scope
+    that granted it and the filter in force.
+
+    Example: [bold]tokentrail access who events --permission READ --as-of 1h[/]
+    """
+    data = client(host, token).get("/v0/access", [("resource", resource), ("kind", kind),
+                                                  ("permission", permission), ("as_of", as_of)])
+    if as_json:
+        print_json(data)
+        return
+    title = f"who could {data['permission']} {data['kind']} {data['resource']} as of {data['as_of']}"
+    if data.get("grants"):
+        console.print(grants_table(data["grants"], title))
+    else:
+        say(escape(f"no token could {data['permission']} {data['kind']} {data['resource']} as of {data['as_of']}"))
+
+
+@access_app.command("diff")
+def access_diff(
+    start: str = typer.Option(..., "--from", callback=time_option, help="The earlier instant (1h, 2d, ISO 8601…)."),
+    end: Optional[str] = typer.Option(None, "--to", callback=time_option, help="The later instant (default now)."),
+    resource: Optional[str] = typer.Option(None, "--resource", help="Only this datasource or pipe."),
+    kind: Optional[str] = typer.Option(None, "--kind", help="Only datasources or only pipes."),
+    permission: Optional[str] = typer.Option(None, "--permission", help="Only READ, APPEND or DROP."),
+    exit_code: bool = typer.Option(False, "--exit-code", help="Exit 2 when anything changed (like git diff)."),
+    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+) -> None:
+    """Permissions gained, lost and changed (another scope or filter) between two instants.
+
+    Example: [bold]tokentrail access diff --from 1d --resource events[/]
+    """
+    data = client(host, token).get("/v0/access/diff", [("from", start), ("to", end), ("resource", resource),
+                                                       ("kind", kind), ("permission", permission)])
+    gained, lost, changed = data.get("gained", []), data.get("lost", []), data.get("changed", [])
+    if as_json:
+        print_json(data)
+    else:
+        say(f"access from {data.get('from')} to {data.get('to')}: "
+            f"{len(gained)} gained, {len(lost)} lost, {len(changed)} changed")
+        if gained:
+            console.print(grants_table(gained, "gained", with_resource=True))
+        if lost:
+            console.print(grants_table(lost, "lost", with_resource=True))
+        if changed:
+            t = table("resource", "kind", "permission", "token", "before", "after", title="changed")
+            for c in changed:
+                b, a = c["before"], c["after"]
+                t.add_row(*cells(a.get("resource"), a.get("kind"), a.get("permission"), a.get("name"),
+                                 _via(b), _via(a)))
+            console.print(t)
+    if exit_code and (gained or lost or changed):
+        raise typer.Exit(FAILED)
+
+
+def _via(grant: dict[str, Any]) -> str:
+    return grant.get("via", "") + (f" [{grant['filter']}]" if grant.get("filter") else "")

@@ -1,0 +1,288 @@
+"""`tokentrail token …` and `tokentrail workspace …`: Tinybird's token commands, against a server."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import typer
+from rich.markup import escape
+from typer.core import TyperCommand
+
+from api.cli_client import client, path_segment
+from api.cli_common import (
+    AsJson,
+    Host,
+    Token,
+    cells,
+    console,
+    fail,
+    print_json,
+    say,
+    scope_text,
+    scopes_text,
+    table,
+    time_option,
+)
+
+token_app = typer.Typer(
+    name="token",
+    help="List, create, refresh and delete tokens on a server (like `tb token`).\n\n"
+    "Example: [bold]tokentrail token ls --host http://127.0.0.1:8000 --token \"$T\"[/]",
+    no_args_is_help=True, rich_markup_mode="rich",
+)
+workspace_app = typer.Typer(
+    name="workspace",
+    help="List and create workspaces on a server (with the user token).\n\n"
+    "Example: [bold]tokentrail workspace ls --token \"$USER_TOKEN\"[/]",
+    no_args_is_help=True, rich_markup_mode="rich",
+)
+ARGV = "tokentrail.argv"
+
+
+class ScopeGroupsCommand(TyperCommand):
+    """Keeps the raw arguments, so `--resource`/`--filter` can be paired with the `--scope` they
+    follow, as in `tb token create static`."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        ctx.meta[ARGV] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def scope_groups(argv: Optional[list[str]], scopes: list[str], resources: list[str], filters: list[str]) -> list[str]:
+    """Full scope strings from `--scope S [--resource R [--filter F]]` groups, in command-line order."""
+    order: list[str] = []
+    for arg in argv or []:
+        if arg == "--":
+            break
+        name = arg.split("=", 1)[0]
+        if name in ("--scope", "--resource", "--filter"):
+            order.append(name[2:])
+    if argv is None or len(order) != len(scopes) + len(resources) + len(filters):
+        order = ["scope"] * len(scopes)  # no raw arguments: plain scopes only
+        if resources or filters:
+            raise typer.BadParameter("--resource/--filter must follow the --scope they belong to")
+    groups: list[list[Optional[str]]] = []
+    values = {"scope": iter(scopes), "resource": iter(resources), "filter": iter(filters)}
+    for kind in order:
+        value = next(values[kind])
+        if kind == "scope":
+            groups.append([value, None, None])
+            continue
+        slot = 1 if kind == "resource" else 2
+        if not groups or groups[-1][slot] is not None:
+            raise typer.BadParameter(f"--{kind} {value!r} must follow the --scope it belongs to")
+        groups[-1][slot] = value
+    out = []
+    for scope, resource, filter_ in groups:
+        text = scope or ""
+        if resource:
+            text += f":{resource}"
+        if filter_:
+            text += f":{filter_}"
+        out.append(text)
+    return out
+
+
+def token_rows(tokens: list[dict[str, Any]], with_values: bool = False) -> Any:
+    columns = ["name", "id", "scopes", "origin", "description"] + (["token"] if with_values else [])
+    t = table(*columns)
+    for tok in tokens:
+        origin = tok.get("origin") or {}
+        origin_text = origin.get("type", "") + (f" {origin['resource_id']}" if origin.get("resource_id") else "")
+        row = [tok.get("name"), tok.get("id"), scopes_text(tok.get("scopes") or []), origin_text, tok.get("description")]
+        if with_values:
+            row.append(tok.get("token", ""))
+        t.add_row(*cells(*row))
+    return t
+
+
+def show_token(tok: dict[str, Any], verb: str) -> None:
+    say(f"{verb} token [bold]{escape(tok['name'])}[/] ({tok['id']})")
+    for scope in tok.get("scopes") or []:
+        say(f"  scope  {escape(scope_text(scope))}")
+    if tok.get("token"):
+        say(f"  token  {tok['token']}")
+
+
+# -- token ----------------------------------------------------------------------------------------
+
+
+@token_app.command("ls")
+def token_ls(
+    match: Optional[str] = typer.Option(None, "--match", help="Only tokens whose name contains this text."),
+    as_of: Optional[str] = typer.Option(None, "--as-of", callback=time_option,
+                                        help="The table as it stood then: ISO 8601, Unix seconds or 1h/2d ago."),
+    values: bool = typer.Option(False, "--values", help="Add a column with each token's value."),
+    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+) -> None:
+    """List the workspace's tokens (default ones included), now or as of a past instant.
+
+    Example: [bold]tokentrail token ls --match reader --as-of 1h[/]
+    """
+    data = client(host, token).get("/v0/tokens", [("as_of", as_of)])
+    tokens = [t for t in data.get("tokens", []) if not match or match.lower() in t.get("name", "").lower()]
+    if as_json:
+        print_json({**data, "tokens": tokens})
+        return
+    if as_of:
+        say(f"tokens as of {data.get('as_of')}")
+    console.print(token_rows(tokens, with_values=values and not as_of))
+
+
+@token_app.command("create", cls=ScopeGroupsCommand)
+def token_create(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="The new token's name (unique in the workspace)."),
+    scope: list[str] = typer.Option(
+        [], "--scope", help="A scope, e.g. ADMIN, TOKENS, DATASOURCES:READ:events; repeat for several.",
+    ),
+    resource: list[str] = typer.Option([], "--resource", help="Resource of the --scope it follows (tb style)."),
+    filter_: list[str] = typer.Option([], "--filter", help="sql_filter of the READ --scope it follows (tb style)."),
+    description: str = typer.Option("", "--description", help="Free text shown in listings."),
+    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+) -> None:
+    """Create a static token. Each --scope may be followed by --resource and --filter, as in tb.
+
+    Example: [bold]tokentrail token create reader --scope DATASOURCES:READ --resource events --filter "country = 'ES'"[/]
+    """
+    scopes = scope_groups(ctx.meta.get(ARGV), scope, resource, filter_)
+    if not scopes:
+        raise typer.BadParameter("give at least one --scope", param_hint="--scope")
+    params = [("name", name), *(("scope", s) for s in scopes), ("description", description or None)]
+    data = client(host, token).post("/v0/tokens", params)
+    if as_json:
+        print_json(data)
+    else:
+        show_token(data, "created")
+
+
+@token_app.command("scopes")
+def token_scopes(
+    ref: str = typer.Argument(..., metavar="TOKEN", help="The token's name, id or value."),
+    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+) -> None:
+    """Show one token's scopes (type, resource, filter).
+
+    Example: [bold]tokentrail token scopes reader[/]
+    """
+    data = client(host, token).get(f"/v0/tokens/{path_segment(ref)}")
+    if as_json:
+        print_json(data.get("scopes", []))
+        return
+    t = table("type", "resource", "filter", title=f"scopes of {data.get('name')}")
+    for s in data.get("scopes", []):
+        t.add_row(*cells(s.get("type"), s.get("resource", ""), s.get("filter", "")))
+    console.print(t)
+
+
+@token_app.command("refresh")
+def token_refresh(
+    ref: str = typer.Argument(..., metavar="TOKEN", help="The token's name, id or value."),
+    grace_seconds: int = typer.Option(0, "--grace-seconds", min=0,
+                                      help="Keep the previous value working this long (default: it stops now)."),
+    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+) -> None:
+    """Give a token a new value; its id and scopes stay. Prints the new value.
+
+    Example: [bold]tokentrail token refresh reader --grace-seconds 300[/]
+    """
+    data = client(host, token).post(
+        f"/v0/tokens/{path_segment(ref)}/refresh", [("grace_seconds", grace_seconds or None)]
+    )
+    if as_json:
+        print_json(data)
+        return
+    show_token(data, "refreshed")
+    when = f"in {grace_seconds} s" if grace_seconds else "now"
+    say(f"  the previous value stops working {when}")
+
+
+@token_app.command("rm")
+def token_rm(
+    ref: str = typer.Argument(..., metavar="TOKEN", help="The token's name, id or value."),
+    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+) -> None:
+    """Delete a token (default tokens can be refreshed, not deleted). Its history stays.
+
+    Example: [bold]tokentrail token rm reader[/]
+    """
+    data = client(host, token).delete(f"/v0/tokens/{path_segment(ref)}")
+    if as_json:
+        print_json(data)
+    else:
+        say(f"deleted token {escape(ref)}")
+
+
+@token_app.command("copy")
+def token_copy(
+    ref: str = typer.Argument(..., metavar="TOKEN", help="The token's name, id or value."),
+    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+) -> None:
+    """Print a token's value and nothing else, for `export T=$(…)` and pipes.
+
+    Example: [bold]export READER=$(tokentrail token copy reader)[/]
+    """
+    data = client(host, token).get(f"/v0/tokens/{path_segment(ref)}")
+    value = data.get("token")
+    if not value:
+        fail(f"the value of {ref!r} is not shown to this token (ask with an ADMIN token)")
+    if as_json:
+        print_json({"id": data.get("id"), "name": data.get("name"), "token": value})
+    else:
+        print(value)
+
+
+@token_app.command("history")
+def token_history(
+    ref: str = typer.Argument(..., metavar="TOKEN", help="The token's name (past names too), id or value."),
+    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+) -> None:
+    """Every event of one token, deleted ones too: who changed what, when, from where.
+
+    Example: [bold]tokentrail token history reader[/]
+    """
+    data = client(host, token).get(f"/v0/tokens/{path_segment(ref)}/history")
+    if as_json:
+        print_json(data)
+        return
+    from api.cli_audit import events_table
+
+    console.print(events_table(data.get("events", []), title=f"history of {ref} ({data.get('token_id')})"))
+
+
+# -- workspace ------------------------------------------------------------------------------------
+
+
+@workspace_app.command("ls")
+def workspace_ls(as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token) -> None:
+    """List the workspaces of the user token's user (with another token: its own workspace).
+
+    Example: [bold]tokentrail workspace ls --token "$USER_TOKEN"[/]
+    """
+    api = client(host, token)
+    me = api.get("/v0/workspace")
+    workspaces = api.get("/v1/user/workspaces")["workspaces"] if me.get("scope") == "user" else [me]
+    if as_json:
+        print_json({"workspaces": workspaces})
+        return
+    t = table("name", "id", "owner", "scope")
+    for w in workspaces:
+        t.add_row(*cells(w.get("name"), w.get("id"), w.get("user_email"), w.get("scope")))
+    console.print(t)
+
+
+@workspace_app.command("create")
+def workspace_create(
+    name: str = typer.Argument(..., help="The new workspace's name."),
+    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+) -> None:
+    """Create a workspace with its default tokens (needs the user token; prints its admin token).
+
+    Example: [bold]tokentrail workspace create analytics --token "$USER_TOKEN"[/]
+    """
+    data = client(host, token).post("/v1/workspaces", [("name", name)])
+    if as_json:
+        print_json(data)
+        return
+    say(f"created workspace [bold]{escape(data['name'])}[/] ({data['id']})")
+    say(f"  admin token  {data.get('token', '')}")

@@ -1,0 +1,81 @@
+"""Request plumbing shared by the routes: the system, the caller, the parameters, the body."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyQuery, HTTPBearer
+
+from api.wire import Params, request_id
+from domain.errors import Unauthenticated
+from domain.policy import Caller
+from projections.system import System
+
+# Token requests carry a few parameters or a JWT's scopes; a deployment carries datafiles of at most
+# 1 MiB each. Anything larger is refused with 413 before it is read.
+MAX_BODY = 8 * 1024 * 1024
+
+
+# For OpenAPI (and the /docs "Authorize" button) only: `caller` reads the credentials itself, from
+# the raw query string or a form body, as Tinybird's server does.
+_query_token = APIKeyQuery(
+    name="token", scheme_name="token", auto_error=False,
+    description="A token value as `?token=<value>` (what Tinybird's CLIs send)",
+)
+_bearer = HTTPBearer(scheme_name="bearer", auto_error=False, description="`Authorization: Bearer <value>`")
+
+
+def documented_credentials(
+    _query: str | None = Security(_query_token), _header: object = Security(_bearer)
+) -> None:
+    """Declares the two ways of passing a token; reads nothing itself."""
+
+
+def get_system(request: Request) -> System:
+    return request.app.state.system
+
+
+def request_context(request: Request) -> dict[str, str | None]:
+    """Who is calling through what: a request id (echoed in X-Request-Id) and the origin."""
+    if not hasattr(request.state, "request_id"):
+        request.state.request_id = request_id(request.headers.get("x-request-id")) or uuid.uuid4().hex
+    origin = request.headers.get("x-tokentrail-origin", "").lower()
+    if origin not in ("cli", "ui", "api"):
+        origin = "cli" if b"cli_version=" in request.scope.get("query_string", b"") else "api"
+    return {"request_id": request.state.request_id, "origin": origin}
+
+
+def token_value(request: Request, params: Params) -> str | None:
+    value = params.get("token")
+    if value:
+        return value
+    header = request.headers.get("authorization", "")
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return None
+
+
+async def params(request: Request) -> Params:
+    body = await read_body(request)
+    return Params.parse(request.scope.get("query_string", b""), body)
+
+
+async def read_body(request: Request) -> bytes:
+    if not hasattr(request.state, "body"):
+        request.state.body = await request.body()
+    return request.state.body
+
+
+async def caller(request: Request, _: None = Depends(documented_credentials)) -> Caller:
+    """Authenticate the request: `?token=` (what Tinybird's CLIs send) or a Bearer header."""
+    system = get_system(request)
+    p = await params(request)
+    value = token_value(request, p)
+    if not value:
+        raise Unauthenticated("a token is required: pass ?token= or Authorization: Bearer")
+    from starlette.concurrency import run_in_threadpool
+
+    await run_in_threadpool(system.sync)
+    return system.auth.authenticate(value, **request_context(request))

@@ -1,0 +1,46 @@
+"""Read models to wire objects (through the marshmallow schemas)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.schemas import TokenSchema, WorkspaceSchema
+from domain.policy import Caller, may_see_value
+from domain.scopes import parse_scope
+from projections.queries import TokenRow, WorkspaceRow
+from projections.system import System
+
+_token_schema = TokenSchema()
+_workspace_schema = WorkspaceSchema()
+
+
+def token_object(system: System, row: TokenRow, caller: Caller | None) -> dict[str, Any]:
+    scopes = row.parsed_scopes
+    data: dict[str, Any] = {
+        "id": row.id,
+        "name": row.name,
+        "description": row.description,
+        "scopes": [s.wire() for s in scopes],
+        "origin": row.origin,
+        "host": system.signer.host,
+    }
+    if caller is None or may_see_value(caller, row.id, scopes):
+        data["token"] = system.signer.make(row.workspace_id, row.id, row.generation)
+    return _token_schema.dump(data)
+
+
+def workspace_object(workspace: WorkspaceRow, caller: Caller) -> dict[str, Any]:
+    return _workspace_schema.dump(
+        {
+            "id": workspace.id,
+            "name": workspace.name,
+            "user_email": workspace.owner_email,
+            "user_id": workspace.owner_user_id,
+            "scope": "admin" if caller.admin else ("user" if caller.user else "guest"),
+        }
+    )
+
+
+def scope_texts(scopes: list[str]) -> list[str]:
+    """Canonical strings for a list of scope strings (for comparisons and display)."""
+    return [str(parse_scope(s)) for s in scopes]

@@ -1,0 +1,73 @@
+"""`POST /v0/deployments`: the datafiles of a project in, Forward's deployment shape out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from api.deps import caller, get_system, params, read_body
+from api.wire import Params
+from domain.errors import InvalidInput
+from domain.policy import Caller
+from projections.deployments import deploy
+
+router = APIRouter(tags=["deployments"])
+MAX_FILES = 10_000
+
+
+@router.post(
+    "/v0/deployments",
+    summary="Reconcile the datafile tokens with a project's .datasource/.pipe files",
+    description="Send the files as multipart/form-data (one part per file, named by its path) or as "
+    "a JSON object `{path: content}`. `check=true` only plans.",
+)
+async def create_deployment(
+    request: Request, who: Caller = Depends(caller), p: Params = Depends(params), body: bytes = Depends(read_body)
+) -> dict[str, Any]:
+    files = await _files(request, body)
+    check = (p.get("check") or "").lower() in ("1", "true", "yes")
+    from starlette.concurrency import run_in_threadpool
+
+    result = await run_in_threadpool(deploy, get_system(request), who, files, check)
+    outcome = "no_changes" if result.plan.empty else ("check" if check else "success")
+    return {
+        "result": outcome,
+        "deployment": {
+            "id": result.deployment_id,
+            "status": "data_ready" if result.deployment_id else outcome,
+            "token_changes": result.plan.token_changes,
+        },
+    }
+
+
+async def _files(request: Request, body: bytes) -> dict[str, str]:
+    content_type = request.headers.get("content-type", "")
+    files: dict[str, str] = {}
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES)
+        for field, value in form.multi_items():
+            if hasattr(value, "read"):
+                path = value.filename or field
+                raw = await value.read()
+            else:
+                path, raw = field, value.encode()
+            files[path] = _text(path, raw)
+        return files
+    try:
+        data = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("send the files as multipart/form-data or a JSON object {path: content}") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise InvalidInput("the JSON body must be an object {path: content} of strings")
+    if len(data) > MAX_FILES:
+        raise InvalidInput(f"at most {MAX_FILES} files")
+    return data
+
+
+def _text(path: str, raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"{path}: not UTF-8 text") from None

@@ -1,0 +1,233 @@
+"""This project's own routes: point-in-time views, histories, the audit trail, access questions,
+and the chain's verification and checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any, Iterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from api.deps import caller, get_system, params
+from api.wire import Params
+from domain.clock import format_instant, now, parse_instant, to_micros
+from domain.errors import Forbidden, InvalidInput, NotFound
+from domain.policy import Caller, require_token_manager
+from domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME
+from projections.history import AuditQuery, History
+from projections.queries import TokenRow
+from projections.system import System
+from projections.verify import make_checkpoint, verify_chain
+
+router = APIRouter(tags=["ledger"])
+CSV_COLUMNS = (
+    "position", "at", "type", "workspace_id", "token_id", "token_name", "actor_token_id", "actor_name",
+    "request_id", "origin", "deployment_id", "scopes_before", "scopes_after", "hash",
+)
+
+
+def history(request: Request) -> History:
+    return request.app.state.history
+
+
+def _instant(p: Params, name: str, default_now: bool = False) -> int | None:
+    raw = p.get(name)
+    if raw is None or raw == "":
+        return to_micros(now()) if default_now else None
+    return parse_instant(raw)
+
+
+class LedgerViews:
+    """Point-in-time variants of the Tinybird token routes (`?as_of=`)."""
+
+    def __init__(self, system: System, history: History) -> None:
+        self.system = system
+        self.history = history
+
+    def tokens_as_of(self, who: Caller, raw: str) -> dict[str, Any]:
+        at = parse_instant(raw)
+        rows = self.history.tokens_as_of(who.workspace_id, at)
+        return {"as_of": format_instant(at), "tokens": [as_of_object(r) for r in rows]}
+
+    def token_as_of(self, who: Caller, ref: str, raw: str) -> dict[str, Any]:
+        require_token_manager(who)
+        at = parse_instant(raw)
+        token_id = resolve_any(self.system, self.history, who, ref, at)
+        row = self.history.token_as_of(who.workspace_id, at, token_id=token_id) if token_id else None
+        if row is None:
+            row = self.history.token_as_of(who.workspace_id, at, name=ref)
+        if row is None:
+            raise NotFound(f"Token not found as of {format_instant(at)}")
+        return {"as_of": format_instant(at), **as_of_object(row)}
+
+
+def as_of_object(row: TokenRow) -> dict[str, Any]:
+    """A token object as it stood at an instant: never with a value."""
+    from domain.scopes import parse_scope
+
+    return {
+        "id": row.id,
+        "name": row.name,
+        "description": row.description,
+        "scopes": [parse_scope(x).wire() for x in row.scopes],
+        "origin": row.origin,
+        "host": None,
+    }
+
+
+def resolve_any(system: System, hist: History, who: Caller, ref: str, at: int | None = None) -> str | None:
+    """A token id of the caller's workspace from an id, a value or a (past or present) name."""
+    import uuid
+
+    if ref.startswith("p."):
+        claims = system.signer.read(ref)
+        if claims and claims.workspace_id == who.workspace_id:
+            return claims.token_id
+        return None
+    try:
+        token_id = str(uuid.UUID(ref))
+    except ValueError:
+        token_id = None
+    if token_id:
+        row = system.queries.token(token_id)
+        if row is not None and row.workspace_id == who.workspace_id:
+            return token_id
+        return None
+    current = system.queries.token_by_name(who.workspace_id, ref)
+    if current is not None and at is None:
+        return current.id
+    ids = hist.token_ids_named(who.workspace_id, ref)
+    return ids[0] if ids else (current.id if current else None)
+
+
+@router.get("/v0/tokens/{ref:path}/history", summary="Every event of one token (deleted ones too)")
+def token_history(ref: str, request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+    system, hist = get_system(request), history(request)
+    token_id = resolve_any(system, hist, who, ref)
+    if token_id is None:
+        raise NotFound("Token not found")
+    if token_id != who.token_id:
+        require_token_manager(who)
+    events = hist.token_history(token_id)
+    if not events or events[0]["workspace_id"] != who.workspace_id:
+        raise NotFound("Token not found")
+    return {"token_id": token_id, "events": events}
+
+
+def audit_query(who: Caller, p: Params) -> AuditQuery:
+    events = tuple(e for e in (p.get("event") or "").split(",") if e)
+    return AuditQuery(
+        workspace_id=who.workspace_id,
+        start=_instant(p, "from"),
+        end=_instant(p, "to"),
+        actor=p.get("actor") or None,
+        token_id=p.get("token_id") or None,
+        token_name=p.get("token_name") or None,
+        resource=p.get("resource") or None,
+        events=events,
+        deployment=p.get("deployment") or None,
+    )
+
+
+@router.get("/v0/audit", summary="The audit trail, filtered and paginated; ndjson/csv stream it whole")
+def audit(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> Any:
+    require_token_manager(who)
+    hist = history(request)
+    query = audit_query(who, p)
+    fmt = (p.get("format") or "json").lower()
+    if fmt == "json":
+        events, cursor = hist.audit_page(query, p.get("cursor"), p.int("limit", 100) or 100)
+        return {"events": events, "next_cursor": cursor}
+    if fmt == "ndjson":
+        lines = (json.dumps(e, separators=(",", ":")) + "\n" for e in hist.audit_stream(query))
+        return StreamingResponse(lines, media_type="application/x-ndjson",
+                                 headers={"Content-Disposition": 'attachment; filename="audit.ndjson"'})
+    if fmt == "csv":
+        return StreamingResponse(_csv(hist.audit_stream(query)), media_type="text/csv; charset=utf-8",
+                                 headers={"Content-Disposition": 'attachment; filename="audit.csv"'})
+    raise InvalidInput("format must be json, ndjson or csv")
+
+
+def _csv(events: Iterator[dict[str, Any]]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for event in events:
+        flat = {**event, "actor_token_id": event["actor"]["token_id"], "actor_name": event["actor"]["name"]}
+        flat["scopes_before"] = json.dumps(event["scopes_before"]) if event["scopes_before"] is not None else ""
+        flat["scopes_after"] = json.dumps(event["scopes_after"]) if event["scopes_after"] is not None else ""
+        writer.writerow([_cell(flat.get(c)) for c in CSV_COLUMNS])
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else str(value)
+    # Keep spreadsheet tools from evaluating cells as formulas (CSV injection).
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def _access_params(p: Params) -> tuple[str, str, str]:
+    resource = p.get("resource") or ""
+    kind = (p.get("kind") or "datasource").lower()
+    permission = (p.get("permission") or "READ").upper()
+    if not RESOURCE_NAME.fullmatch(resource):
+        raise InvalidInput("resource must name a datasource or pipe")
+    if kind not in KINDS:
+        raise InvalidInput("kind must be datasource or pipe")
+    if permission not in PERMISSIONS or (kind == "pipe" and permission == "APPEND"):
+        raise InvalidInput("permission must be READ, APPEND (datasources) or DROP")
+    return resource, kind, permission
+
+
+@router.get("/v0/access", summary="Who held a permission on a datasource or pipe at an instant")
+def access(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
+    require_token_manager(who)
+    resource, kind, permission = _access_params(p)
+    at = _instant(p, "as_of", default_now=True)
+    assert at is not None
+    grants = history(request).access(who.workspace_id, resource, kind, permission, at)
+    return {"resource": resource, "kind": kind, "permission": permission, "as_of": format_instant(at), "grants": grants}
+
+
+@router.get("/v0/access/diff", summary="Permissions gained, lost and changed between two instants")
+def access_diff(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
+    require_token_manager(who)
+    start, end = _instant(p, "from"), _instant(p, "to", default_now=True)
+    if start is None or end is None:
+        raise InvalidInput("from is required")
+    if start > end:
+        raise InvalidInput("from must not be after to")
+    resource = kind = permission = None
+    if p.get("resource"):
+        resource, kind, permission = _access_params(p)
+        kind = p.get("kind") and kind
+        permission = p.get("permission") and permission
+    elif p.get("kind") or p.get("permission"):
+        kind = (p.get("kind") or "").lower() or None
+        permission = (p.get("permission") or "").upper() or None
+        if kind not in (None, *KINDS) or permission not in (None, *PERMISSIONS):
+            raise InvalidInput("kind must be datasource or pipe; permission READ, APPEND or DROP")
+    diff = history(request).access_diff(who.workspace_id, start, end, resource, kind, permission)
+    return {"from": format_instant(start), "to": format_instant(end), **diff}
+
+
+@router.get("/v0/audit/verify", summary="Recompute the audit hash chain from the event store")
+def audit_verify(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+    if not who.admin:
+        raise Forbidden("verifying the trail needs a token with ADMIN scope")
+    report = verify_chain(get_system(request))
+    return report.wire()
+
+
+@router.get("/v0/audit/checkpoint", summary="A signed checkpoint of the chain's head")
+def audit_checkpoint(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+    if not who.admin:
+        raise Forbidden("checkpoints need a token with ADMIN scope")
+    system = get_system(request)
+    return make_checkpoint(system, system.checkpoint_key())

@@ -1,0 +1,305 @@
+"""Tinybird's Token API: `/v0/tokens` and friends. Each handler only translates."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import jwt as pyjwt
+from fastapi import APIRouter, Depends, Request
+
+from api import present
+from api.deps import caller, get_system, params, read_body
+from api.schemas import (
+    JwtRequestSchema,
+    JwtResponseSchema,
+    OkSchema,
+    TokenListSchema,
+    TokenSchema,
+    form_body,
+    json_schema,
+    load,
+    path_param,
+    query_param,
+    responses,
+)
+from api.wire import Params, json_body
+from domain.errors import Forbidden, InvalidInput, MethodNotAllowed, NotFound
+from domain.policy import Caller, require_token_manager
+from domain.scopes import scope_from_parts
+from projections.auth import MAX_JWT_LENGTH
+from projections.queries import TokenRow
+from projections.system import System
+
+router = APIRouter(tags=["tokens"])
+MAX_JWT_TTL = 10 * 365 * 86_400
+MAX_REF_LENGTH = 1024
+
+# OpenAPI declarations of the parameters the handlers read from the raw query string.
+_AS_OF = query_param("as_of", "A past instant (ISO 8601 with offset, or Unix seconds): the state then, without values")
+_NAME = query_param("name", "The token's name (form-encoded: `read+api+token`)", required=True)
+_SCOPE = query_param(
+    "scope",
+    "A scope such as `DATASOURCES:READ:events:<sql_filter>`, repeated; sent unencoded, so `+` is a plus",
+    many=True,
+)
+_DESCRIPTION = query_param("description", "Free text")
+_ORIGIN = query_param("origin", "C (custom, the default), DS (datasource) or P (pipe)", enum=["C", "DS", "P"])
+_RESOURCE_ID = query_param("resource_id", "The datasource or pipe of a DS/P origin")
+_EXPIRATION = query_param(
+    "expiration_time", "Unix seconds in the future: makes a JWT from the JSON body's scopes", type="integer"
+)
+_REF = path_param("ref", "The token's id, name or value, percent-encoded (`read%20api%20token`)")
+_CREATE_PARAMS = [_NAME, _SCOPE, _DESCRIPTION, _ORIGIN, _RESOURCE_ID, _EXPIRATION]
+_UPDATE_PARAMS = [
+    query_param("scope", "Replaces all the token's scopes with these (repeated, unencoded)", many=True),
+    query_param("name", "A new name (unchanged when absent)"),
+    query_param("description", "A new description (unchanged when absent)"),
+]
+
+
+@router.get(
+    "/v0/tokens",
+    summary="List the workspace's tokens (ADMIN or TOKENS)",
+    response_model=None,
+    openapi_extra={"parameters": [_AS_OF]},
+    responses=responses(TokenListSchema(), 400, 403),
+)
+def list_tokens(
+    request: Request, who: Caller = Depends(caller), p: Params = Depends(params)
+) -> dict[str, Any]:
+    system = get_system(request)
+    require_token_manager(who)
+    if p.get("as_of"):
+        return request.app.state.ledger_views.tokens_as_of(who, p.get("as_of"))
+    rows = system.queries.tokens(who.workspace_id)
+    return TokenListSchema().dump({"tokens": [present.token_object(system, r, who) for r in rows]})
+
+
+@router.post(
+    "/v0/tokens",
+    summary="Create a static token, or a JWT when expiration_time is given",
+    description=(
+        "A static token takes `name` and one or more `scope` (query or form body). A JWT takes `name`, "
+        "`expiration_time` and a JSON body `{\"scopes\": [...], \"limits\": {\"rps\": N}}` of any "
+        "Content-Type, and answers `{\"token\": \"<jwt>\", ...}`."
+    ),
+    response_model=None,
+    openapi_extra={
+        "parameters": _CREATE_PARAMS,
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {"schema": json_schema(JwtRequestSchema())},
+                **form_body(*_CREATE_PARAMS)["content"],
+            },
+        },
+    },
+    responses=responses(
+        {"oneOf": [json_schema(TokenSchema()), json_schema(JwtResponseSchema())]}, 400, 403, 409, 413,
+        ok_description="The token object (static) or the JWT",
+    ),
+)
+def create_token(
+    request: Request,
+    who: Caller = Depends(caller),
+    p: Params = Depends(params),
+    body: bytes = Depends(read_body),
+) -> dict[str, Any]:
+    system = get_system(request)
+    if "expiration_time" in p:
+        return _create_jwt(system, who, p, body)
+    origin: dict[str, Any] = {"type": p.get("origin") or "C"}
+    if p.get("resource_id"):
+        origin["resource_id"] = p.get("resource_id")
+    change = system.command(
+        lambda: system.ledger.create_token(
+            who, p.get("name") or "", p.getlist("scope"), p.get("description") or "", origin
+        )
+    )
+    return present.token_object(system, _row(system, str(change.token.id)), who)
+
+
+def _create_jwt(system: System, who: Caller, p: Params, body: bytes) -> dict[str, Any]:
+    require_token_manager(who)
+    expires = p.int("expiration_time")
+    now = int(time.time())
+    if expires is None or expires <= now:
+        raise InvalidInput("expiration_time must be a Unix time (whole seconds) in the future")
+    if expires > now + MAX_JWT_TTL:
+        raise InvalidInput("expiration_time must be within ten years")
+    data = load(JwtRequestSchema(), json_body(body))
+    scopes = []
+    for item in data["scopes"]:
+        scope = scope_from_parts(item["type"], item["resource"], item.get("filter"))
+        obj: dict[str, Any] = {"type": scope.type, "resource": scope.resource}
+        if item.get("fixed_params"):
+            obj["fixed_params"] = item["fixed_params"]
+        if scope.filter:
+            obj["filter"] = scope.filter
+        scopes.append(obj)
+    limits = data.get("limits")
+    _check_jwt_length(who, p.get("name") or "", expires, scopes, limits)
+    issue = system.command(
+        lambda: system.ledger.issue_jwt(who, p.get("name") or "", expires, scopes, limits)
+    )
+    jwt_, admin = issue.jwt, issue.admin
+    claims: dict[str, Any] = {
+        "workspace_id": who.workspace_id,
+        "name": jwt_.name,
+        "exp": expires,
+        "scopes": scopes,
+        "jti": str(jwt_.id),
+    }
+    if limits:
+        claims["limits"] = limits
+    secret = system.signer.make(admin.workspace_id, str(admin.id), admin.generation)
+    value = pyjwt.encode(claims, secret, algorithm="HS256")
+    return JwtResponseSchema().dump(
+        {"id": str(jwt_.id), "token": value, "name": jwt_.name, "expiration_time": expires, "scopes": scopes,
+         **({"limits": limits} if limits else {})}
+    )
+
+
+def token_ref(request: Request) -> str:
+    """The `{ref}` path segment, percent-decoded. Read here rather than declared as a FastAPI
+    parameter: it needs no validation (any text is a name to look up), so no 422 can arise."""
+    return request.path_params["ref"]
+
+
+def _check_jwt_length(
+    who: Caller, name: str, expires: int, scopes: list[dict[str, Any]], limits: dict[str, Any] | None
+) -> None:
+    """Refuse, before anything is recorded, a JWT too long for authentication ever to accept."""
+    claims: dict[str, Any] = {
+        "workspace_id": who.workspace_id, "name": name, "exp": expires, "scopes": scopes, "jti": str(uuid.UUID(int=0))
+    }
+    if limits:
+        claims["limits"] = limits
+    length = len(pyjwt.encode(claims, "k" * 32, algorithm="HS256"))  # the key does not change the length
+    if length > MAX_JWT_LENGTH:
+        raise InvalidInput(f"the JWT would be {length} characters long; at most {MAX_JWT_LENGTH} are accepted")
+
+
+@router.get(
+    "/v0/tokens/{ref:path}/refresh",
+    summary="Refused: refresh is a POST",
+    status_code=405,
+    response_model=None,
+    openapi_extra={"parameters": [_REF]},
+    responses=responses(None, 405),
+)
+def refresh_get() -> None:
+    raise MethodNotAllowed("refresh must be done with POST")
+
+
+@router.post(
+    "/v0/tokens/{ref:path}/refresh",
+    summary="Give a token a new value (same id)",
+    description="The previous value stops working at once, or after `grace_seconds`.",
+    response_model=None,
+    openapi_extra={
+        "parameters": [
+            _REF,
+            query_param("grace_seconds", "Keep the previous value working this long", type="integer", minimum=0),
+        ]
+    },
+    responses=responses(TokenSchema(), 400, 403, 404, 409),
+)
+def refresh_token(
+    request: Request, ref: str = Depends(token_ref), who: Caller = Depends(caller), p: Params = Depends(params)
+) -> dict[str, Any]:
+    system = get_system(request)
+    grace = p.int("grace_seconds", 0, minimum=0) or 0
+    change = system.command(lambda: system.ledger.refresh_token(who, ref, grace))
+    return present.token_object(system, _row(system, str(change.token.id)), who)
+
+
+@router.get(
+    "/v0/tokens/{ref:path}",
+    summary="One token by id, name or value",
+    description="Any valid token may read itself; reading others needs ADMIN or TOKENS.",
+    response_model=None,
+    openapi_extra={"parameters": [_REF, _AS_OF]},
+    responses=responses(TokenSchema(), 400, 403, 404),
+)
+def get_token(
+    request: Request, ref: str = Depends(token_ref), who: Caller = Depends(caller), p: Params = Depends(params)
+) -> dict[str, Any]:
+    system = get_system(request)
+    if p.get("as_of"):
+        return request.app.state.ledger_views.token_as_of(who, ref, p.get("as_of"))
+    try:
+        row = resolve(system, who, ref)
+    except NotFound:
+        require_token_manager(who)  # a token that may only read itself learns nothing of others
+        raise
+    if row.id != who.token_id:
+        require_token_manager(who)
+    return present.token_object(system, row, who)
+
+
+@router.put(
+    "/v0/tokens/{ref:path}",
+    summary="Replace scopes (scope=…), rename, describe",
+    description="Parameters may also come in a form-encoded body without Content-Type (long scope lists).",
+    response_model=None,
+    openapi_extra={"parameters": [_REF, *_UPDATE_PARAMS], "requestBody": form_body(*_UPDATE_PARAMS)},
+    responses=responses(TokenSchema(), 400, 403, 404, 409, 413),
+)
+def update_token(
+    request: Request, ref: str = Depends(token_ref), who: Caller = Depends(caller), p: Params = Depends(params)
+) -> dict[str, Any]:
+    system = get_system(request)
+    scopes = p.getlist("scope")
+    change = system.command(
+        lambda: system.ledger.update_token(
+            who,
+            ref,
+            scopes=scopes if scopes else None,
+            name=p.get("name") if p.get("name") else None,
+            description=p.get("description"),
+        )
+    )
+    return present.token_object(system, _row(system, str(change.token.id)), who)
+
+
+@router.delete(
+    "/v0/tokens/{ref:path}",
+    summary="Delete a token (not a default one)",
+    response_model=None,
+    openapi_extra={"parameters": [_REF]},
+    responses=responses(OkSchema(), 403, 404, 409),
+)
+def delete_token(request: Request, ref: str = Depends(token_ref), who: Caller = Depends(caller)) -> dict[str, Any]:
+    system = get_system(request)
+    system.command(lambda: system.ledger.delete_token(who, ref))
+    return {"ok": True}
+
+
+def resolve(system: System, who: Caller, ref: str) -> TokenRow:
+    """A live token of the caller's workspace by id, name or value (read side)."""
+    row: TokenRow | None = None
+    if not ref or len(ref) > MAX_REF_LENGTH or any(ord(c) < 32 for c in ref):
+        raise NotFound("Token not found")  # no name holds these; PostgreSQL cannot even compare NUL
+    if ref.startswith("p."):
+        claims = system.signer.read(ref)
+        row = system.queries.token(claims.token_id) if claims else None
+    else:
+        try:
+            row = system.queries.token(str(uuid.UUID(ref)))
+        except ValueError:
+            row = None
+    if row is None:
+        row = system.queries.token_by_name(who.workspace_id, ref)
+    if row is None or row.deleted or row.workspace_id != who.workspace_id:
+        raise NotFound("Token not found")
+    return row
+
+
+def _row(system: System, token_id: str) -> TokenRow:
+    row = system.queries.token(token_id)
+    if row is None:  # the command's events are projected before we get here
+        raise Forbidden("token vanished")
+    return row

@@ -1,0 +1,140 @@
+"""Workspaces, regions and token introspection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+
+from api import present
+from api.deps import caller, documented_credentials, get_system, params, request_context, token_value
+from api.schemas import (
+    IntrospectionSchema,
+    NewWorkspaceSchema,
+    RegionsSchema,
+    WorkspaceListSchema,
+    WorkspaceSchema,
+    query_param,
+    responses,
+)
+from api.wire import Params
+from domain.errors import Forbidden, InvalidInput, LedgerError, NotFound
+from domain.policy import Caller
+from domain.scopes import check_permission, parse_scope
+
+router = APIRouter(tags=["workspaces"])
+
+
+_WORKSPACE = {"response_model": None, "responses": responses(WorkspaceSchema(), 403, 404)}
+
+
+@router.get("/v0/workspace", summary="The caller's workspace (Classic CLI start-up)", **_WORKSPACE)
+@router.get("/v1/workspace", summary="The caller's workspace (Forward CLI start-up)", **_WORKSPACE)
+def get_workspace(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+    system = get_system(request)
+    if who.user:
+        user = system.queries.user(who.workspace_id)
+        if user is None:
+            raise NotFound("Workspace not found")
+        return {"id": user.id, "name": user.email, "user_email": user.email, "user_id": user.id, "scope": "user"}
+    workspace = system.queries.workspace(who.workspace_id)
+    if workspace is None:
+        raise NotFound("Workspace not found")
+    return present.workspace_object(workspace, who)
+
+
+@router.get(
+    "/v0/regions",
+    summary="Regions (none: this is a single-region server)",
+    response_model=None,
+    responses=responses(RegionsSchema()),
+)
+def regions() -> dict[str, Any]:
+    return {"regions": []}
+
+
+@router.post(
+    "/v1/workspaces",
+    summary="Create a workspace with its default tokens (user token)",
+    response_model=None,
+    openapi_extra={"parameters": [query_param("name", "The new workspace's name", required=True)]},
+    responses=responses(NewWorkspaceSchema(), 400, 403, 409),
+)
+def create_workspace(
+    request: Request, who: Caller = Depends(caller), p: Params = Depends(params)
+) -> dict[str, Any]:
+    system = get_system(request)
+    if not who.user:
+        raise Forbidden("creating workspaces needs a user token")
+    user = system.queries.user(who.workspace_id)
+    if user is None:
+        raise NotFound("User not found")
+    setup = system.command(lambda: system.ledger.setup_workspace(p.get("name") or "", user.email, who))
+    workspace = system.queries.workspace(str(setup.workspace.id))
+    assert workspace is not None
+    rows = [system.queries.token(str(t.id)) for t in setup.tokens]
+    tokens = [present.token_object(system, r, None) for r in rows if r is not None]
+    admin = next(t for t in tokens if t["name"] == "admin token")
+    return NewWorkspaceSchema().dump(
+        {**present.workspace_object(workspace, who), "scope": "admin", "token": admin["token"], "tokens": tokens}
+    )
+
+
+@router.get(
+    "/v1/user/workspaces",
+    summary="The workspaces of the user token's user",
+    response_model=None,
+    responses=responses(WorkspaceListSchema(), 403),
+)
+def user_workspaces(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+    system = get_system(request)
+    if not who.user:
+        raise Forbidden("listing workspaces needs a user token")
+    rows = system.queries.workspaces_of(who.workspace_id)
+    return WorkspaceListSchema().dump(
+        {"workspaces": [{**present.workspace_object(w, who), "scope": "admin"} for w in rows]}
+    )
+
+
+@router.get(
+    "/v0/auth",
+    summary="Introspect the calling token: is it valid, may it do `permission`?",
+    description="`valid` is false for a token that is unknown, refreshed out, deleted or expired.",
+    response_model=None,
+    openapi_extra={
+        "parameters": [
+            query_param("permission", "A scope to check, e.g. `ADMIN`, `DATASOURCES:READ:events`, `PIPES:READ:top`")
+        ]
+    },
+    responses=responses(IntrospectionSchema(), 400),
+)
+def introspect(
+    request: Request, p: Params = Depends(params), _: None = Depends(documented_credentials)
+) -> dict[str, Any]:
+    system = get_system(request)
+    value = token_value(request, p)
+    permission = p.get("permission")
+    requested = parse_scope(permission) if permission else None
+    system.sync()
+    try:
+        if not value:
+            raise InvalidInput("a token is required: pass ?token= or Authorization: Bearer")
+        who = system.auth.authenticate(value, **request_context(request))
+    except LedgerError as error:
+        if isinstance(error, InvalidInput):
+            raise
+        return IntrospectionSchema().dump({"valid": False, "allowed": False})
+    out: dict[str, Any] = {
+        "valid": True,
+        "workspace_id": who.workspace_id,
+        "token_id": who.token_id,
+        "name": who.name,
+        "jwt": who.is_jwt,
+        "allowed": None,
+        "via": None,
+        "filter": None,
+    }
+    if requested is not None:
+        grant = check_permission(who.scopes, requested)
+        out.update(allowed=grant is not None, via=grant.via if grant else None, filter=grant.filter if grant else None)
+    return IntrospectionSchema().dump(out)

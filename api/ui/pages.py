@@ -1,0 +1,325 @@
+"""Plumbing shared by the console's pages: who is signed in, reading forms safely, rendering
+templates, and turning refusals into HTML pages (the JSON API's handlers answer JSON).
+
+Every page authenticates the session's token value again, with origin "ui" and the request's id,
+so a page can do exactly what that token could do through the API, and every change it makes is
+recorded as coming from the console.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+from urllib.parse import quote
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from api.ui import session as sessions
+from domain.clock import from_micros, parse_instant
+from domain.errors import InvalidInput, LedgerError, Unauthenticated
+from domain.policy import Caller, require_token_manager
+from projections.history import History
+from projections.system import System
+
+API_DIR = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = API_DIR / "templates"
+STATIC_DIR = API_DIR / "static"
+MAX_FIELDS = 1200
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
+# -- refusals ------------------------------------------------------------------------------------
+
+
+class SignInRequired(Exception):
+    """No session, or its token stopped working: send the browser to the sign-in page."""
+
+    def __init__(self, message: str | None = None, clear: bool = False) -> None:
+        super().__init__(message or "")
+        self.message = message
+        self.clear = clear
+
+
+class FormRefused(Exception):
+    """A POST that failed the anti-forgery checks or could not be read at all."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class UiRoute(APIRoute):
+    """Routes of the console: refusals become HTML pages, every answer gets the security headers."""
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        handler = super().get_route_handler()
+
+        async def ui_handler(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except SignInRequired as refusal:
+                response = _to_sign_in(request, refusal)
+            except FormRefused as refusal:
+                response = error_page(request, refusal.status, refusal.message)
+            except LedgerError as error:
+                response = error_page(request, error.status, error.message)
+            except RequestValidationError:
+                response = error_page(request, 400, "The request's parameters could not be read.")
+            response.headers.update(SECURITY_HEADERS)
+            return response
+
+        return ui_handler
+
+
+def _to_sign_in(request: Request, refusal: SignInRequired) -> Response:
+    target = "/ui/signin"
+    query = []
+    if request.method == "GET":
+        query.append("next=" + quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""), safe=""))
+    if refusal.message:
+        query.append("reason=expired")
+    response = RedirectResponse(target + ("?" + "&".join(query) if query else ""), status_code=303)
+    if refusal.clear:
+        sessions.clear(request, response)
+    return response
+
+
+def error_page(request: Request, status: int, message: str) -> HTMLResponse:
+    page = getattr(request.state, "ui_page", None)  # signed in: keep the header and navigation
+    return render(request, "error.html", status=status, page=page, title=_TITLES.get(status, "Refused"), message=message)
+
+
+_TITLES = {400: "That did not work", 403: "Not allowed", 404: "Not found", 405: "Not allowed", 409: "Conflict"}
+
+
+# -- the signed-in page ---------------------------------------------------------------------------
+
+
+@dataclass
+class Form:
+    """The fields of a posted form (urlencoded or multipart without files)."""
+
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+
+    def get(self, name: str, default: str = "") -> str:
+        for key, value in self.pairs:
+            if key == name:
+                return value
+        return default
+
+    def getlist(self, name: str) -> list[str]:
+        return [value for key, value in self.pairs if key == name]
+
+    def keys(self) -> set[str]:
+        return {key for key, _ in self.pairs}
+
+
+@dataclass
+class Page:
+    """What a page handler works with: the system, the session and the authenticated caller."""
+
+    request: Request
+    session: sessions.Session
+    caller: Caller
+    form: Form = field(default_factory=Form)
+
+    @property
+    def system(self) -> System:
+        return self.request.app.state.system
+
+    @property
+    def history(self) -> History:
+        return self.request.app.state.history
+
+    @property
+    def manages_tokens(self) -> bool:
+        return allowed(require_token_manager, self.caller)
+
+    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        return render(self.request, template, status=status, page=self, **context)
+
+
+def allowed(check: Callable[..., None], *args: Any) -> bool:
+    """Ask one of the domain's `require_…` rules a yes/no question (to show or hide a control;
+    the use case checks again when the control is used)."""
+    try:
+        check(*args)
+    except LedgerError:
+        return False
+    return True
+
+
+def _authenticate(request: Request, session: sessions.Session | None) -> Caller:
+    if session is None or not session.value:
+        raise SignInRequired()
+    system: System = request.app.state.system
+    system.sync()
+    try:
+        return system.auth.authenticate(session.value, request_id=request.state.request_id, origin="ui")
+    except Unauthenticated:
+        raise SignInRequired("expired", clear=True) from None
+
+
+def viewer(request: Request) -> Page:
+    """Dependency of every GET page: the signed-in caller, or off to the sign-in page."""
+    session = sessions.read(request)
+    caller = _authenticate(request, session)
+    assert session is not None
+    request.state.ui_page = page = Page(request, session, caller)
+    return page
+
+
+async def read_form(request: Request) -> Form:
+    """The posted fields, or a 400 for anything that is not a small, plain form."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        raise FormRefused(400, "Expected a form submission.")
+    try:
+        data = await request.form(max_files=0, max_fields=MAX_FIELDS)
+        pairs = list(data.multi_items())
+    except Exception:  # noqa: BLE001 - python-multipart and Starlette raise several kinds
+        raise FormRefused(400, "The form could not be read.") from None
+    out: list[tuple[str, str]] = []
+    for key, value in pairs:
+        if not isinstance(value, str):
+            raise FormRefused(400, "The form must not carry files.")
+        if "\x00" in key or "\x00" in value:
+            raise FormRefused(400, "The form must not contain NUL characters.")
+        out.append((key, value))
+    return Form(out)
+
+
+async def checked_form(request: Request) -> tuple[sessions.Session | None, Form]:
+    """Anti-forgery checks common to every POST, signed in or not."""
+    if not sessions.same_origin(request):
+        raise FormRefused(403, "This form was sent from another site; it was refused.")
+    form = await read_form(request)
+    session = sessions.read(request)
+    if not sessions.csrf_matches(session, form.get("csrf")):
+        raise FormRefused(403, "This form has expired or did not come from this console. Reload the page and try again.")
+    return session, form
+
+
+async def poster(request: Request) -> Page:
+    """Dependency of every signed-in POST: a checked form, then the caller."""
+    session, form = await checked_form(request)
+    caller = await run_in_threadpool(_authenticate, request, session)
+    assert session is not None
+    request.state.ui_page = page = Page(request, session, caller, form)
+    return page
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+def _asset_version() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(STATIC_DIR.glob("*")):
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def format_time(value: Any, precise: bool = False) -> str:
+    """Micros or an ISO string → "2026-03-01 12:00:05 UTC" (microseconds when precise)."""
+    moment = _moment(value)
+    if moment is None:
+        return ""
+    text = moment.strftime("%Y-%m-%d %H:%M:%S")
+    if precise and moment.microsecond:
+        text += f".{moment.microsecond:06d}"
+    return text + " UTC"
+
+
+def iso_time(value: Any) -> str:
+    moment = _moment(value)
+    return moment.isoformat(timespec="microseconds") if moment else ""
+
+
+def _moment(value: Any) -> datetime | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return from_micros(value)
+    return datetime.fromisoformat(str(value))
+
+
+_env = Environment(
+    loader=FileSystemLoader(TEMPLATES_DIR),
+    autoescape=True,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_env.filters["time"] = format_time
+_env.filters["iso"] = iso_time
+_env.globals["asset_version"] = _asset_version()
+
+
+def render(request: Request, template: str, status: int = 200, page: Page | None = None, **context: Any) -> HTMLResponse:
+    base: dict[str, Any] = {
+        "page": page,
+        "me": page.caller if page else None,
+        "csrf": page.session.csrf if page else "",
+        "workspace_name": _workspace_name(page) if page else "",
+        "manages_tokens": page.manages_tokens if page else False,
+        "path": request.url.path,
+        "request_id": getattr(request.state, "request_id", ""),
+        "error": None,
+        "flash": None,
+    }
+    base.update(context)
+    html = _env.get_template(template).render(**base)
+    return HTMLResponse(html, status_code=status)
+
+
+def _workspace_name(page: Page) -> str:
+    system = page.system
+    if page.caller.user:
+        user = system.queries.user(page.caller.workspace_id)
+        return user.email if user else ""
+    workspace = system.queries.workspace(page.caller.workspace_id)
+    return workspace.name if workspace else ""
+
+
+# -- small parsers shared by the pages -------------------------------------------------------------
+
+_LOCAL_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?")
+
+
+def ui_instant(raw: str, what: str) -> int | None:
+    """A time from a form: `datetime-local` values are UTC (the console shows every time in UTC);
+    ISO 8601 with an offset and Unix seconds are read as the API reads them."""
+    raw = (raw or "").strip()
+    if not raw:
+        return None
+    if _LOCAL_INSTANT.fullmatch(raw):
+        raw += "+00:00"
+    try:
+        return parse_instant(raw)
+    except InvalidInput as error:
+        raise InvalidInput(f"{what}: {error.message}") from None
+
+
+def local_input(micros: int) -> str:
+    """Micros → a `datetime-local` value in UTC, to the second."""
+    return from_micros(micros).strftime("%Y-%m-%dT%H:%M:%S")

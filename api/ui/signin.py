@@ -1,0 +1,79 @@
+"""Sign in by pasting a token; sign out. The value travels once, in a POST body (never in a URL,
+so no access log sees it), and is then kept only in the encrypted session cookie."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import RedirectResponse, Response
+
+from api.ui import session as sessions
+from api.ui.pages import Form, UiRoute, checked_form, render
+from domain.errors import Unauthenticated
+from projections.system import System
+
+router = APIRouter(route_class=UiRoute)
+
+REASONS = {
+    "expired": "Your session ended: the token was refreshed, deleted or the session grew too old. Sign in again.",
+    "signed_out": "You are signed out.",
+}
+
+
+def safe_next(target: str | None) -> str:
+    """Only a path of this console: never another site (no open redirect)."""
+    if target and target.startswith("/ui/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/ui/tokens"
+
+
+@router.get("/signin")
+def signin_form(request: Request, next: str = "", reason: str = "") -> Response:
+    session = sessions.read(request)
+    if session is not None and session.value:
+        system: System = request.app.state.system
+        system.sync()
+        try:
+            system.auth.authenticate(session.value, request_id=request.state.request_id, origin="ui")
+            return RedirectResponse(safe_next(next), status_code=303)
+        except Unauthenticated:
+            session = None
+    fresh = session is None
+    if fresh:
+        session = sessions.Session.anonymous()
+    assert session is not None
+    response = render(request, "signin.html", csrf=session.csrf, next=safe_next(next), flash=REASONS.get(reason))
+    if fresh:
+        sessions.write(request, response, session)
+    return response
+
+
+@router.post("/signin")
+def signin(request: Request, checked: tuple[sessions.Session | None, Form] = Depends(checked_form)) -> Response:
+    session, form = checked
+    assert session is not None
+    value = "".join(form.get("token").split())  # pasted values often carry a newline or spaces
+    target = safe_next(form.get("next"))
+    message = None
+    if not value:
+        message = "Paste a token to sign in."
+    elif len(value) > sessions.MAX_VALUE_LENGTH:
+        message = "This token is too long to keep in a session; sign in with a static token."
+    else:
+        system: System = request.app.state.system
+        system.sync()
+        try:
+            system.auth.authenticate(value, request_id=request.state.request_id, origin="ui")
+        except Unauthenticated:
+            message = "That token is not valid: it may have been refreshed or deleted."
+    if message is not None:
+        return render(request, "signin.html", status=403, csrf=session.csrf, next=target, error=message)
+    response = RedirectResponse(target, status_code=303)
+    sessions.write(request, response, sessions.Session.signed_in(value))
+    return response
+
+
+@router.post("/signout")
+def signout(request: Request, checked: tuple[sessions.Session | None, Form] = Depends(checked_form)) -> Response:
+    response = RedirectResponse("/ui/signin?reason=signed_out", status_code=303)
+    sessions.clear(request, response)
+    return response

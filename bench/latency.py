@@ -1,0 +1,120 @@
+"""Request latency (p50 / p99) of create, refresh and list with 10,000 tokens in the workspace.
+
+Seeds 10,000 custom tokens in-process (the aggregates `create_token` saves, 500 per transaction),
+projects them, then starts `uvicorn --factory api.app:app_from_env` (1 worker, 127.0.0.1) on the
+same database and sends requests one at a time over one keep-alive httpx connection from this
+process: POST /v0/tokens (create), POST /v0/tokens/{id}/refresh, GET /v0/tokens (list, ~10,000
+tokens in the answer). Baseline, same run, interleaved: GET on a bare FastAPI app returning a
+constant (`bench/bare_app.py`, same uvicorn settings, same client): the HTTP round-trip floor.
+No target is set for these latencies; the ratio says how many round-trip floors a request costs.
+For list, the in-process cost of its two halves (the read-model query, the token objects) is shown.
+
+    python -m bench.latency [--backend sqlite|postgres|both] [--quick] [--tokens N]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx  # noqa: E402
+
+from api import present  # noqa: E402
+from bench import common  # noqa: E402
+
+SCOPE = "PIPES:READ:top"
+
+
+def timed_request(client: httpx.Client, method: str, url: str) -> tuple[float, httpx.Response]:
+    start = time.perf_counter()
+    response = client.request(method, url)
+    elapsed = (time.perf_counter() - start) * 1000
+    if response.status_code != 200:
+        raise RuntimeError(f"{method} {url.split('?')[0]} -> {response.status_code}: {response.text[:300]}")
+    return elapsed, response
+
+
+def run_backend(backend: str, scratch: common.Scratch, results: common.Results, tokens: int, per_round: int,
+                lists_per_round: int, rounds: int) -> None:
+    url, data = scratch.database_url(backend)
+    system = common.System(url, data=data, environ=common.environ(data))
+    ws = common.workspace(system)
+    seconds, ids = common.timed(lambda: common.seed_tokens(ws, tokens, scopes=[SCOPE]))
+    seed_seconds, _ = common.timed(system.sync)
+    print(f"[{backend}] seeded {tokens:,} tokens in {seconds:.1f} s, projected in {seed_seconds:.1f} s", flush=True)
+
+    # In-process halves of list, for the record: the query, then the wire objects.
+    query_seconds, rows = common.timed(lambda: system.queries.tokens(ws.workspace_id))
+    present_seconds, _ = common.timed(lambda: [present.token_object(system, r, ws.admin) for r in rows])
+    results.note(f"{backend}: list in-process: queries.tokens() {query_seconds * 1000:.0f} ms for {len(rows):,} "
+                 f"rows, present.token_object() over them {present_seconds * 1000:.0f} ms")
+    admin_value = ws.admin_value
+    system.close()
+
+    samples: dict[str, list[float]] = {"bare": [], "create": [], "refresh": [], "list": []}
+    list_bytes = 0
+    with common.Uvicorn("api.app:app_from_env", env=common.environ(data, url), factory=True) as product, \
+            common.Uvicorn("bench.bare_app:app") as bare, \
+            httpx.Client(base_url=product.base, timeout=60) as client, \
+            httpx.Client(base_url=bare.base, timeout=60) as bare_client:
+        auth = f"token={admin_value}"
+
+        def create(i: int, label: str) -> float:
+            return timed_request(client, "POST", f"/v0/tokens?{auth}&name={label}-{i}&scope={SCOPE}")[0]
+
+        def refresh(i: int) -> float:
+            return timed_request(client, "POST", f"/v0/tokens/{ids[i % len(ids)]}/refresh?{auth}")[0]
+
+        for i in range(5):  # warm-up: imports, pools, prepared statements, caches
+            timed_request(bare_client, "GET", "/sync")
+            create(i, "warm")
+            refresh(len(ids) - 1 - i)
+        _, response = timed_request(client, "GET", f"/v0/tokens?{auth}")
+        assert len(response.json()["tokens"]) >= tokens, "list does not show the seeded tokens"
+        for r in range(rounds):
+            samples["bare"] += [timed_request(bare_client, "GET", "/sync")[0] for _ in range(per_round)]
+            samples["create"] += [create(i, f"r{r}") for i in range(per_round)]
+            samples["refresh"] += [refresh(r * per_round + i) for i in range(per_round)]
+            for _ in range(lists_per_round):
+                elapsed, response = timed_request(client, "GET", f"/v0/tokens?{auth}")
+                samples["list"].append(elapsed)
+                list_bytes = len(response.content)
+
+    bare_p50, bare_p99 = common.percentile(samples["bare"], 50), common.percentile(samples["bare"], 99)
+    for name, label in (("create", "POST /v0/tokens (create)"), ("refresh", "POST /v0/tokens/{id}/refresh"),
+                        ("list", f"GET /v0/tokens ({tokens:,}+ tokens)")):
+        values = samples[name]
+        for p, base in ((50, bare_p50), (99, bare_p99)):
+            results.add(f"{label} p{p}", backend, common.percentile(values, p), "ms",
+                        f"bare GET p{p}", base, higher_is_better=False)
+    results.note(f"{backend}: {len(samples['create'])} creates, {len(samples['refresh'])} refreshes, "
+                 f"{len(samples['list'])} lists, {len(samples['bare'])} bare GETs, one at a time; "
+                 f"list answer {list_bytes / 1e6:.1f} MB")
+
+
+def main() -> None:
+    args_parser = common.parser(__doc__.split("\n\n")[0])
+    args_parser.add_argument("--tokens", type=int, default=None,
+                             help="tokens seeded in the workspace (default 10,000; 1,000 with --quick)")
+    args = args_parser.parse_args()
+    if args.quick:
+        per_round, lists, rounds = 20, 2, 1
+    else:
+        per_round, lists, rounds = 60, 5, 3
+    tokens = args.tokens or (1_000 if args.quick else 10_000)
+    common.print_machine()
+    scratch = common.Scratch(args.tmpdir)
+    results = common.Results("request latency through uvicorn (sequential requests; ratio = ours / bare)")
+    for backend in common.backends(args.backend):
+        run_backend(backend, scratch, results, tokens, per_round, lists, rounds)
+    results.print()
+    results.write_json(args.json)
+    scratch.cleanup()
+
+
+if __name__ == "__main__":
+    main()

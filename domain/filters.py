@@ -1,0 +1,117 @@
+"""Validation and normalisation of the `sql_filter` part of READ scopes.
+
+A filter is ClickHouse SQL that Tinybird appends to a WHERE clause, so it must be exactly one
+boolean expression over columns and literals. Anything that could change the query's shape
+(a second statement, a subquery, a comment hiding the rest of a line, DDL/DML, a function call)
+is refused with `FilterError`. Accepted filters are stored in sqlglot's normalised spelling, so
+that two spellings of one filter compare equal.
+"""
+
+from __future__ import annotations
+
+import re
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import SqlglotError
+
+from domain.errors import FilterError
+
+MAX_FILTER_LENGTH = 2048
+DIALECT = "clickhouse"
+
+# Nodes that may appear anywhere in a filter.
+_VALUE_NODES: tuple[type[exp.Expr], ...] = (
+    exp.Column,
+    exp.Identifier,
+    exp.Literal,
+    exp.Boolean,
+    exp.Null,
+    exp.Neg,
+    exp.Paren,
+    exp.Tuple,
+    exp.Add,
+    exp.Sub,
+    exp.Mul,
+    exp.Div,
+    exp.Mod,
+)
+_PREDICATE_NODES: tuple[type[exp.Expr], ...] = (
+    exp.And,
+    exp.Or,
+    exp.Not,
+    exp.EQ,
+    exp.NEQ,
+    exp.GT,
+    exp.GTE,
+    exp.LT,
+    exp.LTE,
+    exp.In,
+    exp.Like,
+    exp.ILike,
+    exp.Is,
+    exp.Between,
+)
+_ALLOWED = _VALUE_NODES + _PREDICATE_NODES
+_BOOLEAN_ROOTS = _PREDICATE_NODES + (exp.Boolean,)
+
+
+def normalize_filter(sql: str) -> str:
+    """Return the canonical spelling of `sql`, or raise FilterError saying what is wrong."""
+    if not isinstance(sql, str):
+        raise FilterError("sql_filter must be a string")
+    text = sql.strip()
+    if not text:
+        return ""
+    if len(text) > MAX_FILTER_LENGTH:
+        raise FilterError(f"sql_filter is longer than {MAX_FILTER_LENGTH} characters")
+    if "\x00" in text:
+        raise FilterError("sql_filter contains a NUL character")
+    try:
+        tokens = sqlglot.tokenize(text, read=DIALECT)
+        statements = sqlglot.parse(text, read=DIALECT)
+    except (SqlglotError, ValueError, RecursionError) as error:
+        raise FilterError(f"sql_filter is not valid SQL: {_first_line(error)}") from None
+    if any(token.comments for token in tokens):
+        raise FilterError("sql_filter must not contain comments")
+    statements = [s for s in statements if s is not None]
+    if len(statements) != 1:
+        raise FilterError("sql_filter must be a single expression, not several statements")
+    (tree,) = statements
+    _check_tree(tree)
+    if not isinstance(_unwrap_parens(tree), _BOOLEAN_ROOTS):
+        raise FilterError("sql_filter must be a boolean expression (a comparison or a condition)")
+    return tree.sql(dialect=DIALECT)
+
+
+def _check_tree(tree: exp.Expr) -> None:
+    for node in tree.walk():
+        if node.comments:
+            raise FilterError("sql_filter must not contain comments")
+        if isinstance(node, (exp.Select, exp.Subquery, exp.Query)):
+            raise FilterError("sql_filter must not contain subqueries")
+        if isinstance(node, exp.Func) and not isinstance(node, _ALLOWED):
+            raise FilterError(
+                f"sql_filter may use only columns, literals and operators, not {node.key.upper()}"
+            )
+        if not isinstance(node, _ALLOWED):
+            raise FilterError(
+                "sql_filter may use only columns, literals and operators, "
+                f"not {type(node).__name__.upper()}"
+            )
+        if isinstance(node, exp.Column) and (node.table or node.args.get("db")):
+            raise FilterError("sql_filter columns must not name a table")
+        if isinstance(node, exp.Identifier) and not isinstance(node.parent, exp.Column):
+            raise FilterError("sql_filter identifiers may only name columns")
+
+
+def _unwrap_parens(tree: exp.Expr) -> exp.Expr:
+    while isinstance(tree, exp.Paren):
+        tree = tree.this
+    return tree
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    text = re.sub(r"<class '[\w.]+\.(\w+)'>", r"\1", lines[0]) if lines else type(error).__name__
+    return text[:200]

@@ -1,0 +1,523 @@
+"""The one door to the write side: an eventsourcing Application whose methods are the use cases.
+
+Each command reads the aggregates it needs, checks the caller's rights against them, triggers
+events and saves every touched aggregate in one transaction. A version conflict (another writer
+got there first) re-reads and retries a bounded number of times, then becomes `Conflict`.
+Commands return a `Change` whose `position` is the last notification id written, so the read side
+can catch up to exactly that point before answering (read-your-writes).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import IntegrityError, OperationalError
+
+from domain import clock
+from domain.errors import Conflict, Forbidden, InvalidInput, NameTaken, NotFound
+from domain.datafiles import parse_project
+from domain.deploy import CreateToken, CurrentToken, DeleteToken, ModifyToken, Plan, plan_deployment
+from domain.model import (
+    DeploymentLog,
+    Jwt,
+    Token,
+    TokenName,
+    User,
+    Workspace,
+    WorkspaceName,
+    deployment_log_id,
+    token_name_id,
+    user_id_for,
+    workspace_name_id,
+)
+from domain.policy import (
+    Caller,
+    require_may_grant,
+    require_may_manage,
+    require_token_manager,
+    require_workspace,
+)
+from domain.scopes import ADMIN, AUTH, Scope, parse_scope, parse_scopes
+from domain.values import TokenSigner, new_generation
+
+MAX_NAME_LENGTH = 256
+MAX_DESCRIPTION_LENGTH = 2048
+MAX_SCOPES = 256
+MAX_GRACE_SECONDS = 7 * 86_400
+MAX_ATTEMPTS = 8
+DEFAULT_TOKEN_NAMES = ("admin token", "create datasource token")
+USER_TOKEN_NAME = "user token"
+ORIGIN_TYPES = {"C", "DS", "P"}
+_EMAIL = re.compile(r"[^@\s]{1,128}@[^@\s]{1,128}")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+
+
+@dataclass
+class Change:
+    """What a command did: the aggregates it saved and the last log position it wrote."""
+
+    position: int
+    aggregates: list[Aggregate] = field(default_factory=list)
+
+    @property
+    def token(self) -> Token:
+        return next(a for a in self.aggregates if isinstance(a, Token))
+
+
+@dataclass
+class JwtIssue:
+    jwt: Jwt
+    admin: Token  # the workspace's admin token: its value is the JWT's signing secret
+    position: int
+
+
+@dataclass
+class Deployed:
+    """A deployment's plan; `deployment_id` is None when nothing was written (check or no change)."""
+
+    plan: Plan
+    deployment_id: str | None
+    position: int
+
+
+@dataclass
+class WorkspaceSetup:
+    workspace: Workspace
+    user: User
+    tokens: list[Token]
+    position: int
+    created: bool
+
+
+def validate_name(name: Any, what: str = "token") -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput(f"{what} name is mandatory")
+    name = name.strip()
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInput(f"{what} name is longer than {MAX_NAME_LENGTH} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidInput(f"{what} name must not contain control characters")
+    if what == "token" and (_UUID.fullmatch(name) or name.startswith("p.")):
+        raise InvalidInput("token name must not look like a token id or value")
+    return name
+
+
+def validate_description(description: Any) -> str:
+    if description is None:
+        return ""
+    if not isinstance(description, str):
+        raise InvalidInput("description must be a string")
+    if len(description) > MAX_DESCRIPTION_LENGTH:
+        raise InvalidInput(f"description is longer than {MAX_DESCRIPTION_LENGTH} characters")
+    if "\x00" in description:
+        raise InvalidInput("description must not contain NUL characters")
+    return description
+
+
+def validate_origin(origin: dict[str, Any] | None) -> dict[str, Any]:
+    origin = dict(origin or {"type": "C"})
+    if origin.get("type") not in ORIGIN_TYPES:
+        raise InvalidInput("origin must be one of C, DS, P")
+    if origin["type"] == "C":
+        return {"type": "C"}
+    resource_id = origin.get("resource_id")
+    if not isinstance(resource_id, str) or not resource_id or len(resource_id) > MAX_NAME_LENGTH:
+        raise InvalidInput(f"origin {origin['type']} needs a resource_id")
+    return {"type": origin["type"], "resource_id": resource_id}
+
+
+def scopes_of(token: Token) -> tuple[Scope, ...]:
+    return tuple(parse_scope(s) for s in token.scopes)
+
+
+class Ledger(Application[UUID]):
+    """Token ledger use cases. Construct with `env=` (persistence settings) and a signer."""
+
+    name = "tokentrail"
+    is_snapshotting_enabled = False
+
+    def __init__(self, env: dict[str, str] | None = None, *, signer: TokenSigner) -> None:
+        super().__init__(env=env)
+        self.signer = signer
+
+    # -- workspaces ---------------------------------------------------------------------------
+
+    def setup_workspace(self, name: str, email: str, caller: Caller) -> WorkspaceSetup:
+        """Create a workspace with its default tokens, or return the existing one of that name.
+
+        The system caller (init) may reuse an existing workspace; a user creating one through the
+        API gets `NameTaken` for a name already in use.
+        """
+        name = validate_name(name, "workspace")
+        if not _EMAIL.fullmatch(email or ""):
+            raise InvalidInput("a valid e-mail address is required")
+
+        def attempt() -> WorkspaceSetup:
+            existing = self._get_or_none(workspace_name_id(name))
+            if existing is not None:
+                if not caller.is_system:
+                    raise NameTaken(f'Workspace with name "{name}" already exists')
+                workspace = self.repository.get(UUID(existing.workspace_id))
+                user = self.repository.get(UUID(workspace.owner_user_id))
+                return WorkspaceSetup(workspace, user, self._default_tokens(workspace, user), 0, False)
+            actor = caller.actor()
+            user = self._get_or_none(user_id_for(email))
+            to_save: list[Aggregate] = []
+            if user is None:
+                user_id = user_id_for(email)
+                user_token = Token.create(
+                    actor=actor, workspace_id=str(user_id), name=USER_TOKEN_NAME, description="",
+                    scopes=[AUTH], origin={"type": "C"}, kind="user", generation=new_generation(),
+                )
+                user = User.create(email, str(user_token.id), actor)
+                to_save += [user_token, TokenName.create(str(user_id), USER_TOKEN_NAME, str(user_token.id), actor), user]
+            admin = self._new_token_id()
+            workspace = Workspace.create(
+                actor=actor, name=name, owner_email=email, owner_user_id=str(user.id),
+                admin_token_id=str(admin),
+            )
+            ws = str(workspace.id)
+            defaults = [
+                (admin, "admin token", [ADMIN]),
+                (self._new_token_id(), f"admin {email}", [f"ADMIN_USER:{user.id}"]),
+                (self._new_token_id(), "create datasource token", ["DATASOURCES:CREATE"]),
+            ]
+            tokens = []
+            for token_id, token_name, scopes in defaults:
+                token = Token._create(
+                    Token.Created, id=token_id, actor=actor, workspace_id=ws, name=token_name,
+                    description="", scopes=scopes, origin={"type": "C"}, kind="default",
+                    generation=new_generation(),
+                )
+                tokens.append(token)
+                to_save += [token, TokenName.create(ws, token_name, str(token_id), actor)]
+            to_save += [workspace, WorkspaceName.create(name, ws, actor)]
+            position = self._save(to_save)
+            return WorkspaceSetup(workspace, user, tokens, position, True)
+
+        return self._retrying(attempt)
+
+    def _default_tokens(self, workspace: Workspace, user: User) -> list[Token]:
+        names = ["admin token", f"admin {workspace.owner_email}", "create datasource token"]
+        tokens = [self.token_by_name(str(workspace.id), n) for n in names]
+        return [t for t in tokens if t is not None]
+
+    def user_token(self, user: User) -> Token:
+        return self.repository.get(UUID(user.user_token_id))
+
+    def workspace(self, workspace_id: str) -> Workspace:
+        try:
+            workspace = self.repository.get(UUID(workspace_id))
+        except (AggregateNotFoundError, ValueError):
+            raise NotFound("Workspace not found") from None
+        if not isinstance(workspace, Workspace):
+            raise NotFound("Workspace not found")
+        return workspace
+
+    def user(self, user_id: str) -> User:
+        user = self._get_or_none(UUID(user_id))
+        if not isinstance(user, User):
+            raise NotFound("User not found")
+        return user
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    def create_token(
+        self,
+        caller: Caller,
+        name: str,
+        scopes: Sequence[str],
+        description: str | None = "",
+        origin: dict[str, Any] | None = None,
+        kind: str = "custom",
+    ) -> Change:
+        require_token_manager(caller)
+        name = validate_name(name)
+        description = validate_description(description)
+        origin = validate_origin(origin)
+        parsed = self._checked_scopes(caller, scopes)
+        workspace_id = caller.workspace_id
+
+        def attempt() -> Change:
+            index = self._get_or_none(token_name_id(workspace_id, name))
+            if index is not None and index.token_id is not None:
+                raise NameTaken(f'Auth token with name "{name}" already exists')
+            actor = caller.actor()
+            token = Token.create(
+                actor=actor, workspace_id=workspace_id, name=name, description=description,
+                scopes=[str(s) for s in parsed], origin=origin, kind=kind, generation=new_generation(),
+            )
+            if index is None:
+                index = TokenName.create(workspace_id, name, str(token.id), actor)
+            else:
+                index.claim(str(token.id), actor)
+            return Change(self._save([token, index]), [token])
+
+        return self._retrying(attempt)
+
+    def update_token(
+        self,
+        caller: Caller,
+        ref: str,
+        *,
+        scopes: Sequence[str] | None = None,
+        add: Sequence[str] = (),
+        remove: Sequence[str] = (),
+        name: str | None = None,
+        description: str | None = None,
+    ) -> Change:
+        """Replace (`scopes`), add or remove scopes, rename, describe: all in one transaction."""
+        require_token_manager(caller)
+        new_scopes = self._checked_scopes(caller, scopes) if scopes is not None else None
+        to_add = self._checked_scopes(caller, add, allow_empty=True)
+        to_remove = parse_scopes(remove)
+        new_name = validate_name(name) if name is not None else None
+        new_description = validate_description(description) if description is not None else None
+
+        def attempt() -> Change:
+            token = self._token_for_change(caller, ref)
+            actor = caller.actor()
+            touched: list[Aggregate] = [token]
+            changes_scopes = new_scopes is not None or to_add or to_remove
+            if token.kind in ("default", "user") and (changes_scopes or new_name is not None):
+                raise Forbidden("default tokens can be refreshed but not changed")
+            if new_scopes is not None:
+                token.replace_scopes([str(s) for s in new_scopes], actor)
+            for scope in to_remove:
+                token.remove_scope(str(scope), actor)
+            for scope in to_add:
+                token.add_scope(str(scope), actor)
+            if not token.scopes:
+                raise InvalidInput("scope is mandatory")
+            if new_name is not None and new_name != token.name:
+                touched += self._move_name(token, new_name, actor)
+            if new_description is not None:
+                token.describe(new_description, actor)
+            return Change(self._save(touched), [token])
+
+        return self._retrying(attempt)
+
+    def refresh_token(self, caller: Caller, ref: str, grace_seconds: int = 0) -> Change:
+        if not isinstance(grace_seconds, int) or not 0 <= grace_seconds <= MAX_GRACE_SECONDS:
+            raise InvalidInput(f"grace_seconds must be a whole number from 0 to {MAX_GRACE_SECONDS}")
+
+        def attempt() -> Change:
+            token = self._token_for_change(caller, ref, self_service=True)
+            token.refresh(new_generation(), grace_seconds, caller.actor())
+            return Change(self._save([token]), [token])
+
+        return self._retrying(attempt)
+
+    def delete_token(self, caller: Caller, ref: str) -> Change:
+        def attempt() -> Change:
+            token = self._token_for_change(caller, ref)
+            if token.kind in ("default", "user"):
+                raise Forbidden("default tokens cannot be deleted")
+            actor = caller.actor()
+            token.delete(actor)
+            index = self._get_or_none(token_name_id(token.workspace_id, token.name))
+            touched: list[Aggregate] = [token]
+            if index is not None and index.token_id == str(token.id):
+                index.release(actor)
+                touched.append(index)
+            return Change(self._save(touched), [token])
+
+        return self._retrying(attempt)
+
+    def issue_jwt(
+        self,
+        caller: Caller,
+        name: str,
+        expires_at: int,
+        scopes: list[dict[str, Any]],
+        limits: dict[str, Any] | None,
+    ) -> JwtIssue:
+        """Record a JWT issuance; returns it with the admin token whose value signs it."""
+        require_token_manager(caller)
+        name = validate_name(name, "JWT")
+        workspace = self.workspace(caller.workspace_id)
+        admin = self.repository.get(UUID(workspace.admin_token_id))
+        jwt = Jwt.issue(
+            actor=caller.actor(), workspace_id=caller.workspace_id, name=name, scopes=scopes,
+            expires_at=expires_at, limits=dict(limits or {}), admin_token_id=str(admin.id),
+            admin_generation=admin.generation,
+        )
+        return JwtIssue(jwt, admin, self._save([jwt]))
+
+    # -- deployments --------------------------------------------------------------------------
+
+    def deploy(
+        self,
+        caller: Caller,
+        files: dict[str, str],
+        current_tokens: Callable[[], list[CurrentToken]],
+        check: bool = False,
+    ) -> Deployed:
+        """Reconcile the workspace's datafile tokens with the TOKEN lines of `files`, atomically.
+
+        `current_tokens` reads the live tokens after the log has been caught up; it is called
+        after the deployment log is read, so a deployment that committed earlier is in it and one
+        that commits later collides with ours on the log's version and makes us re-plan.
+        """
+        if not (caller.admin or any(s.type in ("TOKENS", "WORKSPACE:DEPLOY") for s in caller.scopes)) or caller.is_jwt:
+            raise Forbidden("deployments need a token with ADMIN, TOKENS or WORKSPACE:DEPLOY scope")
+        declarations = parse_project(files)
+        deployment_id = str(uuid.uuid4())
+        workspace_id = caller.workspace_id
+
+        def attempt() -> Deployed:
+            log = self._get_or_none(deployment_log_id(workspace_id))
+            plan = plan_deployment(declarations, current_tokens())
+            if check or plan.empty:
+                return Deployed(plan, None, 0)
+            actor = caller.for_deployment(deployment_id).actor()
+            touched: list[Aggregate] = []
+            for step in plan.steps:
+                touched += self._apply_step(workspace_id, step, actor)
+            paths = sorted(files)
+            if log is None:
+                log = DeploymentLog.start(workspace_id, deployment_id, plan.token_changes, paths, actor)
+            else:
+                log.record(deployment_id, plan.token_changes, paths, actor)
+            return Deployed(plan, deployment_id, self._save([*touched, log]))
+
+        return self._retrying(attempt)
+
+    def _apply_step(self, workspace_id: str, step: Any, actor: dict[str, Any]) -> list[Aggregate]:
+        if isinstance(step, CreateToken):
+            index = self._get_or_none(token_name_id(workspace_id, step.name))
+            if index is not None and index.token_id is not None:
+                raise NameTaken(f'Auth token with name "{step.name}" already exists')
+            token = Token.create(
+                actor=actor, workspace_id=workspace_id, name=validate_name(step.name), description="",
+                scopes=list(step.scopes), origin=dict(step.origin), kind="datafile", generation=new_generation(),
+            )
+            if index is None:
+                index = TokenName.create(workspace_id, step.name, str(token.id), actor)
+            else:
+                index.claim(str(token.id), actor)
+            return [token, index]
+        token = self._token_or_none(step.token_id)
+        if token is None or token.deleted or token.kind != "datafile" or token.workspace_id != workspace_id:
+            raise Conflict(f'token "{step.name}" changed while the deployment was planned; deploy again')
+        if isinstance(step, ModifyToken):
+            token.replace_scopes(list(step.scopes), actor)
+            return [token]
+        assert isinstance(step, DeleteToken)
+        token.delete(actor)
+        index = self._get_or_none(token_name_id(workspace_id, token.name))
+        if index is not None and index.token_id == str(token.id):
+            index.release(actor)
+            return [token, index]
+        return [token]
+
+    # -- lookups ------------------------------------------------------------------------------
+
+    def resolve(self, caller: Caller, ref: str) -> Token:
+        """A token of the caller's workspace by id, name or value; NotFound for anything else."""
+        if not isinstance(ref, str) or not ref or len(ref) > 1024:
+            raise NotFound("Token not found")
+        token: Token | None = None
+        claims = self.signer.read(ref) if ref.startswith("p.") else None
+        if claims is not None:
+            token = self._token_or_none(claims.token_id)
+        elif _UUID.fullmatch(ref):
+            token = self._token_or_none(ref)
+        if token is None:
+            token = self.token_by_name(caller.workspace_id, ref)
+        if token is None or token.deleted:
+            raise NotFound("Token not found")
+        require_workspace(caller, token.workspace_id)
+        return token
+
+    def token_by_name(self, workspace_id: str, name: str) -> Token | None:
+        index = self._get_or_none(token_name_id(workspace_id, name))
+        if index is None or index.token_id is None:
+            return None
+        return self._token_or_none(index.token_id)
+
+    def _token_or_none(self, token_id: str) -> Token | None:
+        try:
+            aggregate = self._get_or_none(UUID(token_id))
+        except ValueError:
+            return None
+        return aggregate if isinstance(aggregate, Token) else None
+
+    def _token_for_change(self, caller: Caller, ref: str, self_service: bool = False) -> Token:
+        token = self.resolve(caller, ref)
+        if not (self_service and caller.token_id == str(token.id)):
+            require_token_manager(caller)
+        require_may_manage(caller, scopes_of(token))
+        return token
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _checked_scopes(
+        self, caller: Caller, texts: Sequence[str] | None, allow_empty: bool = False
+    ) -> tuple[Scope, ...]:
+        if texts is None:
+            texts = ()
+        if isinstance(texts, str):
+            texts = [texts]
+        if len(texts) > MAX_SCOPES:
+            raise InvalidInput(f"a token may hold at most {MAX_SCOPES} scopes")
+        parsed = parse_scopes(texts)
+        if not parsed and not allow_empty:
+            raise InvalidInput("scope is mandatory")
+        require_may_grant(caller, parsed)
+        return parsed
+
+    def _move_name(self, token: Token, new_name: str, actor: dict[str, Any]) -> list[Aggregate]:
+        target = self._get_or_none(token_name_id(token.workspace_id, new_name))
+        if target is not None and target.token_id is not None:
+            raise NameTaken(f'Auth token with name "{new_name}" already exists')
+        old = self._get_or_none(token_name_id(token.workspace_id, token.name))
+        token.rename(new_name, actor)
+        if target is None:
+            target = TokenName.create(token.workspace_id, new_name, str(token.id), actor)
+        else:
+            target.claim(str(token.id), actor)
+        touched: list[Aggregate] = [target]
+        if old is not None and old.token_id == str(token.id):
+            old.release(actor)
+            touched.append(old)
+        return touched
+
+    def _get_or_none(self, aggregate_id: UUID) -> Any:
+        try:
+            return self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
+
+    def _new_token_id(self) -> UUID:
+        return uuid.uuid4()
+
+    def _save(self, aggregates: Sequence[Aggregate]) -> int:
+        recordings = self.save(*aggregates)
+        return max((r.notification.id for r in recordings), default=0)
+
+    def _retrying(self, attempt: Callable[[], Any]) -> Any:
+        for n in range(MAX_ATTEMPTS):
+            try:
+                with clock.one_instant():
+                    return attempt()
+            except IntegrityError:
+                # Another writer saved one of our aggregates first: read again and retry.
+                time.sleep(random.uniform(0, 0.002 * (n + 1)))
+            except OperationalError as error:
+                if "lock" not in str(error).lower() and "timeout" not in str(error).lower():
+                    raise
+                time.sleep(random.uniform(0, 0.01 * (n + 1)))
+        raise Conflict("The token was changed concurrently by another request; try again")
+
+
+def now_micros() -> int:
+    return clock.to_micros(clock.now())

@@ -1,0 +1,409 @@
+"""Aggregates and their events. Topics are pinned (`tokentrail.<aggregate>.<Event>.v1`), so renaming
+or moving a class never orphans stored events; a schema change adds a new version and an upcaster.
+
+Every event carries `actor`: who made the change and in which request —
+`{"token_id", "name", "request_id", "origin", "deployment_id"}`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate
+
+from domain import clock
+
+NAMESPACE = uuid5(NAMESPACE_URL, "https://tokentrail.dev/ns")
+
+ActorDict = dict[str, Any]
+
+
+class LedgerEvent(Aggregate.Event):
+    """Base of every event: timestamps come from the replaceable domain clock."""
+
+    actor: ActorDict
+
+    @staticmethod
+    def create_timestamp() -> datetime:
+        return clock.now()
+
+
+class LedgerCreated(LedgerEvent, Aggregate.Created):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Token
+
+
+class Token(Aggregate):
+    """A static token: its name, scopes and current generation (the nonce inside its value)."""
+
+    TOPIC = "tokentrail.token.Token"
+
+    class Event(LedgerEvent):
+        pass
+
+    class Created(Event, LedgerCreated):
+        TOPIC = "tokentrail.token.Created.v1"
+        workspace_id: str
+        name: str
+        description: str
+        scopes: list[str]
+        origin: dict[str, Any]
+        kind: str
+        generation: str
+
+    class ScopeAdded(Event):
+        TOPIC = "tokentrail.token.ScopeAdded.v1"
+        scope: str
+
+        def apply(self, token: "Token") -> None:
+            token.scopes.append(self.scope)
+
+    class ScopeRemoved(Event):
+        TOPIC = "tokentrail.token.ScopeRemoved.v1"
+        scope: str
+
+        def apply(self, token: "Token") -> None:
+            token.scopes.remove(self.scope)
+
+    class Renamed(Event):
+        TOPIC = "tokentrail.token.Renamed.v1"
+        name: str
+
+        def apply(self, token: "Token") -> None:
+            token.name = self.name
+
+    class DescriptionChanged(Event):
+        TOPIC = "tokentrail.token.DescriptionChanged.v1"
+        description: str
+
+        def apply(self, token: "Token") -> None:
+            token.description = self.description
+
+    class Refreshed(Event):
+        """A new generation; the previous one keeps working for `grace_seconds` (0: stops now)."""
+
+        TOPIC = "tokentrail.token.Refreshed.v1"
+        generation: str
+        grace_seconds: int
+
+        def apply(self, token: "Token") -> None:
+            token.previous_generation = token.generation
+            token.previous_valid_until = clock.to_micros(self.timestamp) + self.grace_seconds * 1_000_000
+            token.generation = self.generation
+
+    class Deleted(Event):
+        TOPIC = "tokentrail.token.Deleted.v1"
+
+        def apply(self, token: "Token") -> None:
+            token.deleted = True
+
+    def __init__(
+        self,
+        workspace_id: str,
+        name: str,
+        description: str,
+        scopes: list[str],
+        origin: dict[str, Any],
+        kind: str,
+        generation: str,
+    ) -> None:
+        self.workspace_id = workspace_id
+        self.name = name
+        self.description = description
+        self.scopes = list(scopes)
+        self.origin = dict(origin)
+        self.kind = kind  # "custom", "default", "user" or "datafile"
+        self.generation = generation
+        self.previous_generation: str | None = None
+        self.previous_valid_until = 0
+        self.deleted = False
+
+    @classmethod
+    def create(cls, *, actor: ActorDict, **fields: Any) -> "Token":
+        return cls._create(cls.Created, actor=actor, **fields)
+
+    def add_scope(self, scope: str, actor: ActorDict) -> None:
+        if scope not in self.scopes:
+            self.trigger_event(self.ScopeAdded, scope=scope, actor=actor)
+
+    def remove_scope(self, scope: str, actor: ActorDict) -> None:
+        if scope in self.scopes:
+            self.trigger_event(self.ScopeRemoved, scope=scope, actor=actor)
+
+    def replace_scopes(self, scopes: list[str], actor: ActorDict) -> None:
+        for scope in list(self.scopes):
+            if scope not in scopes:
+                self.remove_scope(scope, actor)
+        for scope in scopes:
+            self.add_scope(scope, actor)
+
+    def rename(self, name: str, actor: ActorDict) -> None:
+        if name != self.name:
+            self.trigger_event(self.Renamed, name=name, actor=actor)
+
+    def describe(self, description: str, actor: ActorDict) -> None:
+        if description != self.description:
+            self.trigger_event(self.DescriptionChanged, description=description, actor=actor)
+
+    def refresh(self, generation: str, grace_seconds: int, actor: ActorDict) -> None:
+        self.trigger_event(
+            self.Refreshed, generation=generation, grace_seconds=grace_seconds, actor=actor
+        )
+
+    def delete(self, actor: ActorDict) -> None:
+        if not self.deleted:
+            self.trigger_event(self.Deleted, actor=actor)
+
+    def accepts(self, generation: str, now_micros: int) -> bool:
+        """Is a value of this generation valid now (current, or previous inside its grace)?"""
+        if self.deleted:
+            return False
+        if generation == self.generation:
+            return True
+        return generation == self.previous_generation and now_micros < self.previous_valid_until
+
+
+# ---------------------------------------------------------------------------------------------
+# Name index: one aggregate per (workspace, name), so two creates of one name collide.
+
+
+def token_name_id(workspace_id: str, name: str) -> UUID:
+    return uuid5(NAMESPACE, f"token-name:{workspace_id}:{name}")
+
+
+class TokenName(Aggregate):
+    """Which live token holds a name in a workspace. Saved with the token in one transaction."""
+
+    TOPIC = "tokentrail.token_name.TokenName"
+
+    class Event(LedgerEvent):
+        pass
+
+    class Created(Event, LedgerCreated):
+        TOPIC = "tokentrail.token_name.Created.v1"
+        workspace_id: str
+        name: str
+        token_id: str
+
+    class Claimed(Event):
+        TOPIC = "tokentrail.token_name.Claimed.v1"
+        token_id: str
+
+        def apply(self, index: "TokenName") -> None:
+            index.token_id = self.token_id
+
+    class Released(Event):
+        TOPIC = "tokentrail.token_name.Released.v1"
+
+        def apply(self, index: "TokenName") -> None:
+            index.token_id = None
+
+    def __init__(self, workspace_id: str, name: str, token_id: str) -> None:
+        self.workspace_id = workspace_id
+        self.name = name
+        self.token_id: str | None = token_id
+
+    @classmethod
+    def create(cls, workspace_id: str, name: str, token_id: str, actor: ActorDict) -> "TokenName":
+        return cls._create(
+            cls.Created,
+            id=token_name_id(workspace_id, name),
+            workspace_id=workspace_id,
+            name=name,
+            token_id=token_id,
+            actor=actor,
+        )
+
+    def claim(self, token_id: str, actor: ActorDict) -> None:
+        self.trigger_event(self.Claimed, token_id=token_id, actor=actor)
+
+    def release(self, actor: ActorDict) -> None:
+        if self.token_id is not None:
+            self.trigger_event(self.Released, actor=actor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Workspaces and users
+
+
+def workspace_name_id(name: str) -> UUID:
+    return uuid5(NAMESPACE, f"workspace-name:{name.lower()}")
+
+
+def user_id_for(email: str) -> UUID:
+    return uuid5(NAMESPACE, f"user:{email.strip().lower()}")
+
+
+class Workspace(Aggregate):
+    TOPIC = "tokentrail.workspace.Workspace"
+
+    class Event(LedgerEvent):
+        pass
+
+    class Created(Event, LedgerCreated):
+        TOPIC = "tokentrail.workspace.Created.v1"
+        name: str
+        owner_email: str
+        owner_user_id: str
+        admin_token_id: str
+
+    def __init__(self, name: str, owner_email: str, owner_user_id: str, admin_token_id: str) -> None:
+        self.name = name
+        self.owner_email = owner_email
+        self.owner_user_id = owner_user_id
+        self.admin_token_id = admin_token_id
+
+    @classmethod
+    def create(cls, *, actor: ActorDict, **fields: Any) -> "Workspace":
+        return cls._create(cls.Created, actor=actor, **fields)
+
+
+class WorkspaceName(Aggregate):
+    """Claims a workspace name (case-insensitively) for good: workspaces are never deleted."""
+
+    TOPIC = "tokentrail.workspace_name.WorkspaceName"
+
+    class Event(LedgerEvent):
+        pass
+
+    class Created(Event, LedgerCreated):
+        TOPIC = "tokentrail.workspace_name.Created.v1"
+        name: str
+        workspace_id: str
+
+    def __init__(self, name: str, workspace_id: str) -> None:
+        self.name = name
+        self.workspace_id = workspace_id
+
+    @classmethod
+    def create(cls, name: str, workspace_id: str, actor: ActorDict) -> "WorkspaceName":
+        return cls._create(
+            cls.Created, id=workspace_name_id(name), name=name, workspace_id=workspace_id, actor=actor
+        )
+
+
+class User(Aggregate):
+    """A person (by e-mail) and their user token (scope AUTH), which creates and lists workspaces."""
+
+    TOPIC = "tokentrail.user.User"
+
+    class Event(LedgerEvent):
+        pass
+
+    class Created(Event, LedgerCreated):
+        TOPIC = "tokentrail.user.Created.v1"
+        email: str
+        user_token_id: str
+
+    def __init__(self, email: str, user_token_id: str) -> None:
+        self.email = email
+        self.user_token_id = user_token_id
+
+    @classmethod
+    def create(cls, email: str, user_token_id: str, actor: ActorDict) -> "User":
+        return cls._create(
+            cls.Created, id=user_id_for(email), email=email, user_token_id=user_token_id, actor=actor
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# JWT issuances: not tokens of the table, but every issuance is on the record.
+
+
+class Jwt(Aggregate):
+    TOPIC = "tokentrail.jwt.Jwt"
+
+    class Event(LedgerEvent):
+        pass
+
+    class Issued(Event, LedgerCreated):
+        TOPIC = "tokentrail.jwt.Issued.v1"
+        workspace_id: str
+        name: str
+        scopes: list[dict[str, Any]]  # the JWT's scope objects: type, resource, filter/fixed_params
+        expires_at: int
+        limits: dict[str, Any]
+        admin_token_id: str
+        admin_generation: str
+
+    Created = Issued  # the library expects a Created class; ours has a domain name
+
+    def __init__(
+        self,
+        workspace_id: str,
+        name: str,
+        scopes: list[dict[str, Any]],
+        expires_at: int,
+        limits: dict[str, Any],
+        admin_token_id: str,
+        admin_generation: str,
+    ) -> None:
+        self.workspace_id = workspace_id
+        self.name = name
+        self.scopes = scopes
+        self.expires_at = expires_at
+        self.limits = limits
+        self.admin_token_id = admin_token_id
+        self.admin_generation = admin_generation
+
+    @classmethod
+    def issue(cls, *, actor: ActorDict, **fields: Any) -> "Jwt":
+        return cls._create(cls.Issued, actor=actor, **fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deployments: one log per workspace. Every deployment appends to it in the same transaction as its
+# token changes, so two concurrent deployments collide on the log's version: one wins, the other
+# re-plans against the winner's result. Its token events carry the deployment id in `actor`.
+
+
+def deployment_log_id(workspace_id: str) -> UUID:
+    return uuid5(NAMESPACE, f"deployments:{workspace_id}")
+
+
+class DeploymentLog(Aggregate):
+    TOPIC = "tokentrail.deployment_log.DeploymentLog"
+
+    class Event(LedgerEvent):
+        pass
+
+    class Created(Event, LedgerCreated):
+        """The workspace's first deployment."""
+
+        TOPIC = "tokentrail.deployment_log.Created.v1"
+        workspace_id: str
+        deployment_id: str
+        token_changes: list[dict[str, Any]]
+        files: list[str]
+
+    class Applied(Event):
+        TOPIC = "tokentrail.deployment_log.Applied.v1"
+        workspace_id: str
+        deployment_id: str
+        token_changes: list[dict[str, Any]]
+        files: list[str]
+
+        def apply(self, log: "DeploymentLog") -> None:
+            log.last_deployment_id = self.deployment_id
+            log.count += 1
+
+    def __init__(self, workspace_id: str, deployment_id: str, token_changes: list[dict[str, Any]], files: list[str]) -> None:
+        self.workspace_id = workspace_id
+        self.last_deployment_id = deployment_id
+        self.count = 1
+
+    @classmethod
+    def start(cls, workspace_id: str, deployment_id: str, token_changes: list[dict[str, Any]], files: list[str],
+              actor: ActorDict) -> "DeploymentLog":
+        return cls._create(
+            cls.Created, id=deployment_log_id(workspace_id), workspace_id=workspace_id,
+            deployment_id=deployment_id, token_changes=token_changes, files=files, actor=actor,
+        )
+
+    def record(self, deployment_id: str, token_changes: list[dict[str, Any]], files: list[str], actor: ActorDict) -> None:
+        self.trigger_event(self.Applied, workspace_id=self.workspace_id, deployment_id=deployment_id, token_changes=token_changes, files=files, actor=actor)

@@ -1,0 +1,86 @@
+"""Token values in Tinybird's `p.<payload>.<signature>` format.
+
+The payload is `{"u": workspace_id, "id": token_id, "host": null, "g": generation}`; the signature is
+HMAC-SHA256 of the base64url payload with the server key. `g` is a random nonce recorded by each
+Created/Refreshed event, so refreshing changes the value while the id stays. The ledger stores the
+ids and the nonce but never the signature: without the server key nothing stored rebuilds a value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+
+MAX_VALUE_LENGTH = 1024
+
+
+@dataclass(frozen=True)
+class ValueClaims:
+    """What a well-signed value says; the ledger still has to check it is current."""
+
+    workspace_id: str
+    token_id: str
+    generation: str
+
+
+def new_generation() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TokenSigner:
+    """Makes and checks token values with the server key (which never enters the database)."""
+
+    def __init__(self, key: bytes, host: str | None = None) -> None:
+        if len(key) < 16:
+            raise ValueError("the server key must be at least 16 bytes")
+        self._key = key
+        self.host = host
+
+    def make(self, workspace_id: str, token_id: str, generation: str) -> str:
+        payload = json.dumps(
+            {"u": workspace_id, "id": token_id, "host": self.host, "g": generation},
+            separators=(",", ":"),
+        ).encode()
+        encoded = b64url(payload)
+        return f"p.{encoded}.{self._sign(encoded)}"
+
+    def read(self, value: str) -> ValueClaims | None:
+        """Return the claims of a value signed with this key, or None for anything else."""
+        if not isinstance(value, str) or len(value) > MAX_VALUE_LENGTH or not value.startswith("p."):
+            return None
+        parts = value.split(".")
+        if len(parts) != 3:
+            return None
+        _, encoded, signature = parts
+        if not hmac.compare_digest(self._sign(encoded), signature):
+            return None
+        try:
+            payload = json.loads(b64url_decode(encoded))
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            return None
+        if not isinstance(payload, dict):
+            return None
+        u, id_, g = payload.get("u"), payload.get("id"), payload.get("g")
+        if not (isinstance(u, str) and isinstance(id_, str) and isinstance(g, str)):
+            return None
+        return ValueClaims(u, id_, g)
+
+    def _sign(self, encoded: str) -> str:
+        return b64url(hmac.new(self._key, encoded.encode("ascii", "replace"), hashlib.sha256).digest())
+
+
+def looks_like_value(text: str) -> bool:
+    return text.startswith("p.") and text.count(".") == 2

@@ -1,0 +1,117 @@
+"""Where the ledger lives: one database holds the event store and the read models.
+
+`TOKENTRAIL_DATABASE_URL` selects it: `sqlite:///path/to/file.db` (default: a file in
+`TOKENTRAIL_DATA_DIR`, itself `./tokentrail-data/` by default) or `postgresql://user@host:port/db`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
+
+from domain.errors import InvalidInput
+
+DEFAULT_DATA_DIR = "tokentrail-data"
+SQLITE_BUSY_MS = 15_000
+
+
+def data_dir(environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    return Path(env.get("TOKENTRAIL_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+def database_url(environ: dict[str, str] | None = None) -> str:
+    env = os.environ if environ is None else environ
+    url = env.get("TOKENTRAIL_DATABASE_URL")
+    if url:
+        return url
+    return f"sqlite:///{data_dir(env) / 'tokentrail.db'}"
+
+
+@dataclass(frozen=True)
+class Database:
+    url: str
+
+    @property
+    def backend(self) -> str:
+        scheme = self.url.split(":", 1)[0].split("+", 1)[0]
+        if scheme == "sqlite":
+            return "sqlite"
+        if scheme in ("postgresql", "postgres"):
+            return "postgres"
+        raise InvalidInput(f"unsupported database URL {self.url!r}: use sqlite:/// or postgresql://")
+
+    @property
+    def sqlite_path(self) -> Path:
+        path = self.url.split(":///", 1)[1] if ":///" in self.url else ""
+        if not path or path == ":memory:":
+            raise InvalidInput("a SQLite database needs a file path: sqlite:///path/to/file.db")
+        return Path(path)
+
+    def eventsourcing_env(self) -> dict[str, str]:
+        if self.backend == "sqlite":
+            path = self.sqlite_path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return {
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(path),
+                "SQLITE_LOCK_TIMEOUT": str(SQLITE_BUSY_MS // 1000),
+            }
+        url = make_url(self.url)
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": url.database or "postgres",
+            "POSTGRES_HOST": url.host or "127.0.0.1",
+            "POSTGRES_PORT": str(url.port or 5432),
+            "POSTGRES_USER": url.username or "postgres",
+            "POSTGRES_PASSWORD": url.password or "",
+            # Finite waits: a stuck lock becomes an error (and a retry), never a hung request.
+            "POSTGRES_LOCK_TIMEOUT": "5",
+            "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
+            "POSTGRES_POOL_SIZE": "5",
+            "POSTGRES_MAX_OVERFLOW": "10",
+        }
+
+    def sqlalchemy_url(self) -> str:
+        if self.backend == "sqlite":
+            return f"sqlite:///{self.sqlite_path}"
+        url = make_url(self.url).set(drivername="postgresql+psycopg")
+        return url.render_as_string(hide_password=False)
+
+    def engine(self, *, writer: bool) -> Engine:
+        """An engine for the read models. On SQLite the writer begins IMMEDIATE transactions,
+        so a projector holds the write lock from its first read of the tracking row."""
+        if self.backend == "sqlite":
+            self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(
+                self.sqlalchemy_url(),
+                connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_MS / 1000},
+                poolclass=NullPool if writer else None,
+            )
+            _sqlite_transactions(engine, "BEGIN IMMEDIATE" if writer else "BEGIN")
+            return engine
+        kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
+        return create_engine(self.sqlalchemy_url(), **kwargs)
+
+
+def _sqlite_transactions(engine: Engine, begin: str) -> None:
+    """Take transaction control from pysqlite, whose implicit BEGIN is deferred and late."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql(begin)

@@ -1,0 +1,370 @@
+"""Compliance reads: the audit trail, token histories, the token table as of an instant, and who
+could access a resource at an instant (or what changed between two).
+
+"As of T" means every event whose effective time is ≤ T: a prefix of the log, because effective
+times never decrease in log order. Temporal rows are valid on [valid_from, valid_to).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from sqlalchemy import Engine, and_, or_, select
+
+from domain.clock import format_instant
+from domain.errors import InvalidInput
+from domain.scopes import Grant, grant_for, parse_scope
+from projections import schema as s
+from projections.queries import TokenRow
+
+MAX_PAGE = 1000
+AUDIT_FILTERS = ("from", "to", "actor", "token_id", "token_name", "resource", "event", "deployment")
+
+
+# -- audit trail ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    workspace_id: str
+    start: int | None = None  # effective time, inclusive
+    end: int | None = None  # effective time, exclusive
+    actor: str | None = None  # actor token id or name
+    token_id: str | None = None
+    token_name: str | None = None
+    resource: str | None = None
+    events: tuple[str, ...] = ()
+    deployment: str | None = None
+
+
+def encode_cursor(position: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"p": position}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        position = int(data["p"])
+    except (ValueError, KeyError, TypeError):
+        raise InvalidInput("invalid cursor") from None
+    if position < 0:
+        raise InvalidInput("invalid cursor")
+    return position
+
+
+def audit_event(row: Any) -> dict[str, Any]:
+    """One audit row in the wire shape of SPEC §5.2."""
+    out = {
+        "position": row["position"],
+        "at": format_instant(row["at"]),
+        "type": row["type"],
+        "workspace_id": row["workspace_id"],
+        "token_id": row["token_id"],
+        "token_name": row["token_name"],
+        "actor": {"token_id": row["actor_token_id"], "name": row["actor_name"]},
+        "request_id": row["request_id"],
+        "origin": row["origin"],
+        "deployment_id": row["deployment_id"],
+        "scopes_before": json.loads(row["scopes_before"]) if row["scopes_before"] is not None else None,
+        "scopes_after": json.loads(row["scopes_after"]) if row["scopes_after"] is not None else None,
+        "details": json.loads(row["details"]) if row["details"] else None,
+        "hash": row["hash"],
+    }
+    return out
+
+
+class History:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _audit_select(self, q: AuditQuery, after: int) -> Any:
+        a = s.audit
+        conditions = [a.c.workspace_id == q.workspace_id, a.c.visible.is_(True), a.c.position > after]
+        if q.start is not None:
+            conditions.append(a.c.at >= q.start)
+        if q.end is not None:
+            conditions.append(a.c.at < q.end)
+        if q.actor:
+            conditions.append(or_(a.c.actor_token_id == q.actor, a.c.actor_name == q.actor))
+        if q.token_id:
+            conditions.append(a.c.token_id == q.token_id)
+        if q.token_name:
+            conditions.append(a.c.token_name == q.token_name)
+        if q.events:
+            conditions.append(a.c.type.in_(q.events))
+        if q.deployment:
+            conditions.append(a.c.deployment_id == q.deployment)
+        if q.resource:
+            r = s.audit_resources
+            conditions.append(
+                a.c.position.in_(
+                    select(r.c.position).where(
+                        and_(r.c.workspace_id == q.workspace_id, r.c.resource == q.resource, r.c.position > after)
+                    )
+                )
+            )
+        return select(a).where(and_(*conditions)).order_by(a.c.position)
+
+    def audit_page(self, q: AuditQuery, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}")
+        after = decode_cursor(cursor)
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(self._audit_select(q, after).limit(limit + 1)).mappings())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        events = [audit_event(r) for r in rows]
+        return events, encode_cursor(rows[-1]["position"]) if more and rows else None
+
+    def audit_stream(self, q: AuditQuery, chunk: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every matching event, fetched a page at a time (bounded memory, keyset paging)."""
+        after = 0
+        while True:
+            with self.engine.connect() as conn:
+                rows = list(conn.execute(self._audit_select(q, after).limit(chunk)).mappings())
+            for row in rows:
+                yield audit_event(row)
+            if len(rows) < chunk:
+                return
+            after = rows[-1]["position"]
+
+    def token_history(self, token_id: str) -> list[dict[str, Any]]:
+        a = s.audit
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(a).where(and_(a.c.token_id == token_id, a.c.visible.is_(True))).order_by(a.c.position)
+            ).mappings()
+            return [audit_event(r) for r in rows]
+
+    def token_ids_named(self, workspace_id: str, name: str) -> list[str]:
+        """Tokens that ever had this name, most recent first (deleted ones included)."""
+        v = s.token_versions
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(v.c.token_id, v.c.from_position)
+                .where(and_(v.c.workspace_id == workspace_id, v.c.name == name))
+                .order_by(v.c.from_position.desc())
+            ).all()
+        seen: list[str] = []
+        for token_id, _ in rows:
+            if token_id not in seen:
+                seen.append(token_id)
+        return seen
+
+    # -- point in time -------------------------------------------------------------------------
+
+    def tokens_as_of(self, workspace_id: str, at: int) -> list[TokenRow]:
+        v = s.token_versions
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(v)
+                .where(
+                    and_(
+                        v.c.workspace_id == workspace_id,
+                        v.c.valid_from <= at,
+                        or_(v.c.valid_to.is_(None), v.c.valid_to > at),
+                    )
+                )
+                .order_by(v.c.from_position)
+            ).mappings()
+            return [_version_row(r) for r in rows]
+
+    def token_as_of(self, workspace_id: str, at: int, token_id: str | None = None, name: str | None = None) -> TokenRow | None:
+        v = s.token_versions
+        conditions = [
+            v.c.workspace_id == workspace_id,
+            v.c.valid_from <= at,
+            or_(v.c.valid_to.is_(None), v.c.valid_to > at),
+        ]
+        conditions.append(v.c.token_id == token_id if token_id is not None else v.c.name == name)
+        with self.engine.connect() as conn:
+            row = conn.execute(select(v).where(and_(*conditions))).mappings().first()
+        return _version_row(row) if row else None
+
+    def grants_at(self, workspace_id: str, at: int, resource: str | None = None) -> list[dict[str, Any]]:
+        """Scope rows valid at `at` that could matter for `resource` (all rows when None)."""
+        g = s.scope_grants
+        conditions = [
+            g.c.workspace_id == workspace_id,
+            g.c.valid_from <= at,
+            or_(g.c.valid_to.is_(None), g.c.valid_to > at),
+        ]
+        if resource is not None:
+            candidates = [resource]
+            if resource.endswith("_quarantine"):
+                candidates.append(resource[: -len("_quarantine")])
+            conditions.append(or_(g.c.resource.in_(candidates), g.c.kind.is_(None), g.c.kind == "user"))
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(select(g).where(and_(*conditions))).mappings()]
+
+    def names_at(self, workspace_id: str, at: int, token_ids: set[str]) -> dict[str, str]:
+        if not token_ids:
+            return {}
+        v = s.token_versions
+        out: dict[str, str] = {}
+        ids = sorted(token_ids)
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), 500):
+                rows = conn.execute(
+                    select(v.c.token_id, v.c.name).where(
+                        and_(
+                            v.c.token_id.in_(ids[start : start + 500]),
+                            v.c.valid_from <= at,
+                            or_(v.c.valid_to.is_(None), v.c.valid_to > at),
+                        )
+                    )
+                )
+                out.update({token_id: name for token_id, name in rows})
+        return out
+
+    def jwts_at(self, workspace_id: str, at: int) -> list[dict[str, Any]]:
+        j = s.jwts
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(j).where(
+                    and_(
+                        j.c.workspace_id == workspace_id,
+                        j.c.issued_at <= at,
+                        j.c.expires_at > at,
+                        or_(j.c.invalidated_at.is_(None), j.c.invalidated_at > at),
+                    )
+                )
+            ).mappings()
+            return [dict(r) for r in rows]
+
+    def access(self, workspace_id: str, resource: str, kind: str, permission: str, at: int) -> list[dict[str, Any]]:
+        """Every token and JWT that held `permission` on the `kind` `resource` at `at`."""
+        snapshot = self.snapshot(workspace_id, at, resource)
+        return snapshot.grants(kind, permission, resource)
+
+    def snapshot(self, workspace_id: str, at: int, resource: str | None = None) -> "AccessSnapshot":
+        """Everything needed to answer access questions at `at` (for one resource, or all)."""
+        by_token: dict[str, list[Any]] = {}
+        for row in self.grants_at(workspace_id, at, resource):
+            by_token.setdefault(row["token_id"], []).append(parse_scope(row["scope"]))
+        names = self.names_at(workspace_id, at, set(by_token))
+        jwts = []
+        for jwt in self.jwts_at(workspace_id, at):
+            scopes = []
+            for item in json.loads(jwt["scopes"]):
+                text = f"{item['type']}:{item['resource']}" + (f":{item['filter']}" if item.get("filter") else "")
+                scopes.append(parse_scope(text))
+            jwts.append((jwt["id"], jwt["name"], scopes))
+        return AccessSnapshot(by_token, names, jwts)
+
+    def access_diff(
+        self,
+        workspace_id: str,
+        start: int,
+        end: int,
+        resource: str | None = None,
+        kind: str | None = None,
+        permission: str | None = None,
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Permissions gained, lost and changed (another via or filter) between two instants."""
+        if resource is not None:
+            kinds = [kind] if kind else ["datasource", "pipe"]
+            targets = sorted({(k, resource) for k in kinds})
+        else:
+            targets = sorted(t for t in self.known_resources(workspace_id, start, end) if kind in (None, t[0]))
+        before = self.snapshot(workspace_id, start, resource)
+        after = self.snapshot(workspace_id, end, resource)
+        out: dict[str, list[dict[str, Any]]] = {"gained": [], "lost": [], "changed": []}
+        for k, r in targets:
+            permissions = [permission] if permission else list(PERMISSIONS_BY_KIND[k])
+            for p in permissions:
+                key = {"resource": r, "kind": k, "permission": p}
+                old = {(g["jwt"], g["token_id"]): g for g in before.grants(k, p, r)}
+                new = {(g["jwt"], g["token_id"]): g for g in after.grants(k, p, r)}
+                for ident in sorted(new.keys() - old.keys()):
+                    out["gained"].append({**new[ident], **key})
+                for ident in sorted(old.keys() - new.keys()):
+                    out["lost"].append({**old[ident], **key})
+                for ident in sorted(old.keys() & new.keys()):
+                    a, b = old[ident], new[ident]
+                    if (a["via"], a["filter"]) != (b["via"], b["filter"]):
+                        out["changed"].append({"before": {**a, **key}, "after": {**b, **key}})
+        return out
+
+    def known_resources(self, workspace_id: str, start: int, end: int) -> set[tuple[str, str]]:
+        """(kind, resource) pairs named by any scope or JWT valid at some point in [start, end]."""
+        g, j = s.scope_grants, s.jwts
+        out: set[tuple[str, str]] = set()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(g.c.kind, g.c.resource)
+                .where(
+                    and_(
+                        g.c.workspace_id == workspace_id,
+                        g.c.kind.in_(("datasource", "pipe")),
+                        g.c.valid_from <= end,
+                        or_(g.c.valid_to.is_(None), g.c.valid_to > start),
+                    )
+                )
+                .distinct()
+            )
+            out.update((k, r) for k, r in rows)
+            for (scopes,) in conn.execute(
+                select(j.c.scopes).where(and_(j.c.workspace_id == workspace_id, j.c.issued_at <= end, j.c.expires_at > start))
+            ):
+                for item in json.loads(scopes):
+                    out.add(("datasource" if item["type"].startswith("DATASOURCES") else "pipe", item["resource"]))
+        for kind, resource in list(out):
+            if kind == "datasource" and not resource.endswith("_quarantine"):
+                out.add((kind, f"{resource}_quarantine"))
+        return out
+
+
+PERMISSIONS_BY_KIND = {"datasource": ("READ", "APPEND", "DROP"), "pipe": ("READ", "DROP")}
+
+
+@dataclass
+class AccessSnapshot:
+    """The scopes each token (and JWT) held at one instant."""
+
+    scopes_by_token: dict[str, list[Any]]
+    names: dict[str, str]
+    jwts: list[tuple[str, str, list[Any]]]
+
+    def grants(self, kind: str, permission: str, resource: str) -> list[dict[str, Any]]:
+        out = []
+        for token_id, scopes in self.scopes_by_token.items():
+            grant = grant_for(scopes, kind, permission, resource)
+            if grant is not None:
+                out.append(_grant(token_id, self.names.get(token_id, ""), grant, jwt=False))
+        for jwt_id, name, scopes in self.jwts:
+            grant = grant_for(scopes, kind, permission, resource)
+            if grant is not None:
+                out.append(_grant(jwt_id, name, grant, jwt=True))
+        out.sort(key=lambda g: (g["jwt"], g["name"], g["token_id"]))
+        return out
+
+
+def _grant(token_id: str, name: str, grant: Grant, jwt: bool) -> dict[str, Any]:
+    return {"token_id": token_id, "name": name, "via": grant.via, "filter": grant.filter, "jwt": jwt}
+
+
+def _version_row(row: Any) -> TokenRow:
+    origin: dict[str, Any] = {"type": row["origin_type"]}
+    if row["origin_resource_id"]:
+        origin["resource_id"] = row["origin_resource_id"]
+    return TokenRow(
+        id=row["token_id"],
+        workspace_id=row["workspace_id"],
+        name=row["name"],
+        description=row["description"],
+        kind=row["kind"],
+        origin=origin,
+        scopes=tuple(json.loads(row["scopes"])),
+        generation="",
+        previous_generation=None,
+        previous_valid_until=0,
+        deleted=False,
+        created_at=row["valid_from"],
+        updated_at=row["valid_from"],
+    )

@@ -1,0 +1,550 @@
+"""One projector follows the notification log in order and, per batch of events, writes every read
+model and the tracking row in one transaction: the token table, the temporal tables, the audit rows
+with their hash chain. A batch either lands whole with its tracking position or not at all, and the
+conditional update of the tracking row refuses a batch that another process already applied, so
+each event is applied exactly once, across crashes and across processes.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from eventsourcing.persistence import Notification
+from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, text, update
+
+from domain import clock
+from domain.ledger import Ledger
+from domain.model import DeploymentLog, Jwt, Token, TokenName, User, Workspace, WorkspaceName
+from domain.scopes import parse_scope
+from projections import schema as s
+from projections.chain import GENESIS, event_bytes, next_hash
+
+TRACKING_NAME = "ledger"
+BATCH_SIZE = 1000
+_ADVISORY_KEY = 0x746F6B656E  # "token"
+
+_AGGREGATES = {
+    Token: "token",
+    TokenName: "token_name",
+    Workspace: "workspace",
+    WorkspaceName: "workspace_name",
+    User: "user",
+    Jwt: "jwt",
+    DeploymentLog: "deployment",
+}
+HIDDEN_AGGREGATES = frozenset({"token_name", "workspace_name"})
+
+
+class StaleBatch(Exception):
+    """Another process applied these events first; the transaction is rolled back."""
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def _resources(scopes: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for text_ in scopes:
+        scope = parse_scope(text_)
+        if scope.kind in ("datasource", "pipe") and scope.resource not in out:
+            out.append(scope.resource)
+    return out
+
+
+@dataclass
+class _Batch:
+    """In-memory state of one batch; flushed to the database at its end."""
+
+    conn: Connection
+    tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
+    new_tokens: set[str] = field(default_factory=set)
+    changed_tokens: set[str] = field(default_factory=set)
+    audit_rows: list[dict[str, Any]] = field(default_factory=list)
+    audit_resources: list[dict[str, Any]] = field(default_factory=list)
+    version_inserts: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    version_closes: list[dict[str, Any]] = field(default_factory=list)
+    grant_inserts: list[dict[str, Any]] = field(default_factory=list)
+    open_grants: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    grant_closes: list[dict[str, Any]] = field(default_factory=list)
+    generation_inserts: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    generation_seqs: dict[str, int] = field(default_factory=dict)
+    generation_closes: list[dict[str, Any]] = field(default_factory=list)
+    workspaces: list[dict[str, Any]] = field(default_factory=list)
+    users: list[dict[str, Any]] = field(default_factory=list)
+    jwts: list[dict[str, Any]] = field(default_factory=list)
+    jwt_invalidations: list[dict[str, Any]] = field(default_factory=list)
+    deployments: list[dict[str, Any]] = field(default_factory=list)
+
+    def token(self, token_id: str) -> dict[str, Any]:
+        return self.tokens[token_id]
+
+
+class Projector:
+    """Applies the ledger's events to the read models; `catch_up` is safe to call from anywhere."""
+
+    def __init__(self, ledger: Ledger, engine: Engine, backend: str) -> None:
+        self.ledger = ledger
+        self.engine = engine
+        self.backend = backend
+        self._lock = threading.Lock()
+        self.position = 0  # last position this process knows to be projected
+        self.listeners: list[Callable[[Sequence[Notification]], None]] = []
+
+    # -- driving ------------------------------------------------------------------------------
+
+    def catch_up(self, until: int | None = None, progress: Callable[[int], None] | None = None) -> int:
+        """Project every event up to `until` (default: the log's head); return the position."""
+        if until is not None and until <= self.position:
+            return self.position
+        with self._lock:
+            while True:
+                applied = self._project_batch(until)
+                if progress is not None and applied:
+                    progress(applied)
+                if not applied or (until is not None and self.position >= until):
+                    return self.position
+
+    def tracked_position(self) -> int:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.tracking.c.position).where(s.tracking.c.name == TRACKING_NAME)).first()
+        return row[0] if row else 0
+
+    def _project_batch(self, until: int | None) -> int:
+        with self.engine.begin() as conn:
+            if self.backend == "postgres":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
+            state = conn.execute(
+                select(s.tracking.c.position, s.tracking.c.at, s.tracking.c.head).where(
+                    s.tracking.c.name == TRACKING_NAME
+                )
+            ).first()
+            if state is None:
+                conn.execute(insert(s.tracking).values(name=TRACKING_NAME, position=0, at=0, head=GENESIS))
+                position, at, head = 0, 0, GENESIS
+            else:
+                position, at, head = state
+            notifications = self.ledger.recorder.select_notifications(
+                start=position + 1, limit=BATCH_SIZE, stop=until
+            )
+            if not notifications:
+                self.position = max(self.position, position)
+                return 0
+            batch = _Batch(conn)
+            self._load_tokens(batch, notifications)
+            for notification in notifications:
+                at, head = self._apply(batch, notification, at, head)
+            self._flush(batch)
+            last = notifications[-1].id
+            result = conn.execute(
+                update(s.tracking)
+                .where(and_(s.tracking.c.name == TRACKING_NAME, s.tracking.c.position == position))
+                .values(position=last, at=at, head=head)
+            )
+            if result.rowcount != 1:
+                raise StaleBatch(f"tracking moved past {position} while projecting")
+        self.position = last
+        for listener in self.listeners:
+            listener(notifications)
+        return len(notifications)
+
+    # -- applying events ----------------------------------------------------------------------
+
+    def _load_tokens(self, batch: _Batch, notifications: Sequence[Notification]) -> None:
+        ids = {str(n.originator_id) for n in notifications if n.topic.startswith("tokentrail.token.")}
+        ids = sorted(ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            for row in batch.conn.execute(select(s.tokens).where(s.tokens.c.id.in_(chunk))).mappings():
+                batch.tokens[row["id"]] = dict(row)
+
+    def _apply(self, batch: _Batch, n: Notification, at: int, head: str) -> tuple[int, str]:
+        event = self.ledger.mapper.to_domain_event(n)
+        recorded = clock.to_micros(event.timestamp)
+        at = max(at, recorded)
+        head = next_hash(head, event_bytes(n.id, n.originator_id, n.originator_version, n.topic, n.state))
+        aggregate_cls = type(event).__qualname__.split(".")[0]
+        aggregate = next(v for k, v in _AGGREGATES.items() if k.__name__ == aggregate_cls)
+        actor = getattr(event, "actor", None) or {}
+        row: dict[str, Any] = {
+            "position": n.id,
+            "at": at,
+            "recorded_at": recorded,
+            "type": type(event).__name__,
+            "aggregate": aggregate,
+            "visible": aggregate not in HIDDEN_AGGREGATES,
+            "workspace_id": None,
+            "token_id": None,
+            "token_name": None,
+            "actor_token_id": actor.get("token_id"),
+            "actor_name": actor.get("name"),
+            "request_id": actor.get("request_id"),
+            "origin": actor.get("origin"),
+            "deployment_id": actor.get("deployment_id"),
+            "scopes_before": None,
+            "scopes_after": None,
+            "resources": [],
+            "details": None,
+            "hash": head,
+        }
+        handler = getattr(self, f"_on_{aggregate}")
+        handler(batch, event, n, at, row)
+        for resource in row.pop("resources"):
+            batch.audit_resources.append(
+                {"position": n.id, "resource": resource, "workspace_id": row["workspace_id"]}
+            )
+        batch.audit_rows.append(row)
+        return at, head
+
+    def _on_token(self, batch: _Batch, event: Any, n: Notification, at: int, row: dict[str, Any]) -> None:
+        token_id = str(n.originator_id)
+        if isinstance(event, Token.Created):
+            token = {
+                "id": token_id,
+                "workspace_id": event.workspace_id,
+                "name": event.name,
+                "description": event.description,
+                "kind": event.kind,
+                "origin_type": event.origin.get("type", "C"),
+                "origin_resource_id": event.origin.get("resource_id"),
+                "scopes": _dumps(list(event.scopes)),
+                "generation": event.generation,
+                "previous_generation": None,
+                "previous_valid_until": 0,
+                "created_at": at,
+                "created_position": n.id,
+                "updated_at": at,
+                "deleted": False,
+                "deleted_at": None,
+                "version": n.originator_version,
+                "position": n.id,
+            }
+            batch.tokens[token_id] = token
+            batch.new_tokens.add(token_id)
+            before: list[str] = []
+            self._open_generation(batch, token, 1, at, 0)
+        else:
+            token = batch.token(token_id)
+            before = json.loads(token["scopes"])
+        after = list(event.scopes) if isinstance(event, Token.Created) else list(before)
+        details: dict[str, Any] | None = None
+        if isinstance(event, Token.ScopeAdded):
+            after.append(event.scope)
+        elif isinstance(event, Token.ScopeRemoved):
+            after = [sc for sc in after if sc != event.scope]
+        elif isinstance(event, Token.Renamed):
+            details = {"from": token["name"], "to": event.name}
+            token["name"] = event.name
+        elif isinstance(event, Token.DescriptionChanged):
+            details = {"from": token["description"], "to": event.description}
+            token["description"] = event.description
+        elif isinstance(event, Token.Refreshed):
+            grace_until = at + event.grace_seconds * 1_000_000
+            details = {"grace_seconds": event.grace_seconds, "previous_valid_until": grace_until}
+            seq = self._current_generation_seq(batch, token_id)
+            self._close_generation(batch, token_id, seq, grace_until)
+            self._open_generation(batch, token, seq + 1, at, event.grace_seconds)
+            token["previous_generation"] = token["generation"]
+            token["previous_valid_until"] = clock.to_micros(event.timestamp) + event.grace_seconds * 1_000_000
+            token["generation"] = event.generation
+            if token["kind"] == "default" and "ADMIN" in before:
+                # JWTs are signed with the admin token's value: they die with its generation.
+                batch.jwt_invalidations.append(
+                    {"b_admin": token_id, "b_generation": token["previous_generation"], "b_until": grace_until}
+                )
+        elif isinstance(event, Token.Deleted):
+            token["deleted"] = True
+            token["deleted_at"] = at
+            seq = self._current_generation_seq(batch, token_id)
+            self._close_generation(batch, token_id, seq, at)
+        token["scopes"] = _dumps(after)
+        if not isinstance(event, Token.Created):
+            self._close_version(batch, token_id, token["version"], at, n.id)
+        token["version"] = n.originator_version
+        token["updated_at"] = at
+        token["position"] = n.id
+        if not token["deleted"]:
+            self._open_version(batch, token, at, n.id)
+        removed = [sc for sc in before if sc not in after] if not token["deleted"] else before
+        added = [sc for sc in after if sc not in before] if not token["deleted"] else []
+        for scope in removed:
+            self._close_grant(batch, token_id, scope, at, n.id)
+        for scope in added:
+            self._open_grant(batch, token, scope, at, n.id)
+        if token_id not in batch.new_tokens:
+            batch.changed_tokens.add(token_id)
+        row.update(
+            workspace_id=token["workspace_id"],
+            token_id=token_id,
+            token_name=token["name"],
+            scopes_before=_dumps(before),
+            scopes_after=_dumps([] if token["deleted"] else after),
+            resources=_resources(set(before) | set(after)),
+            details=_dumps(details) if details else None,
+        )
+
+    def _on_token_name(self, batch: _Batch, event: Any, n: Notification, at: int, row: dict[str, Any]) -> None:
+        details: dict[str, Any] = {"index": str(n.originator_id)}
+        if isinstance(event, TokenName.Created):
+            row.update(workspace_id=event.workspace_id, token_id=event.token_id, token_name=event.name)
+        elif isinstance(event, TokenName.Claimed):
+            row.update(token_id=event.token_id)
+        row["details"] = _dumps(details)
+
+    def _on_workspace(self, batch: _Batch, event: Any, n: Notification, at: int, row: dict[str, Any]) -> None:
+        ws = str(n.originator_id)
+        batch.workspaces.append(
+            {
+                "id": ws,
+                "name": event.name,
+                "owner_email": event.owner_email,
+                "owner_user_id": event.owner_user_id,
+                "admin_token_id": event.admin_token_id,
+                "created_at": at,
+                "position": n.id,
+            }
+        )
+        row.update(workspace_id=ws, details=_dumps({"name": event.name, "owner_email": event.owner_email}))
+
+    def _on_workspace_name(self, batch: _Batch, event: Any, n: Notification, at: int, row: dict[str, Any]) -> None:
+        row.update(workspace_id=event.workspace_id, details=_dumps({"name": event.name}))
+
+    def _on_user(self, batch: _Batch, event: Any, n: Notification, at: int, row: dict[str, Any]) -> None:
+        user_id = str(n.originator_id)
+        batch.users.append(
+            {"id": user_id, "email": event.email, "user_token_id": event.user_token_id, "created_at": at}
+        )
+        row.update(workspace_id=user_id, token_id=event.user_token_id, details=_dumps({"email": event.email}))
+
+    def _on_jwt(self, batch: _Batch, event: Any, n: Notification, at: int, row: dict[str, Any]) -> None:
+        jwt_id = str(n.originator_id)
+        scope_strings = [_jwt_scope_string(sc) for sc in event.scopes]
+        batch.jwts.append(
+            {
+                "id": jwt_id,
+                "workspace_id": event.workspace_id,
+                "name": event.name,
+                "scopes": _dumps(event.scopes),
+                "limits": _dumps(event.limits),
+                "issued_at": at,
+                "expires_at": event.expires_at * 1_000_000,
+                "admin_token_id": event.admin_token_id,
+                "admin_generation": event.admin_generation,
+                "invalidated_at": None,
+                "position": n.id,
+            }
+        )
+        row.update(
+            workspace_id=event.workspace_id,
+            token_id=jwt_id,
+            token_name=event.name,
+            scopes_before=_dumps([]),
+            scopes_after=_dumps(scope_strings),
+            resources=_resources(scope_strings),
+            details=_dumps({"expires_at": event.expires_at, "limits": event.limits, "scopes": event.scopes}),
+        )
+
+    def _on_deployment(self, batch: _Batch, event: Any, n: Notification, at: int, row: dict[str, Any]) -> None:
+        deployment_id, workspace_id = event.deployment_id, event.workspace_id
+        row["type"] = "Deployed"
+        batch.deployments.append(
+            {
+                "id": deployment_id,
+                "workspace_id": workspace_id,
+                "at": at,
+                "position": n.id,
+                "actor_token_id": (event.actor or {}).get("token_id"),
+                "token_changes": _dumps(event.token_changes),
+                "files": _dumps(event.files),
+            }
+        )
+        row.update(
+            workspace_id=workspace_id,
+            deployment_id=deployment_id,
+            details=_dumps({"token_changes": event.token_changes, "files": event.files}),
+        )
+
+    # -- temporal rows ------------------------------------------------------------------------
+
+    def _open_version(self, batch: _Batch, token: dict[str, Any], at: int, position: int) -> None:
+        key = (token["id"], token["version"])
+        batch.version_inserts[key] = {
+            "token_id": token["id"],
+            "version": token["version"],
+            "workspace_id": token["workspace_id"],
+            "name": token["name"],
+            "description": token["description"],
+            "kind": token["kind"],
+            "origin_type": token["origin_type"],
+            "origin_resource_id": token["origin_resource_id"],
+            "scopes": token["scopes"],
+            "valid_from": at,
+            "valid_to": None,
+            "from_position": position,
+            "to_position": None,
+        }
+
+    def _close_version(self, batch: _Batch, token_id: str, version: int, at: int, position: int) -> None:
+        pending = batch.version_inserts.get((token_id, version))
+        if pending is not None:
+            pending.update(valid_to=at, to_position=position)
+        else:
+            batch.version_closes.append(
+                {"b_token": token_id, "b_version": version, "b_at": at, "b_position": position}
+            )
+
+    def _open_grant(self, batch: _Batch, token: dict[str, Any], scope_text: str, at: int, position: int) -> None:
+        scope = parse_scope(scope_text)
+        row = {
+            "token_id": token["id"],
+            "scope": scope_text,
+            "from_position": position,
+            "workspace_id": token["workspace_id"],
+            "type": scope.type,
+            "kind": scope.kind,
+            "resource": scope.resource,
+            "permission": scope.permission,
+            "filter": scope.filter,
+            "valid_from": at,
+            "valid_to": None,
+            "to_position": None,
+        }
+        batch.grant_inserts.append(row)
+        batch.open_grants[(token["id"], scope_text)] = row
+
+    def _close_grant(self, batch: _Batch, token_id: str, scope_text: str, at: int, position: int) -> None:
+        pending = batch.open_grants.pop((token_id, scope_text), None)
+        if pending is not None:
+            pending.update(valid_to=at, to_position=position)
+            return
+        batch.grant_closes.append({"b_token": token_id, "b_scope": scope_text, "b_at": at, "b_position": position})
+
+    def _current_generation_seq(self, batch: _Batch, token_id: str) -> int:
+        if token_id in batch.generation_seqs:
+            return batch.generation_seqs[token_id]
+        row = batch.conn.execute(
+            select(s.generations.c.seq)
+            .where(s.generations.c.token_id == token_id)
+            .order_by(s.generations.c.seq.desc())
+            .limit(1)
+        ).first()
+        return row[0] if row else 0
+
+    def _open_generation(self, batch: _Batch, token: dict[str, Any], seq: int, at: int, grace: int) -> None:
+        batch.generation_inserts[(token["id"], seq)] = {
+            "token_id": token["id"],
+            "seq": seq,
+            "workspace_id": token["workspace_id"],
+            "valid_from": at,
+            "valid_to": None,
+            "grace_seconds": grace,
+        }
+        batch.generation_seqs[token["id"]] = seq
+
+    def _close_generation(self, batch: _Batch, token_id: str, seq: int, until: int) -> None:
+        pending = batch.generation_inserts.get((token_id, seq))
+        if pending is not None:
+            pending["valid_to"] = until
+        elif seq:
+            batch.generation_closes.append({"b_token": token_id, "b_seq": seq, "b_until": until})
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _flush(self, batch: _Batch) -> None:
+        conn = batch.conn
+        if batch.new_tokens:
+            conn.execute(insert(s.tokens), [batch.tokens[t] for t in sorted(batch.new_tokens)])
+        if batch.changed_tokens:
+            columns = [c.name for c in s.tokens.columns if c.name != "id"]
+            stmt = (
+                update(s.tokens)
+                .where(s.tokens.c.id == bindparam("b_id"))
+                .values({c: bindparam(f"b_{c}") for c in columns})
+            )
+            conn.execute(
+                stmt,
+                [
+                    {"b_id": t, **{f"b_{c}": batch.tokens[t][c] for c in columns}}
+                    for t in sorted(batch.changed_tokens)
+                ],
+            )
+        if batch.version_closes:
+            conn.execute(
+                update(s.token_versions)
+                .where(
+                    and_(
+                        s.token_versions.c.token_id == bindparam("b_token"),
+                        s.token_versions.c.version == bindparam("b_version"),
+                    )
+                )
+                .values(valid_to=bindparam("b_at"), to_position=bindparam("b_position")),
+                batch.version_closes,
+            )
+        if batch.version_inserts:
+            conn.execute(insert(s.token_versions), list(batch.version_inserts.values()))
+        if batch.grant_closes:
+            conn.execute(
+                update(s.scope_grants)
+                .where(
+                    and_(
+                        s.scope_grants.c.token_id == bindparam("b_token"),
+                        s.scope_grants.c.scope == bindparam("b_scope"),
+                        s.scope_grants.c.valid_to.is_(None),
+                    )
+                )
+                .values(valid_to=bindparam("b_at"), to_position=bindparam("b_position")),
+                batch.grant_closes,
+            )
+        if batch.grant_inserts:
+            conn.execute(insert(s.scope_grants), batch.grant_inserts)
+        if batch.generation_closes:
+            conn.execute(
+                update(s.generations)
+                .where(
+                    and_(
+                        s.generations.c.token_id == bindparam("b_token"),
+                        s.generations.c.seq == bindparam("b_seq"),
+                    )
+                )
+                .values(valid_to=bindparam("b_until")),
+                batch.generation_closes,
+            )
+        if batch.generation_inserts:
+            conn.execute(insert(s.generations), list(batch.generation_inserts.values()))
+        for table, rows in (
+            (s.workspaces, batch.workspaces),
+            (s.users, batch.users),
+            (s.jwts, batch.jwts),
+            (s.deployments, batch.deployments),
+        ):
+            if rows:
+                conn.execute(insert(table), rows)
+        if batch.jwt_invalidations:
+            conn.execute(
+                update(s.jwts)
+                .where(
+                    and_(
+                        s.jwts.c.admin_token_id == bindparam("b_admin"),
+                        s.jwts.c.admin_generation == bindparam("b_generation"),
+                        s.jwts.c.invalidated_at.is_(None),
+                    )
+                )
+                .values(invalidated_at=bindparam("b_until")),
+                batch.jwt_invalidations,
+            )
+        if batch.audit_rows:
+            conn.execute(insert(s.audit), batch.audit_rows)
+        if batch.audit_resources:
+            conn.execute(insert(s.audit_resources), batch.audit_resources)
+
+
+def _jwt_scope_string(scope: dict[str, Any]) -> str:
+    parts = [str(scope.get("type", ""))]
+    if scope.get("resource"):
+        parts.append(str(scope["resource"]))
+        if scope.get("filter"):
+            parts.append(str(scope["filter"]))
+    return ":".join(parts)

@@ -1,0 +1,149 @@
+"""Reads of the current read models: tokens, workspaces, users."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, and_, select
+
+from domain.scopes import Scope, parse_scope
+from projections import schema as s
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    id: str
+    workspace_id: str
+    name: str
+    description: str
+    kind: str
+    origin: dict[str, Any]
+    scopes: tuple[str, ...]
+    generation: str
+    previous_generation: str | None
+    previous_valid_until: int
+    deleted: bool
+    created_at: int
+    updated_at: int
+
+    @property
+    def parsed_scopes(self) -> tuple[Scope, ...]:
+        return tuple(parse_scope(x) for x in self.scopes)
+
+    def accepts(self, generation: str, now_micros: int) -> bool:
+        if self.deleted:
+            return False
+        if generation == self.generation:
+            return True
+        return generation == self.previous_generation and now_micros < self.previous_valid_until
+
+    @classmethod
+    def from_row(cls, row: Any) -> "TokenRow":
+        origin: dict[str, Any] = {"type": row["origin_type"]}
+        if row["origin_resource_id"]:
+            origin["resource_id"] = row["origin_resource_id"]
+        return cls(
+            id=row["id"],
+            workspace_id=row["workspace_id"],
+            name=row["name"],
+            description=row["description"],
+            kind=row["kind"],
+            origin=origin,
+            scopes=tuple(json.loads(row["scopes"])),
+            generation=row["generation"],
+            previous_generation=row["previous_generation"],
+            previous_valid_until=row["previous_valid_until"],
+            deleted=bool(row["deleted"]),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+
+@dataclass(frozen=True)
+class WorkspaceRow:
+    id: str
+    name: str
+    owner_email: str
+    owner_user_id: str
+    admin_token_id: str
+    created_at: int
+
+
+@dataclass(frozen=True)
+class UserRow:
+    id: str
+    email: str
+    user_token_id: str
+
+
+class Queries:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def token(self, token_id: str) -> TokenRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.tokens).where(s.tokens.c.id == token_id)).mappings().first()
+        return TokenRow.from_row(row) if row else None
+
+    def token_by_name(self, workspace_id: str, name: str) -> TokenRow | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(s.tokens).where(
+                        and_(
+                            s.tokens.c.workspace_id == workspace_id,
+                            s.tokens.c.deleted.is_(False),
+                            s.tokens.c.name == name,
+                        )
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        return TokenRow.from_row(row) if row else None
+
+    def tokens(self, workspace_id: str) -> list[TokenRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(s.tokens)
+                .where(and_(s.tokens.c.workspace_id == workspace_id, s.tokens.c.deleted.is_(False)))
+                .order_by(s.tokens.c.created_position)
+            ).mappings()
+            return [TokenRow.from_row(r) for r in rows]
+
+    def workspace(self, workspace_id: str) -> WorkspaceRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.workspaces).where(s.workspaces.c.id == workspace_id)).mappings().first()
+        return _workspace(row) if row else None
+
+    def workspace_by_name(self, name: str) -> WorkspaceRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.workspaces).where(s.workspaces.c.name == name)).mappings().first()
+        return _workspace(row) if row else None
+
+    def workspaces_of(self, user_id: str) -> list[WorkspaceRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(s.workspaces)
+                .where(s.workspaces.c.owner_user_id == user_id)
+                .order_by(s.workspaces.c.created_at)
+            ).mappings()
+            return [_workspace(r) for r in rows]
+
+    def all_workspaces(self) -> list[WorkspaceRow]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(s.workspaces).order_by(s.workspaces.c.created_at)).mappings()
+            return [_workspace(r) for r in rows]
+
+    def user(self, user_id: str) -> UserRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.users).where(s.users.c.id == user_id)).mappings().first()
+        return UserRow(row["id"], row["email"], row["user_token_id"]) if row else None
+
+
+def _workspace(row: Any) -> WorkspaceRow:
+    return WorkspaceRow(
+        row["id"], row["name"], row["owner_email"], row["owner_user_id"], row["admin_token_id"], row["created_at"]
+    )

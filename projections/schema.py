@@ -1,0 +1,211 @@
+"""Read-model tables. Times are integer microseconds since the Unix epoch (`at` columns are the
+ledger's effective time: never decreasing in log order, so "as of T" is always a prefix of the log).
+Alembic migrations in `migrations/` create exactly these tables.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# One row per projection: the last log position applied, with the chain head and effective time.
+tracking = Table(
+    "tt_tracking",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("at", BigInteger, nullable=False),
+    Column("head", String(64), nullable=False),
+)
+
+workspaces = Table(
+    "tt_workspaces",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("owner_email", Text, nullable=False),
+    Column("owner_user_id", String(36), nullable=False, index=True),
+    Column("admin_token_id", String(36), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("position", BigInteger, nullable=False),
+)
+
+users = Table(
+    "tt_users",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("email", Text, nullable=False),
+    Column("user_token_id", String(36), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+)
+
+# The current token table. `generation` is the nonce inside the value: worthless without the key.
+tokens = Table(
+    "tt_tokens",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("workspace_id", String(36), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("origin_type", String(4), nullable=False),
+    Column("origin_resource_id", Text),
+    Column("scopes", Text, nullable=False),  # JSON list of canonical scope strings
+    Column("generation", String(64), nullable=False),
+    Column("previous_generation", String(64)),
+    Column("previous_valid_until", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("created_position", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("deleted", Boolean, nullable=False),
+    Column("deleted_at", BigInteger),
+    Column("version", Integer, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Index("ix_tt_tokens_workspace_name", "workspace_id", "deleted", "name"),
+)
+
+# Temporal: one row per state of a token while it existed (closed by the next event or delete).
+token_versions = Table(
+    "tt_token_versions",
+    metadata,
+    Column("token_id", String(36), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("workspace_id", String(36), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("origin_type", String(4), nullable=False),
+    Column("origin_resource_id", Text),
+    Column("scopes", Text, nullable=False),
+    Column("valid_from", BigInteger, nullable=False),
+    Column("valid_to", BigInteger),
+    Column("from_position", BigInteger, nullable=False),
+    Column("to_position", BigInteger),
+    Index("ix_tt_token_versions_asof", "workspace_id", "valid_from", "valid_to"),
+)
+
+# Temporal: one row per (token, scope) interval, with the resource and filter it concerns.
+scope_grants = Table(
+    "tt_scope_grants",
+    metadata,
+    Column("token_id", String(36), primary_key=True),
+    Column("scope", Text, primary_key=True),
+    Column("from_position", BigInteger, primary_key=True),
+    Column("workspace_id", String(36), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("kind", String(16)),  # datasource / pipe / user, or NULL for workspace-wide scopes
+    Column("resource", Text),
+    Column("permission", String(8)),
+    Column("filter", Text, nullable=False),
+    Column("valid_from", BigInteger, nullable=False),
+    Column("valid_to", BigInteger),
+    Column("to_position", BigInteger),
+    Index("ix_tt_scope_grants_resource", "workspace_id", "resource", "valid_from"),
+    Index("ix_tt_scope_grants_wide", "workspace_id", "kind", "valid_from"),
+)
+
+# Temporal: when each generation (value) of a token was accepted, grace windows included.
+generations = Table(
+    "tt_generations",
+    metadata,
+    Column("token_id", String(36), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("workspace_id", String(36), nullable=False),
+    Column("valid_from", BigInteger, nullable=False),
+    Column("valid_to", BigInteger),
+    Column("grace_seconds", Integer, nullable=False),
+)
+
+jwts = Table(
+    "tt_jwts",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("workspace_id", String(36), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("scopes", Text, nullable=False),  # JSON list of the JWT's scope objects
+    Column("limits", Text, nullable=False),
+    Column("issued_at", BigInteger, nullable=False),
+    Column("expires_at", BigInteger, nullable=False),
+    Column("admin_token_id", String(36), nullable=False),
+    Column("admin_generation", String(64), nullable=False),
+    Column("invalidated_at", BigInteger),
+    Column("position", BigInteger, nullable=False),
+    Index("ix_tt_jwts_workspace", "workspace_id", "issued_at"),
+    Index("ix_tt_jwts_admin", "admin_token_id"),
+)
+
+deployments = Table(
+    "tt_deployments",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("workspace_id", String(36), nullable=False),
+    Column("at", BigInteger, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("actor_token_id", String(36)),
+    Column("token_changes", Text, nullable=False),
+    Column("files", Text, nullable=False),
+    Index("ix_tt_deployments_workspace", "workspace_id", "at"),
+)
+
+# One row per stored event, in log order: the audit history and the hash chain.
+audit = Table(
+    "tt_audit",
+    metadata,
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", BigInteger, nullable=False),
+    Column("recorded_at", BigInteger, nullable=False),
+    Column("type", String(48), nullable=False),
+    Column("aggregate", String(24), nullable=False),
+    Column("visible", Boolean, nullable=False),
+    Column("workspace_id", String(36)),
+    Column("token_id", String(36)),
+    Column("token_name", Text),
+    Column("actor_token_id", String(36)),
+    Column("actor_name", Text),
+    Column("request_id", String(64)),
+    Column("origin", String(16)),
+    Column("deployment_id", String(36)),
+    Column("scopes_before", Text),
+    Column("scopes_after", Text),
+    Column("details", Text),
+    Column("hash", String(64), nullable=False),
+    Index("ix_tt_audit_workspace", "workspace_id", "position"),
+    Index("ix_tt_audit_token", "token_id", "position"),
+    Index("ix_tt_audit_at", "workspace_id", "at"),
+    Index("ix_tt_audit_deployment", "deployment_id"),
+    Index("ix_tt_audit_actor", "actor_token_id"),
+)
+
+# Which datasources/pipes each audit event concerns (through the scopes before or after it).
+audit_resources = Table(
+    "tt_audit_resources",
+    metadata,
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    Column("resource", String(255), primary_key=True),
+    Column("workspace_id", String(36), nullable=False),
+    Index("ix_tt_audit_resources_lookup", "workspace_id", "resource", "position"),
+)
+
+READ_MODEL_TABLES = (
+    workspaces,
+    users,
+    tokens,
+    token_versions,
+    scope_grants,
+    generations,
+    jwts,
+    deployments,
+    audit,
+    audit_resources,
+)

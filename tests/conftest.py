@@ -1,0 +1,108 @@
+"""Fixtures: every storage test runs on a real SQLite file and on a real PostgreSQL database.
+
+PostgreSQL is required: when it cannot be reached (and cannot be started) the session fails
+instead of skipping, so a green run always means both backends were exercised.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import psycopg
+import pytest
+
+from domain import clock
+from domain.policy import Caller
+from projections.system import System
+
+PG_HOST = os.environ.get("TOKENTRAIL_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("TOKENTRAIL_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("TOKENTRAIL_TEST_PG_USER", "postgres")
+TEST_SECRET = "test-secret-key-0123456789abcdef"
+BACKENDS = ["sqlite", "postgres"]
+
+
+def _pg_admin() -> psycopg.Connection:
+    return psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_available() -> bool:
+    try:
+        _pg_admin().close()
+        return True
+    except psycopg.OperationalError:
+        pass
+    if shutil.which("pg_ctlcluster") and shutil.which("pg_lsclusters"):
+        for line in subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout.splitlines():
+            version, cluster = line.split()[:2]
+            subprocess.run(
+                ["pg_ctlcluster", "--skip-systemctl-redirect", version, cluster, "start"], capture_output=True
+            )
+        try:
+            _pg_admin().close()
+            return True
+        except psycopg.OperationalError as error:
+            pytest.fail(f"PostgreSQL is required for the tests and could not be started: {error}")
+    pytest.fail("PostgreSQL is required for the tests and is not reachable on {PG_HOST}:{PG_PORT}")
+
+
+@pytest.fixture
+def make_pg_database(postgres_available: bool) -> Iterator:
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"tt_test_{uuid.uuid4().hex[:16]}"
+        with _pg_admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+
+    yield make
+    with _pg_admin() as conn:
+        for name in created:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def database_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'tokentrail.db'}"
+    return request.getfixturevalue("make_pg_database")()
+
+
+@pytest.fixture
+def environ(tmp_path: Path) -> dict[str, str]:
+    return {"TOKENTRAIL_SECRET_KEY": TEST_SECRET, "TOKENTRAIL_DATA_DIR": str(tmp_path)}
+
+
+@pytest.fixture
+def system(database_url: str, tmp_path: Path, environ: dict[str, str]) -> Iterator[System]:
+    sys_ = System(database_url, data=tmp_path, environ=environ)
+    yield sys_
+    sys_.close()
+
+
+@pytest.fixture(autouse=True)
+def _restore_clock() -> Iterator[None]:
+    yield
+    clock.set_clock(None)
+
+
+@pytest.fixture
+def workspace(system: System):
+    """A workspace with its default tokens; returns (setup, admin caller)."""
+    setup = system.command(lambda: system.ledger.setup_workspace("main", "owner@example.com", Caller.system()))
+    admin = setup.tokens[0]
+    value = system.signer.make(admin.workspace_id, str(admin.id), admin.generation)
+    return setup, system.auth.authenticate(value)

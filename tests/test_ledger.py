@@ -1,0 +1,195 @@
+"""The write side on real SQLite and PostgreSQL: use cases, rules, concurrency."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from api.setup import initialise
+from domain.errors import Forbidden, InvalidInput, NameTaken, NotFound, Unauthenticated
+from domain.policy import Caller
+from projections.system import System
+from tests.helpers import FakeClock, caller_for, value_of
+
+
+def test_a_workspace_starts_with_its_default_tokens(system: System, workspace) -> None:
+    setup, admin = workspace
+    rows = system.queries.tokens(str(setup.workspace.id))
+    assert [(r.name, r.scopes) for r in rows] == [
+        ("admin token", ("ADMIN",)),
+        ("admin owner@example.com", (f"ADMIN_USER:{setup.user.id}",)),
+        ("create datasource token", ("DATASOURCES:CREATE",)),
+    ]
+    assert all(r.kind == "default" for r in rows)
+    user_token = system.queries.token(setup.user.user_token_id)
+    assert user_token.scopes == ("AUTH",) and user_token.workspace_id == str(setup.user.id)
+
+
+def test_init_is_idempotent(system: System) -> None:
+    first = initialise(system, "analytics", "me@example.com")
+    second = initialise(system, "analytics", "me@example.com")
+    assert first["created"] and not second["created"]
+    assert [(t["id"], t["token"]) for t in first["tokens"]] == [(t["id"], t["token"]) for t in second["tokens"]]
+    assert {t["name"] for t in second["tokens"]} == {
+        "admin token", "admin me@example.com", "create datasource token", "user token"
+    }
+    assert len(system.queries.all_workspaces()) == 1
+
+
+def test_create_update_refresh_delete_and_reuse_a_name(system: System, workspace) -> None:
+    _, admin = workspace
+    token = system.command(lambda: system.ledger.create_token(admin, "reader", ["DATASOURCES:READ:events:a>1"])).token
+    assert system.queries.token(str(token.id)).scopes == ("DATASOURCES:READ:events:a > 1",)
+    system.command(lambda: system.ledger.update_token(admin, "reader", scopes=["PIPES:READ:top"], name="top reader",
+                                                      description="for the dashboard"))
+    row = system.queries.token(str(token.id))
+    assert (row.name, row.scopes, row.description) == ("top reader", ("PIPES:READ:top",), "for the dashboard")
+    # The old name is free again; the new one is taken.
+    system.command(lambda: system.ledger.create_token(admin, "reader", ["PIPES:READ:top"]))
+    with pytest.raises(NameTaken, match='Auth token with name "top reader" already exists'):
+        system.command(lambda: system.ledger.create_token(admin, "top reader", ["PIPES:READ:top"]))
+    system.command(lambda: system.ledger.delete_token(admin, "top reader"))
+    assert system.queries.token(str(token.id)).deleted
+    again = system.command(lambda: system.ledger.create_token(admin, "top reader", ["PIPES:READ:x"])).token
+    assert str(again.id) != str(token.id)
+    with pytest.raises(NotFound):
+        system.command(lambda: system.ledger.delete_token(admin, str(token.id)))
+
+
+def test_refresh_changes_the_value_not_the_id_and_honours_the_grace_period(system: System, workspace) -> None:
+    fake = FakeClock()
+    _, admin = workspace
+    token = system.command(lambda: system.ledger.create_token(admin, "t", ["PIPES:READ:p"])).token
+    old = value_of(system, token)
+    system.command(lambda: system.ledger.refresh_token(admin, "t"))
+    new = value_of(system, token)
+    assert new != old and system.auth.authenticate(new).token_id == str(token.id)
+    with pytest.raises(Unauthenticated):
+        system.auth.authenticate(old)
+    system.command(lambda: system.ledger.refresh_token(admin, "t", grace_seconds=60))
+    newest = value_of(system, token)
+    assert system.auth.authenticate(new).token_id == str(token.id)  # inside the grace window
+    fake.advance(61)
+    with pytest.raises(Unauthenticated):
+        system.auth.authenticate(new)
+    assert system.auth.authenticate(newest).token_id == str(token.id)
+
+
+def test_a_token_may_refresh_itself_but_not_others(system: System, workspace) -> None:
+    _, admin = workspace
+    a = system.command(lambda: system.ledger.create_token(admin, "a", ["PIPES:READ:p"])).token
+    system.command(lambda: system.ledger.create_token(admin, "b", ["PIPES:READ:p"]))
+    as_a = caller_for(system, a)
+    system.command(lambda: system.ledger.refresh_token(as_a, "a"))
+    with pytest.raises(Forbidden):
+        system.command(lambda: system.ledger.refresh_token(as_a, "b"))
+
+
+def test_tokens_scope_cannot_escalate(system: System, workspace) -> None:
+    _, admin = workspace
+    manager = system.command(lambda: system.ledger.create_token(admin, "manager", ["TOKENS"])).token
+    as_manager = caller_for(system, manager)
+    with pytest.raises(Forbidden, match="cannot grant ADMIN"):
+        system.command(lambda: system.ledger.create_token(as_manager, "root", ["ADMIN"]))
+    with pytest.raises(Forbidden):
+        system.command(lambda: system.ledger.update_token(as_manager, "manager", add=["ADMIN"]))
+    with pytest.raises(Forbidden):
+        system.command(lambda: system.ledger.refresh_token(as_manager, "admin token"))
+    with pytest.raises(InvalidInput, match="internal"):
+        system.command(lambda: system.ledger.create_token(admin, "x", ["AUTH"]))
+    with pytest.raises(InvalidInput, match="internal"):
+        system.command(lambda: system.ledger.create_token(admin, "x", ["ADMIN_USER:someone"]))
+    # What TOKENS may do, it does.
+    system.command(lambda: system.ledger.create_token(as_manager, "reader", ["DATASOURCES:READ:e"]))
+
+
+def test_default_tokens_can_be_refreshed_but_not_deleted_or_changed(system: System, workspace) -> None:
+    _, admin = workspace
+    with pytest.raises(Forbidden):
+        system.command(lambda: system.ledger.delete_token(admin, "create datasource token"))
+    with pytest.raises(Forbidden):
+        system.command(lambda: system.ledger.update_token(admin, "create datasource token", add=["PIPES:READ:x"]))
+    system.command(lambda: system.ledger.refresh_token(admin, "create datasource token"))
+
+
+def test_a_token_never_reaches_another_workspace(system: System, workspace) -> None:
+    setup, admin = workspace
+    other = system.command(lambda: system.ledger.setup_workspace("other", "x@example.com", Caller.system()))
+    other_admin = caller_for(system, other.tokens[0])
+    target = system.command(lambda: system.ledger.create_token(admin, "secret", ["PIPES:READ:p"])).token
+    for ref in (str(target.id), "secret", value_of(system, target)):
+        for act in (
+            lambda: system.ledger.delete_token(other_admin, ref),
+            lambda: system.ledger.refresh_token(other_admin, ref),
+            lambda: system.ledger.update_token(other_admin, ref, add=["PIPES:READ:q"]),
+        ):
+            with pytest.raises(NotFound):
+                system.command(act)
+    assert not system.queries.token(str(target.id)).deleted
+
+
+def test_bad_input_writes_nothing(system: System, workspace) -> None:
+    _, admin = workspace
+    head = system.ledger.recorder.max_notification_id()
+    for scopes in (["FOO:BAR"], [], ["DATASOURCES:READ:e:(select 1)=1"], ["PIPES:READ:p"] * 0):
+        with pytest.raises(InvalidInput):
+            system.command(lambda: system.ledger.create_token(admin, "n", scopes))
+    for name in ("", " ", "x" * 300, "a\nb", "p.looks.like.value", "6b1bef5c-79a7-4199-8265-26ff49ae0b99"):
+        with pytest.raises(InvalidInput):
+            system.command(lambda: system.ledger.create_token(admin, name, ["PIPES:READ:p"]))
+    with pytest.raises(InvalidInput):
+        system.command(lambda: system.ledger.refresh_token(admin, "admin token", grace_seconds=-1))
+    assert system.ledger.recorder.max_notification_id() == head
+
+
+def _second_system(system: System, tmp_path: Path) -> System:
+    return System(system.database.url, data=tmp_path, environ=system.environ)
+
+
+def test_concurrent_writers_on_one_token_lose_no_update(system: System, workspace, tmp_path: Path) -> None:
+    _, admin = workspace
+    token = system.command(lambda: system.ledger.create_token(admin, "shared", ["PIPES:READ:p0"])).token
+    systems = [system] + [_second_system(system, tmp_path) for _ in range(3)]
+    barrier = threading.Barrier(len(systems))
+
+    def add(i: int) -> None:
+        s = systems[i]
+        barrier.wait()
+        for j in range(5):
+            s.command(lambda: s.ledger.update_token(admin, str(token.id), add=[f"PIPES:READ:p{i}_{j}"]))
+
+    with ThreadPoolExecutor(len(systems)) as pool:
+        list(pool.map(add, range(len(systems))))
+    system.sync()
+    scopes = set(system.queries.token(str(token.id)).scopes)
+    assert scopes == {"PIPES:READ:p0"} | {f"PIPES:READ:p{i}_{j}" for i in range(len(systems)) for j in range(5)}
+    for s in systems[1:]:
+        s.close()
+
+
+def test_concurrent_creates_of_one_name_make_one_token(system: System, workspace, tmp_path: Path) -> None:
+    setup, admin = workspace
+    systems = [system] + [_second_system(system, tmp_path) for _ in range(3)]
+    barrier = threading.Barrier(len(systems))
+    outcomes: list[str] = []
+
+    def create(i: int) -> None:
+        s = systems[i]
+        barrier.wait()
+        try:
+            s.command(lambda: s.ledger.create_token(admin, "unique", [f"PIPES:READ:p{i}"]))
+            outcomes.append("created")
+        except NameTaken:
+            outcomes.append("taken")
+
+    with ThreadPoolExecutor(len(systems)) as pool:
+        list(pool.map(create, range(len(systems))))
+    system.sync()
+    assert sorted(outcomes) == ["created"] + ["taken"] * (len(systems) - 1)
+    names = [r.name for r in system.queries.tokens(str(setup.workspace.id))]
+    assert names.count("unique") == 1
+    for s in systems[1:]:
+        s.close()
