@@ -49,7 +49,7 @@ def postgres_available() -> bool:
             return True
         except psycopg.OperationalError as error:
             pytest.fail(f"PostgreSQL is required for the tests and could not be started: {error}")
-    pytest.fail("PostgreSQL is required for the tests and is not reachable on {PG_HOST}:{PG_PORT}")
+    pytest.fail(f"PostgreSQL is required for the tests and is not reachable on {PG_HOST}:{PG_PORT}")
 
 
 @pytest.fixture
