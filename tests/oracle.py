@@ -105,6 +105,29 @@ class Replayed:
                 out.append({"token_id": j["id"], "name": j["name"], "via": grant.via, "filter": grant.filter, "jwt": True})
         return sorted(out, key=lambda g: (g["jwt"], g["name"], g["token_id"]))
 
+    def known_resources(self, workspace_id: str, start: int, end: int) -> set[tuple[str, str]]:
+        """(kind, resource) named by a scope some live token held, or by a JWT alive, at some instant
+        in [start, end] -- with each datasource's quarantine companion -- found by replaying the
+        state at `start` and after every event up to `end`."""
+        instants = [start] + sorted({at for _, at, _ in self.events if start < at <= end})
+        out: set[tuple[str, str]] = set()
+        for at in instants:
+            tokens, _ = self.state(at)
+            for t in tokens.values():
+                if t.workspace_id == workspace_id and not t.deleted:
+                    for scope in map(parse_scope, t.scopes):
+                        if scope.kind in ("datasource", "pipe"):
+                            out.add((scope.kind, scope.resource))
+        _, jwts = self.state(end)
+        for j in jwts:
+            if j["workspace_id"] == workspace_id and j["issued_at"] <= end and j["expires_at"] > start:
+                for item in j["scopes"]:
+                    out.add(("datasource" if item["type"].startswith("DATASOURCES") else "pipe", item["resource"]))
+        for kind, resource in list(out):
+            if kind == "datasource" and not resource.endswith("_quarantine"):
+                out.add((kind, f"{resource}_quarantine"))
+        return out
+
     def history(self, token_id: str) -> list[tuple[int, str, list[str], list[str]]]:
         out = []
         scopes: list[str] = []
