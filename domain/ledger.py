@@ -56,7 +56,7 @@ MAX_ATTEMPTS = 8
 DEFAULT_TOKEN_NAMES = ("admin token", "create datasource token")
 USER_TOKEN_NAME = "user token"
 ORIGIN_TYPES = {"C", "DS", "P"}
-_EMAIL = re.compile(r"[^@\s]{1,128}@[^@\s]{1,128}")
+_EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]{1,128}@[^@\s\x00-\x1f\x7f]{1,128}")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 
 
@@ -131,6 +131,8 @@ def validate_origin(origin: dict[str, Any] | None) -> dict[str, Any]:
     resource_id = origin.get("resource_id")
     if not isinstance(resource_id, str) or not resource_id or len(resource_id) > MAX_NAME_LENGTH:
         raise InvalidInput(f"origin {origin['type']} needs a resource_id")
+    if any(ord(c) < 32 or ord(c) == 127 for c in resource_id):
+        raise InvalidInput("origin resource_id must not contain control characters")
     return {"type": origin["type"], "resource_id": resource_id}
 
 
@@ -452,9 +454,24 @@ class Ledger(Application[UUID]):
         return aggregate if isinstance(aggregate, Token) else None
 
     def _token_for_change(self, caller: Caller, ref: str, self_service: bool = False) -> Token:
-        token = self.resolve(caller, ref)
-        if not (self_service and caller.token_id == str(token.id)):
+        """The token `ref` names, if the caller may change it.
+
+        A caller that manages no tokens may at most refresh itself (`self_service`): it is refused
+        with the same 403 whether `ref` names another token or nothing at all, so that it cannot
+        probe which names and ids exist."""
+        try:
             require_token_manager(caller)
+        except Forbidden:
+            if not self_service:
+                raise
+            try:
+                token = self.resolve(caller, ref)
+            except NotFound:
+                raise Forbidden("this operation needs a token with ADMIN or TOKENS scope") from None
+            if caller.token_id != str(token.id):
+                raise Forbidden("this operation needs a token with ADMIN or TOKENS scope") from None
+            return token
+        token = self.resolve(caller, ref)
         require_may_manage(caller, scopes_of(token))
         return token
 

@@ -88,6 +88,33 @@ def test_a_token_may_refresh_itself_but_not_others(system: System, workspace) ->
         system.command(lambda: system.ledger.refresh_token(as_a, "b"))
 
 
+def test_a_token_that_manages_none_cannot_probe_which_tokens_exist(system: System, workspace) -> None:
+    _, admin = workspace
+    reader = system.command(lambda: system.ledger.create_token(admin, "reader", ["PIPES:READ:p"])).token
+    system.command(lambda: system.ledger.create_token(admin, "secret name", ["PIPES:READ:p"]))
+    as_reader = caller_for(system, reader)
+    answers = set()
+    for ref in ("secret name", "no such name", "3f1c2a9e-0000-4000-8000-000000000000"):
+        for change in (
+            lambda: system.ledger.delete_token(as_reader, ref),
+            lambda: system.ledger.refresh_token(as_reader, ref),
+            lambda: system.ledger.update_token(as_reader, ref, description="x"),
+        ):
+            with pytest.raises(Forbidden) as refused:
+                system.command(change)
+            answers.add((type(refused.value), str(refused.value)))
+    assert len(answers) == 1, answers
+
+
+def test_control_characters_are_refused_in_emails_and_origins(system: System, workspace) -> None:
+    _, admin = workspace
+    with pytest.raises(InvalidInput):
+        system.command(lambda: system.ledger.setup_workspace("ws2", "o\x00wner@example.com", Caller.system()))
+    with pytest.raises(InvalidInput, match="control characters"):
+        system.command(lambda: system.ledger.create_token(
+            admin, "t", ["PIPES:READ:p"], origin={"type": "P", "resource_id": "p\nx"}))
+
+
 def test_tokens_scope_cannot_escalate(system: System, workspace) -> None:
     _, admin = workspace
     manager = system.command(lambda: system.ledger.create_token(admin, "manager", ["TOKENS"])).token
