@@ -66,8 +66,8 @@ def normalize_filter(sql: str) -> str:
 
 @functools.lru_cache(maxsize=8192)
 def _normalize(sql: str) -> str:
-    # Parsing with sqlglot costs ~0.3 ms; projections and checks see the same stored filters again
-    # and again. Refusals raise and are not cached, so bad input cannot fill the cache.
+    # Parsing with sqlglot costs ~0.3 ms; projections and checks see the same stored filters
+    # again and again. The cache is bounded (LRU); refusals raise and are never cached.
     text = sql.strip()
     if not text:
         return ""
