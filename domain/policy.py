@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from domain.errors import Forbidden, InvalidInput, NotFound
-from domain.scopes import AUTH, Scope, can_manage_tokens, is_admin
+from domain.scopes import ADMIN_USER, AUTH, Scope, can_manage_tokens, is_admin
 
 ORIGINS = frozenset({"api", "cli", "ui", "deployment", "system"})
 
@@ -94,3 +94,15 @@ def may_see_value(caller: Caller, token_id: str, target_scopes: tuple[Scope, ...
     if caller.is_jwt or not can_manage_tokens(caller.scopes):
         return False
     return caller.admin or not any(s.privileged for s in target_scopes)
+
+
+def own_user_id(caller: Caller) -> str | None:
+    """The user whose personal admin token (`admin <email>`, scope `ADMIN_USER:<user id>`) the
+    caller is, if any. That person may see their own user token beside the workspace's tokens,
+    as on Tinybird's Auth Tokens page; no other caller ever reaches a user token."""
+    if caller.is_jwt:
+        return None
+    for scope in caller.scopes:
+        if scope.type == ADMIN_USER and scope.resource:
+            return scope.resource
+    return None

@@ -15,8 +15,8 @@ from api.ui.pages import Page, SignInRequired, UiRoute, allowed, poster, viewer
 from api.ui.timeline import timeline
 from domain.errors import InvalidInput, LedgerError, NotFound
 from domain.ledger import MAX_GRACE_SECONDS
-from domain.policy import may_see_value, require_may_manage, require_token_manager
-from domain.scopes import ADMIN_USER, Scope
+from domain.policy import may_see_value, own_user_id, require_may_manage, require_token_manager
+from domain.scopes import Scope
 from projections.queries import TokenRow
 
 router = APIRouter(route_class=UiRoute)
@@ -82,13 +82,10 @@ def token_view(page: Page, row: TokenRow) -> TokenView:
 def owned_user_token(page: Page) -> TokenRow | None:
     """The user token of the person whose `admin <email>` token is signed in (Tinybird's page
     shows the signed-in user their own user token beside the workspace's tokens)."""
-    for scope in page.caller.scopes:
-        if scope.type == ADMIN_USER and scope.resource:
-            user = page.system.queries.user(scope.resource)
-            row = page.system.queries.token(user.user_token_id) if user else None
-            if row is not None and not row.deleted:
-                return row
-    return None
+    user_id = own_user_id(page.caller)
+    user = page.system.queries.user(user_id) if user_id else None
+    row = page.system.queries.token(user.user_token_id) if user else None
+    return row if row is not None and not row.deleted else None
 
 
 def find_token(page: Page, token_id: str) -> TokenRow:
