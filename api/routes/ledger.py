@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from api.deps import caller, get_system, params
+from api.schemas import path_param, query_param, responses
 from api.wire import Params
 from domain.clock import format_instant, now, parse_instant, to_micros
 from domain.errors import Forbidden, InvalidInput, NotFound
@@ -27,6 +28,68 @@ CSV_COLUMNS = (
     "position", "at", "type", "workspace_id", "token_id", "token_name", "actor_token_id", "actor_name",
     "request_id", "origin", "deployment_id", "scopes_before", "scopes_after", "hash",
 )
+
+
+# OpenAPI declarations of what these routes read from the raw query string and answer.
+_NULLABLE_STRING = {"type": ["string", "null"]}
+_AUDIT_EVENT = {
+    "type": "object",
+    "required": ["position", "at", "type", "actor", "hash"],
+    "properties": {
+        "position": {"type": "integer"}, "at": {"type": "string"}, "type": {"type": "string"},
+        "workspace_id": _NULLABLE_STRING, "token_id": _NULLABLE_STRING, "token_name": _NULLABLE_STRING,
+        "actor": {"type": "object", "properties": {"token_id": _NULLABLE_STRING, "name": _NULLABLE_STRING}},
+        "request_id": _NULLABLE_STRING, "origin": _NULLABLE_STRING, "deployment_id": _NULLABLE_STRING,
+        "scopes_before": {"type": ["array", "null"]}, "scopes_after": {"type": ["array", "null"]},
+        "details": {"type": ["object", "null"]}, "hash": {"type": "string"},
+    },
+}
+_GRANT = {
+    "type": "object",
+    "required": ["token_id", "name", "via", "filter", "jwt"],
+    "properties": {"token_id": {"type": "string"}, "name": {"type": "string"}, "via": {"type": "string"},
+                   "filter": {"type": "string"}, "jwt": {"type": "boolean"}},
+}
+_AUDIT_PARAMS = [
+    query_param("from", "Events at or after this instant (ISO 8601 with an offset, or Unix seconds)"),
+    query_param("to", "Events before this instant"),
+    query_param("actor", "Id or name of the token that made the change"),
+    query_param("token_id", "Events of this token"),
+    query_param("token_name", "Events of tokens with this name (past names too)"),
+    query_param("resource", "Events whose scopes before or after touch this datasource or pipe"),
+    query_param("event", "Comma-separated event types: Created, ScopeAdded, ScopeRemoved, Refreshed, Deleted, …"),
+    query_param("deployment", "The changes of one deployment id"),
+    query_param("cursor", "`next_cursor` of the previous page"),
+    query_param("limit", "Events per page (default 100, at most 1000)", type="integer"),
+    query_param("format", "`json` (default, paginated), `ndjson` or `csv` (the whole result, streamed)"),
+]
+_AUDIT_RESPONSES = responses(
+    {"type": "object", "required": ["events", "next_cursor"],
+     "properties": {"events": {"type": "array", "items": _AUDIT_EVENT}, "next_cursor": _NULLABLE_STRING}},
+    400, 403,
+)
+_AUDIT_RESPONSES[200]["content"].update(
+    {"application/x-ndjson": {"schema": {"type": "string"}}, "text/csv": {"schema": {"type": "string"}}}
+)
+_ACCESS_FILTERS = [
+    query_param("resource", "Datasource or pipe name"),
+    query_param("kind", "`datasource` (default) or `pipe`"),
+    query_param("permission", "`READ` (default), `APPEND` (datasources) or `DROP`"),
+]
+_CHANGE = {"type": "object", "properties": {"before": _GRANT, "after": _GRANT}}
+_CHAIN = {
+    "type": "object",
+    "required": ["ok", "events_checked", "head"],
+    "properties": {"ok": {"type": "boolean"}, "events_checked": {"type": "integer"},
+                   "first_bad_position": {"type": ["integer", "null"]}, "head": _NULLABLE_STRING,
+                   "reason": _NULLABLE_STRING},
+}
+_CHECKPOINT = {
+    "type": "object",
+    "required": ["position", "head", "at", "key_id", "signature"],
+    "properties": {"position": {"type": "integer"}, "head": {"type": "string"}, "at": {"type": "string"},
+                   "key_id": {"type": "string"}, "signature": {"type": "string"}},
+}
 
 
 def history(request: Request) -> History:
@@ -103,8 +166,19 @@ def resolve_any(system: System, hist: History, who: Caller, ref: str, at: int | 
     return ids[0] if ids else (current.id if current else None)
 
 
-@router.get("/v0/tokens/{ref:path}/history", summary="Every event of one token (deleted ones too)")
-def token_history(ref: str, request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+@router.get(
+    "/v0/tokens/{ref:path}/history",
+    summary="Every event of one token (deleted ones too)",
+    response_model=None,
+    openapi_extra={"parameters": [path_param("ref", "The token's id, value or (past or present) name")]},
+    responses=responses(
+        {"type": "object", "required": ["token_id", "events"],
+         "properties": {"token_id": {"type": "string"}, "events": {"type": "array", "items": _AUDIT_EVENT}}},
+        400, 403, 404,
+    ),
+)
+def token_history(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+    ref = request.path_params["ref"]  # not a declared parameter: any text is a name to look up
     system, hist = get_system(request), history(request)
     token_id = resolve_any(system, hist, who, ref)
     if token_id is None:
@@ -132,7 +206,13 @@ def audit_query(who: Caller, p: Params) -> AuditQuery:
     )
 
 
-@router.get("/v0/audit", summary="The audit trail, filtered and paginated; ndjson/csv stream it whole")
+@router.get(
+    "/v0/audit",
+    summary="The audit trail, filtered and paginated; ndjson/csv stream it whole",
+    response_model=None,
+    openapi_extra={"parameters": _AUDIT_PARAMS},
+    responses=_AUDIT_RESPONSES,
+)
 def audit(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> Any:
     require_token_manager(who)
     hist = history(request)
@@ -146,12 +226,12 @@ def audit(request: Request, who: Caller = Depends(caller), p: Params = Depends(p
         return StreamingResponse(lines, media_type="application/x-ndjson",
                                  headers={"Content-Disposition": 'attachment; filename="audit.ndjson"'})
     if fmt == "csv":
-        return StreamingResponse(_csv(hist.audit_stream(query)), media_type="text/csv; charset=utf-8",
+        return StreamingResponse(audit_csv(hist.audit_stream(query)), media_type="text/csv; charset=utf-8",
                                  headers={"Content-Disposition": 'attachment; filename="audit.csv"'})
     raise InvalidInput("format must be json, ndjson or csv")
 
 
-def _csv(events: Iterator[dict[str, Any]]) -> Iterator[str]:
+def audit_csv(events: Iterator[dict[str, Any]]) -> Iterator[str]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
@@ -185,7 +265,21 @@ def _access_params(p: Params) -> tuple[str, str, str]:
     return resource, kind, permission
 
 
-@router.get("/v0/access", summary="Who held a permission on a datasource or pipe at an instant")
+@router.get(
+    "/v0/access",
+    summary="Who held a permission on a datasource or pipe at an instant",
+    response_model=None,
+    openapi_extra={
+        "parameters": [*_ACCESS_FILTERS, query_param("as_of", "The instant asked about (default: now)")]
+    },
+    responses=responses(
+        {"type": "object", "required": ["resource", "kind", "permission", "as_of", "grants"],
+         "properties": {"resource": {"type": "string"}, "kind": {"type": "string"},
+                        "permission": {"type": "string"}, "as_of": {"type": "string"},
+                        "grants": {"type": "array", "items": _GRANT}}},
+        400, 403,
+    ),
+)
 def access(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
     require_token_manager(who)
     resource, kind, permission = _access_params(p)
@@ -195,7 +289,25 @@ def access(request: Request, who: Caller = Depends(caller), p: Params = Depends(
     return {"resource": resource, "kind": kind, "permission": permission, "as_of": format_instant(at), "grants": grants}
 
 
-@router.get("/v0/access/diff", summary="Permissions gained, lost and changed between two instants")
+@router.get(
+    "/v0/access/diff",
+    summary="Permissions gained, lost and changed between two instants",
+    response_model=None,
+    openapi_extra={
+        "parameters": [
+            query_param("from", "The earlier instant (required)"),
+            query_param("to", "The later instant (default: now)"),
+            *_ACCESS_FILTERS,
+        ]
+    },
+    responses=responses(
+        {"type": "object", "required": ["from", "to", "gained", "lost", "changed"],
+         "properties": {"from": {"type": "string"}, "to": {"type": "string"},
+                        "gained": {"type": "array", "items": _GRANT}, "lost": {"type": "array", "items": _GRANT},
+                        "changed": {"type": "array", "items": _CHANGE}}},
+        400, 403,
+    ),
+)
 def access_diff(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
     require_token_manager(who)
     start, end = _instant(p, "from"), _instant(p, "to", default_now=True)
@@ -217,7 +329,12 @@ def access_diff(request: Request, who: Caller = Depends(caller), p: Params = Dep
     return {"from": format_instant(start), "to": format_instant(end), **diff}
 
 
-@router.get("/v0/audit/verify", summary="Recompute the audit hash chain from the event store")
+@router.get(
+    "/v0/audit/verify",
+    summary="Recompute the audit hash chain from the event store",
+    response_model=None,
+    responses=responses(_CHAIN, 403),
+)
 def audit_verify(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
     if not who.admin:
         raise Forbidden("verifying the trail needs a token with ADMIN scope")
@@ -225,7 +342,12 @@ def audit_verify(request: Request, who: Caller = Depends(caller)) -> dict[str, A
     return report.wire()
 
 
-@router.get("/v0/audit/checkpoint", summary="A signed checkpoint of the chain's head")
+@router.get(
+    "/v0/audit/checkpoint",
+    summary="A signed checkpoint of the chain's head",
+    response_model=None,
+    responses=responses(_CHECKPOINT, 403),
+)
 def audit_checkpoint(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
     if not who.admin:
         raise Forbidden("checkpoints need a token with ADMIN scope")

@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from api.routes.ledger import _csv as audit_csv
+from api.routes.ledger import audit_csv
 from api.ui.pages import Page, UiRoute, ui_instant, viewer
 from api.ui.timeline import ScopeDiff
 from domain.errors import Forbidden, InvalidInput, LedgerError
