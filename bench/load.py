@@ -63,11 +63,12 @@ class Stats:
 
 
 class Shared:
-    """Ids every thread may read, and the ids deleted so far (a 404 for those is expected)."""
+    """Ids every thread may read, and the ids whose delete has been sent (a 404 for those is
+    expected: the delete may commit before its own thread reads the answer)."""
 
     def __init__(self, ids: list[str]) -> None:
         self.ids = list(ids)
-        self.deleted: set[str] = set()
+        self.deleting: set[str] = set()
         self.lock = threading.Lock()
 
     def pick(self, rng: random.Random) -> str:
@@ -131,6 +132,8 @@ def _worker(n: int, base: str, admin: str, readers: list[str], shared: Shared, s
                 request = ("POST", f"/v0/tokens/{target}/refresh", {}, None)
             else:
                 target = mine.pop(rng.randrange(len(mine)))
+                with shared.lock:
+                    shared.deleting.add(target)
                 request = ("DELETE", f"/v0/tokens/{target}", {}, None)
             method, path, params, headers = request
             started = time.perf_counter()
@@ -147,14 +150,11 @@ def _worker(n: int, base: str, admin: str, readers: list[str], shared: Shared, s
                     mine.append(token_id)
                     with shared.lock:
                         shared.ids.append(token_id)
-                elif kind == "delete":
-                    with shared.lock:
-                        shared.deleted.add(target)
                 elif kind == "auth" and not response.json().get("valid"):
                     stats.errors[kind].append(f"a live token was introspected as invalid: {response.text[:200]}")
                 continue
             with shared.lock:
-                deleted = target in shared.deleted
+                deleted = target in shared.deleting
             if kind == "get" and status == 404 and deleted:
                 stats.expected[kind] += 1
             else:
