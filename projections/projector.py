@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import threading
+from operator import itemgetter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from eventsourcing.persistence import Notification
-from sqlalchemy import Connection, Engine, and_, bindparam, insert, select, text, update
+from sqlalchemy import Connection, Engine, select
 
 from domain import clock
 from domain.ledger import Ledger
 from domain.model import DeploymentLog, Jwt, Token, TokenName, User, Workspace, WorkspaceName
-from domain.scopes import parse_scope
+from domain.scopes import Scope, parse_scope
 from projections import schema as s
 from projections.chain import GENESIS, event_bytes, next_hash
 
@@ -42,17 +43,73 @@ class StaleBatch(Exception):
     """Another process applied these events first; the transaction is rolled back."""
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+_encode = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode  # json.dumps, minus its set-up
+_MEMO_SIZE = 65_536
+_scope_lists: dict[tuple[str, ...], str] = {}
+_scopes: dict[str, Scope] = {}
+
+
+_dumps = _encode
+
+
+def _scopes_json(scopes: list[str]) -> str:
+    """`_dumps` of a list of scope strings, remembered: the same few lists recur in every event."""
+    key = tuple(scopes)
+    text_ = _scope_lists.get(key)
+    if text_ is None:
+        text_ = _scope_lists[key] = _encode(scopes)
+        if len(_scope_lists) > _MEMO_SIZE:
+            _scope_lists.clear()
+    return text_
+
+
+def _scope(text_: str) -> Scope:
+    """`parse_scope`, remembered: scope strings repeat across events, and a filter costs a parse."""
+    scope = _scopes.get(text_)
+    if scope is None:
+        scope = _scopes[text_] = parse_scope(text_)
+        if len(_scopes) > _MEMO_SIZE:
+            _scopes.clear()
+    return scope
 
 
 def _resources(scopes: Iterable[str]) -> list[str]:
     out: list[str] = []
     for text_ in scopes:
-        scope = parse_scope(text_)
+        scope = _scope(text_)
         if scope.kind in ("datasource", "pipe") and scope.resource not in out:
             out.append(scope.resource)
     return out
+
+
+class _Sql:
+    """The projector's statements as driver SQL, built once per table and column list, and run on
+    the transaction's DBAPI cursor: SQLAlchemy's per-row parameter processing was a quarter of the
+    projection's time, and these tables hold plain strings, integers and booleans only."""
+
+    def __init__(self, backend: str) -> None:
+        self.mark = "%s" if backend == "postgres" else "?"
+        self._cache: dict[Any, str] = {}
+
+    def insert(self, table: str, columns: Sequence[str]) -> str:
+        key = ("insert", table, tuple(columns))
+        sql = self._cache.get(key)
+        if sql is None:
+            marks = ", ".join([self.mark] * len(columns))
+            sql = self._cache[key] = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})"
+        return sql
+
+    def update(self, table: str, columns: Sequence[str], where: Sequence[str], extra: str = "") -> str:
+        key = ("update", table, tuple(columns), tuple(where), extra)
+        sql = self._cache.get(key)
+        if sql is None:
+            sets = ", ".join(f"{c} = {self.mark}" for c in columns)
+            conds = " AND ".join([f"{c} = {self.mark}" for c in where] + ([extra] if extra else []))
+            sql = self._cache[key] = f"UPDATE {table} SET {sets} WHERE {conds}"
+        return sql
+
+    def in_list(self, count: int) -> str:
+        return ", ".join([self.mark] * count)
 
 
 @dataclass
@@ -60,6 +117,7 @@ class _Batch:
     """In-memory state of one batch; flushed to the database at its end."""
 
     conn: Connection
+    cursor: Any = None  # the DBAPI cursor of `conn`'s transaction
     tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     new_tokens: set[str] = field(default_factory=set)
     changed_tokens: set[str] = field(default_factory=set)
@@ -93,6 +151,12 @@ class Projector:
         self._lock = threading.Lock()
         self.position = 0  # last position this process knows to be projected
         self.listeners: list[Callable[[Sequence[Notification]], None]] = []
+        # Notifications this process has just written (fed by `remember`), so projecting its own
+        # commands need not read them back from the log. Used only for a range it covers entirely.
+        self._recent: dict[int, Notification] = {}
+        self._recent_lock = threading.Lock()
+        self._sql = _Sql(backend)
+        self._handlers: dict[type, tuple[str, Callable[..., None]]] = {}
 
     # -- driving ------------------------------------------------------------------------------
 
@@ -108,43 +172,67 @@ class Projector:
                 if not applied or (until is not None and self.position >= until):
                     return self.position
 
+    def remember(self, notifications: Sequence[Notification]) -> None:
+        """Keep notifications this process wrote (its own recordings) for the next catch-up."""
+        with self._recent_lock:
+            if len(self._recent) > 4 * BATCH_SIZE:  # nobody is projecting them: do not grow
+                self._recent.clear()
+            for n in notifications:
+                self._recent[n.id] = n
+
+    def _known(self, start: int, until: int | None) -> list[Notification] | None:
+        """Notifications start..until from memory, only if memory holds every one of them."""
+        if until is None or until < start or until - start >= BATCH_SIZE:
+            return None
+        with self._recent_lock:
+            known = [self._recent.get(i) for i in range(start, until + 1)]
+            for i in [k for k in self._recent if k < start]:
+                del self._recent[i]
+        if any(n is None for n in known):
+            return None
+        return known  # type: ignore[return-value]
+
     def tracked_position(self) -> int:
         with self.engine.connect() as conn:
             row = conn.execute(select(s.tracking.c.position).where(s.tracking.c.name == TRACKING_NAME)).first()
         return row[0] if row else 0
 
     def _project_batch(self, until: int | None) -> int:
+        sql, mark = self._sql, self._sql.mark
         with self.engine.begin() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             if self.backend == "postgres":
-                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _ADVISORY_KEY})
-            state = conn.execute(
-                select(s.tracking.c.position, s.tracking.c.at, s.tracking.c.head).where(
-                    s.tracking.c.name == TRACKING_NAME
-                )
-            ).first()
+                cursor.execute(f"SELECT pg_advisory_xact_lock({mark})", (_ADVISORY_KEY,))
+            cursor.execute(
+                f"SELECT position, at, head FROM {s.tracking.name} WHERE name = {mark}", (TRACKING_NAME,)
+            )
+            state = cursor.fetchone()
             if state is None:
-                conn.execute(insert(s.tracking).values(name=TRACKING_NAME, position=0, at=0, head=GENESIS))
+                cursor.execute(
+                    sql.insert(s.tracking.name, ("name", "position", "at", "head")), (TRACKING_NAME, 0, 0, GENESIS)
+                )
                 position, at, head = 0, 0, GENESIS
             else:
                 position, at, head = state
-            notifications = self.ledger.recorder.select_notifications(
-                start=position + 1, limit=BATCH_SIZE, stop=until
-            )
+            notifications = self._known(position + 1, until)
+            if notifications is None:
+                notifications = self.ledger.recorder.select_notifications(
+                    start=position + 1, limit=BATCH_SIZE, stop=until
+                )
             if not notifications:
                 self.position = max(self.position, position)
                 return 0
-            batch = _Batch(conn)
+            batch = _Batch(conn, cursor)
             self._load_tokens(batch, notifications)
             for notification in notifications:
                 at, head = self._apply(batch, notification, at, head)
             self._flush(batch)
             last = notifications[-1].id
-            result = conn.execute(
-                update(s.tracking)
-                .where(and_(s.tracking.c.name == TRACKING_NAME, s.tracking.c.position == position))
-                .values(position=last, at=at, head=head)
+            cursor.execute(
+                sql.update(s.tracking.name, ("position", "at", "head"), ("name", "position")),
+                (last, at, head, TRACKING_NAME, position),
             )
-            if result.rowcount != 1:
+            if cursor.rowcount != 1:
                 raise StaleBatch(f"tracking moved past {position} while projecting")
         self.position = last
         for listener in self.listeners:
@@ -154,20 +242,43 @@ class Projector:
     # -- applying events ----------------------------------------------------------------------
 
     def _load_tokens(self, batch: _Batch, notifications: Sequence[Notification]) -> None:
-        ids = {str(n.originator_id) for n in notifications if n.topic.startswith("tokentrail.token.")}
-        ids = sorted(ids)
+        """The current rows of the batch's tokens that existed before it (a token whose first
+        event here is its creation cannot be in the table), with their last generation number."""
+        first: dict[str, int] = {}
+        for n in notifications:
+            if n.topic.startswith("tokentrail.token."):
+                first.setdefault(str(n.originator_id), n.originator_version)
+        ids = sorted(t for t, version in first.items() if version > 1)
+        cursor, columns = batch.cursor, [c.name for c in s.tokens.columns]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            for row in batch.conn.execute(select(s.tokens).where(s.tokens.c.id.in_(chunk))).mappings():
-                batch.tokens[row["id"]] = dict(row)
+            marks = self._sql.in_list(len(chunk))
+            cursor.execute(f"SELECT {', '.join(columns)} FROM {s.tokens.name} WHERE id IN ({marks})", chunk)
+            for row in cursor.fetchall():
+                token = dict(zip(columns, row))
+                token["deleted"] = bool(token["deleted"])
+                batch.tokens[token["id"]] = token
+            cursor.execute(
+                f"SELECT token_id, max(seq) FROM {s.generations.name} WHERE token_id IN ({marks}) GROUP BY token_id",
+                chunk,
+            )
+            for token_id, seq in cursor.fetchall():
+                batch.generation_seqs[token_id] = seq
+
+    def _handler(self, event_type: type) -> tuple[str, Callable[..., None]]:
+        found = self._handlers.get(event_type)
+        if found is None:
+            aggregate_cls = event_type.__qualname__.split(".")[0]
+            aggregate = next(v for k, v in _AGGREGATES.items() if k.__name__ == aggregate_cls)
+            found = self._handlers[event_type] = (aggregate, getattr(self, f"_on_{aggregate}"))
+        return found
 
     def _apply(self, batch: _Batch, n: Notification, at: int, head: str) -> tuple[int, str]:
         event = self.ledger.mapper.to_domain_event(n)
         recorded = clock.to_micros(event.timestamp)
         at = max(at, recorded)
         head = next_hash(head, event_bytes(n.id, n.originator_id, n.originator_version, n.topic, n.state))
-        aggregate_cls = type(event).__qualname__.split(".")[0]
-        aggregate = next(v for k, v in _AGGREGATES.items() if k.__name__ == aggregate_cls)
+        aggregate, handler = self._handler(type(event))
         actor = getattr(event, "actor", None) or {}
         row: dict[str, Any] = {
             "position": n.id,
@@ -190,7 +301,6 @@ class Projector:
             "details": None,
             "hash": head,
         }
-        handler = getattr(self, f"_on_{aggregate}")
         handler(batch, event, n, at, row)
         for resource in row.pop("resources"):
             batch.audit_resources.append(
@@ -210,7 +320,7 @@ class Projector:
                 "kind": event.kind,
                 "origin_type": event.origin.get("type", "C"),
                 "origin_resource_id": event.origin.get("resource_id"),
-                "scopes": _dumps(list(event.scopes)),
+                "scopes": _scopes_json(list(event.scopes)),
                 "generation": event.generation,
                 "previous_generation": None,
                 "previous_valid_until": 0,
@@ -225,10 +335,12 @@ class Projector:
             batch.tokens[token_id] = token
             batch.new_tokens.add(token_id)
             before: list[str] = []
+            before_json = "[]"
             self._open_generation(batch, token, 1, at, 0)
         else:
             token = batch.token(token_id)
-            before = json.loads(token["scopes"])
+            before_json = token["scopes"]
+            before = json.loads(before_json)
         after = list(event.scopes) if isinstance(event, Token.Created) else list(before)
         details: dict[str, Any] | None = None
         if isinstance(event, Token.ScopeAdded):
@@ -260,7 +372,7 @@ class Projector:
             token["deleted_at"] = at
             seq = self._current_generation_seq(batch, token_id)
             self._close_generation(batch, token_id, seq, at)
-        token["scopes"] = _dumps(after)
+        after_json = token["scopes"] = _scopes_json(after)
         if not isinstance(event, Token.Created):
             self._close_version(batch, token_id, token["version"], at, n.id)
         token["version"] = n.originator_version
@@ -280,8 +392,8 @@ class Projector:
             workspace_id=token["workspace_id"],
             token_id=token_id,
             token_name=token["name"],
-            scopes_before=_dumps(before),
-            scopes_after=_dumps([] if token["deleted"] else after),
+            scopes_before=before_json if isinstance(event, Token.Created) else _scopes_json(before),
+            scopes_after="[]" if token["deleted"] else after_json,
             resources=_resources(set(before) | set(after)),
             details=_dumps(details) if details else None,
         )
@@ -397,7 +509,7 @@ class Projector:
             )
 
     def _open_grant(self, batch: _Batch, token: dict[str, Any], scope_text: str, at: int, position: int) -> None:
-        scope = parse_scope(scope_text)
+        scope = _scope(scope_text)
         row = {
             "token_id": token["id"],
             "scope": scope_text,
@@ -423,15 +535,9 @@ class Projector:
         batch.grant_closes.append({"b_token": token_id, "b_scope": scope_text, "b_at": at, "b_position": position})
 
     def _current_generation_seq(self, batch: _Batch, token_id: str) -> int:
-        if token_id in batch.generation_seqs:
-            return batch.generation_seqs[token_id]
-        row = batch.conn.execute(
-            select(s.generations.c.seq)
-            .where(s.generations.c.token_id == token_id)
-            .order_by(s.generations.c.seq.desc())
-            .limit(1)
-        ).first()
-        return row[0] if row else 0
+        # Loaded for every pre-existing token of the batch by `_load_tokens`, kept up to date by
+        # `_open_generation`: no query per event.
+        return batch.generation_seqs.get(token_id, 0)
 
     def _open_generation(self, batch: _Batch, token: dict[str, Any], seq: int, at: int, grace: int) -> None:
         batch.generation_inserts[(token["id"], seq)] = {
@@ -454,91 +560,52 @@ class Projector:
     # -- writing ------------------------------------------------------------------------------
 
     def _flush(self, batch: _Batch) -> None:
-        conn = batch.conn
-        if batch.new_tokens:
-            conn.execute(insert(s.tokens), [batch.tokens[t] for t in sorted(batch.new_tokens)])
-        if batch.changed_tokens:
-            columns = [c.name for c in s.tokens.columns if c.name != "id"]
-            stmt = (
-                update(s.tokens)
-                .where(s.tokens.c.id == bindparam("b_id"))
-                .values({c: bindparam(f"b_{c}") for c in columns})
-            )
-            conn.execute(
-                stmt,
-                [
-                    {"b_id": t, **{f"b_{c}": batch.tokens[t][c] for c in columns}}
-                    for t in sorted(batch.changed_tokens)
-                ],
-            )
-        if batch.version_closes:
-            conn.execute(
-                update(s.token_versions)
-                .where(
-                    and_(
-                        s.token_versions.c.token_id == bindparam("b_token"),
-                        s.token_versions.c.version == bindparam("b_version"),
-                    )
-                )
-                .values(valid_to=bindparam("b_at"), to_position=bindparam("b_position")),
-                batch.version_closes,
-            )
-        if batch.version_inserts:
-            conn.execute(insert(s.token_versions), list(batch.version_inserts.values()))
-        if batch.grant_closes:
-            conn.execute(
-                update(s.scope_grants)
-                .where(
-                    and_(
-                        s.scope_grants.c.token_id == bindparam("b_token"),
-                        s.scope_grants.c.scope == bindparam("b_scope"),
-                        s.scope_grants.c.valid_to.is_(None),
-                    )
-                )
-                .values(valid_to=bindparam("b_at"), to_position=bindparam("b_position")),
-                batch.grant_closes,
-            )
-        if batch.grant_inserts:
-            conn.execute(insert(s.scope_grants), batch.grant_inserts)
-        if batch.generation_closes:
-            conn.execute(
-                update(s.generations)
-                .where(
-                    and_(
-                        s.generations.c.token_id == bindparam("b_token"),
-                        s.generations.c.seq == bindparam("b_seq"),
-                    )
-                )
-                .values(valid_to=bindparam("b_until")),
-                batch.generation_closes,
-            )
-        if batch.generation_inserts:
-            conn.execute(insert(s.generations), list(batch.generation_inserts.values()))
-        for table, rows in (
-            (s.workspaces, batch.workspaces),
-            (s.users, batch.users),
-            (s.jwts, batch.jwts),
-            (s.deployments, batch.deployments),
-        ):
+        cursor, sql = batch.cursor, self._sql
+
+        def insert(table: Any, rows: Sequence[dict[str, Any]]) -> None:
             if rows:
-                conn.execute(insert(table), rows)
-        if batch.jwt_invalidations:
-            conn.execute(
-                update(s.jwts)
-                .where(
-                    and_(
-                        s.jwts.c.admin_token_id == bindparam("b_admin"),
-                        s.jwts.c.admin_generation == bindparam("b_generation"),
-                        s.jwts.c.invalidated_at.is_(None),
-                    )
-                )
-                .values(invalidated_at=bindparam("b_until")),
-                batch.jwt_invalidations,
-            )
-        if batch.audit_rows:
-            conn.execute(insert(s.audit), batch.audit_rows)
-        if batch.audit_resources:
-            conn.execute(insert(s.audit_resources), batch.audit_resources)
+                columns = list(rows[0])
+                values = itemgetter(*columns)
+                cursor.executemany(sql.insert(table.name, columns), [values(r) for r in rows])
+
+        def update(table: Any, columns: Sequence[str], where: Sequence[str], rows: list[tuple[Any, ...]],
+                   extra: str = "") -> None:
+            if rows:
+                cursor.executemany(sql.update(table.name, columns, where, extra), rows)
+
+        insert(s.tokens, [batch.tokens[t] for t in sorted(batch.new_tokens)])
+        if batch.changed_tokens:
+            changed = [batch.tokens[t] for t in sorted(batch.changed_tokens)]
+            columns = [c for c in changed[0] if c != "id"]
+            values = itemgetter(*columns, "id")
+            update(s.tokens, columns, ("id",), [values(t) for t in changed])
+        update(
+            s.token_versions, ("valid_to", "to_position"), ("token_id", "version"),
+            [(r["b_at"], r["b_position"], r["b_token"], r["b_version"]) for r in batch.version_closes],
+        )
+        insert(s.token_versions, list(batch.version_inserts.values()))
+        update(
+            s.scope_grants, ("valid_to", "to_position"), ("token_id", "scope"),
+            [(r["b_at"], r["b_position"], r["b_token"], r["b_scope"]) for r in batch.grant_closes],
+            "valid_to IS NULL",
+        )
+        insert(s.scope_grants, batch.grant_inserts)
+        update(
+            s.generations, ("valid_to",), ("token_id", "seq"),
+            [(r["b_until"], r["b_token"], r["b_seq"]) for r in batch.generation_closes],
+        )
+        insert(s.generations, list(batch.generation_inserts.values()))
+        insert(s.workspaces, batch.workspaces)
+        insert(s.users, batch.users)
+        insert(s.jwts, batch.jwts)
+        insert(s.deployments, batch.deployments)
+        update(
+            s.jwts, ("invalidated_at",), ("admin_token_id", "admin_generation"),
+            [(r["b_until"], r["b_admin"], r["b_generation"]) for r in batch.jwt_invalidations],
+            "invalidated_at IS NULL",
+        )
+        insert(s.audit, batch.audit_rows)
+        insert(s.audit_resources, batch.audit_resources)
 
 
 def _jwt_scope_string(scope: dict[str, Any]) -> str:
