@@ -59,6 +59,8 @@ def token_value(request: Request, params: Params) -> str | None:
 
 async def params(request: Request) -> Params:
     body = await read_body(request)
+    if request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        body = b""  # files (a deployment's datafiles), not form-encoded parameters
     return Params.parse(request.scope.get("query_string", b""), body)
 
 

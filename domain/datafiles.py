@@ -33,6 +33,7 @@ PERMISSIONS_BY_KIND = {"datasource": ("READ", "APPEND"), "pipe": ("READ",)}
 SCOPE_FAMILY = {"datasource": "DATASOURCES", "pipe": "PIPES"}
 MAX_FILE_BYTES = 1024 * 1024
 MAX_FILES = 10_000
+MAX_PATH_LENGTH = 1024
 # Mirrors domain.ledger.validate_name (which the ledger applies again), so that a bad name is
 # reported with its file and line; importing the ledger here would make a cycle once it plans.
 MAX_TOKEN_NAME_LENGTH = 256
@@ -123,6 +124,8 @@ def parse_project(files: Mapping[str, str]) -> list[TokenDeclaration]:
     Other files are ignored. Datasources and pipes share one namespace in a workspace, so two
     files whose stems are the same resource name are refused, naming both.
     """
+    for path in files:
+        _check_path(path)
     paths = sorted(p for p in files if PurePosixPath(p).suffix in KIND_BY_SUFFIX)
     if len(paths) > MAX_FILES:
         raise DatafileError(".", 0, f"more than {MAX_FILES} datafiles")
@@ -167,6 +170,21 @@ def read_project(folder: Path) -> dict[str, str]:
         except UnicodeDecodeError as exc:
             raise DatafileError(relative, 0, f"not UTF-8 (byte {exc.start})") from None
     return files
+
+
+def _check_path(path: str) -> None:
+    """A project file is named by its path relative to the project folder, in POSIX form, as
+    Forward sends it; the paths are recorded with the deployment, so anything else is refused."""
+    shown = repr(path)[1:-1]
+    if not path or len(path) > MAX_PATH_LENGTH:
+        raise DatafileError(shown, 0, f"a file path must have 1 to {MAX_PATH_LENGTH} characters")
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in path):
+        raise DatafileError(shown, 0, "a file path must not contain control characters or invalid Unicode")
+    if "\\" in path or path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
+        raise DatafileError(
+            shown, 0, "a file path must be relative to the project folder, with / between names "
+            "and no '.' or '..' parts"
+        )
 
 
 def _datafile_paths(root: Path) -> Iterator[Path]:
@@ -231,6 +249,8 @@ def _token_name(path: str, number: int, raw: str) -> str:
         )
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise DatafileError(path, number, "token name must not contain control characters")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in name):  # a lone surrogate (JSON "\ud800"): not storable
+        raise DatafileError(path, number, "token name must be valid Unicode text")
     if _LOOKS_LIKE_ID.fullmatch(name) or name.startswith("p."):
         raise DatafileError(path, number, "token name must not look like a token id or value")
     return name

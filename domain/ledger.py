@@ -383,7 +383,7 @@ class Ledger(Application[UUID]):
             actor = caller.for_deployment(deployment_id).actor()
             touched: list[Aggregate] = []
             for step in plan.steps:
-                touched += self._apply_step(workspace_id, step, actor)
+                touched += self._apply_step(workspace_id, step, actor, caller)
             paths = sorted(files)
             if log is None:
                 log = DeploymentLog.start(workspace_id, deployment_id, plan.token_changes, paths, actor)
@@ -393,11 +393,12 @@ class Ledger(Application[UUID]):
 
         return self._retrying(attempt)
 
-    def _apply_step(self, workspace_id: str, step: Any, actor: dict[str, Any]) -> list[Aggregate]:
+    def _apply_step(self, workspace_id: str, step: Any, actor: dict[str, Any], caller: Caller) -> list[Aggregate]:
         if isinstance(step, CreateToken):
             index = self._get_or_none(token_name_id(workspace_id, step.name))
             if index is not None and index.token_id is not None:
-                raise NameTaken(f'Auth token with name "{step.name}" already exists')
+                # Taken since the plan was made (say by a concurrent deployment): re-plan.
+                raise IntegrityError(f'token name "{step.name}" was taken while the deployment was planned')
             token = Token.create(
                 actor=actor, workspace_id=workspace_id, name=validate_name(step.name), description="",
                 scopes=list(step.scopes), origin=dict(step.origin), kind="datafile", generation=new_generation(),
@@ -409,7 +410,8 @@ class Ledger(Application[UUID]):
             return [token, index]
         token = self._token_or_none(step.token_id)
         if token is None or token.deleted or token.kind != "datafile" or token.workspace_id != workspace_id:
-            raise Conflict(f'token "{step.name}" changed while the deployment was planned; deploy again')
+            raise IntegrityError(f'token "{step.name}" changed while the deployment was planned')  # re-plan
+        require_may_manage(caller, scopes_of(token))  # e.g. ADMIN added by hand: not for a TOKENS caller
         if isinstance(step, ModifyToken):
             token.replace_scopes(list(step.scopes), actor)
             return [token]

@@ -15,6 +15,7 @@ from projections.deployments import deploy
 
 router = APIRouter(tags=["deployments"])
 MAX_FILES = 10_000
+FORWARD_CONTEXT_FIELDS = frozenset({"context://"})
 
 
 @router.post(
@@ -43,27 +44,45 @@ async def create_deployment(
 
 
 async def _files(request: Request, body: bytes) -> dict[str, str]:
-    content_type = request.headers.get("content-type", "")
+    content_type = request.headers.get("content-type", "").lower()
     files: dict[str, str] = {}
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES)
         for field, value in form.multi_items():
+            if field in FORWARD_CONTEXT_FIELDS:
+                continue  # Forward's `context://` part (its CLI version) is not a project file
             if hasattr(value, "read"):
                 path = value.filename or field
                 raw = await value.read()
             else:
                 path, raw = field, value.encode()
+            if path in files:
+                raise InvalidInput(f"{path}: sent twice")
             files[path] = _text(path, raw)
+        if not form:
+            # Forward always sends its context part, even for an empty project: a body without any
+            # part is malformed, and must not read as "no TOKEN lines any more" (delete them all).
+            raise InvalidInput("the multipart body holds no files")
         return files
     try:
-        data = json.loads(body or b"null")
-    except (ValueError, UnicodeDecodeError):
+        # JSON is UTF-8 (RFC 8259): no UTF-16/32 guessing, and one value per path.
+        data = json.loads((body or b"null").decode("utf-8"), object_pairs_hook=_unique_paths)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidInput("send the files as multipart/form-data or a JSON object {path: content}") from None
     if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise InvalidInput("the JSON body must be an object {path: content} of strings")
     if len(data) > MAX_FILES:
         raise InvalidInput(f"at most {MAX_FILES} files")
     return data
+
+
+def _unique_paths(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise InvalidInput(f"{key}: sent twice")
+        out[key] = value
+    return out
 
 
 def _text(path: str, raw: bytes) -> str:
