@@ -65,6 +65,8 @@ class TokenSigner:
         if len(parts) != 3:
             return None
         _, encoded, signature = parts
+        if not (encoded.isascii() and signature.isascii()):  # compare_digest refuses non-ASCII str
+            return None
         if not hmac.compare_digest(self._sign(encoded), signature):
             return None
         try:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from api.deps import caller, get_system, params, read_body
+from api.schemas import query_param, responses
 from api.wire import Params
 from domain.errors import InvalidInput
 from domain.policy import Caller
@@ -16,6 +17,20 @@ from projections.deployments import deploy
 router = APIRouter(tags=["deployments"])
 MAX_FILES = 10_000
 FORWARD_CONTEXT_FIELDS = frozenset({"context://"})
+_FILES = {"type": "object", "additionalProperties": {"type": "string"}}
+_DEPLOYED = {
+    "type": "object",
+    "required": ["result", "deployment"],
+    "properties": {
+        "result": {"type": "string", "enum": ["success", "check", "no_changes"]},
+        "deployment": {
+            "type": "object",
+            "required": ["id", "status", "token_changes"],
+            "properties": {"id": {"type": ["string", "null"]}, "status": {"type": "string"},
+                           "token_changes": {"type": "array"}},
+        },
+    },
+}
 
 
 @router.post(
@@ -23,6 +38,15 @@ FORWARD_CONTEXT_FIELDS = frozenset({"context://"})
     summary="Reconcile the datafile tokens with a project's .datasource/.pipe files",
     description="Send the files as multipart/form-data (one part per file, named by its path) or as "
     "a JSON object `{path: content}`. `check=true` only plans.",
+    response_model=None,
+    openapi_extra={
+        "parameters": [query_param("check", "`true` only plans: nothing is written")],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _FILES}, "multipart/form-data": {"schema": _FILES}},
+        },
+    },
+    responses=responses(_DEPLOYED, 400, 403, 409, 413),
 )
 async def create_deployment(
     request: Request, who: Caller = Depends(caller), p: Params = Depends(params), body: bytes = Depends(read_body)

@@ -120,7 +120,7 @@ class LedgerViews:
         at = parse_instant(raw)
         token_id = resolve_any(self.system, self.history, who, ref, at)
         row = self.history.token_as_of(who.workspace_id, at, token_id=token_id) if token_id else None
-        if row is None:
+        if row is None and _nameable(ref):
             row = self.history.token_as_of(who.workspace_id, at, name=ref)
         if row is None:
             raise NotFound(f"Token not found as of {format_instant(at)}")
@@ -141,10 +141,17 @@ def as_of_object(row: TokenRow) -> dict[str, Any]:
     }
 
 
+def _nameable(ref: str) -> bool:
+    """Could this be a token name? No name holds these, and PostgreSQL cannot even compare NUL."""
+    return bool(ref) and len(ref) <= 1024 and not any(ord(c) < 32 for c in ref)
+
+
 def resolve_any(system: System, hist: History, who: Caller, ref: str, at: int | None = None) -> str | None:
     """A token id of the caller's workspace from an id, a value or a (past or present) name."""
     import uuid
 
+    if not _nameable(ref):
+        return None
     if ref.startswith("p."):
         claims = system.signer.read(ref)
         if claims and claims.workspace_id == who.workspace_id:
@@ -219,7 +226,7 @@ def audit(request: Request, who: Caller = Depends(caller), p: Params = Depends(p
     query = audit_query(who, p)
     fmt = (p.get("format") or "json").lower()
     if fmt == "json":
-        events, cursor = hist.audit_page(query, p.get("cursor"), p.int("limit", 100) or 100)
+        events, cursor = hist.audit_page(query, p.get("cursor"), p.int("limit", 100))
         return {"events": events, "next_cursor": cursor}
     if fmt == "ndjson":
         lines = (json.dumps(e, separators=(",", ":")) + "\n" for e in hist.audit_stream(query))

@@ -188,7 +188,7 @@ def _check_jwt_length(
     status_code=405,
     response_model=None,
     openapi_extra={"parameters": [_REF]},
-    responses=responses(None, 405),
+    responses=responses(None, 404, 405),  # 404: a ref no route matches (one with a line break)
 )
 def refresh_get() -> None:
     raise MethodNotAllowed("refresh must be done with POST")
