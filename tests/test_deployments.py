@@ -23,7 +23,7 @@ from sqlalchemy import text
 from api.app import create_app
 from domain.datafiles import parse_project, read_project
 from domain.deploy import CurrentToken, desired_tokens, plan_deployment
-from domain.errors import Conflict
+from domain.errors import Conflict, NameTaken
 from domain.policy import Caller
 from projections.deployments import current_tokens
 from projections.system import System
@@ -269,7 +269,8 @@ def test_renamed_moved_and_removed_lines_change_exactly_those_scopes(client, sys
     # Modified tokens keep their id and value; a renamed line is a new token, the old one is gone.
     assert now["dashboard"][0] == ids["dashboard"] and now["events reader"][0] == ids["events reader"]
     assert now["events ingest"][0] not in ids.values()
-    assert allowed(client, dashboard, "PIPES:READ:sessions") and not allowed(client, dashboard, "DATASOURCES:READ:users")
+    assert allowed(client, dashboard, "PIPES:READ:sessions")
+    assert not allowed(client, dashboard, "DATASOURCES:READ:users")
 
     # The audit trail holds exactly these changes, one event per scope, nothing else.
     events = [e for e in audit(client, ws.admin, deployment=answer["deployment"]["id"]) if e["type"] != "Deployed"]
@@ -287,18 +288,15 @@ def test_renamed_moved_and_removed_lines_change_exactly_those_scopes(client, sys
 
     # And back: the first version again restores the first token table (with new ids for the
     # re-created tokens).
-    ok(deploy(client, ws.admin, project(tmp_path, PROJECT, "v3")))
+    files = project(tmp_path, PROJECT, "v3")
+    ok(deploy(client, ws.admin, files))
     assert datafile_tokens(system, ws.id) == FIRST
 
-
-def test_hand_edits_of_datafile_tokens_are_undone_by_the_next_deployment(client, system, ws, tmp_path) -> None:
-    files = project(tmp_path)
-    ok(deploy(client, ws.admin, files))
+    # Datafile tokens belong to the files: edits by hand are undone by the next deployment.
     scopes = "&".join(f"scope={s}" for s in FIRST["dashboard"] + ["PIPES:READ:extra"])
     assert client.put(url("/v0/tokens/dashboard", ws.admin) + "&" + scopes).status_code == 200
     assert client.delete(url("/v0/tokens/ingest", ws.admin)).status_code == 200
-    answer = ok(deploy(client, ws.admin, files))
-    assert changes(answer) == [
+    assert changes(ok(deploy(client, ws.admin, files))) == [
         ("dashboard", "modified", [], ["pipe:extra:READ"]),
         ("ingest", "new", ["datasource:events:APPEND"], []),
     ]
@@ -310,6 +308,8 @@ def test_hand_edits_of_datafile_tokens_are_undone_by_the_next_deployment(client,
 
 def test_hand_made_tokens_are_never_touched_and_a_name_clash_is_refused(client, system, ws, tmp_path) -> None:
     manual = create(client, ws.admin, "manual reader", "PIPES:READ:top_pages", "DATASOURCES:READ:users")
+    # Made by hand with a datasource origin, as `tb token create` can: still hand-made.
+    tracker = create(client, ws.admin, "tracker", "DATASOURCES:APPEND:events", origin="DS", resource_id="events")
     ok(deploy(client, ws.admin, project(tmp_path)))
     ok(deploy(client, ws.admin, project(tmp_path, SECOND_FILES, "v2")))  # users.datasource gone
     ok(deploy(client, ws.admin, {}))  # no datafiles at all: every datafile token goes
@@ -317,6 +317,7 @@ def test_hand_made_tokens_are_never_touched_and_a_name_clash_is_refused(client, 
     tokens = all_tokens(system, ws.id)
     assert tokens["manual reader"] == (manual["id"], ["DATASOURCES:READ:users", "PIPES:READ:top_pages"])
     assert {"admin token", "create datasource token"} <= set(tokens)
+    assert tokens["tracker"] == (tracker["id"], ["DATASOURCES:APPEND:events"])
     assert allowed(client, manual["token"], "PIPES:READ:top_pages")
     manual_events = ok(client.get(url("/v0/tokens/manual%20reader/history", ws.admin)))["events"]
     assert [e["type"] for e in manual_events] == ["Created"]
@@ -475,6 +476,9 @@ def test_point_in_time_before_and_after_a_deployment(client, system, ws, tmp_pat
             for t in answer["tokens"] if t["origin"]["type"] in ("DS", "P")
         }
 
+    ingest = ok(client.get(url("/v0/tokens/ingest", ws.admin, as_of=f"{start + 5:.6f}")))
+    assert ingest["scopes"] == [{"type": "DATASOURCES:APPEND", "resource": "events"}] and "token" not in ingest
+    assert_error(client.get(url("/v0/tokens/ingest", ws.admin, as_of=f"{start + 15:.6f}")), 404)
     assert as_of(start - 0.5) == {}
     assert as_of(start + 5) == FIRST
     assert as_of(start + 15) == SECOND
@@ -592,7 +596,8 @@ def test_two_deployments_through_the_api_at_once_never_mix(client, system, ws) -
                 assert_error(a, 409)
         assert datafile_tokens(system, ws.id) in (OUTCOME["A"], OUTCOME["B"])
         order = deployments_in_order(system, ws.id)
-        last = next(k for k, a in zip("AB", answers) if a.status_code == 200 and a.json()["deployment"]["id"] == order[-1])
+        committed = {a.json()["deployment"]["id"]: k for k, a in zip("AB", answers) if a.status_code == 200}
+        last = committed[order[-1]]
         assert datafile_tokens(system, ws.id) == OUTCOME[last]
 
 
@@ -611,6 +616,40 @@ def test_two_servers_on_one_database_deploying_at_once_never_mix(database_url, t
         assert datafile_tokens(other, ws.id) == datafile_tokens(system, ws.id)
     finally:
         other.close()
+
+
+def test_a_change_slipping_in_between_plan_and_save_makes_the_deployment_re_plan(system, ws) -> None:
+    """Deterministic interleavings: right after the deployment has read the live tokens, another
+    request changes them. The deployment must re-plan against what is there now."""
+    caller = admin_caller(system, ws)
+    system.command(lambda: system.ledger.deploy(caller, SET_A, lambda: current_tokens(system, ws.id)))
+    assert datafile_tokens(system, ws.id) == OUTCOME["A"]
+
+    def then(change: Callable[[], Any]) -> Callable[[], list[CurrentToken]]:
+        calls: list[int] = []
+
+        def read() -> list[CurrentToken]:
+            tokens = current_tokens(system, ws.id)
+            if not calls:
+                calls.append(1)
+                change()
+            return tokens
+
+        return read
+
+    # A datafile token deleted by hand: the plan's "modify" becomes a "new".
+    result = system.ledger.deploy(caller, SET_B, then(lambda: system.ledger.delete_token(caller, "shared")))
+    assert [(c["token_name"], c["change_type"]) for c in result.plan.token_changes] == [
+        ("a reader", "deleted"), ("only a", "deleted"), ("only b", "new"), ("shared", "new")]
+    assert datafile_tokens(system, ws.id) == OUTCOME["B"]
+
+    # A hand-made token takes a name the deployment was about to create: a clear clash, nothing written.
+    before = head(system)
+    with pytest.raises(NameTaken) as refused:
+        system.ledger.deploy(caller, SET_A, then(lambda: system.ledger.create_token(caller, "a reader", ["TOKENS"])))
+    assert "pipes/top_pages.pipe:2" in refused.value.message
+    assert head(system) == before + 2  # the hand-made token and its name, nothing else
+    assert datafile_tokens(system, ws.id) == OUTCOME["B"]
 
 
 # -- permissions ---------------------------------------------------------------------------------
@@ -646,7 +685,8 @@ def test_a_non_admin_deployment_cannot_strip_or_delete_an_admin_capable_token(cl
     deployment any more than through DELETE /v0/tokens."""
     manager = create(client, ws.admin, "manager", "TOKENS")["token"]
     ok(deploy(client, ws.admin, project(tmp_path)))
-    assert client.put(url("/v0/tokens/ingest", ws.admin, scope=["DATASOURCES:APPEND:events", "ADMIN"])).status_code == 200
+    promoted = client.put(url("/v0/tokens/ingest", ws.admin, scope=["DATASOURCES:APPEND:events", "ADMIN"]))
+    assert promoted.status_code == 200
     assert_error(client.delete(url("/v0/tokens/ingest", manager)), 403)
     before = head(system)
     assert_error(deploy(client, manager, project(tmp_path, SECOND_FILES, "v2")), 403)  # would delete it
@@ -668,6 +708,8 @@ GARBAGE = [
     b"\xff\xfe{}",
     b'{"a.pipe": "TOKEN \xff READ"}',
     b'{"a.pipe": "TOKEN a READ"',
+    b'{"a.pipe": "TOKEN a READ", "a.pipe": "TOKEN b READ"}',
+    b'{"a.pipe": "TOKEN a READ"}' + b"[" * 100_000,
 ]
 
 BAD_PATHS = [
@@ -684,8 +726,10 @@ BAD_PATHS = [
 ]
 
 
-def test_garbage_bodies_are_400_and_write_nothing(client, system, ws) -> None:
-    before = head(system)
+def test_garbage_bad_paths_non_utf8_and_huge_files_are_4xx_and_write_nothing(client, system, ws, tmp_path) -> None:
+    files = project(tmp_path)
+    ok(deploy(client, ws.admin, files))
+    before, tokens_before = head(system), all_tokens(system, ws.id)
     for body in GARBAGE:
         assert_error(client.post(url("/v0/deployments", ws.admin), content=body), 400)
     for broken in (b"--x\r\nbroken", b"", b"--x--\r\n", b"no boundary at all"):
@@ -694,13 +738,6 @@ def test_garbage_bodies_are_400_and_write_nothing(client, system, ws) -> None:
         assert_error(response, 400)
     assert_error(client.post(url("/v0/deployments", ws.admin), content=b"--x\r\n",
                              headers={"content-type": "multipart/form-data"}), 400)  # no boundary
-    assert head(system) == before and datafile_tokens(system, ws.id) == {}
-
-
-def test_bad_paths_non_utf8_and_huge_files_are_4xx_and_write_nothing(client, system, ws, tmp_path) -> None:
-    files = project(tmp_path)
-    ok(deploy(client, ws.admin, files))
-    before, tokens_before = head(system), all_tokens(system, ws.id)
     for path in BAD_PATHS:
         body = json.dumps({**files, path: "TOKEN evil READ\n"}).encode()
         assert_error(client.post(url("/v0/deployments", ws.admin), content=body), 400)
@@ -714,11 +751,13 @@ def test_bad_paths_non_utf8_and_huge_files_are_4xx_and_write_nothing(client, sys
     assert_error(client.post("/v0/deployments", files=twice, headers={"Authorization": f"Bearer {ws.admin}"}), 400)
     # A file that is not UTF-8.
     latin = [("data_project://", ("pipes/x.pipe", "TOKEN 'lectura diseño' READ\n".encode("latin-1"), "text/plain"))]
-    error = assert_error(client.post("/v0/deployments", files=latin, headers={"Authorization": f"Bearer {ws.admin}"}), 400)
+    error = assert_error(client.post("/v0/deployments", files=latin, headers={"Authorization": f"Bearer {ws.admin}"}),
+                         400)
     assert "pipes/x.pipe" in error
     # A datafile over 1 MiB, and a body over the server's limit.
     huge = "TOKEN big READ\n" + "# padding\n" * 110_000
-    assert assert_error(deploy(client, ws.admin, {**files, "pipes/big.pipe": huge}), 400).startswith("pipes/big.pipe:0:")
+    error = assert_error(deploy(client, ws.admin, {**files, "pipes/big.pipe": huge}), 400)
+    assert error.startswith("pipes/big.pipe:0:")
     assert_error(forward_deploy(client, ws.admin, {**files, "pipes/big.pipe": huge}), 400)
     enormous = {f"pipes/p{i}.pipe": huge[:1_000_000] for i in range(9)}
     assert_error(deploy(client, ws.admin, enormous), 413)
