@@ -194,13 +194,20 @@ class History:
             g.c.valid_from <= at,
             or_(g.c.valid_to.is_(None), g.c.valid_to > at),
         ]
-        if resource is not None:
-            candidates = [resource]
-            if resource.endswith("_quarantine"):
-                candidates.append(resource[: -len("_quarantine")])
-            conditions.append(or_(g.c.resource.in_(candidates), g.c.kind.is_(None), g.c.kind == "user"))
+        if resource is None:
+            with self.engine.connect() as conn:
+                return [dict(r) for r in conn.execute(select(g).where(and_(*conditions))).mappings()]
+        candidates = [resource]
+        if resource.endswith("_quarantine"):
+            candidates.append(resource[: -len("_quarantine")])
+        # One indexed lookup per kind of row (named resource, workspace-wide, user): an OR across
+        # columns would scan every grant of the workspace.
+        rows: dict[tuple[str, str, int], dict[str, Any]] = {}
         with self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(select(g).where(and_(*conditions))).mappings()]
+            for extra in (g.c.resource.in_(candidates), g.c.kind.is_(None), g.c.kind == "user"):
+                for r in conn.execute(select(g).where(and_(*conditions, extra))).mappings():
+                    rows[(r["token_id"], r["scope"], r["from_position"])] = dict(r)
+        return list(rows.values())
 
     def names_at(self, workspace_id: str, at: int, token_ids: set[str]) -> dict[str, str]:
         if not token_ids:
