@@ -1,0 +1,444 @@
+"""Compliance at scale: point-in-time answers, chain verification and a full export on a big ledger.
+
+Generates a ledger of `--tokens` tokens and `--events` events (default 100,000 and 1,000,000) in a
+SQLite file: real `Token`, `TokenName`, `Workspace` and `Jwt` aggregates and events, written many
+aggregates per `ledger.save(...)` (one transaction each), with a clock that moves 50 ms per event,
+then projected once. Tokens get scope adds and removals (some filtered, some ADMIN,
+WORKSPACE:READ_ALL or DATASOURCES:CREATE), refreshes, descriptions, renames and deletes; a JWT is
+issued for every 100 tokens. Workspaces hold `--per-workspace` tokens each (default 500), except one
+big workspace that holds `--big-share` of all tokens (default 25%), so the export is large.
+
+Then measures, on the same file:
+- p50/p99 of `GET /v0/access` and `GET /v0/tokens?as_of=` through the app in-process (TestClient),
+  at random instants, workspaces and resources; baseline in the same run: a brute-force replay
+  (decode every stored event up to T, fold the workspace's tokens and JWTs, apply `grant_for`),
+  whose answers must equal the route's. Target: p99 <= 50 ms in a typical workspace (the big
+  workspace's rows are informational: `/v0/tokens?as_of=` there answers thousands of tokens).
+- `verify_chain` over the whole log, events/s. Target >= 100,000/s.
+- peak RSS (VmHWM) of a uvicorn process serving `GET /v0/audit?format=ndjson` of the big workspace,
+  streamed to the end by an httpx client. Target <= 200 MB.
+
+    python -m bench.compliance [--tokens N --events M] [--quick] [--tmpdir DIR] [--json PATH] [--keep]
+
+SQLite only: generation alone is the slow part (about 15-25 min for the full size on the 2-core
+team machine, see docs/benchmarks.md). `--db PATH` reuses a ledger generated earlier with `--keep`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from api.app import create_app  # noqa: E402
+from bench import common  # noqa: E402
+from domain import clock  # noqa: E402
+from domain.model import Jwt, Token, TokenName, Workspace  # noqa: E402
+from domain.policy import Caller  # noqa: E402
+from domain.scopes import grant_for, parse_scope  # noqa: E402
+from domain.values import new_generation  # noqa: E402
+from projections.system import System  # noqa: E402
+from projections.verify import verify_chain  # noqa: E402
+
+TARGET_P99_MS = 50.0
+TARGET_VERIFY_PER_S = 100_000
+TARGET_EXPORT_MB = 200.0
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+STEP = timedelta(milliseconds=50)
+DATASOURCES = [f"ds{i}" for i in range(20)]
+PIPES = [f"p{i}" for i in range(10)]
+
+
+def canonical(scope: str) -> str:
+    return str(parse_scope(scope))
+
+
+def random_scope(rng: random.Random) -> str:
+    roll = rng.random()
+    if roll < 0.01:
+        return "ADMIN"
+    if roll < 0.03:
+        return "WORKSPACE:READ_ALL"
+    if roll < 0.05:
+        return "DATASOURCES:CREATE"
+    ds, pipe = rng.choice(DATASOURCES), rng.choice(PIPES)
+    return canonical(rng.choice([
+        f"DATASOURCES:READ:{ds}", f"DATASOURCES:READ:{ds}:country = 'ES'", f"DATASOURCES:READ:{ds}:org_id = {rng.randint(1, 9)}",
+        f"DATASOURCES:APPEND:{ds}", f"DATASOURCES:DROP:{ds}", f"PIPES:READ:{pipe}", f"PIPES:READ:{pipe}:x > 1",
+        f"PIPES:DROP:{pipe}",
+    ]))
+
+
+class TickingClock:
+    """Every reading is STEP later than the one before: log order is time order."""
+
+    def __init__(self) -> None:
+        self.now = START
+
+    def __call__(self) -> datetime:
+        self.now += STEP
+        return self.now
+
+
+# -- generation ---------------------------------------------------------------------------------
+
+
+def generate(system: System, tokens: int, events: int, per_workspace: int, big_share: float,
+             per_save: int = 200, seed: int = 7) -> dict[str, Any]:
+    """Write the ledger; returns the workspaces with their admin values and the time span."""
+    rng = random.Random(seed)
+    ticking = TickingClock()
+    clock.set_clock(ticking)
+    ledger = system.ledger
+    big_tokens = int(tokens * big_share)
+    typical = max(1, (tokens - big_tokens) // per_workspace)
+    workspaces = []
+    for w in range(typical + (1 if big_tokens else 0)):
+        setup = ledger.setup_workspace(f"ws{w}", f"owner{w}@example.com", Caller.system())
+        admin = setup.tokens[0]
+        caller = Caller(workspace_id=admin.workspace_id, token_id=str(admin.id), name=admin.name,
+                        scopes=(parse_scope("ADMIN"),), origin="cli")
+        value = system.signer.make(admin.workspace_id, str(admin.id), admin.generation)
+        workspaces.append({"id": admin.workspace_id, "admin_value": value, "actor": caller.actor(),
+                           "admin_id": str(admin.id), "admin_generation": admin.generation, "tokens": 0})
+    big = workspaces[-1] if big_tokens else None
+    fixed = ledger.recorder.max_notification_id() or 0
+    jwt_count = tokens // 100
+    per_token = max(2.0, (events - fixed) / tokens)  # JWTs included
+    written, count, batch, jwts_left = fixed, fixed, [], jwt_count
+    started = time.perf_counter()
+    for i in range(tokens):
+        ws = big if big is not None and rng.random() < big_share else workspaces[i % typical]
+        ws["tokens"] += 1
+        actor = ws["actor"]
+        name = f"t{i}"
+        scopes = list(dict.fromkeys(random_scope(rng) for _ in range(rng.randint(1, 2))))
+        token = Token.create(actor=actor, workspace_id=ws["id"], name=name, description="", scopes=scopes,
+                             origin={"type": "C"}, kind="custom", generation=new_generation())
+        index = TokenName.create(ws["id"], name, str(token.id), actor)
+        touched: list[Any] = [token, index]
+        budget = round(fixed + per_token * (i + 1)) - count - 2
+        n = 2
+        while n < budget + 2:
+            roll = rng.random()
+            if roll < 0.35:
+                before = len(token.pending_events)
+                token.add_scope(random_scope(rng), actor)
+                n += len(token.pending_events) - before
+            elif roll < 0.55 and len(token.scopes) > 1:
+                token.remove_scope(rng.choice(token.scopes), actor)
+                n += 1
+            elif roll < 0.75:
+                token.refresh(new_generation(), rng.choice([0, 0, 60]), actor)
+                n += 1
+            elif roll < 0.85:
+                token.describe(f"description {n}", actor)
+                n += 1
+            elif roll < 0.95 and budget + 2 - n >= 3:
+                new_name = f"t{i}-r{n}"
+                token.rename(new_name, actor)
+                index.release(actor)
+                index = TokenName.create(ws["id"], new_name, str(token.id), actor)
+                touched.append(index)
+                n += 3
+            elif budget + 2 - n >= 2 and rng.random() < 0.5:
+                token.delete(actor)
+                index.release(actor)
+                n += 2
+                break
+        batch += touched
+        count += n
+        if jwts_left and i % 100 == 99:
+            jwts_left -= 1
+            count += 1
+            batch.append(Jwt.issue(
+                actor=actor, workspace_id=ws["id"], name=f"jwt{i}",
+                scopes=[{"type": "PIPES:READ", "resource": rng.choice(PIPES)}],
+                expires_at=int((ticking.now + timedelta(hours=rng.choice([1, 6, 48]))).timestamp()),
+                limits={}, admin_token_id=ws["admin_id"], admin_generation=ws["admin_generation"],
+            ))
+        if len(batch) >= per_save or i == tokens - 1:
+            ledger.save(*batch)
+            written = ledger.recorder.max_notification_id() or 0
+            batch = []
+            if i % 10_000 < per_save // 2:
+                rate = (written - fixed) / (time.perf_counter() - started)
+                print(f"  generated {i + 1:,} tokens, {written:,} events ({rate:,.0f} events/s)", flush=True)
+    clock.set_clock(None)
+    return {"workspaces": workspaces, "big": big, "start": START, "end": ticking.now, "events": written}
+
+
+# -- brute force --------------------------------------------------------------------------------
+
+
+def replay(system: System, workspace_id: str, until: int) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """Decode every stored event with effective time <= until; fold one workspace's tokens and JWTs."""
+    recorder, mapper = system.ledger.recorder, system.ledger.mapper
+    tokens: dict[str, dict[str, Any]] = {}
+    admin_of: dict[str, str] = {}
+    jwts: list[dict[str, Any]] = []
+    start, at = 1, 0
+    while True:
+        notes = recorder.select_notifications(start=start, limit=2000)
+        if not notes:
+            break
+        for n in notes:
+            event = mapper.to_domain_event(n)
+            at = max(at, clock.to_micros(event.timestamp))
+            if at > until:
+                return tokens, jwts
+            oid = str(event.originator_id)
+            if isinstance(event, Workspace.Created):
+                admin_of[oid] = event.admin_token_id
+            elif isinstance(event, Token.Created):
+                if event.workspace_id == workspace_id:
+                    tokens[oid] = {"id": oid, "name": event.name, "scopes": list(event.scopes), "deleted": False}
+            elif oid in tokens:
+                t = tokens[oid]
+                if isinstance(event, Token.ScopeAdded):
+                    t["scopes"].append(event.scope)
+                elif isinstance(event, Token.ScopeRemoved):
+                    t["scopes"].remove(event.scope)
+                elif isinstance(event, Token.Renamed):
+                    t["name"] = event.name
+                elif isinstance(event, Token.Deleted):
+                    t["deleted"] = True
+                elif isinstance(event, Token.Refreshed):
+                    for jwt in jwts:
+                        if jwt["admin_token_id"] == oid and jwt["invalid_from"] is None:
+                            jwt["invalid_from"] = at + event.grace_seconds * 1_000_000
+            elif isinstance(event, Jwt.Issued) and event.workspace_id == workspace_id:
+                jwts.append({"id": oid, "name": event.name, "scopes": event.scopes, "issued_at": at,
+                             "expires_at": event.expires_at * 1_000_000, "admin_token_id": event.admin_token_id,
+                             "invalid_from": None})
+        start = notes[-1].id + 1
+    return tokens, jwts
+
+
+def replay_tokens(system: System, workspace_id: str, at: int) -> list[tuple[str, str]]:
+    tokens, _ = replay(system, workspace_id, at)
+    return sorted((t["id"], t["name"]) for t in tokens.values() if not t["deleted"])
+
+
+def replay_access(system: System, workspace_id: str, resource: str, kind: str, permission: str, at: int) -> list[tuple]:
+    tokens, jwts = replay(system, workspace_id, at)
+    out = []
+    for t in tokens.values():
+        if not t["deleted"]:
+            grant = grant_for([parse_scope(x) for x in t["scopes"]], kind, permission, resource)
+            if grant:
+                out.append((False, t["id"], t["name"], grant.via, grant.filter))
+    for j in jwts:
+        alive = j["issued_at"] <= at < j["expires_at"] and (j["invalid_from"] is None or at < j["invalid_from"])
+        if alive:
+            scopes = [parse_scope(f"{s['type']}:{s['resource']}" + (f":{s['filter']}" if s.get("filter") else ""))
+                      for s in j["scopes"]]
+            grant = grant_for(scopes, kind, permission, resource)
+            if grant:
+                out.append((True, j["id"], j["name"], grant.via, grant.filter))
+    return sorted(out)
+
+
+# -- measurements -------------------------------------------------------------------------------
+
+
+CPU_MS: list[float] = []  # process CPU time of each timed request: what other processes' load cannot inflate
+
+
+def latency_ms(client: TestClient, path: str) -> tuple[float, dict[str, Any]]:
+    started, cpu = time.perf_counter(), time.process_time()
+    response = client.get(path)
+    elapsed = (time.perf_counter() - started) * 1000
+    CPU_MS.append((time.process_time() - cpu) * 1000)
+    if response.status_code != 200:
+        raise RuntimeError(f"GET {path} -> {response.status_code}: {response.text[:300]}")
+    return elapsed, response.json()
+
+
+def instant(rng: random.Random, span: dict[str, Any]) -> int:
+    lo, hi = clock.to_micros(span["start"]), clock.to_micros(span["end"])
+    return rng.randint(lo, hi)
+
+
+def access_query(rng: random.Random) -> tuple[str, str, str]:
+    if rng.random() < 0.7:
+        resource = rng.choice(DATASOURCES + [f"{d}_quarantine" for d in DATASOURCES[:3]])
+        return resource, "datasource", rng.choice(["READ", "READ", "APPEND", "DROP"])
+    return rng.choice(PIPES), "pipe", rng.choice(["READ", "DROP"])
+
+
+def measure_routes(system: System, span: dict[str, Any], results: common.Results, samples: int,
+                   baseline_samples: int, label: str, pick: Any) -> None:
+    rng = random.Random(11)
+    app = create_app(system)
+    with TestClient(app, raise_server_exceptions=True) as client:
+        for _ in range(5):  # warm-up: imports, caches, first connections
+            ws = pick(rng)
+            latency_ms(client, f"/v0/tokens?as_of={instant(rng, span) / 1e6:.6f}&token={ws['admin_value']}")
+        access, as_of, sizes = common.Samples(), common.Samples(), []
+        access_cpu, as_of_cpu = [], []
+        for _ in range(samples):
+            ws, at = pick(rng), instant(rng, span)
+            resource, kind, permission = access_query(rng)
+            ms, body = latency_ms(client, f"/v0/access?resource={resource}&kind={kind}&permission={permission}"
+                                          f"&as_of={at / 1e6:.6f}&token={ws['admin_value']}")
+            access.add(ms)
+            access_cpu.append(CPU_MS[-1])
+            ms, body = latency_ms(client, f"/v0/tokens?as_of={at / 1e6:.6f}&token={ws['admin_value']}")
+            as_of.add(ms)
+            as_of_cpu.append(CPU_MS[-1])
+            sizes.append(len(body["tokens"]))
+        for name, cpu in (("/v0/access", access_cpu), ("/v0/tokens?as_of=", as_of_cpu)):
+            results.note(f"{label} workspace {name}: CPU time per request p50 {common.percentile(cpu, 50):.1f} ms, "
+                         f"p99 {common.percentile(cpu, 99):.1f} ms (wall-clock figures include waiting for a core)")
+        brute_access, brute_as_of = common.Samples(), common.Samples()
+        mismatches = 0
+        for _ in range(baseline_samples):
+            ws, at = pick(rng), instant(rng, span)
+            at = at - at % 1_000_000  # whole seconds: the route's instant is exactly this one
+            resource, kind, permission = access_query(rng)
+            ms, body = latency_ms(client, f"/v0/access?resource={resource}&kind={kind}&permission={permission}"
+                                          f"&as_of={at // 1_000_000}&token={ws['admin_value']}")
+            ours = sorted((g.get("jwt", False), g["token_id"], g["name"], g["via"], g["filter"]) for g in body["grants"])
+            started = time.perf_counter()
+            expected = replay_access(system, ws["id"], resource, kind, permission, at)
+            brute_access.add((time.perf_counter() - started) * 1000)
+            mismatches += ours != expected
+            ms, body = latency_ms(client, f"/v0/tokens?as_of={at // 1_000_000}&token={ws['admin_value']}")
+            ours_tokens = sorted((t["id"], t["name"]) for t in body["tokens"])
+            started = time.perf_counter()
+            expected_tokens = replay_tokens(system, ws["id"], at)
+            brute_as_of.add((time.perf_counter() - started) * 1000)
+            mismatches += ours_tokens != expected_tokens
+    for name, ours, brute in (("GET /v0/access", access, brute_access), ("GET /v0/tokens?as_of=", as_of, brute_as_of)):
+        p50, p99 = common.percentile(ours.values, 50), common.percentile(ours.values, 99)
+        bp50 = brute.median
+        target = TARGET_P99_MS if label == "typical" else None
+        results.add(f"{name} p99, {label} workspace", "sqlite", p99, "ms", "brute-force replay p50", bp50,
+                    max_value=target, higher_is_better=False, spread=f"p50 {p50:.1f} ms")
+        print(f"  {name} [{label}]: p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(ours.values)}; brute-force replay "
+              f"p50 {bp50:,.0f} ms over {len(brute.values)} -> replay/ours(p50) = {bp50 / p50:,.0f}x", flush=True)
+    results.note(f"{label} workspace: /v0/tokens?as_of= answered {min(sizes)}-{max(sizes)} tokens "
+                 f"(median {sorted(sizes)[len(sizes) // 2]}); {baseline_samples * 2} answers compared with the "
+                 f"replay, {mismatches} differed")
+    if mismatches:
+        print(f"  !! {mismatches} answers differ from the brute-force replay", flush=True)
+
+
+def measure_verify(system: System, results: common.Results, repeats: int) -> None:
+    rates, cpu_rates = common.Samples(), common.Samples()
+    for _ in range(repeats):
+        cpu = time.process_time()
+        seconds, report = common.timed(lambda: verify_chain(system))
+        cpu = time.process_time() - cpu
+        assert report.ok, report
+        rates.add(report.events_checked / seconds)
+        cpu_rates.add(report.events_checked / cpu)
+        print(f"  verify_chain: {report.events_checked:,} events in {seconds:.1f} s "
+              f"({report.events_checked / seconds:,.0f}/s; {report.events_checked / cpu:,.0f} per CPU-second)",
+              flush=True)
+    results.note(f"verify_chain: {cpu_rates.median:,.0f} events per CPU-second (load-independent)")
+    results.add("verify_chain, whole log", "sqlite", rates.median, "events/s", min_value=TARGET_VERIFY_PER_S,
+                spread=rates.spread())
+
+
+def measure_export(url: str, data: Path, workspace: dict[str, Any], results: common.Results) -> None:
+    env = common.environ(data, url)
+    with common.Uvicorn("api.app:app_from_env", env=env, factory=True) as server:
+        assert server.process is not None
+        pid = server.process.pid
+        with httpx.Client(timeout=600) as client:
+            client.get(f"{server.base}/v0/audit?limit=1&token={workspace['admin_value']}").raise_for_status()
+            idle = _vm(pid, "VmRSS")
+            lines = size = 0
+            started = time.perf_counter()
+            with client.stream("GET", f"{server.base}/v0/audit?format=ndjson&token={workspace['admin_value']}") as r:
+                r.raise_for_status()
+                for line in r.iter_lines():
+                    if line:
+                        lines += 1
+                        size += len(line) + 1
+            seconds = time.perf_counter() - started
+        peak = _vm(pid, "VmHWM")
+    print(f"  ndjson export: {lines:,} events, {size / 1e6:,.0f} MB in {seconds:.1f} s "
+          f"({lines / seconds:,.0f} events/s); server RSS idle {idle:.0f} MB, peak {peak:.0f} MB", flush=True)
+    results.add("ndjson export, server peak RSS", "sqlite", peak, "MB", "server RSS before", idle,
+                max_value=TARGET_EXPORT_MB, higher_is_better=False)
+    results.note(f"export: {lines:,} events, {size / 1e6:,.0f} MB of ndjson in {seconds:.1f} s")
+
+
+def _vm(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for {pid}")
+
+
+def main() -> None:
+    p = common.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=100_000)
+    p.add_argument("--events", type=int, default=1_000_000)
+    p.add_argument("--per-workspace", type=int, default=500)
+    p.add_argument("--big-share", type=float, default=0.25)
+    p.add_argument("--samples", type=int, default=300, help="route requests per route and workspace kind")
+    p.add_argument("--baseline-samples", type=int, default=3, help="brute-force replays per route")
+    p.add_argument("--db", help="reuse this SQLite file (generated earlier with --keep)")
+    p.add_argument("--keep", action="store_true", help="keep the generated SQLite file and print its path")
+    args = p.parse_args()
+    if args.quick:
+        args.tokens, args.events, args.samples, args.per_workspace = 2_000, 20_000, 60, 200
+    common.print_machine()
+    scratch = common.Scratch(args.tmpdir)
+    results = common.Results(f"compliance: {args.tokens:,} tokens, {args.events:,} events")
+    if args.db:
+        data = Path(args.db).parent
+        url = f"sqlite:///{args.db}"
+        meta = json.loads((data / "bench-meta.json").read_text())
+        span = {"start": datetime.fromisoformat(meta["start"]), "end": datetime.fromisoformat(meta["end"])}
+        system = System(url, data=data, environ=common.environ(data))
+    else:
+        data = Path(scratch.directory()) if not args.keep else Path(__import__("tempfile").mkdtemp(
+            prefix="tt-compliance-", dir=args.tmpdir))
+        url = f"sqlite:///{data / 'tokentrail.db'}"
+        system = System(url, data=data, environ=common.environ(data))
+        print(f"generating {args.tokens:,} tokens / {args.events:,} events in {data}", flush=True)
+        gen_s, meta = common.timed(lambda: generate(system, args.tokens, args.events, args.per_workspace,
+                                                    args.big_share))
+        print(f"  written {meta['events']:,} events in {gen_s:.0f} s", flush=True)
+        proj_s, _ = common.timed(lambda: system.sync())
+        print(f"  projected in {proj_s:.0f} s ({meta['events'] / proj_s:,.0f} events/s)", flush=True)
+        results.note(f"generation: {meta['events']:,} events written in {gen_s:.0f} s, projected in {proj_s:.0f} s; "
+                     f"{len(meta['workspaces'])} workspaces, big one {meta['big']['tokens'] if meta['big'] else 0:,} tokens")
+        span = {"start": meta["start"], "end": meta["end"]}
+        (data / "bench-meta.json").write_text(json.dumps({
+            "start": meta["start"].isoformat(), "end": meta["end"].isoformat(), "workspaces": meta["workspaces"],
+            "big": meta["big"], "events": meta["events"]}))
+        if args.keep:
+            print(f"  kept: --db {data / 'tokentrail.db'}", flush=True)
+    typical = [w for w in meta["workspaces"] if w is not meta["big"] and w != meta["big"]]
+    print("measuring routes", flush=True)
+    measure_routes(system, span, results, args.samples, args.baseline_samples, "typical", lambda rng: rng.choice(typical))
+    if meta["big"]:
+        measure_routes(system, span, results, max(20, args.samples // 5), 1, "big", lambda rng: meta["big"])
+    print("measuring verify", flush=True)
+    measure_verify(system, results, 1 if args.quick else 3)
+    system.close()
+    if meta["big"]:
+        print("measuring export", flush=True)
+        measure_export(url, data, meta["big"], results)
+    results.print()
+    results.write_json(args.json)
+
+
+if __name__ == "__main__":
+    main()
