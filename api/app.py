@@ -86,10 +86,15 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        rid = request_id(headers.get("x-request-id")) or uuid.uuid4().hex
+        sent_id = length = None
+        for key, value in scope["headers"]:  # only the two headers read here are decoded
+            key = key.lower()
+            if key == b"x-request-id":
+                sent_id = value.decode("latin-1")
+            elif key == b"content-length":
+                length = value.decode("latin-1")
+        rid = request_id(sent_id) or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
-        length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
             response = JSONResponse(
                 {"error": f"request body too large (at most {MAX_BODY} bytes)"},

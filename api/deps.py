@@ -6,6 +6,7 @@ import uuid
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyQuery, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from api.wire import Params, request_id
 from domain.errors import Unauthenticated
@@ -26,10 +27,11 @@ _query_token = APIKeyQuery(
 _bearer = HTTPBearer(scheme_name="bearer", auto_error=False, description="`Authorization: Bearer <value>`")
 
 
-def documented_credentials(
+async def documented_credentials(
     _query: str | None = Security(_query_token), _header: object = Security(_bearer)
 ) -> None:
-    """Declares the two ways of passing a token; reads nothing itself."""
+    """Declares the two ways of passing a token; reads nothing itself. `async`: a plain `def`
+    dependency costs a trip through the thread pool on every request."""
 
 
 def get_system(request: Request) -> System:
@@ -77,7 +79,6 @@ async def caller(request: Request, _: None = Depends(documented_credentials)) ->
     value = token_value(request, p)
     if not value:
         raise Unauthenticated("a token is required: pass ?token= or Authorization: Bearer")
-    from starlette.concurrency import run_in_threadpool
-
-    await run_in_threadpool(system.sync)
+    if not system.fresh():  # only a log that may have moved costs a thread-pool trip
+        await run_in_threadpool(system.sync)
     return system.auth.authenticate(value, **request_context(request))

@@ -97,7 +97,9 @@ class Database:
             )
             _sqlite_transactions(engine, "BEGIN IMMEDIATE" if writer else "BEGIN", writer)
             return engine
-        kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
+        # The projector (the writer) checks its DBAPI connections itself: it discards a broken one
+        # and retries the batch, instead of a ping round trip before every batch.
+        kwargs: dict[str, Any] = {"pool_pre_ping": not writer, "pool_size": 5, "max_overflow": 10}
         return create_engine(self.sqlalchemy_url(), **kwargs)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from eventsourcing.persistence import Notification
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Engine, select
 
 from domain import clock
 from domain.ledger import Ledger
@@ -116,8 +116,8 @@ class _Sql:
 class _Batch:
     """In-memory state of one batch; flushed to the database at its end."""
 
-    conn: Connection
-    cursor: Any = None  # the DBAPI cursor of `conn`'s transaction
+    conn: Any  # the DBAPI connection of the batch's transaction
+    cursor: Any = None  # and its cursor
     tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     new_tokens: set[str] = field(default_factory=set)
     changed_tokens: set[str] = field(default_factory=set)
@@ -198,14 +198,45 @@ class Projector:
         return row[0] if row else 0
 
     def _project_batch(self, until: int | None) -> int:
-        sql, mark = self._sql, self._sql.mark
-        with self.engine.begin() as conn:
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            if self.backend == "postgres":
-                cursor.execute(f"SELECT pg_advisory_xact_lock({mark})", (_ADVISORY_KEY,))
-            cursor.execute(
-                f"SELECT position, at, head FROM {s.tracking.name} WHERE name = {mark}", (TRACKING_NAME,)
-            )
+        """One batch in one transaction, on a pooled DBAPI connection. A connection found broken
+        (PostgreSQL restarted, say) is discarded and the batch tried once more on a fresh one:
+        the tracking row makes the retry safe."""
+        for attempt in (1, 2):
+            raw = self.engine.raw_connection()
+            try:
+                return self._project_batch_on(raw.dbapi_connection, until)
+            except Exception:
+                broken = self.backend == "postgres" and (raw.dbapi_connection.broken or raw.dbapi_connection.closed)
+                if broken:
+                    raw.invalidate()
+                if not broken or attempt == 2:
+                    raise
+            finally:
+                raw.close()
+        raise AssertionError("unreachable")
+
+    def _project_batch_on(self, dbapi: Any, until: int | None) -> int:
+        sql, mark, postgres = self._sql, self._sql.mark, self.backend == "postgres"
+        cursor = dbapi.cursor()
+        try:
+            if postgres:
+                # Pipelined: one round trip. The select runs after the lock is granted, with a
+                # snapshot taken then (READ COMMITTED), so it sees the last holder's commit.
+                lock = dbapi.cursor()
+                with dbapi.pipeline():
+                    # Not waiting for the WAL flush is safe here: a read-model transaction lost
+                    # in a crash takes its tracking position with it, so its events are applied
+                    # again from the event store (whose commits stay synchronous).
+                    lock.execute("SET LOCAL synchronous_commit TO OFF")
+                    lock.execute(f"SELECT pg_advisory_xact_lock({mark})", (_ADVISORY_KEY,))
+                    cursor.execute(
+                        f"SELECT position, at, head FROM {s.tracking.name} WHERE name = {mark}", (TRACKING_NAME,)
+                    )
+            else:
+                cursor.execute("BEGIN IMMEDIATE")  # the write lock from the tracking read on
+                cursor.execute(
+                    f"SELECT position, at, head FROM {s.tracking.name} WHERE name = {mark}", (TRACKING_NAME,)
+                )
             state = cursor.fetchone()
             if state is None:
                 cursor.execute(
@@ -220,24 +251,41 @@ class Projector:
                     start=position + 1, limit=BATCH_SIZE, stop=until
                 )
             if not notifications:
+                self._commit(dbapi, cursor)
                 self.position = max(self.position, position)
                 return 0
-            batch = _Batch(conn, cursor)
+            batch = _Batch(dbapi, cursor)
             self._load_tokens(batch, notifications)
             for notification in notifications:
                 at, head = self._apply(batch, notification, at, head)
-            self._flush(batch)
             last = notifications[-1].id
-            cursor.execute(
-                sql.update(s.tracking.name, ("position", "at", "head"), ("name", "position")),
-                (last, at, head, TRACKING_NAME, position),
-            )
+            track = sql.update(s.tracking.name, ("position", "at", "head"), ("name", "position"))
+            if postgres:
+                with dbapi.pipeline():  # every write of the batch in one round trip
+                    self._flush(batch)
+                    cursor.execute(track, (last, at, head, TRACKING_NAME, position))
+            else:
+                self._flush(batch)
+                cursor.execute(track, (last, at, head, TRACKING_NAME, position))
             if cursor.rowcount != 1:
                 raise StaleBatch(f"tracking moved past {position} while projecting")
+            self._commit(dbapi, cursor)
+        except BaseException:
+            if postgres:
+                dbapi.rollback()
+            elif dbapi.in_transaction:
+                cursor.execute("ROLLBACK")
+            raise
         self.position = last
         for listener in self.listeners:
             listener(notifications)
         return len(notifications)
+
+    def _commit(self, dbapi: Any, cursor: Any) -> None:
+        if self.backend == "postgres":
+            dbapi.commit()
+        else:
+            cursor.execute("COMMIT")
 
     # -- applying events ----------------------------------------------------------------------
 
@@ -250,20 +298,20 @@ class Projector:
                 first.setdefault(str(n.originator_id), n.originator_version)
         ids = sorted(t for t, version in first.items() if version > 1)
         cursor, columns = batch.cursor, [c.name for c in s.tokens.columns]
+        select_list = ", ".join(f"t.{c}" for c in columns)
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
-            marks = self._sql.in_list(len(chunk))
-            cursor.execute(f"SELECT {', '.join(columns)} FROM {s.tokens.name} WHERE id IN ({marks})", chunk)
+            cursor.execute(
+                f"SELECT {select_list}, (SELECT max(g.seq) FROM {s.generations.name} g WHERE g.token_id = t.id) "
+                f"FROM {s.tokens.name} t WHERE t.id IN ({self._sql.in_list(len(chunk))})",
+                chunk,
+            )
             for row in cursor.fetchall():
                 token = dict(zip(columns, row))
                 token["deleted"] = bool(token["deleted"])
                 batch.tokens[token["id"]] = token
-            cursor.execute(
-                f"SELECT token_id, max(seq) FROM {s.generations.name} WHERE token_id IN ({marks}) GROUP BY token_id",
-                chunk,
-            )
-            for token_id, seq in cursor.fetchall():
-                batch.generation_seqs[token_id] = seq
+                if row[-1] is not None:
+                    batch.generation_seqs[token["id"]] = row[-1]
 
     def _handler(self, event_type: type) -> tuple[str, Callable[..., None]]:
         found = self._handlers.get(event_type)

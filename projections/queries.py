@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import Engine, and_, select
 
 from domain.scopes import Scope, parse_scope
 from projections import schema as s
+
+
+_parsed: dict[str, Scope] = {}
+
+
+def _parse(text: str) -> Scope:
+    scope = _parsed.get(text)
+    if scope is None:
+        scope = _parsed[text] = parse_scope(text)
+        if len(_parsed) > 65_536:
+            _parsed.clear()
+    return scope
 
 
 @dataclass(frozen=True)
@@ -28,9 +41,11 @@ class TokenRow:
     created_at: int
     updated_at: int
 
-    @property
+    @cached_property
     def parsed_scopes(self) -> tuple[Scope, ...]:
-        return tuple(parse_scope(x) for x in self.scopes)
+        # Parsed once per row (a cached row serves every request of its token), and each distinct
+        # scope string once per process: a filter's parse is the dear part.
+        return tuple([_parse(x) for x in self.scopes])
 
     def accepts(self, generation: str, now_micros: int) -> bool:
         if self.deleted:

@@ -2,16 +2,25 @@
 
 `System.command` runs a use case and catches the read models up to exactly the position it wrote
 before returning (read-your-writes). `System.sync` is called before serving a read: one cheap
-"what is the log's head" query, and when other processes have written, their events are projected
+"what is the log's head" check, and when other processes have written, their events are projected
 and the affected tokens evicted from the authentication cache.
+
+The head check stays exact (a read that starts after another process's commit sees it) but cheap:
+on SQLite `PRAGMA data_version` on a dedicated connection says whether anything was committed since
+the last check, so the log is only queried when it may have moved; on PostgreSQL concurrent
+requests share one query (a request reuses a check that started after it arrived).
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
+
+from eventsourcing.persistence import Notification
 
 from domain.ledger import Change, Ledger
 from domain.values import TokenSigner
@@ -48,10 +57,15 @@ class System:
         self.projector = Projector(self.ledger, self.write_engine, self.database.backend)
         self.queries = Queries(self.read_engine)
         self.auth = Authenticator(self.queries, self.signer)
-        self._seen = 0
+        self._seen = 0  # every event up to here is projected and its tokens evicted from the cache
         self._seen_lock = threading.Lock()
         # SQLite has one writer at a time: queue this process's writers here, not on the file lock.
         self._write_lock = threading.Lock() if self.backend == "sqlite" else None
+        self._head = _LogHead(self)
+        # The projector is handed what this process writes (no read-back of its own events) and
+        # tells us what it applied (no read-back to evict the cache).
+        self.ledger._notify = self._recorded  # type: ignore[method-assign]  # eventsourcing's hook
+        self.projector.listeners.append(self._applied)
 
     @property
     def backend(self) -> str:
@@ -70,14 +84,33 @@ class System:
         return result
 
     def sync(self, until: int | None = None) -> int:
-        head = until if until is not None else (self.ledger.recorder.max_notification_id() or 0)
+        head = until if until is not None else self._head.position()
         if head <= self._seen:
             return self._seen
         self.projector.catch_up(until=head)
         self._evict_through(head)
         return head
 
+    def fresh(self) -> bool:
+        """True when, without waiting on anything, the read models are known to include the
+        log's head (SQLite: nothing committed since the last check). False means: call `sync`."""
+        head = self._head.known()
+        return head is not None and head <= self._seen
+
+    def _recorded(self, recordings: Sequence[Any]) -> None:
+        self.projector.remember([r.notification for r in recordings])
+
+    def _applied(self, notifications: Sequence[Notification]) -> None:
+        """The projector committed these: evict their tokens; when they follow on from what the
+        cache already reflects, the cache now reflects them too (no read-back of the log)."""
+        self.auth.tokens.evict({str(n.originator_id) for n in notifications})
+        with self._seen_lock:
+            if notifications and notifications[0].id == self._seen + 1:
+                self._seen = notifications[-1].id
+
     def _evict_through(self, head: int) -> None:
+        """Evict the tokens of events up to `head` that this process did not project itself
+        (another process did): only those are read back from the log."""
         with self._seen_lock:
             while self._seen < head:
                 notes = self.ledger.recorder.select_notifications(
@@ -89,12 +122,127 @@ class System:
                 self._seen = notes[-1].id
 
     def close(self) -> None:
+        self._head.close()
+
         self.ledger.close()
         self.write_engine.dispose()
         self.read_engine.dispose()
 
     def checkpoint_key(self):  # noqa: ANN201 - cryptography's Ed25519PrivateKey
         return keys.checkpoint_key(self.data_dir, self.environ)
+
+
+class _LogHead:
+    """The notification log's head, checked cheaply.
+
+    `position()` asks the database (exact: a check that starts after a commit sees it). On SQLite
+    it asks only when `PRAGMA data_version` on a dedicated connection says that something was
+    committed since the last check; on PostgreSQL concurrent callers share one query (a caller
+    reuses a query that started after it arrived).
+
+    `known()` answers without any I/O, or says it cannot (None). On SQLite it is as exact as
+    `position()`. On PostgreSQL it relies on the NOTIFY that the event store sends with every
+    insert: a thread LISTENs, and while no notification has arrived since the last query, the head
+    is known. A write by another process is then seen once its notification is delivered
+    (milliseconds); while the listening connection is down, `known()` says None and every caller
+    queries. The listener starts on the first `known()` call (a server's), not for CLI commands.
+    """
+
+    LIVENESS_NS = 3_000_000_000  # a listener silent for longer than this is presumed dead
+
+    def __init__(self, system: System) -> None:
+        self._system = system
+        self._recorder = system.ledger.recorder
+        self._lock = threading.Lock()
+        self._started = 0  # monotonic start time of the last completed query
+        self._value = 0
+        self._watch: sqlite3.Connection | None = None
+        self._version: int | None = None
+        # PostgreSQL: notifications counted by the listener; the count seen before the last query.
+        self._notified = 0
+        self._checked = -1
+        self._alive = 0  # monotonic time the listener last reported in
+        self._listener: threading.Thread | None = None
+        self._stop = threading.Event()
+        if system.backend == "sqlite":
+            self._watch = sqlite3.connect(
+                str(system.database.sqlite_path), check_same_thread=False, isolation_level=None
+            )
+
+    def position(self) -> int:
+        arrived = time.monotonic_ns()
+        with self._lock:
+            if self._watch is not None:
+                # Changes only when another connection (any process) has committed since the
+                # last time this connection asked: until then the head cannot have moved.
+                version = self._watch.execute("PRAGMA data_version").fetchone()[0]
+                if version == self._version:
+                    return self._value
+                self._value = self._recorder.max_notification_id() or 0
+                self._version = version
+                return self._value
+            if self._started > arrived:  # a query that began after this caller arrived
+                return self._value
+            started, notified = time.monotonic_ns(), self._notified
+            self._value = self._recorder.max_notification_id() or 0
+            self._started, self._checked = started, notified
+            return self._value
+
+    def known(self) -> int | None:
+        """The head, when it is known not to have moved, without waiting (else None)."""
+        if self._watch is None:
+            return self._known_by_notifications()
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            version = self._watch.execute("PRAGMA data_version").fetchone()[0]
+            return self._value if version == self._version else None
+        finally:
+            self._lock.release()
+
+    def _known_by_notifications(self) -> int | None:
+        if self._listener is None:
+            with self._lock:
+                if self._listener is None and not self._stop.is_set():
+                    self._listener = threading.Thread(target=self._listen, name="tokentrail-log-listener", daemon=True)
+                    self._listener.start()
+            return None
+        if self._notified != self._checked or time.monotonic_ns() - self._alive > self.LIVENESS_NS:
+            return None
+        return self._value
+
+    def _listen(self) -> None:
+        import psycopg
+
+        env = self._system.database.eventsourcing_env()
+        channel = getattr(self._recorder, "channel_name", None)
+        if not channel:
+            return
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(
+                    host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"], dbname=env["POSTGRES_DBNAME"],
+                    user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"] or None, autocommit=True,
+                    connect_timeout=5,
+                ) as conn:
+                    conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+                    self._notified += 1  # anything before LISTEN is unknown: the next caller queries
+                    while not self._stop.is_set():
+                        self._alive = time.monotonic_ns()
+                        for _ in conn.notifies(timeout=0.5):
+                            self._notified += 1
+                            self._alive = time.monotonic_ns()
+            except Exception:  # noqa: BLE001 - down: callers query until it is back
+                self._alive = 0
+                self._notified += 1
+                self._stop.wait(1.0)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.close()
+        # The listener sees the stop flag within half a second and closes its connection; no
+        # need to hold up the caller for it (it is a daemon thread).
 
 
 __all__ = ["System", "Change"]

@@ -8,6 +8,7 @@ from typing import Any
 
 import jwt as pyjwt
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 
 from api import present
 from api.deps import caller, get_system, params, read_body
@@ -74,7 +75,9 @@ def list_tokens(
     if p.get("as_of"):
         return request.app.state.ledger_views.tokens_as_of(who, p.get("as_of"))
     rows = system.queries.tokens(who.workspace_id)
-    return TokenListSchema().dump({"tokens": [present.token_object(system, r, who) for r in rows]})
+    # The token objects are TokenSchema dumps already: answer them as they are (no second
+    # TokenListSchema pass, no jsonable_encoder walk over thousands of plain dicts).
+    return JSONResponse({"tokens": present.token_objects(system, rows, who)})
 
 
 @router.post(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from api import present
 from api.deps import caller, documented_credentials, get_system, params, request_context, token_value
@@ -23,6 +24,7 @@ from domain.policy import Caller
 from domain.scopes import check_permission, parse_scope
 
 router = APIRouter(tags=["workspaces"])
+_INTROSPECTION = IntrospectionSchema()  # one instance: building a schema costs more than a dump
 
 
 _WORKSPACE = {"response_model": None, "responses": responses(WorkspaceSchema(), 403, 404)}
@@ -108,14 +110,15 @@ def user_workspaces(request: Request, who: Caller = Depends(caller)) -> dict[str
     },
     responses=responses(IntrospectionSchema(), 400),
 )
-def introspect(
+async def introspect(
     request: Request, p: Params = Depends(params), _: None = Depends(documented_credentials)
 ) -> dict[str, Any]:
     system = get_system(request)
     value = token_value(request, p)
     permission = p.get("permission")
     requested = parse_scope(permission) if permission else None
-    system.sync()
+    if not system.fresh():  # on the event loop unless the log may have moved
+        await run_in_threadpool(system.sync)
     try:
         if not value:
             raise InvalidInput("a token is required: pass ?token= or Authorization: Bearer")
@@ -123,7 +126,7 @@ def introspect(
     except LedgerError as error:
         if isinstance(error, InvalidInput):
             raise
-        return IntrospectionSchema().dump({"valid": False, "allowed": False})
+        return _INTROSPECTION.dump({"valid": False, "allowed": False})
     out: dict[str, Any] = {
         "valid": True,
         "workspace_id": who.workspace_id,
@@ -137,4 +140,4 @@ def introspect(
     if requested is not None:
         grant = check_permission(who.scopes, requested)
         out.update(allowed=grant is not None, via=grant.via if grant else None, filter=grant.filter if grant else None)
-    return IntrospectionSchema().dump(out)
+    return _INTROSPECTION.dump(out)
