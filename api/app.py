@@ -60,7 +60,10 @@ def create_app(system: System) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unexpected error handling %s %s", request.method, request.url.path)
+        # The route's template, not the path: a path may hold a token value (`/v0/tokens/p.…`).
+        route = getattr(request.scope.get("route"), "path", "(no route)")
+        log.exception("unexpected error handling %s %s (request id %s)", request.method, route,
+                      getattr(request.state, "request_id", None))
         return _error(request, 500, "internal error; the request id identifies it in the server log")
 
     app.add_middleware(RequestIdMiddleware)
