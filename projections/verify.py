@@ -33,7 +33,7 @@ from uuid import UUID
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import and_, select
+from sqlalchemy import select
 
 from domain import clock
 from domain.errors import InvalidInput
@@ -107,16 +107,21 @@ def _uuid_bytes(text: str) -> bytes:
 
 
 def _recorded(system: System, until: int) -> Iterator[tuple[int, str]]:
-    a = s.audit
+    """(position, hash) the projector recorded, in large pages through the raw driver cursor."""
+    mark = "%s" if system.backend == "postgres" else "?"
+    sql = (
+        f"SELECT position, hash FROM {s.audit.name} WHERE position > {mark} AND position <= {mark} "
+        f"ORDER BY position LIMIT {mark}"
+    )
     position = 0
     while True:
         with system.read_engine.connect() as conn:
-            rows = conn.execute(
-                select(a.c.position, a.c.hash)
-                .where(and_(a.c.position > position, a.c.position <= until))
-                .order_by(a.c.position)
-                .limit(STORED_CHUNK)
-            ).all()
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql, (position, until, STORED_CHUNK))
+                rows = cursor.fetchall()
+            finally:
+                cursor.close()
         yield from rows
         if len(rows) < STORED_CHUNK:
             return

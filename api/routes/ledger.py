@@ -9,7 +9,7 @@ import json
 from typing import Any, Iterator
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from api.deps import caller, get_system, params
 from api.schemas import path_param, query_param, responses
@@ -110,10 +110,11 @@ class LedgerViews:
         self.system = system
         self.history = history
 
-    def tokens_as_of(self, who: Caller, raw: str) -> dict[str, Any]:
+    def tokens_as_of(self, who: Caller, raw: str) -> JSONResponse:
         at = parse_instant(raw)
         rows = self.history.tokens_as_of(who.workspace_id, at)
-        return {"as_of": format_instant(at), "tokens": [as_of_object(r) for r in rows]}
+        # Plain JSON already: answered as is, without jsonable_encoder's walk over every token.
+        return JSONResponse({"as_of": format_instant(at), "tokens": [as_of_object(r) for r in rows]})
 
     def token_as_of(self, who: Caller, ref: str, raw: str) -> dict[str, Any]:
         require_token_manager(who)
