@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import present
@@ -112,7 +113,7 @@ def user_workspaces(request: Request, who: Caller = Depends(caller)) -> dict[str
 )
 async def introspect(
     request: Request, p: Params = Depends(params), _: None = Depends(documented_credentials)
-) -> dict[str, Any]:
+) -> JSONResponse:
     system = get_system(request)
     value = token_value(request, p)
     permission = p.get("permission")
@@ -126,7 +127,7 @@ async def introspect(
     except LedgerError as error:
         if isinstance(error, InvalidInput):
             raise
-        return _INTROSPECTION.dump({"valid": False, "allowed": False})
+        return JSONResponse(_INTROSPECTION.dump({"valid": False, "allowed": False}))
     out: dict[str, Any] = {
         "valid": True,
         "workspace_id": who.workspace_id,
@@ -140,4 +141,4 @@ async def introspect(
     if requested is not None:
         grant = check_permission(who.scopes, requested)
         out.update(allowed=grant is not None, via=grant.via if grant else None, filter=grant.filter if grant else None)
-    return _INTROSPECTION.dump(out)
+    return JSONResponse(_INTROSPECTION.dump(out))  # already plain JSON: no jsonable_encoder walk
