@@ -78,20 +78,21 @@ def ledger_with_history(system: System, admin: Caller) -> int:
 
 
 @pytest.fixture
-def ledger(system: System, workspace) -> Iterator[tuple[System, Store, int, dict[str, Any]]]:
-    """(system, store, head, a checkpoint taken before any corruption)."""
-    _, admin = workspace
-    head = ledger_with_history(system, admin)
-    checkpoint = make_checkpoint(system, system.checkpoint_key())
-    assert checkpoint["position"] == head
-    yield system, Store(system), head, checkpoint
-
-
-@pytest.fixture
 def admin_value(system: System, workspace) -> str:
     setup, _ = workspace
     admin = setup.tokens[0]
     return system.signer.make(admin.workspace_id, str(admin.id), admin.generation)
+
+
+@pytest.fixture
+def ledger(system: System, workspace, admin_value) -> Iterator[tuple[System, Store, int, dict[str, Any]]]:
+    """(system, store, head, a checkpoint from GET /v0/audit/checkpoint before any corruption)."""
+    _, admin = workspace
+    head = ledger_with_history(system, admin)
+    with TestClient(create_app(system)) as client:
+        checkpoint = client.get(f"/v0/audit/checkpoint?token={admin_value}").json()
+    assert checkpoint["position"] == head
+    yield system, Store(system), head, checkpoint
 
 
 def assert_detected(system: System, checkpoint: dict[str, Any], first_bad: int, admin_value: str) -> None:
@@ -124,9 +125,10 @@ def test_an_untouched_ledger_verifies_through_the_function_the_api_and_a_checkpo
         body = client.get(f"/v0/audit/verify?token={admin_value}").json()
         served = client.get(f"/v0/audit/checkpoint?token={admin_value}").json()
     assert body == {**report.wire(), "ok": True}
-    assert verify_checkpoint(system, checkpoint, system.checkpoint_key().public_key()).ok
-    assert verify_checkpoint(system, served, system.checkpoint_key().public_key()).ok
-    assert served["position"] == head and served["head"] == checkpoint["head"] == report.head
+    made = make_checkpoint(system, system.checkpoint_key())
+    for taken in (checkpoint, served, made):
+        assert verify_checkpoint(system, taken, system.checkpoint_key().public_key()).ok
+        assert taken["position"] == head and taken["head"] == report.head
 
 
 def test_the_recorded_hashes_are_the_chain_over_the_stored_rows(ledger) -> None:
@@ -219,9 +221,9 @@ def forged_row(store: Store, like: int) -> dict[str, Any]:
     return {**row, "originator_version": row["originator_version"] + 1000}
 
 
-def test_an_event_inserted_into_a_gap_is_detected_at_its_position(ledger, admin_value) -> None:
+def test_an_event_inserted_into_a_gap_is_detected_at_its_position(ledger) -> None:
     """Positions may have gaps (PostgreSQL's sequence skips on rollback): a forged row in one."""
-    system, store, head, checkpoint = ledger
+    system, store, head, _ = ledger
     k = middle(head)
     store.shift(k, 1)  # an intruder's view of a gap at k; then the trail is re-recorded to match
     with system.write_engine.begin() as conn:
@@ -239,7 +241,6 @@ def test_an_event_inserted_into_a_gap_is_detected_at_its_position(ledger, admin_
     assert not report.ok and report.first_bad_position == k and "inserted" in (report.reason or ""), report
     checked = verify_checkpoint(system, gapped, system.checkpoint_key().public_key())
     assert not checked.ok and checked.chain is not None and checked.chain.first_bad_position == k
-    del checkpoint, admin_value
 
 
 def test_an_inserted_event_with_later_ones_renumbered_is_detected(ledger, admin_value) -> None:
