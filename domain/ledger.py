@@ -52,7 +52,7 @@ MAX_NAME_LENGTH = 256
 MAX_DESCRIPTION_LENGTH = 2048
 MAX_SCOPES = 256
 MAX_GRACE_SECONDS = 7 * 86_400
-MAX_ATTEMPTS = 8
+MAX_ATTEMPTS = 10
 DEFAULT_TOKEN_NAMES = ("admin token", "create datasource token")
 USER_TOKEN_NAME = "user token"
 ORIGIN_TYPES = {"C", "DS", "P"}
@@ -529,8 +529,9 @@ class Ledger(Application[UUID]):
                 with clock.one_instant():
                     return attempt()
             except IntegrityError:
-                # Another writer saved one of our aggregates first: read again and retry.
-                time.sleep(random.uniform(0, 0.002 * (n + 1)))
+                # Another writer saved one of our aggregates first: read again and retry, backing
+                # off exponentially (with full jitter) so that contending writers spread out.
+                time.sleep(random.uniform(0, min(0.2, 0.004 * 2**n)))
             except OperationalError as error:
                 if "lock" not in str(error).lower() and "timeout" not in str(error).lower():
                     raise
