@@ -127,13 +127,17 @@ class Authenticator:
                     value,
                     secret,
                     algorithms=["HS256"],
-                    options={"require": ["exp"], "verify_exp": True},
-                    leeway=0,
+                    # `exp` is checked below against the ledger's clock, not PyJWT's wall clock.
+                    options={"require": ["exp"], "verify_exp": False},
                 )
                 break
             except pyjwt.PyJWTError:
                 continue
         if claims is None:
+            raise invalid
+        exp = claims.get("exp")
+        # A NumericDate, strictly: no booleans and no numeric strings (which PyJWT would accept).
+        if isinstance(exp, bool) or not isinstance(exp, (int, float)) or now >= exp * 1_000_000:
             raise invalid
         return Caller(
             workspace_id=workspace_id,

@@ -756,6 +756,10 @@ def _forged(ws: Realm, other: Realm, kind: str) -> str:
         return pyjwt.encode({k: v for k, v in claims.items() if k != "exp"}, ws.admin, algorithm="HS256")
     if kind == "expired":
         return pyjwt.encode({**claims, "exp": now - 5}, ws.admin, algorithm="HS256")
+    if kind == "exp a numeric string":
+        return pyjwt.encode({**claims, "exp": str(now + 3600)}, ws.admin, algorithm="HS256")
+    if kind == "exp a boolean":
+        return pyjwt.encode({**claims, "exp": True}, ws.admin, algorithm="HS256")
     if kind == "workspace_id with a NUL":
         return pyjwt.encode({**claims, "workspace_id": ws.id[:-1] + "\x00"}, ws.admin, algorithm="HS256")
     if kind == "workspace_id not a string":
@@ -771,13 +775,26 @@ def _forged(ws: Realm, other: Realm, kind: str) -> str:
 @pytest.mark.parametrize(
     "kind",
     ["alg none", "wrong key", "another workspace's admin value", "HS512 with the right key", "missing exp",
-     "expired", "tampered payload", "workspace_id with a NUL", "workspace_id not a string"],
+     "expired", "exp a numeric string", "exp a boolean", "tampered payload", "workspace_id with a NUL",
+     "workspace_id not a string"],
 )
 def test_a_forged_or_expired_jwt_is_refused(client, ws, other, kind) -> None:
     value = _forged(ws, other, kind)
     assert not authenticates(client, value)
     assert_error(client.get(url("/v0/workspace", value)), 403)
     assert_error(client.get(url("/v0/tokens/forged", value)), 403)
+
+
+def test_a_jwt_expires_by_the_ledgers_clock(client, ws) -> None:
+    """`exp` is compared with the same clock that times every event, so point-in-time answers
+    and authentication agree on when a JWT stopped working."""
+    claims = {"workspace_id": ws.id, "name": "short", "exp": int(time.time()) + 60,
+              "scopes": [{"type": "PIPES:READ", "resource": "top_pipe"}]}
+    value = pyjwt.encode(claims, ws.admin, algorithm="HS256")
+    fake = FakeClock(datetime.fromtimestamp(claims["exp"] - 1, timezone.utc))
+    assert authenticates(client, value)
+    fake.advance(1)
+    assert not authenticates(client, value)
 
 
 def test_a_jwt_signed_with_the_admin_value_by_anyone_is_accepted_until_exp(client, ws) -> None:

@@ -18,6 +18,7 @@ import inspect
 import json
 import re
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -182,10 +183,12 @@ def test_a_refreshed_out_value_works_only_until_its_grace_ends(client, system, w
 
 
 def test_a_jwt_expires_to_the_second_and_with_the_admin_value_that_signed_it(client, system, ws) -> None:
-    clock = FakeClock()  # the admin token's grace runs on the ledger's clock; exp on the wall clock
+    # Both the admin token's grace and `exp` run on the ledger's clock.
+    clock = FakeClock(datetime.now(timezone.utc).replace(microsecond=0))
+    now = int(clock.now.timestamp())
     claims = {"workspace_id": ws.id, "name": "minted", "scopes": [{"type": "PIPES:READ", "resource": "top"}]}
-    assert not authenticates(client, pyjwt.encode({**claims, "exp": int(time.time()) - 1}, ws.admin, algorithm="HS256"))
-    live = pyjwt.encode({**claims, "exp": int(time.time()) + 600}, ws.admin, algorithm="HS256")
+    assert not authenticates(client, pyjwt.encode({**claims, "exp": now}, ws.admin, algorithm="HS256"))
+    live = pyjwt.encode({**claims, "exp": now + 600}, ws.admin, algorithm="HS256")
     issued = create_jwt(client, ws.admin, "issued", JWT_SCOPES).json()["token"]
     assert authenticates(client, live) and authenticates(client, issued)
     assert client.post(url("/v0/tokens/admin%20token/refresh", ws.admin, grace_seconds=30)).status_code == 200
