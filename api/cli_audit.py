@@ -186,8 +186,10 @@ def audit_verify(
     as_json: bool = AsJson, database_url: Optional[str] = DatabaseUrl, data_dir: Optional[Path] = DataDir,
     host: Optional[str] = RemoteHost, token: Optional[str] = RemoteToken,
 ) -> None:
-    """Recompute the audit hash chain from the event store. Exit 0 when intact; exit 2 naming
-    the first bad position when an event was edited, deleted, inserted or reordered.
+    """Recompute the audit hash chain from the event store; exit 2 when it is broken.
+
+    Exit 0 when intact; exit 2 naming the first bad position when an event was edited, deleted,
+    inserted or reordered.
 
     Example: [bold]tokentrail audit verify --checkpoint checkpoint.json[/]
     """
@@ -269,8 +271,9 @@ def audit_checkpoint(
     as_json: bool = AsJson, database_url: Optional[str] = DatabaseUrl, data_dir: Optional[Path] = DataDir,
     host: Optional[str] = RemoteHost, token: Optional[str] = RemoteToken,
 ) -> None:
-    """Sign the chain's current head with the checkpoint key; keep the file somewhere safe and
-    check it later with `audit verify --checkpoint FILE`.
+    """Sign the chain's current head with the checkpoint key (Ed25519).
+
+    Keep the file somewhere safe and check it later with `audit verify --checkpoint FILE`.
 
     Example: [bold]tokentrail audit checkpoint -o checkpoint.json[/]
     """
@@ -320,8 +323,9 @@ def access_who(
                                         help="The instant asked about (default now): ISO 8601, Unix seconds, 1h ago."),
     as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
 ) -> None:
-    """Every token (and JWT) that held a permission on a resource at an instant, with the scope
-    that granted it and the filter in force.
+    """Every token and JWT that held a permission on a resource at an instant.
+
+    Each row names the scope that granted it and the filter in force.
 
     Example: [bold]tokentrail access who events --permission READ --as-of 1h[/]
     """

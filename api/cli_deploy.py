@@ -39,8 +39,9 @@ def deploy(
     as_json: bool = AsJson, database_url: Optional[str] = DatabaseUrl, data_dir: Optional[Path] = DataDir,
     host: Optional[str] = RemoteHost, token: Optional[str] = RemoteToken,
 ) -> None:
-    """Create, change and delete the resource-scoped tokens declared by TOKEN lines in the
-    project's .datasource/.pipe files; tokens made by hand are never touched.
+    """Reconcile the tokens declared by TOKEN lines in a project's .datasource/.pipe files.
+
+    Creates, changes and deletes those resource-scoped tokens; tokens made by hand are never touched.
 
     Example: [bold]tokentrail deploy ./my-project --check[/]
     """
