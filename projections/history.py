@@ -18,7 +18,7 @@ from domain.clock import format_instant
 from domain.errors import InvalidInput
 from domain.scopes import Grant, grant_for, parse_scope
 from projections import schema as s
-from projections.queries import TokenRow
+from projections.queries import TokenRow, origin_of
 
 MAX_PAGE = 1000
 AUDIT_FILTERS = ("from", "to", "actor", "token_id", "token_name", "resource", "event", "deployment")
@@ -310,7 +310,9 @@ class History:
                         g.c.workspace_id == workspace_id,
                         g.c.kind.in_(("datasource", "pipe")),
                         g.c.valid_from <= end,
-                        or_(g.c.valid_to.is_(None), g.c.valid_to > start),
+                        # Held at some instant: an interval closed where it opened (created and
+                        # removed within one instant) was never in force.
+                        or_(g.c.valid_to.is_(None), and_(g.c.valid_to > start, g.c.valid_to > g.c.valid_from)),
                     )
                 )
                 .distinct()
@@ -357,16 +359,13 @@ def _grant(token_id: str, name: str, grant: Grant, jwt: bool) -> dict[str, Any]:
 
 
 def _version_row(row: Any) -> TokenRow:
-    origin: dict[str, Any] = {"type": row["origin_type"]}
-    if row["origin_resource_id"]:
-        origin["resource_id"] = row["origin_resource_id"]
     return TokenRow(
         id=row["token_id"],
         workspace_id=row["workspace_id"],
         name=row["name"],
         description=row["description"],
         kind=row["kind"],
-        origin=origin,
+        origin=origin_of(row),
         scopes=tuple(json.loads(row["scopes"])),
         generation="",
         previous_generation=None,
