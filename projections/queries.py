@@ -25,6 +25,14 @@ def _parse(text: str) -> Scope:
     return scope
 
 
+def origin_of(row: Any) -> dict[str, Any]:
+    """A token's `origin` wire object from its `origin_type` / `origin_resource_id` columns."""
+    origin: dict[str, Any] = {"type": row["origin_type"]}
+    if row["origin_resource_id"]:
+        origin["resource_id"] = row["origin_resource_id"]
+    return origin
+
+
 @dataclass(frozen=True)
 class TokenRow:
     id: str
@@ -56,16 +64,13 @@ class TokenRow:
 
     @classmethod
     def from_row(cls, row: Any) -> "TokenRow":
-        origin: dict[str, Any] = {"type": row["origin_type"]}
-        if row["origin_resource_id"]:
-            origin["resource_id"] = row["origin_resource_id"]
         return cls(
             id=row["id"],
             workspace_id=row["workspace_id"],
             name=row["name"],
             description=row["description"],
             kind=row["kind"],
-            origin=origin,
+            origin=origin_of(row),
             scopes=tuple(json.loads(row["scopes"])),
             generation=row["generation"],
             previous_generation=row["previous_generation"],

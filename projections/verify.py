@@ -81,7 +81,18 @@ def _stored(system: System, until: int) -> Iterator[tuple[int, bytes]]:
             f'SELECT rowid, originator_id, originator_version, topic, state FROM "{table}" '
             "WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?"
         )
-    pack, position = struct.Struct(">QQ").pack, 0
+    pack = struct.Struct(">QQ").pack
+    for rows in _pages(system, sql, until):
+        for pos, oid, version, topic, state in rows:
+            # Same bytes as chain.event_bytes, without building a UUID per row.
+            oid_bytes = oid.bytes if isinstance(oid, UUID) else _uuid_bytes(oid)
+            yield pos, b"".join((pack(pos, version), oid_bytes, topic.encode("utf-8"), b"\x00", bytes(state)))
+
+
+def _pages(system: System, sql: str, until: int) -> Iterator[list[Any]]:
+    """Pages of STORED_CHUNK rows of `sql` (parameters: after, until, limit; the first column is
+    the position), through the raw driver cursor: no per-row processing by SQLAlchemy."""
+    position = 0
     while position < until:
         with system.read_engine.connect() as conn:
             cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -90,10 +101,8 @@ def _stored(system: System, until: int) -> Iterator[tuple[int, bytes]]:
                 rows = cursor.fetchall()
             finally:
                 cursor.close()
-        for pos, oid, version, topic, state in rows:
-            # Same bytes as chain.event_bytes, without building a UUID per row.
-            oid_bytes = oid.bytes if isinstance(oid, UUID) else _uuid_bytes(oid)
-            yield pos, b"".join((pack(pos, version), oid_bytes, topic.encode("utf-8"), b"\x00", bytes(state)))
+        if rows:
+            yield rows
         if len(rows) < STORED_CHUNK:
             return
         position = rows[-1][0]
@@ -113,19 +122,8 @@ def _recorded(system: System, until: int) -> Iterator[tuple[int, str]]:
         f"SELECT position, hash FROM {s.audit.name} WHERE position > {mark} AND position <= {mark} "
         f"ORDER BY position LIMIT {mark}"
     )
-    position = 0
-    while True:
-        with system.read_engine.connect() as conn:
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-            try:
-                cursor.execute(sql, (position, until, STORED_CHUNK))
-                rows = cursor.fetchall()
-            finally:
-                cursor.close()
+    for rows in _pages(system, sql, until):
         yield from rows
-        if len(rows) < STORED_CHUNK:
-            return
-        position = rows[-1][0]
 
 
 def tracked(system: System) -> tuple[int, str]:
