@@ -28,6 +28,54 @@ router = APIRouter(tags=["workspaces"])
 _INTROSPECTION = IntrospectionSchema()  # one instance: building a schema costs more than a dump
 
 
+# First in the file and in the app: introspection is the hottest route.
+@router.get(
+    "/v0/auth",
+    summary="Introspect the calling token: is it valid, may it do `permission`?",
+    description="`valid` is false for a token that is unknown, refreshed out, deleted or expired.",
+    response_model=None,
+    openapi_extra={
+        "parameters": [
+            query_param("permission", "A scope to check, e.g. `ADMIN`, `DATASOURCES:READ:events`, `PIPES:READ:top`")
+        ],
+        "security": [{"token": []}, {"bearer": []}],
+    },
+    responses=responses(IntrospectionSchema(), 400),
+)
+async def introspect(request: Request) -> JSONResponse:
+    # The hottest route (every query a client makes may be checked): no dependencies to solve; the
+    # credentials are declared for OpenAPI in `openapi_extra` instead.
+    p = await params(request)
+    system = get_system(request)
+    value = token_value(request, p)
+    permission = p.get("permission")
+    requested = parse_scope(permission) if permission else None
+    if not system.fresh():  # on the event loop unless the log may have moved
+        await run_in_threadpool(system.sync)
+    try:
+        if not value:
+            raise InvalidInput("a token is required: pass ?token= or Authorization: Bearer")
+        who = system.auth.authenticate(value, **request_context(request))
+    except LedgerError as error:
+        if isinstance(error, InvalidInput):
+            raise
+        return JSONResponse(_INTROSPECTION.dump({"valid": False, "allowed": False}))
+    out: dict[str, Any] = {
+        "valid": True,
+        "workspace_id": who.workspace_id,
+        "token_id": who.token_id,
+        "name": who.name,
+        "jwt": who.is_jwt,
+        "allowed": None,
+        "via": None,
+        "filter": None,
+    }
+    if requested is not None:
+        grant = check_permission(who.scopes, requested)
+        out.update(allowed=grant is not None, via=grant.via if grant else None, filter=grant.filter if grant else None)
+    return JSONResponse(_INTROSPECTION.dump(out))  # already plain JSON: no jsonable_encoder walk
+
+
 _WORKSPACE = {"response_model": None, "responses": responses(WorkspaceSchema(), 403, 404)}
 
 
@@ -97,48 +145,3 @@ def user_workspaces(request: Request, who: Caller = Depends(caller)) -> dict[str
     return WorkspaceListSchema().dump(
         {"workspaces": [{**present.workspace_object(w, who), "scope": "admin"} for w in rows]}
     )
-
-
-@router.get(
-    "/v0/auth",
-    summary="Introspect the calling token: is it valid, may it do `permission`?",
-    description="`valid` is false for a token that is unknown, refreshed out, deleted or expired.",
-    response_model=None,
-    openapi_extra={
-        "parameters": [
-            query_param("permission", "A scope to check, e.g. `ADMIN`, `DATASOURCES:READ:events`, `PIPES:READ:top`")
-        ]
-    },
-    responses=responses(IntrospectionSchema(), 400),
-)
-async def introspect(
-    request: Request, p: Params = Depends(params), _: None = Depends(documented_credentials)
-) -> JSONResponse:
-    system = get_system(request)
-    value = token_value(request, p)
-    permission = p.get("permission")
-    requested = parse_scope(permission) if permission else None
-    if not system.fresh():  # on the event loop unless the log may have moved
-        await run_in_threadpool(system.sync)
-    try:
-        if not value:
-            raise InvalidInput("a token is required: pass ?token= or Authorization: Bearer")
-        who = system.auth.authenticate(value, **request_context(request))
-    except LedgerError as error:
-        if isinstance(error, InvalidInput):
-            raise
-        return JSONResponse(_INTROSPECTION.dump({"valid": False, "allowed": False}))
-    out: dict[str, Any] = {
-        "valid": True,
-        "workspace_id": who.workspace_id,
-        "token_id": who.token_id,
-        "name": who.name,
-        "jwt": who.is_jwt,
-        "allowed": None,
-        "via": None,
-        "filter": None,
-    }
-    if requested is not None:
-        grant = check_permission(who.scopes, requested)
-        out.update(allowed=grant is not None, via=grant.via if grant else None, filter=grant.filter if grant else None)
-    return JSONResponse(_INTROSPECTION.dump(out))  # already plain JSON: no jsonable_encoder walk
