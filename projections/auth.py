@@ -7,6 +7,7 @@ of that token, so a refreshed-out or deleted value stops working at once.
 
 from __future__ import annotations
 
+import math
 import threading
 import uuid
 from collections import OrderedDict
@@ -136,8 +137,11 @@ class Authenticator:
         if claims is None:
             raise invalid
         exp = claims.get("exp")
-        # A NumericDate, strictly: no booleans and no numeric strings (which PyJWT would accept).
-        if isinstance(exp, bool) or not isinstance(exp, (int, float)) or now >= exp * 1_000_000:
+        # A NumericDate, strictly: no booleans, numeric strings (which PyJWT would accept), NaN or
+        # Infinity (which Python's JSON decoder reads).
+        if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
+            raise invalid
+        if now >= exp * 1_000_000:
             raise invalid
         return Caller(
             workspace_id=workspace_id,

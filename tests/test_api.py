@@ -760,6 +760,8 @@ def _forged(ws: Realm, other: Realm, kind: str) -> str:
         return pyjwt.encode({**claims, "exp": str(now + 3600)}, ws.admin, algorithm="HS256")
     if kind == "exp a boolean":
         return pyjwt.encode({**claims, "exp": True}, ws.admin, algorithm="HS256")
+    if kind == "exp Infinity":
+        return pyjwt.encode({**claims, "exp": float("inf")}, ws.admin, algorithm="HS256")
     if kind == "workspace_id with a NUL":
         return pyjwt.encode({**claims, "workspace_id": ws.id[:-1] + "\x00"}, ws.admin, algorithm="HS256")
     if kind == "workspace_id not a string":
@@ -775,7 +777,7 @@ def _forged(ws: Realm, other: Realm, kind: str) -> str:
 @pytest.mark.parametrize(
     "kind",
     ["alg none", "wrong key", "another workspace's admin value", "HS512 with the right key", "missing exp",
-     "expired", "exp a numeric string", "exp a boolean", "tampered payload", "workspace_id with a NUL",
+     "expired", "exp a numeric string", "exp a boolean", "exp Infinity", "tampered payload", "workspace_id with a NUL",
      "workspace_id not a string"],
 )
 def test_a_forged_or_expired_jwt_is_refused(client, ws, other, kind) -> None:
