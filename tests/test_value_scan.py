@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,6 +27,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.setup import initialise
+from domain.values import TokenSigner
 from projections.system import System
 from tests.conftest import TEST_SECRET
 from tests.serve_process import serve
@@ -233,7 +235,8 @@ def _admin_claims(system: System, admin_id: str) -> tuple[str, str, str]:
 def test_the_scan_finds_a_value_where_there_is_one() -> None:
     """The scan itself can fail: a value, its signature alone, or a JWT, in any blob."""
     issued = Issued()
-    value = "p.eyJ1IjoiYWJjIiwiaWQiOiJkZWYiLCJob3N0IjpudWxsLCJnIjoieHl6In0.c2lnbmF0dXJlX29mX3RoZV92YWx1ZV8wMTIzNDU2"
+    # Minted here with a throwaway key, so that no value-shaped string is committed.
+    value = TokenSigner(secrets.token_bytes(32)).make("abc", "def", "xyz")
     issued.take({"tokens": [{"token": value}, {"token": "eyJhbGciOiJIUzI1NiJ9.e30.sig-of-the-jwt-0123"}]})
     for blob in (b"x " + value.encode() + b" y", b'{"s":"' + value.rsplit(".", 1)[1].encode() + b'"}',
                  b"...eyJhbGciOiJIUzI1NiJ9.e30.sig-of-the-jwt-0123...", b"p.AAAAAAAAAAAAAAAAAAAAAAAA.b"):
