@@ -40,7 +40,6 @@ import httpx  # noqa: E402
 
 from api.setup import initialise  # noqa: E402
 from bench import common  # noqa: E402
-from domain.policy import Caller  # noqa: E402
 from projections.rebuild import rebuild  # noqa: E402
 from projections.system import System  # noqa: E402
 from projections.verify import verify_chain  # noqa: E402

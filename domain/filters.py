@@ -9,7 +9,6 @@ that two spellings of one filter compare equal.
 
 from __future__ import annotations
 
-import functools
 import re
 
 import sqlglot
@@ -61,13 +60,6 @@ def normalize_filter(sql: str) -> str:
     """Return the canonical spelling of `sql`, or raise FilterError saying what is wrong."""
     if not isinstance(sql, str):
         raise FilterError("sql_filter must be a string")
-    return _normalize(sql)
-
-
-@functools.lru_cache(maxsize=8192)
-def _normalize(sql: str) -> str:
-    # Parsing with sqlglot costs ~0.3 ms; projections and checks see the same stored filters
-    # again and again. The cache is bounded (LRU); refusals raise and are never cached.
     text = sql.strip()
     if not text:
         return ""

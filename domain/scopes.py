@@ -8,6 +8,7 @@ filter `a > 'x:y'`). `str(scope)` is the canonical form stored in events.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -103,6 +104,13 @@ def parse_scope(text: str) -> Scope:
     """Parse one scope string; raise ScopeError naming what is wrong."""
     if not isinstance(text, str):
         raise ScopeError("scope must be a string")
+    return _parse_scope(text)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _parse_scope(text: str) -> Scope:
+    # Scopes are immutable and the same strings recur in every request and event (a filter costs a
+    # sqlglot parse): remembered here, once for every caller. Refusals raise and are not cached.
     if len(text) > MAX_SCOPE_LENGTH:
         raise ScopeError(f"scope is longer than {MAX_SCOPE_LENGTH} characters")
     text = text.strip()

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select
 from domain import clock
 from domain.ledger import Ledger
 from domain.model import DeploymentLog, Jwt, Token, TokenName, User, Workspace, WorkspaceName
-from domain.scopes import Scope, parse_scope
+from domain.scopes import parse_scope
 from projections import schema as s
 from projections.chain import GENESIS, event_bytes, next_hash
 
@@ -47,7 +47,6 @@ class StaleBatch(Exception):
 _encode = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode  # json.dumps, minus its set-up
 _MEMO_SIZE = 65_536
 _scope_lists: dict[tuple[str, ...], str] = {}
-_scopes: dict[str, Scope] = {}
 
 
 _dumps = _encode
@@ -62,16 +61,6 @@ def _scopes_json(scopes: list[str]) -> str:
         if len(_scope_lists) > _MEMO_SIZE:
             _scope_lists.clear()
     return text_
-
-
-def _scope(text_: str) -> Scope:
-    """`parse_scope`, remembered: scope strings repeat across events, and a filter costs a parse."""
-    scope = _scopes.get(text_)
-    if scope is None:
-        scope = _scopes[text_] = parse_scope(text_)
-        if len(_scopes) > _MEMO_SIZE:
-            _scopes.clear()
-    return scope
 
 
 _decoded: dict[str, tuple[str, ...]] = {}
@@ -102,7 +91,7 @@ def _resources_between(before_json: str, after_json: str, before: list[str], aft
 def _resources(scopes: Iterable[str]) -> list[str]:
     out: list[str] = []
     for text_ in scopes:
-        scope = _scope(text_)
+        scope = parse_scope(text_)
         if scope.kind in ("datasource", "pipe") and scope.resource not in out:
             out.append(scope.resource)
     return out
@@ -592,7 +581,7 @@ class Projector:
             )
 
     def _open_grant(self, batch: _Batch, token: dict[str, Any], scope_text: str, at: int, position: int) -> None:
-        scope = _scope(scope_text)
+        scope = parse_scope(scope_text)
         row = {
             "token_id": token["id"],
             "scope": scope_text,

@@ -13,18 +13,6 @@ from domain.scopes import Scope, parse_scope
 from projections import schema as s
 
 
-_parsed: dict[str, Scope] = {}
-
-
-def _parse(text: str) -> Scope:
-    scope = _parsed.get(text)
-    if scope is None:
-        scope = _parsed[text] = parse_scope(text)
-        if len(_parsed) > 65_536:
-            _parsed.clear()
-    return scope
-
-
 def origin_of(row: Any) -> dict[str, Any]:
     """A token's `origin` wire object from its `origin_type` / `origin_resource_id` columns."""
     origin: dict[str, Any] = {"type": row["origin_type"]}
@@ -53,7 +41,7 @@ class TokenRow:
     def parsed_scopes(self) -> tuple[Scope, ...]:
         # Parsed once per row (a cached row serves every request of its token), and each distinct
         # scope string once per process: a filter's parse is the dear part.
-        return tuple([_parse(x) for x in self.scopes])
+        return tuple([parse_scope(x) for x in self.scopes])
 
     def accepts(self, generation: str, now_micros: int) -> bool:
         if self.deleted:

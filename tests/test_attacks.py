@@ -27,7 +27,6 @@ import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
-from jwt.utils import base64url_encode
 
 from api.app import create_app
 from domain.values import b64url

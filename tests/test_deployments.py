@@ -20,7 +20,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from api.app import create_app
 from domain.datafiles import parse_project, read_project
 from domain.deploy import CurrentToken, desired_tokens, plan_deployment
 from domain.errors import Conflict, NameTaken

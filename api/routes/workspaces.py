@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import present
-from api.deps import caller, documented_credentials, get_system, params, request_context, token_value
+from api.deps import caller, get_system, params, request_context, token_value
 from api.schemas import (
     IntrospectionSchema,
     NewWorkspaceSchema,
