@@ -6,7 +6,7 @@ from typing import Any
 
 from api.schemas import TokenSchema, WorkspaceSchema
 from domain.policy import Caller, may_see_value
-from domain.scopes import parse_scope
+from domain.scopes import read_scope
 from projections.queries import TokenRow, WorkspaceRow
 from projections.system import System
 
@@ -52,4 +52,4 @@ def workspace_object(workspace: WorkspaceRow, caller: Caller) -> dict[str, Any]:
 
 def scope_texts(scopes: list[str]) -> list[str]:
     """Canonical strings for a list of scope strings (for comparisons and display)."""
-    return [str(parse_scope(s)) for s in scopes]
+    return [str(read_scope(s)) for s in scopes]

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from domain.datafiles import TokenDeclaration
-from domain.errors import NameTaken, ScopeError
-from domain.scopes import KINDS, parse_scope
+from domain.errors import NameTaken
+from domain.scopes import KINDS, read_scope
 
 DATAFILE_KIND = "datafile"
 ORIGIN_TYPE = {"datasource": "DS", "pipe": "P"}
@@ -171,10 +171,7 @@ def _permission(text: str) -> Permission:
     Only datasource and pipe scopes have that shape; anything else a datafile token may have been
     given by hand is shown as a workspace-wide permission named by its type.
     """
-    try:
-        scope = parse_scope(text)
-    except ScopeError:
-        return {"resource_name": "", "resource_type": "", "permission": text}
+    scope = read_scope(text)
     if scope.kind in KINDS and scope.resource is not None and scope.permission is not None:
         return {
             "resource_name": scope.resource,

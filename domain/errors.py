@@ -49,6 +49,13 @@ class Conflict(LedgerError):
     status = 409
 
 
+class ProjectionFailed(LedgerError):
+    """A change was committed but the read models could not take it in: a defect of ours, never
+    the caller's bad input (so never a 4xx), and the change is not lost."""
+
+    status = 500
+
+
 class MethodNotAllowed(LedgerError):
     status = 405
 

@@ -63,7 +63,7 @@ def normalize_filter(sql: str) -> str:
     text = sql.strip()
     if not text:
         return ""
-    if len(text) > MAX_FILTER_LENGTH:
+    if len(text) > MAX_FILTER_LENGTH:  # before parsing: a bound on the work a request can ask for
         raise FilterError(f"sql_filter is longer than {MAX_FILTER_LENGTH} characters")
     if "\x00" in text:
         raise FilterError("sql_filter contains a NUL character")
@@ -81,7 +81,11 @@ def normalize_filter(sql: str) -> str:
     _check_tree(tree)
     if not isinstance(_unwrap_parens(tree), _BOOLEAN_ROOTS):
         raise FilterError("sql_filter must be a boolean expression (a comparison or a condition)")
-    return tree.sql(dialect=DIALECT)
+    normal = tree.sql(dialect=DIALECT)
+    # The normalised text is what gets stored, so it is what must fit: `a=1+1` grows to `a = 1 + 1`.
+    if len(normal) > MAX_FILTER_LENGTH:
+        raise FilterError(f"sql_filter is longer than {MAX_FILTER_LENGTH} characters once normalised")
+    return normal
 
 
 def _check_tree(tree: exp.Expr) -> None:
@@ -103,6 +107,22 @@ def _check_tree(tree: exp.Expr) -> None:
             raise FilterError("sql_filter columns must not name a table")
         if isinstance(node, exp.Identifier) and not isinstance(node.parent, exp.Column):
             raise FilterError("sql_filter identifiers may only name columns")
+        if isinstance(node, exp.In):
+            _check_in(node)
+
+
+def _check_in(node: exp.In) -> None:
+    """In ClickHouse the right side of IN may name a table (`x IN t`, `x GLOBAL IN "t"`): a
+    subquery in disguise. Only a list of constants is allowed there."""
+    if node.args.get("is_global"):
+        raise FilterError("sql_filter must not use GLOBAL IN")
+    if node.args.get("query") is not None:
+        raise FilterError("sql_filter must not contain subqueries")
+    if node.args.get("field") is not None:
+        raise FilterError("the right side of IN must be a list of constants, not a table")
+    for item in node.expressions:
+        if any(isinstance(n, exp.Column) for n in item.walk()):
+            raise FilterError("the right side of IN must be a list of constants, not columns")
 
 
 def _unwrap_parens(tree: exp.Expr) -> exp.Expr:

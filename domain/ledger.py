@@ -22,7 +22,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 
 from domain import clock
-from domain.errors import Conflict, Forbidden, InvalidInput, NameTaken, NotFound
+from domain.errors import Conflict, Forbidden, InvalidInput, NameTaken, NotFound, ScopeError
 from domain.datafiles import parse_project
 from domain.deploy import CreateToken, CurrentToken, DeleteToken, ModifyToken, Plan, plan_deployment
 from domain.model import (
@@ -45,7 +45,7 @@ from domain.policy import (
     require_token_manager,
     require_workspace,
 )
-from domain.scopes import ADMIN, AUTH, Scope, parse_scope, parse_scopes
+from domain.scopes import ADMIN, AUTH, Scope, parse_scope, parse_scopes, read_scope
 from domain.values import TokenSigner, new_generation
 
 MAX_NAME_LENGTH = 256
@@ -136,8 +136,17 @@ def validate_origin(origin: dict[str, Any] | None) -> dict[str, Any]:
     return {"type": origin["type"], "resource_id": resource_id}
 
 
+def _removable(text: str) -> str:
+    """The stored form of a scope to remove. A scope stored under older rules may no longer parse;
+    it can still be removed by its stored text."""
+    try:
+        return str(parse_scope(text))
+    except ScopeError:
+        return text
+
+
 def scopes_of(token: Token) -> tuple[Scope, ...]:
-    return tuple(parse_scope(s) for s in token.scopes)
+    return tuple(read_scope(s) for s in token.scopes)
 
 
 class Ledger(Application[UUID]):
@@ -280,7 +289,7 @@ class Ledger(Application[UUID]):
         require_token_manager(caller)
         new_scopes = self._checked_scopes(caller, scopes) if scopes is not None else None
         to_add = self._checked_scopes(caller, add, allow_empty=True)
-        to_remove = parse_scopes(remove)
+        to_remove = [_removable(text) for text in remove]
         new_name = validate_name(name) if name is not None else None
         new_description = validate_description(description) if description is not None else None
 
@@ -294,7 +303,7 @@ class Ledger(Application[UUID]):
             if new_scopes is not None:
                 token.replace_scopes([str(s) for s in new_scopes], actor)
             for scope in to_remove:
-                token.remove_scope(str(scope), actor)
+                token.remove_scope(scope, actor)
             for scope in to_add:
                 token.add_scope(str(scope), actor)
             if not token.scopes:

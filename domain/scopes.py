@@ -38,6 +38,7 @@ _TYPES: dict[str, tuple[bool, bool, str | None]] = {
     "PIPES:DROP": (True, False, "pipe"),
     "PIPES:READ": (True, True, "pipe"),
 }
+_UNKNOWN: tuple[bool, bool, str | None] = (False, False, None)
 SCOPE_TYPES = frozenset(_TYPES)
 _PREFIXED = frozenset(t.split(":")[0] for t in _TYPES if ":" in t)
 INTERNAL_TYPES = frozenset({ADMIN_USER, AUTH})
@@ -68,8 +69,9 @@ class Scope:
 
     @property
     def kind(self) -> str | None:
-        """`datasource`, `pipe`, `user`, or None for workspace-wide scopes."""
-        return _TYPES[self.type][2]
+        """`datasource`, `pipe`, `user`, or None for workspace-wide scopes (and unknown types,
+        which only a stored scope read back with `read_scope` can have)."""
+        return _TYPES.get(self.type, _UNKNOWN)[2]
 
     @property
     def permission(self) -> str | None:
@@ -80,7 +82,7 @@ class Scope:
 
     @property
     def filterable(self) -> bool:
-        return _TYPES[self.type][1]
+        return _TYPES.get(self.type, _UNKNOWN)[1]
 
     @property
     def internal(self) -> bool:
@@ -109,18 +111,14 @@ def parse_scope(text: str) -> Scope:
 
 @functools.lru_cache(maxsize=65_536)
 def _parse_scope(text: str) -> Scope:
-    # Scopes are immutable and the same strings recur in every request and event (a filter costs a
-    # sqlglot parse): remembered here, once for every caller. Refusals raise and are not cached.
+    # Scopes are immutable and the same strings recur in every request (a filter costs a sqlglot
+    # parse): remembered here, once for every caller. Refusals raise and are not cached.
     if len(text) > MAX_SCOPE_LENGTH:
         raise ScopeError(f"scope is longer than {MAX_SCOPE_LENGTH} characters")
     text = text.strip()
     if not text:
         raise ScopeError("scope is mandatory")
-    parts = text.split(":")
-    if parts[0] in _PREFIXED and len(parts) >= 2:
-        type_, rest = f"{parts[0]}:{parts[1]}", parts[2:]
-    else:
-        type_, rest = parts[0], parts[1:]
+    type_, rest = _split(text)
     if type_ not in _TYPES:
         raise ScopeError(f"Unknown scope {_shorten(text)}")
     needs_resource, filterable, kind = _TYPES[type_]
@@ -137,7 +135,42 @@ def _parse_scope(text: str) -> Scope:
     raw_filter = ":".join(rest[1:])
     if raw_filter and not filterable:
         raise ScopeError(f"Scope {type_} takes no filter: {_shorten(text)}")
-    return Scope(type_, resource, normalize_filter(raw_filter) if raw_filter else "")
+    scope = Scope(type_, resource, normalize_filter(raw_filter) if raw_filter else "")
+    # What is stored is `str(scope)`, not `text`: check that exact form, so that every stored
+    # scope reads back as this very scope (the normalised filter may be longer than the original).
+    if len(str(scope)) > MAX_SCOPE_LENGTH:
+        raise ScopeError(f"scope is longer than {MAX_SCOPE_LENGTH} characters once normalised")
+    if read_scope(str(scope)) != scope:
+        raise ScopeError(f"scope does not read back as written: {_shorten(text)}")
+    return scope
+
+
+def _split(text: str) -> tuple[str, list[str]]:
+    parts = text.split(":")
+    if parts[0] in _PREFIXED and len(parts) >= 2:
+        return f"{parts[0]}:{parts[1]}", parts[2:]
+    return parts[0], parts[1:]
+
+
+@functools.lru_cache(maxsize=65_536)
+def read_scope(text: str) -> Scope:
+    """A scope as stored in an event or a read model, read back without judging it again.
+
+    Everything stored passed `parse_scope` when it was written; the rules may have tightened since
+    (a shorter filter limit, a function no longer allowed), and history must stay readable all the
+    same. So this never raises: it only splits the canonical form that `str(Scope)` wrote.
+    """
+    if not isinstance(text, str):
+        text = str(text)
+    type_, rest = _split(text)
+    if type_ not in _TYPES:
+        return Scope(text) if not rest else Scope(type_, rest[0] or None, ":".join(rest[1:]))
+    needs_resource, filterable, _ = _TYPES[type_]
+    if not rest:
+        return Scope(type_)
+    if not needs_resource:
+        return Scope(text)  # stored under rules we no longer know: kept whole, grants nothing
+    return Scope(type_, rest[0], ":".join(rest[1:]))
 
 
 def scope_from_parts(type_: str, resource: str | None = None, filter: str | None = None) -> Scope:

@@ -16,7 +16,7 @@ from sqlalchemy import Engine, and_, or_, select
 
 from domain.clock import format_instant
 from domain.errors import InvalidInput
-from domain.scopes import Grant, grant_for, parse_scope
+from domain.scopes import Grant, grant_for, read_scope
 from projections import schema as s
 from projections.queries import TokenRow, origin_of
 
@@ -253,14 +253,14 @@ class History:
         """Everything needed to answer access questions at `at` (for one resource, or all)."""
         by_token: dict[str, list[Any]] = {}
         for row in self.grants_at(workspace_id, at, resource):
-            by_token.setdefault(row["token_id"], []).append(parse_scope(row["scope"]))
+            by_token.setdefault(row["token_id"], []).append(read_scope(row["scope"]))
         names = self.names_at(workspace_id, at, set(by_token))
         jwts = []
         for jwt in self.jwts_at(workspace_id, at):
             scopes = []
             for item in json.loads(jwt["scopes"]):
                 text = f"{item['type']}:{item['resource']}" + (f":{item['filter']}" if item.get("filter") else "")
-                scopes.append(parse_scope(text))
+                scopes.append(read_scope(text))
             jwts.append((jwt["id"], jwt["name"], scopes))
         return AccessSnapshot(by_token, names, jwts)
 

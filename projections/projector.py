@@ -20,7 +20,7 @@ from sqlalchemy import Engine, select
 from domain import clock
 from domain.ledger import Ledger
 from domain.model import DeploymentLog, Jwt, Token, TokenName, User, Workspace, WorkspaceName
-from domain.scopes import parse_scope
+from domain.scopes import read_scope
 from projections import schema as s
 from projections.chain import GENESIS, event_bytes, next_hash
 
@@ -91,7 +91,7 @@ def _resources_between(before_json: str, after_json: str, before: list[str], aft
 def _resources(scopes: Iterable[str]) -> list[str]:
     out: list[str] = []
     for text_ in scopes:
-        scope = parse_scope(text_)
+        scope = read_scope(text_)
         if scope.kind in ("datasource", "pipe") and scope.resource not in out:
             out.append(scope.resource)
     return out
@@ -581,7 +581,7 @@ class Projector:
             )
 
     def _open_grant(self, batch: _Batch, token: dict[str, Any], scope_text: str, at: int, position: int) -> None:
-        scope = parse_scope(scope_text)
+        scope = read_scope(scope_text)
         row = {
             "token_id": token["id"],
             "scope": scope_text,

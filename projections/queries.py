@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, select
 
-from domain.scopes import Scope, parse_scope
+from domain.scopes import Scope, read_scope
 from projections import schema as s
 
 
@@ -41,7 +41,7 @@ class TokenRow:
     def parsed_scopes(self) -> tuple[Scope, ...]:
         # Parsed once per row (a cached row serves every request of its token), and each distinct
         # scope string once per process: a filter's parse is the dear part.
-        return tuple([parse_scope(x) for x in self.scopes])
+        return tuple([read_scope(x) for x in self.scopes])
 
     def accepts(self, generation: str, now_micros: int) -> bool:
         if self.deleted:

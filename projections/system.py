@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence, TypeVar
 from eventsourcing.persistence import Notification
 from sqlalchemy.exc import SQLAlchemyError
 
+from domain.errors import LedgerError, ProjectionFailed
 from domain.ledger import Change, Ledger
 from domain.values import TokenSigner
 from projections import keys
@@ -85,7 +86,14 @@ class System:
             result = use_case()
         position = getattr(result, "position", None)
         if position:
-            self.sync(until=position)
+            try:
+                self.sync(until=position)
+            except LedgerError as error:
+                # The events are stored: whatever the projector said, it is not the caller's 4xx.
+                raise ProjectionFailed(
+                    f"the change was committed (log position {position}) but the read models could "
+                    f"not be updated: {error.message}"
+                ) from error
         return result
 
     def sync(self, until: int | None = None) -> int:

@@ -130,13 +130,13 @@ class LedgerViews:
 
 def as_of_object(row: TokenRow) -> dict[str, Any]:
     """A token object as it stood at an instant: never with a value."""
-    from domain.scopes import parse_scope
+    from domain.scopes import read_scope
 
     return {
         "id": row.id,
         "name": row.name,
         "description": row.description,
-        "scopes": [parse_scope(x).wire() for x in row.scopes],
+        "scopes": [read_scope(x).wire() for x in row.scopes],
         "origin": row.origin,
         "host": None,
     }
