@@ -24,7 +24,7 @@ def _data(system: System, row: TokenRow, caller: Caller | None) -> dict[str, Any
         "origin": row.origin,
         "host": system.signer.host,
     }
-    if caller is None or may_see_value(caller, row.id, scopes):
+    if caller is None or may_see_value(caller, row.facts):
         data["token"] = system.signer.make(row.workspace_id, row.id, row.generation)
     return data
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import re
 import time
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -22,7 +23,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 
 from domain import clock
-from domain.errors import Conflict, Forbidden, InvalidInput, NameTaken, NotFound, ScopeError
+from domain.errors import Conflict, InvalidInput, NameTaken, NotFound, ScopeError
 from domain.datafiles import parse_project
 from domain.deploy import CreateToken, CurrentToken, DeleteToken, ModifyToken, Plan, plan_deployment
 from domain.model import (
@@ -38,13 +39,8 @@ from domain.model import (
     user_id_for,
     workspace_name_id,
 )
-from domain.policy import (
-    Caller,
-    require_may_grant,
-    require_may_manage,
-    require_token_manager,
-    require_workspace,
-)
+from domain.policy import Caller, Op, TokenFacts, authorize, require_may_grant, require_workspace
+from domain.refs import looks_like_reference, parse_ref
 from domain.scopes import ADMIN, AUTH, Scope, parse_scope, parse_scopes, read_scope
 from domain.values import TokenSigner, new_generation
 
@@ -57,7 +53,6 @@ DEFAULT_TOKEN_NAMES = ("admin token", "create datasource token")
 USER_TOKEN_NAME = "user token"
 ORIGIN_TYPES = {"C", "DS", "P"}
 _EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]{1,128}@[^@\s\x00-\x1f\x7f]{1,128}")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 
 
 @dataclass
@@ -105,9 +100,25 @@ def validate_name(name: Any, what: str = "token") -> str:
         raise InvalidInput(f"{what} name is longer than {MAX_NAME_LENGTH} characters")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise InvalidInput(f"{what} name must not contain control characters")
-    if what == "token" and (_UUID.fullmatch(name) or name.startswith("p.")):
+    if what == "token" and looks_like_reference(name):
         raise InvalidInput("token name must not look like a token id or value")
+    _check_visible(name, what)
     return name
+
+
+def _check_visible(name: str, what: str) -> None:
+    """A name must look like what it is: no invisible or look-alike characters that would make
+    `admin\u200b token` read exactly like `admin token` in lists, exports and audit rows."""
+    if unicodedata.normalize("NFKC", name) != name:
+        raise InvalidInput(f"{what} name must be in Unicode normal form NFKC (no compatibility characters)")
+    for char in name:
+        category = unicodedata.category(char)
+        if category[0] == "C" or (category[0] == "Z" and char != " "):
+            raise InvalidInput(
+                f"{what} name must not contain invisible or special space characters (U+{ord(char):04X})"
+            )
+    if "  " in name:
+        raise InvalidInput(f"{what} name must not contain consecutive spaces")
 
 
 def validate_description(description: Any) -> str:
@@ -149,6 +160,17 @@ def scopes_of(token: Token) -> tuple[Scope, ...]:
     return tuple(read_scope(s) for s in token.scopes)
 
 
+def facts_of(token: Token) -> TokenFacts:
+    """What the policy table needs to know of a token aggregate."""
+    return TokenFacts(str(token.id), token.kind, token.workspace_id, scopes_of(token))
+
+
+def _any_token(caller: Caller) -> TokenFacts:
+    """An ordinary token of the caller's workspace: asking whether the caller may do an operation
+    to any token at all, before looking the named one up (so that it cannot probe for names)."""
+    return TokenFacts(None, "custom", caller.workspace_id, ())
+
+
 class Ledger(Application[UUID]):
     """Token ledger use cases. Construct with `env=` (persistence settings) and a signer."""
 
@@ -167,6 +189,7 @@ class Ledger(Application[UUID]):
         The system caller (init) may reuse an existing workspace; a user creating one through the
         API gets `NameTaken` for a name already in use.
         """
+        authorize(caller, Op.WORKSPACES)
         name = validate_name(name, "workspace")
         if not _EMAIL.fullmatch(email or ""):
             raise InvalidInput("a valid e-mail address is required")
@@ -250,7 +273,7 @@ class Ledger(Application[UUID]):
         origin: dict[str, Any] | None = None,
         kind: str = "custom",
     ) -> Change:
-        require_token_manager(caller)
+        authorize(caller, Op.CREATE, _any_token(caller))
         name = validate_name(name)
         description = validate_description(description)
         origin = validate_origin(origin)
@@ -286,20 +309,20 @@ class Ledger(Application[UUID]):
         description: str | None = None,
     ) -> Change:
         """Replace (`scopes`), add or remove scopes, rename, describe: all in one transaction."""
-        require_token_manager(caller)
+        authorize(caller, Op.DESCRIBE if scopes is None and not add and not remove and name is None else Op.UPDATE,
+                  _any_token(caller))
         new_scopes = self._checked_scopes(caller, scopes) if scopes is not None else None
         to_add = self._checked_scopes(caller, add, allow_empty=True)
         to_remove = [_removable(text) for text in remove]
         new_name = validate_name(name) if name is not None else None
         new_description = validate_description(description) if description is not None else None
 
+        changes = new_scopes is not None or to_add or to_remove or new_name is not None
+
         def attempt() -> Change:
-            token = self._token_for_change(caller, ref)
+            token = self._token_for_change(caller, ref, Op.UPDATE if changes else Op.DESCRIBE)
             actor = caller.actor()
             touched: list[Aggregate] = [token]
-            changes_scopes = new_scopes is not None or to_add or to_remove
-            if token.kind in ("default", "user") and (changes_scopes or new_name is not None):
-                raise Forbidden("default tokens can be refreshed but not changed")
             if new_scopes is not None:
                 token.replace_scopes([str(s) for s in new_scopes], actor)
             for scope in to_remove:
@@ -321,7 +344,7 @@ class Ledger(Application[UUID]):
             raise InvalidInput(f"grace_seconds must be a whole number from 0 to {MAX_GRACE_SECONDS}")
 
         def attempt() -> Change:
-            token = self._token_for_change(caller, ref, self_service=True)
+            token = self._token_for_change(caller, ref, Op.REFRESH)
             token.refresh(new_generation(), grace_seconds, caller.actor())
             return Change(self._save([token]), [token])
 
@@ -329,9 +352,7 @@ class Ledger(Application[UUID]):
 
     def delete_token(self, caller: Caller, ref: str) -> Change:
         def attempt() -> Change:
-            token = self._token_for_change(caller, ref)
-            if token.kind in ("default", "user"):
-                raise Forbidden("default tokens cannot be deleted")
+            token = self._token_for_change(caller, ref, Op.DELETE)
             actor = caller.actor()
             token.delete(actor)
             index = self._get_or_none(token_name_id(token.workspace_id, token.name))
@@ -352,7 +373,7 @@ class Ledger(Application[UUID]):
         limits: dict[str, Any] | None,
     ) -> JwtIssue:
         """Record a JWT issuance; returns it with the admin token whose value signs it."""
-        require_token_manager(caller)
+        authorize(caller, Op.ISSUE_JWT)
         name = validate_name(name, "JWT")
         workspace = self.workspace(caller.workspace_id)
         admin = self.repository.get(UUID(workspace.admin_token_id))
@@ -378,8 +399,7 @@ class Ledger(Application[UUID]):
         after the deployment log is read, so a deployment that committed earlier is in it and one
         that commits later collides with ours on the log's version and makes us re-plan.
         """
-        if not (caller.admin or any(s.type in ("TOKENS", "WORKSPACE:DEPLOY") for s in caller.scopes)) or caller.is_jwt:
-            raise Forbidden("deployments need a token with ADMIN, TOKENS or WORKSPACE:DEPLOY scope")
+        authorize(caller, Op.DEPLOY)
         declarations = parse_project(files)
         deployment_id = str(uuid.uuid4())
         workspace_id = caller.workspace_id
@@ -420,7 +440,8 @@ class Ledger(Application[UUID]):
         token = self._token_or_none(step.token_id)
         if token is None or token.deleted or token.kind != "datafile" or token.workspace_id != workspace_id:
             raise IntegrityError(f'token "{step.name}" changed while the deployment was planned')  # re-plan
-        require_may_manage(caller, scopes_of(token))  # e.g. ADMIN added by hand: not for a TOKENS caller
+        # e.g. ADMIN added by hand: not for a TOKENS caller
+        authorize(caller, Op.DEPLOY, facts_of(token))
         if isinstance(step, ModifyToken):
             token.replace_scopes(list(step.scopes), actor)
             return [token]
@@ -435,18 +456,22 @@ class Ledger(Application[UUID]):
     # -- lookups ------------------------------------------------------------------------------
 
     def resolve(self, caller: Caller, ref: str) -> Token:
-        """A token of the caller's workspace by id, name or value; NotFound for anything else."""
-        if not isinstance(ref, str) or not ref or len(ref) > 1024:
-            raise NotFound("Token not found")
+        """A live token of the caller's workspace by value, id or name; NotFound for anything else.
+        A value designates its token only while it authenticates (a refreshed-out value is 404)."""
+        parsed = parse_ref(ref, self.signer)
         token: Token | None = None
-        claims = self.signer.read(ref) if ref.startswith("p.") else None
-        if claims is not None:
-            token = self._token_or_none(claims.token_id)
-        elif _UUID.fullmatch(ref):
-            token = self._token_or_none(ref)
-        if token is None:
-            token = self.token_by_name(caller.workspace_id, ref)
+        if parsed is None:
+            raise NotFound("Token not found")
+        if parsed.kind == "name":
+            token = self.token_by_name(caller.workspace_id, parsed.text)
+        else:
+            token = self._token_or_none(parsed.text)
         if token is None or token.deleted:
+            raise NotFound("Token not found")
+        if parsed.kind == "value" and (
+            parsed.workspace_id != token.workspace_id
+            or not token.accepts(parsed.generation or "", clock.to_micros(clock.now()))
+        ):
             raise NotFound("Token not found")
         require_workspace(caller, token.workspace_id)
         return token
@@ -464,26 +489,14 @@ class Ledger(Application[UUID]):
             return None
         return aggregate if isinstance(aggregate, Token) else None
 
-    def _token_for_change(self, caller: Caller, ref: str, self_service: bool = False) -> Token:
-        """The token `ref` names, if the caller may change it.
+    def _token_for_change(self, caller: Caller, ref: str, op: Op) -> Token:
+        """The token `ref` names, if the policy lets the caller `op` it.
 
-        A caller that manages no tokens may at most refresh itself (`self_service`): it is refused
-        with the same 403 whether `ref` names another token or nothing at all, so that it cannot
-        probe which names and ids exist."""
-        try:
-            require_token_manager(caller)
-        except Forbidden:
-            if not self_service:
-                raise
-            try:
-                token = self.resolve(caller, ref)
-            except NotFound:
-                raise Forbidden("this operation needs a token with ADMIN or TOKENS scope") from None
-            if caller.token_id != str(token.id):
-                raise Forbidden("this operation needs a token with ADMIN or TOKENS scope") from None
-            return token
+        A caller that may not do `op` to any token is refused with the same 403 whether `ref`
+        names a token or nothing at all, so that it cannot probe which names and ids exist."""
+        authorize(caller, op, _any_token(caller))
         token = self.resolve(caller, ref)
-        require_may_manage(caller, scopes_of(token))
+        authorize(caller, op, facts_of(token))
         return token
 
     # -- helpers ------------------------------------------------------------------------------

@@ -87,14 +87,16 @@ class Authenticator:
         return row
 
     def _static(self, value: str, context: dict[str, Any]) -> Caller:
+        claims = self.signer.read(value)
         row = self.token_row(value)
-        if row is None:
+        if row is None or claims is None:
             raise Unauthenticated("invalid authentication token")
         return Caller(
             workspace_id=row.workspace_id,
             token_id=row.id,
             name=row.name,
             scopes=row.parsed_scopes,
+            in_grace=claims.generation != row.generation,
             **context,
         )
 

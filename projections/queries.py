@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, select
 
+from domain.policy import TokenFacts
 from domain.scopes import Scope, read_scope
 from projections import schema as s
 
@@ -42,6 +43,11 @@ class TokenRow:
         # Parsed once per row (a cached row serves every request of its token), and each distinct
         # scope string once per process: a filter's parse is the dear part.
         return tuple([read_scope(x) for x in self.scopes])
+
+    @cached_property
+    def facts(self) -> TokenFacts:
+        """What the policy table needs to know of this token."""
+        return TokenFacts(self.id, self.kind, self.workspace_id, self.parsed_scopes)
 
     def accepts(self, generation: str, now_micros: int) -> bool:
         if self.deleted:

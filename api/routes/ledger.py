@@ -16,7 +16,8 @@ from api.schemas import path_param, query_param, responses
 from api.wire import Params
 from domain.clock import format_instant, now, parse_instant, to_micros
 from domain.errors import Forbidden, InvalidInput, NotFound
-from domain.policy import Caller, require_token_manager
+from domain.refs import parse_ref
+from domain.policy import Caller, Op, authorize
 from domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME
 from projections.history import AuditQuery, History
 from projections.queries import TokenRow
@@ -117,11 +118,12 @@ class LedgerViews:
         return JSONResponse({"as_of": format_instant(at), "tokens": [as_of_object(r) for r in rows]})
 
     def token_as_of(self, who: Caller, ref: str, raw: str) -> dict[str, Any]:
-        require_token_manager(who)
+        authorize(who, Op.READ_AUDIT)
         at = parse_instant(raw)
         token_id = resolve_any(self.system, self.history, who, ref, at)
         row = self.history.token_as_of(who.workspace_id, at, token_id=token_id) if token_id else None
-        if row is None and _nameable(ref):
+        parsed = parse_ref(ref, self.system.signer)
+        if row is None and parsed is not None and parsed.kind == "name":
             row = self.history.token_as_of(who.workspace_id, at, name=ref)
         if row is None:
             raise NotFound(f"Token not found as of {format_instant(at)}")
@@ -142,31 +144,17 @@ def as_of_object(row: TokenRow) -> dict[str, Any]:
     }
 
 
-def _nameable(ref: str) -> bool:
-    """Could this be a token name? No name holds these, and PostgreSQL cannot even compare NUL."""
-    return bool(ref) and len(ref) <= 1024 and not any(ord(c) < 32 for c in ref)
-
-
 def resolve_any(system: System, hist: History, who: Caller, ref: str, at: int | None = None) -> str | None:
-    """A token id of the caller's workspace from an id, a value or a (past or present) name."""
-    import uuid
-
-    if not _nameable(ref):
+    """A token id of the caller's workspace from a value (current or not: the history of a
+    refreshed-out value is what an investigation asks for), an id or a (past or present) name."""
+    parsed = parse_ref(ref, system.signer)
+    if parsed is None:
         return None
-    if ref.startswith("p."):
-        claims = system.signer.read(ref)
-        if claims and claims.workspace_id == who.workspace_id:
-            return claims.token_id
-        return None
-    try:
-        token_id = str(uuid.UUID(ref))
-    except ValueError:
-        token_id = None
-    if token_id:
-        row = system.queries.token(token_id)
-        if row is not None and row.workspace_id == who.workspace_id:
-            return token_id
-        return None
+    if parsed.kind == "value":
+        return parsed.token_id if parsed.workspace_id == who.workspace_id else None
+    if parsed.kind == "id":
+        row = system.queries.token(parsed.text)
+        return parsed.text if row is not None and row.workspace_id == who.workspace_id else None
     current = system.queries.token_by_name(who.workspace_id, ref)
     if current is not None and at is None:
         return current.id
@@ -192,7 +180,7 @@ def token_history(request: Request, who: Caller = Depends(caller)) -> dict[str, 
     if token_id is None:
         raise NotFound("Token not found")
     if token_id != who.token_id:
-        require_token_manager(who)
+        authorize(who, Op.READ_AUDIT)
     events = hist.token_history(token_id)
     if not events or events[0]["workspace_id"] != who.workspace_id:
         raise NotFound("Token not found")
@@ -222,7 +210,7 @@ def audit_query(who: Caller, p: Params) -> AuditQuery:
     responses=_AUDIT_RESPONSES,
 )
 def audit(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> Any:
-    require_token_manager(who)
+    authorize(who, Op.READ_AUDIT)
     hist = history(request)
     query = audit_query(who, p)
     fmt = (p.get("format") or "json").lower()
@@ -289,7 +277,7 @@ def _access_params(p: Params) -> tuple[str, str, str]:
     ),
 )
 def access(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
-    require_token_manager(who)
+    authorize(who, Op.READ_AUDIT)
     resource, kind, permission = _access_params(p)
     at = _instant(p, "as_of", default_now=True)
     assert at is not None
@@ -317,7 +305,7 @@ def access(request: Request, who: Caller = Depends(caller), p: Params = Depends(
     ),
 )
 def access_diff(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
-    require_token_manager(who)
+    authorize(who, Op.READ_AUDIT)
     start, end = _instant(p, "from"), _instant(p, "to", default_now=True)
     if start is None or end is None:
         raise InvalidInput("from is required")
@@ -344,8 +332,7 @@ def access_diff(request: Request, who: Caller = Depends(caller), p: Params = Dep
     responses=responses(_CHAIN, 403),
 )
 def audit_verify(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
-    if not who.admin:
-        raise Forbidden("verifying the trail needs a token with ADMIN scope")
+    authorize(who, Op.VERIFY)
     report = verify_chain(get_system(request))
     return report.wire()
 
@@ -357,7 +344,6 @@ def audit_verify(request: Request, who: Caller = Depends(caller)) -> dict[str, A
     responses=responses(_CHECKPOINT, 403),
 )
 def audit_checkpoint(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
-    if not who.admin:
-        raise Forbidden("checkpoints need a token with ADMIN scope")
+    authorize(who, Op.VERIFY)
     system = get_system(request)
     return make_checkpoint(system, system.checkpoint_key())

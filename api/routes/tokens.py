@@ -27,7 +27,9 @@ from api.schemas import (
 )
 from api.wire import Params, json_body
 from domain.errors import Forbidden, InvalidInput, MethodNotAllowed, NotFound
-from domain.policy import Caller, require_token_manager
+from domain import clock
+from domain.policy import Caller, Op, authorize, require_token_manager
+from domain.refs import parse_ref
 from domain.scopes import scope_from_parts
 from projections.auth import MAX_JWT_LENGTH
 from projections.queries import TokenRow
@@ -35,7 +37,6 @@ from projections.system import System
 
 router = APIRouter(tags=["tokens"])
 MAX_JWT_TTL = 10 * 365 * 86_400
-MAX_REF_LENGTH = 1024
 
 # OpenAPI declarations of the parameters the handlers read from the raw query string.
 _AS_OF = query_param("as_of", "A past instant (ISO 8601 with offset, or Unix seconds): the state then, without values")
@@ -238,8 +239,7 @@ def get_token(
     except NotFound:
         require_token_manager(who)  # a token that may only read itself learns nothing of others
         raise
-    if row.id != who.token_id:
-        require_token_manager(who)
+    authorize(who, Op.READ, row.facts)
     return present.token_object(system, row, who)
 
 
@@ -282,21 +282,20 @@ def delete_token(request: Request, ref: str = Depends(token_ref), who: Caller = 
 
 
 def resolve(system: System, who: Caller, ref: str) -> TokenRow:
-    """A live token of the caller's workspace by id, name or value (read side)."""
-    row: TokenRow | None = None
-    if not ref or len(ref) > MAX_REF_LENGTH or any(ord(c) < 32 for c in ref):
-        raise NotFound("Token not found")  # no name holds these; PostgreSQL cannot even compare NUL
-    if ref.startswith("p."):
-        claims = system.signer.read(ref)
-        row = system.queries.token(claims.token_id) if claims else None
+    """A live token of the caller's workspace by value, id or name (read side). A value designates
+    its token only while it authenticates: a refreshed-out value is 404, as on Tinybird."""
+    parsed = parse_ref(ref, system.signer)
+    if parsed is None:
+        raise NotFound("Token not found")
+    if parsed.kind == "name":
+        row = system.queries.token_by_name(who.workspace_id, parsed.text)
     else:
-        try:
-            row = system.queries.token(str(uuid.UUID(ref)))
-        except ValueError:
-            row = None
-    if row is None:
-        row = system.queries.token_by_name(who.workspace_id, ref)
+        row = system.queries.token(parsed.text)
     if row is None or row.deleted or row.workspace_id != who.workspace_id:
+        raise NotFound("Token not found")
+    if parsed.kind == "value" and (
+        parsed.workspace_id != row.workspace_id or not row.accepts(parsed.generation or "", clock.to_micros(clock.now()))
+    ):
         raise NotFound("Token not found")
     return row
 

@@ -15,7 +15,7 @@ from api.ui.pages import Page, SignInRequired, UiRoute, allowed, poster, viewer
 from api.ui.timeline import timeline
 from domain.errors import InvalidInput, LedgerError, NotFound
 from domain.ledger import MAX_GRACE_SECONDS
-from domain.policy import may_see_value, own_user_id, require_may_manage, require_token_manager
+from domain.policy import Op, allows, may_see_value, own_user_id, require_token_manager
 from domain.scopes import Scope
 from projections.queries import TokenRow
 
@@ -62,10 +62,13 @@ def token_view(page: Page, row: TokenRow) -> TokenView:
     scopes = row.parsed_scopes
     own = row.id == caller.token_id
     in_realm = row.workspace_id == caller.workspace_id
-    manages = in_realm and allowed(require_token_manager, caller) and allowed(require_may_manage, caller, scopes)
+    facts = row.facts
+    live = in_realm and not row.deleted
+    # `manageable`: the caller's rights reach this token at all (the wording of the page's notes).
+    manages = in_realm and (allows(caller, Op.DESCRIBE, facts) or allows(caller, Op.UPDATE, facts))
     protected = row.kind in PROTECTED_KINDS
     value = None
-    if not row.deleted and may_see_value(caller, row.id, scopes):
+    if not row.deleted and may_see_value(caller, facts):
         value = page.system.signer.make(row.workspace_id, row.id, row.generation)
     return TokenView(
         row=row,
@@ -74,8 +77,8 @@ def token_view(page: Page, row: TokenRow) -> TokenView:
         is_self=own,
         protected=protected,
         manageable=manages,
-        can_change=manages and not protected and not row.deleted,
-        can_refresh=in_realm and not row.deleted and (own or manages),
+        can_change=live and allows(caller, Op.UPDATE, facts) and allows(caller, Op.DELETE, facts),
+        can_refresh=live and allows(caller, Op.REFRESH, facts),
     )
 
 
