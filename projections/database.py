@@ -56,7 +56,7 @@ class Database:
     def eventsourcing_env(self) -> dict[str, str]:
         if self.backend == "sqlite":
             path = self.sqlite_path
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _private_file(path)
             return {
                 "PERSISTENCE_MODULE": "eventsourcing.sqlite",
                 "SQLITE_DBNAME": str(path),
@@ -90,7 +90,7 @@ class Database:
         transactions, and since each carries its tracking position, the projector re-applies
         their events from the log (which keeps the library's durable commits)."""
         if self.backend == "sqlite":
-            self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            _private_file(self.sqlite_path)
             engine = create_engine(
                 self.sqlalchemy_url(),
                 connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_MS / 1000},
@@ -101,6 +101,14 @@ class Database:
         # and retries the batch, instead of a ping round trip before every batch.
         kwargs: dict[str, Any] = {"pool_pre_ping": not writer, "pool_size": 5, "max_overflow": 10}
         return create_engine(self.sqlalchemy_url(), **kwargs)
+
+
+def _private_file(path: Path) -> None:
+    """Create the SQLite file readable by its owner only (0600), as the key files are: it holds
+    the whole audit trail. SQLite gives its -wal and -shm files the database file's mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
 
 
 def _sqlite_transactions(engine: Engine, begin: str, writer: bool = False) -> None:

@@ -33,7 +33,7 @@ from uuid import UUID
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from domain import clock
 from domain.errors import InvalidInput
@@ -54,6 +54,7 @@ class ChainReport:
     first_bad_position: int | None
     head: str
     reason: str | None = None
+    through: int = 0  # the last position this check covered
 
     def wire(self) -> dict[str, Any]:
         return {
@@ -168,7 +169,37 @@ def verify_chain(
         return bad(position, "the recorded chain head does not match the events")
     if progress:
         progress(checked, limit)
-    return ChainReport(True, checked, None, head)
+    return ChainReport(True, checked, None, head, through=limit)
+
+
+def workspace_view(system: System, workspace_id: str, report: ChainReport) -> ChainReport:
+    """The report as one workspace's admin may read it.
+
+    The chain runs through every workspace's events, so its check is the whole store's; but the
+    count of events and the head hash would tell one tenant how busy the others are. A workspace
+    admin reads whether the chain is intact (and where it first breaks), the number of its own
+    workspace's events covered, and the head as of its own last event (the `hash` of its last
+    audit row, which it can already read).
+    """
+    if not report.ok:
+        return ChainReport(False, 0, report.first_bad_position, "", report.reason)
+    count, position, head = _workspace_head(system, workspace_id, report.through)
+    return ChainReport(True, count, None, head or GENESIS, through=position)
+
+
+def _workspace_head(system: System, workspace_id: str, through: int) -> tuple[int, int, str | None]:
+    a = s.audit
+    with system.read_engine.connect() as conn:
+        count = conn.execute(
+            select(func.count()).select_from(a).where(a.c.workspace_id == workspace_id, a.c.position <= through)
+        ).scalar_one()
+        last = conn.execute(
+            select(a.c.position, a.c.hash)
+            .where(a.c.workspace_id == workspace_id, a.c.position <= through)
+            .order_by(a.c.position.desc())
+            .limit(1)
+        ).first()
+    return int(count), (int(last[0]) if last else 0), (last[1] if last else None)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -179,10 +210,17 @@ def _signed_bytes(body: dict[str, Any]) -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
-def make_checkpoint(system: System, key: Ed25519PrivateKey) -> dict[str, Any]:
-    """Sign (position, head, time) of the projected log with the checkpoint key."""
+def make_checkpoint(system: System, key: Ed25519PrivateKey, workspace_id: str | None = None) -> dict[str, Any]:
+    """Sign (position, head, time) of the projected log with the checkpoint key.
+
+    For a workspace (an admin's API call) the checkpoint is taken at that workspace's last event:
+    a prefix of the chain, checked the same way, that tells nothing of other workspaces' activity.
+    """
     system.sync()
     position, head = tracked(system)
+    if workspace_id is not None:
+        _, position, own_head = _workspace_head(system, workspace_id, position)
+        head = own_head or GENESIS
     body: dict[str, Any] = {
         "position": position,
         "head": head,

@@ -14,13 +14,14 @@ from uuid import uuid4
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 
 from domain.model import Token, TokenName, token_name_id
 from domain.policy import Caller
 from domain.values import new_generation
 from projections.rebuild import rebuild
 from projections.system import System
-from projections.verify import verify_chain
+from projections.verify import verify_chain, verify_checkpoint
 from tests.test_api import (  # noqa: F401 - fixtures: client, ws
     assert_error,
     authenticates,
@@ -131,3 +132,158 @@ def test_in_naming_a_table_is_refused(client, system, ws, sql_filter) -> None:
 def test_in_with_a_list_of_constants_is_accepted(client, ws) -> None:
     token = create(client, ws.admin, "t", "DATASOURCES:READ:events:country IN ('ES', 'FR') AND (a, b) IN ((1, 2))")
     assert token["scopes"][0]["filter"] == "country IN ('ES', 'FR') AND (a, b) IN ((1, 2))"
+
+
+# -- 8. One workspace's admin learns nothing of the others' activity through verify -------------
+
+
+def test_verify_and_checkpoint_tell_a_workspace_admin_only_of_its_own_workspace(client, system, ws) -> None:
+    from tests.test_api import make_realm
+
+    other = make_realm(system, "other", "other@example.com")
+    mine = client.get(url("/v0/audit/verify", ws.admin)).json()
+    checkpoint = client.get(url("/v0/audit/checkpoint", ws.admin)).json()
+    for i in range(5):  # the other workspace gets busy
+        create(client, other.admin, f"busy{i}", "PIPES:READ:top")
+    again = client.get(url("/v0/audit/verify", ws.admin)).json()
+    assert again == mine and mine["ok"] is True
+    with system.read_engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT position, hash FROM tt_audit WHERE workspace_id = :ws ORDER BY position"), {"ws": ws.id}
+        ).all()
+    assert mine["head"] == rows[-1][1] and mine["events_checked"] == len(rows) < head(system)
+    assert client.get(url("/v0/audit/checkpoint", ws.admin)).json()["position"] == checkpoint["position"]
+    assert (checkpoint["position"], checkpoint["head"]) == tuple(rows[-1])
+    # A workspace's checkpoint is a prefix of the chain, checked like any other.
+    held = verify_checkpoint(system, checkpoint, system.checkpoint_key().public_key())
+    assert held.ok, held
+    # The other admin's view moved with its own events.
+    theirs = client.get(url("/v0/audit/verify", other.admin)).json()
+    assert theirs["head"] != mine["head"]
+
+
+def test_the_sqlite_file_and_its_journal_are_private_to_their_owner(tmp_path) -> None:
+    import stat
+
+    from tests.conftest import TEST_SECRET
+
+    path = tmp_path / "data" / "tokentrail.db"
+    system = System(f"sqlite:///{path}", data=tmp_path, environ={"TOKENTRAIL_SECRET_KEY": TEST_SECRET})
+    try:
+        system.command(lambda: system.ledger.setup_workspace("w", "o@example.com", Caller.system()))
+        files = [p for p in path.parent.iterdir() if p.name.startswith("tokentrail.db")]
+        assert len(files) >= 2  # the database and its WAL
+        for file in files:
+            assert stat.S_IMODE(file.stat().st_mode) == 0o600, (file.name, oct(file.stat().st_mode))
+    finally:
+        system.close()
+
+
+def test_a_jwt_with_a_future_iat_authenticates_as_on_tinybird(client, ws) -> None:
+    import jwt as pyjwt
+
+    issued = create_jwt(client, ws.admin, "j", [{"type": "PIPES:READ", "resource": "top"}]).json()["token"]
+    claims = pyjwt.decode(issued, options={"verify_signature": False})
+    admin = client.get(url(f"/v0/tokens/{path_of('admin token')}", ws.admin)).json()["token"]
+    forged_iat = pyjwt.encode({**claims, "iat": int(time.time()) + 86_400}, admin, algorithm="HS256")
+    assert authenticates(client, forged_iat)
+
+
+# -- 2. A value in its grace window, or a token that manages none, cannot rotate anything -------
+
+
+def test_a_leaked_value_in_its_grace_window_cannot_defeat_the_rotation(client, system, ws) -> None:
+    leaked = create(client, ws.admin, "leaked", "DATASOURCES:READ:events")["token"]
+    rotated = client.post(url("/v0/tokens/leaked/refresh", ws.admin, grace_seconds=300)).json()["token"]
+    assert authenticates(client, leaked)  # inside its grace: it still reads...
+    before = head(system)
+    for attempt in (
+        client.post(url("/v0/tokens/leaked/refresh", leaked)),  # ...but cannot refresh itself,
+        client.get(url("/v0/tokens/leaked", leaked)),  # nor read its token (whose value is new),
+        client.post(url("/v0/tokens", leaked, name="x", scope="DATASOURCES:READ:events")),
+        create_jwt(client, leaked, "j", [{"type": "DATASOURCES:READ", "resource": "events"}]),
+    ):
+        assert attempt.status_code == 403, attempt.text
+    assert head(system) == before and authenticates(client, rotated)
+
+
+def test_an_admin_value_in_its_grace_window_manages_nothing(client, system, ws) -> None:
+    old_admin = ws.admin
+    client.post(url(f"/v0/tokens/{path_of('admin token')}/refresh", ws.admin, grace_seconds=300))
+    assert authenticates(client, old_admin)
+    before = head(system)
+    assert_error(client.get(url("/v0/tokens", old_admin)), 403)
+    assert_error(client.post(url("/v0/tokens", old_admin, name="x", scope="ADMIN")), 403)
+    assert_error(client.post(url(f"/v0/tokens/{path_of('admin token')}/refresh", old_admin)), 403)
+    assert_error(create_jwt(client, old_admin, "j", [{"type": "PIPES:READ", "resource": "top"}]), 403)
+    assert head(system) == before
+
+
+def test_a_token_that_manages_none_gets_403_refreshing_itself_as_on_tinybird(client, system, ws) -> None:
+    creator = create(client, ws.admin, "creator", "DATASOURCES:CREATE")["token"]
+    before = head(system)
+    assert_error(client.post(url("/v0/tokens/creator/refresh", creator)), 403)
+    assert head(system) == before and authenticates(client, creator)
+
+
+def test_a_refreshed_out_value_is_not_a_reference_any_more(client, ws) -> None:
+    old = create(client, ws.admin, "t", "PIPES:READ:top")["token"]
+    client.post(url("/v0/tokens/t/refresh", ws.admin))
+    for method in ("get", "put", "delete"):
+        response = getattr(client, method)(url(f"/v0/tokens/{path_of(old)}", ws.admin))
+        assert_error(response, 404)
+    assert_error(client.post(url(f"/v0/tokens/{path_of(old)}/refresh", ws.admin)), 404)
+
+
+# -- 3. A delegated ADMIN never reaches the owner's user-bound tokens ---------------------------
+
+
+def test_a_delegated_admin_never_sees_nor_refreshes_the_owners_tokens(client, system, ws) -> None:
+    delegated = create(client, ws.admin, "delegated", "ADMIN")["token"]
+    owner_name = next(n for n in ws.tokens if n.startswith("admin ") and n != "admin token")
+    owner_id = ws.id_of(owner_name)
+    for caller in (delegated, ws.admin):
+        listed = {t["name"]: t for t in client.get(url("/v0/tokens", caller)).json()["tokens"]}
+        assert "token" not in listed[owner_name] and ws.value(owner_name) not in str(listed)
+        one = client.get(url(f"/v0/tokens/{owner_id}", caller)).json()
+        assert one["name"] == owner_name and "token" not in one
+        before = head(system)
+        assert_error(client.post(url(f"/v0/tokens/{owner_id}/refresh", caller)), 403)
+        assert head(system) == before
+    # The owner sees and refreshes its own.
+    mine = client.get(url(f"/v0/tokens/{owner_id}", ws.value(owner_name))).json()
+    assert mine["token"] == ws.value(owner_name)
+
+
+# -- 6. Names look like what they are; a reference reaches one token ----------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["admin\u200b token", "admin\u2060token", "admin\u00a0token", "admin  token", "\ufeffadmin token",
+     "ａdmin token", "admin\u202etoken"],
+)
+def test_look_alike_names_are_refused(client, system, ws, name) -> None:
+    before = head(system)
+    assert_error(client.post(url("/v0/tokens", ws.admin, name=name, scope="PIPES:READ:top")), 400)
+    token = create(client, ws.admin, "plain", "PIPES:READ:top")
+    assert_error(client.put(url(f"/v0/tokens/{token['id']}", ws.admin, name=name)), 400)
+    assert head(system) == before + 2  # only the plain token's two events
+
+
+@pytest.mark.parametrize("shape", ["urn:uuid:{}", "{{{}}}", "{}"])
+def test_a_name_cannot_spell_another_tokens_id(client, system, ws, shape) -> None:
+    victim = ws.id_of("create datasource token")
+    before = head(system)
+    name = shape.format(victim) if shape != "{}" else victim.replace("-", "")
+    assert_error(client.post(url("/v0/tokens", ws.admin, name=name, scope="PIPES:READ:top")), 400)
+    assert head(system) == before
+
+
+def test_get_and_put_of_one_reference_reach_one_token(client, ws) -> None:
+    token = create(client, ws.admin, "t", "PIPES:READ:top")
+    for ref in (token["id"], token["id"].replace("-", ""), token["id"].upper(), "t", token["token"]):
+        got = client.get(url(f"/v0/tokens/{path_of(ref)}", ws.admin)).json()
+        put = client.put(url(f"/v0/tokens/{path_of(ref)}", ws.admin, description=ref[:8])).json()
+        assert got["id"] == put["id"] == token["id"]
+    assert_error(client.get(url(f"/v0/tokens/{path_of('urn:uuid:' + token['id'])}", ws.admin)), 404)

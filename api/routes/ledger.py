@@ -22,7 +22,7 @@ from domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME
 from projections.history import AuditQuery, History
 from projections.queries import TokenRow
 from projections.system import System
-from projections.verify import make_checkpoint, verify_chain
+from projections.verify import make_checkpoint, verify_chain, workspace_view
 
 router = APIRouter(tags=["ledger"])
 CSV_COLUMNS = (
@@ -333,8 +333,8 @@ def access_diff(request: Request, who: Caller = Depends(caller), p: Params = Dep
 )
 def audit_verify(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
     authorize(who, Op.VERIFY)
-    report = verify_chain(get_system(request))
-    return report.wire()
+    system = get_system(request)
+    return workspace_view(system, who.workspace_id, verify_chain(system)).wire()
 
 
 @router.get(
@@ -346,4 +346,4 @@ def audit_verify(request: Request, who: Caller = Depends(caller)) -> dict[str, A
 def audit_checkpoint(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
     authorize(who, Op.VERIFY)
     system = get_system(request)
-    return make_checkpoint(system, system.checkpoint_key())
+    return make_checkpoint(system, system.checkpoint_key(), workspace_id=who.workspace_id)

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from api.ui.pages import Page, UiRoute, format_time, ui_instant, viewer
 from domain.clock import now, to_micros
 from domain.errors import InvalidInput, LedgerError
-from domain.policy import require_token_manager
+from domain.policy import Op, authorize
 from domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME
 
 router = APIRouter(route_class=UiRoute)
@@ -19,7 +19,7 @@ router = APIRouter(route_class=UiRoute)
 
 @router.get("/access")
 def access_page(page: Page = Depends(viewer)) -> Response:
-    require_token_manager(page.caller)
+    authorize(page.caller, Op.READ_AUDIT)
     params = page.request.query_params
     form = {name: (params.get(name) or "").strip()[:256] for name in ("resource", "kind", "permission", "at", "compare")}
     form["kind"] = form["kind"] or "datasource"

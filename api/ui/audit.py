@@ -15,10 +15,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from api.routes.ledger import audit_csv
 from api.ui.pages import Page, UiRoute, ui_instant, viewer
 from api.ui.timeline import ScopeDiff
-from domain.errors import Forbidden, InvalidInput, LedgerError
-from domain.policy import require_token_manager
+from domain.errors import InvalidInput, LedgerError
+from domain.policy import Op, allows, authorize
 from projections.history import MAX_PAGE, AuditQuery
-from projections.verify import make_checkpoint, verify_chain
+from projections.verify import make_checkpoint, verify_chain, workspace_view
 
 router = APIRouter(route_class=UiRoute)
 
@@ -79,13 +79,13 @@ class AuditFilters:
 
 @router.get("/audit")
 def audit_page(page: Page = Depends(viewer)) -> Response:
-    require_token_manager(page.caller)
+    authorize(page.caller, Op.READ_AUDIT)
     params = page.request.query_params
     filters = AuditFilters.from_query(params)
     cursor = params.get("cursor") or None
     context: dict[str, Any] = {
         "filters": filters, "event_types": EVENT_TYPES, "page_sizes": PAGE_SIZES, "export_query": filters.link(),
-        "can_verify": page.caller.admin, "rows": [], "next_link": None,
+        "can_verify": allows(page.caller, Op.VERIFY), "rows": [], "next_link": None,
         "first_link": f"/ui/audit?{filters.link()}" if cursor else None,
     }
     try:
@@ -101,7 +101,7 @@ def audit_page(page: Page = Depends(viewer)) -> Response:
 @router.get("/audit/export.{fmt}")
 def audit_export(fmt: str, page: Page = Depends(viewer)) -> Response:
     """The filtered trail, streamed whole (a page at a time from the read model)."""
-    require_token_manager(page.caller)
+    authorize(page.caller, Op.READ_AUDIT)
     query = AuditFilters.from_query(page.request.query_params).query(page.caller.workspace_id)
     stream = page.history.audit_stream(query)
     if fmt == "ndjson":
@@ -114,24 +114,19 @@ def audit_export(fmt: str, page: Page = Depends(viewer)) -> Response:
     raise InvalidInput("export format must be csv or ndjson")
 
 
-def _require_admin(page: Page, what: str) -> None:
-    if not page.caller.admin:
-        raise Forbidden(f"{what} needs a token with ADMIN scope")
-
-
 @router.get("/audit/verify")
 def audit_verify(page: Page = Depends(viewer)) -> Response:
     """Recompute the hash chain; `?partial=1` answers the status box alone (for the audit page)."""
-    _require_admin(page, "verifying the trail")
-    report = verify_chain(page.system)
+    authorize(page.caller, Op.VERIFY)
+    report = workspace_view(page.system, page.caller.workspace_id, verify_chain(page.system))
     partial = page.request.query_params.get("partial") == "1"
     return page.render("audit_verify.html", report=report, partial=partial)
 
 
 @router.get("/audit/checkpoint")
 def audit_checkpoint(page: Page = Depends(viewer)) -> Response:
-    _require_admin(page, "a checkpoint")
-    checkpoint = make_checkpoint(page.system, page.system.checkpoint_key())
+    authorize(page.caller, Op.VERIFY)
+    checkpoint = make_checkpoint(page.system, page.system.checkpoint_key(), workspace_id=page.caller.workspace_id)
     return JSONResponse(
         checkpoint,
         headers={"Content-Disposition": f'attachment; filename="tokentrail-checkpoint-{checkpoint["position"]}.json"'},
