@@ -153,7 +153,11 @@ def authenticate(request: Request, session: Session) -> Caller:
     if record is None:
         raise Unauthenticated("the session has ended")
     system.sync()
-    caller = system.auth.authenticate(session.value, request_id=request.state.request_id, origin="ui")
+    try:
+        caller = system.auth.authenticate(session.value, request_id=request.state.request_id, origin="ui")
+    except Unauthenticated:
+        store(request).end(session.sid)
+        raise
     signing = system.auth.tokens.get(record.token_id)
     if (signing is None or signing.deleted or not record.opened_with(signing.generation)
             or caller.workspace_id != record.workspace_id
