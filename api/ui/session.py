@@ -88,7 +88,9 @@ class SessionCodec:
         if not isinstance(data, dict) or not isinstance(data.get("c"), str):
             return None
         value, sid = data.get("v"), data.get("s")
-        if (value is None) != (sid is None) or not isinstance(value, (str, type(None))) or not isinstance(sid, (str, type(None))):
+        if value is None and sid is None:
+            return Session(csrf=data["c"])
+        if not isinstance(value, str) or not isinstance(sid, str):
             return None
         return Session(csrf=data["c"], value=value, sid=sid)
 
