@@ -16,9 +16,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import ui
 from api.deps import MAX_BODY
+from api.proxies import TrustedProxies
 from api.routes import deployments, ledger, tokens, workspaces
 from api.wire import request_id
 from domain.errors import LedgerError
+from projections.console_sessions import ConsoleSessions, SessionSettings
 from projections.history import History
 from projections.system import System
 
@@ -37,6 +39,11 @@ def create_app(system: System) -> FastAPI:
     app.state.system = system
     app.state.history = History(system.read_engine)
     app.state.ledger_views = ledger.LedgerViews(system, app.state.history)
+    # Read once here so that a malformed setting stops the server at start.
+    app.state.proxies = TrustedProxies.from_environ(system.environ)
+    app.state.console_sessions = ConsoleSessions(
+        system.write_engine, system.read_engine, SessionSettings.from_environ(system.environ)
+    )
     # Introspection (/v0/auth) is the hottest route: its router is matched first.
     app.include_router(workspaces.router)
     app.include_router(ledger.router)  # before tokens: its /v0/tokens/{x}/history must match first

@@ -118,7 +118,10 @@ def serve(
         err.print(f"Initialised an empty store: workspace [bold]default[/], admin token:\n{admin['token']}")
     system.close()
     uvicorn.run("api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False)
+                log_level="info", access_log=False,
+                # Forwarded headers are read by api/proxies.py, from TOKENTRAIL_TRUSTED_PROXIES only:
+                # uvicorn must not rewrite the peer address or scheme from them on its own.
+                proxy_headers=False)
 
 
 def _check_port(host: str, port: int) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from datetime import datetime, timezone
+import math
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator
 
 _clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)  # noqa: E731
@@ -34,45 +35,71 @@ def set_clock(clock: Callable[[], datetime] | None) -> None:
     _clock = clock or (lambda: datetime.now(timezone.utc))
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# The instants the ledger can name: 0001-01-01T00:00:00Z up to 9999-12-31T23:59:59.999999Z, in
+# microseconds since the epoch (well inside a signed 64-bit column).
+MIN_MICROS = -62_135_596_800_000_000
+MAX_MICROS = 253_402_300_799_999_999
+
+
 def to_micros(moment: datetime) -> int:
     """Microseconds since the Unix epoch: the ledger's exact, integer notion of time."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    delta = moment - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def from_micros(micros: int) -> datetime:
-    return datetime.fromtimestamp(micros // 1_000_000, timezone.utc).replace(
-        microsecond=micros % 1_000_000
-    )
+    """Exact integer arithmetic (no float timestamp, no platform limits before 1970); raises
+    OverflowError only outside years 1..9999, which `parse_instant` never lets in."""
+    return _EPOCH + timedelta(microseconds=micros)
 
 
 def parse_instant(text: str) -> int:
-    """An instant from the API: ISO 8601 with an offset, or Unix seconds (fractions allowed)."""
+    """An instant from the API: ISO 8601 with an offset, or Unix seconds (fractions allowed).
+
+    Total: whatever the text, the answer is micros in [MIN_MICROS, MAX_MICROS] or InvalidInput.
+    Unix seconds must be finite and from 0 (no NaN, Infinity or 1e400); an ISO instant whose UTC
+    form leaves years 1..9999 (`9999-12-31T23:59:59-14:00`, `0001-01-01T00:00:00+14:00`) is
+    refused here rather than failing later when a page or an answer formats it."""
     from domain.errors import InvalidInput
 
-    raw = (text or "").strip()
+    raw = (text or "").strip() if isinstance(text, str) else ""
     if not raw:
         raise InvalidInput("a time is required: ISO 8601 with an offset, or Unix seconds")
     if len(raw) > 64:
         raise InvalidInput("time value is too long")
-    try:
-        seconds = float(raw)
-    except ValueError:
-        pass
-    else:
-        if not (0 <= seconds < 253_402_300_800):  # up to year 9999
-            raise InvalidInput(f"time out of range: {raw}")
-        whole = int(seconds)
-        return whole * 1_000_000 + round((seconds - whole) * 1_000_000)
+    if raw.isascii() and raw[:1] in "+-.0123456789":
+        try:
+            seconds = float(raw)
+        except ValueError:
+            pass
+        else:
+            if not math.isfinite(seconds) or not 0 <= seconds <= MAX_MICROS / 1_000_000:
+                raise InvalidInput(f"time out of range: {raw}")
+            whole = int(seconds)
+            micros = whole * 1_000_000 + round((seconds - whole) * 1_000_000)
+            if micros > MAX_MICROS:
+                raise InvalidInput(f"time out of range: {raw}")
+            return micros
+    if not raw.isascii():
+        # fromisoformat reads some non-ASCII digits; an instant is plain ASCII.
+        raise InvalidInput(f"not a time: {raw!r} (use ISO 8601 with an offset, or Unix seconds)")
     try:
         moment = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise InvalidInput(f"not a time: {raw!r} (use ISO 8601 with an offset, or Unix seconds)") from None
     if moment.tzinfo is None:
         raise InvalidInput(f"time {raw!r} needs an offset, e.g. 2026-03-01T12:00:00+00:00")
-    return to_micros(moment)
+    try:
+        moment = moment.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise InvalidInput(f"time out of range: {raw} (in UTC it falls outside years 1 to 9999)") from None
+    micros = to_micros(moment)
+    if not MIN_MICROS <= micros <= MAX_MICROS:
+        raise InvalidInput(f"time out of range: {raw}")
+    return micros
 
 
 def format_instant(micros: int) -> str:

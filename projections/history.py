@@ -8,7 +8,9 @@ times never decrease in log order. Temporal rows are valid on [valid_from, valid
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -40,21 +42,45 @@ class AuditQuery:
     deployment: str | None = None
 
 
+# A cursor is `{"p": <position>}` in unpadded base64url: 64 characters hold every position below
+# 2**63 with room to spare, so anything longer is refused before it is decoded or parsed.
+MAX_CURSOR_LENGTH = 64
+MAX_POSITION = 2**63 - 1
+_CURSOR_TEXT = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def encode_cursor(position: int) -> str:
     return base64.urlsafe_b64encode(json.dumps({"p": position}).encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str | None) -> int:
+    """The position a `next_cursor` names. Total: a cursor that is too long, not base64url, not
+    exactly `{"p": <int>}`, or whose position is negative, 2**63 or more, a float, NaN, Infinity or
+    a boolean is InvalidInput (a 400), never an error further down."""
     if not cursor:
         return 0
+    invalid = InvalidInput("invalid cursor: pass the next_cursor of the previous page unchanged")
+    if len(cursor) > MAX_CURSOR_LENGTH or not _CURSOR_TEXT.fullmatch(cursor):
+        raise invalid
     try:
-        data = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        position = int(data["p"])
-    except (ValueError, KeyError, TypeError):
-        raise InvalidInput("invalid cursor") from None
-    if position < 0:
-        raise InvalidInput("invalid cursor")
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_no_float)
+    except (ValueError, binascii.Error, RecursionError):
+        raise invalid from None
+    if not isinstance(data, dict) or set(data) != {"p"}:
+        raise invalid
+    position = data["p"]
+    if type(position) is not int or not 0 <= position <= MAX_POSITION:
+        raise invalid
     return position
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} in a cursor")
+
+
+def _no_float(text: str) -> Any:
+    raise ValueError("a float in a cursor")
 
 
 def audit_event(row: Any) -> dict[str, Any]:

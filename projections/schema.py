@@ -197,6 +197,22 @@ audit_resources = Table(
     Index("ix_tt_audit_resources_lookup", "workspace_id", "resource", "position"),
 )
 
+# The console's server-side sessions. Not projected from the log (so `rebuild` leaves it alone):
+# written by sign-in, read and touched by every console request, deleted by sign-out. Keyed by the
+# SHA-256 of the random session id the browser holds; no session id, token value or generation is
+# stored, only the signing token's id and a hash of the generation it was opened with.
+console_sessions = Table(
+    "tt_console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("token_id", String(36), nullable=False),
+    Column("generation_hash", String(64), nullable=False),
+    Column("workspace_id", String(36), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_seen_at", BigInteger, nullable=False),
+    Index("ix_tt_console_sessions_last_seen", "last_seen_at"),
+)
+
 READ_MODEL_TABLES = (
     workspaces,
     users,

@@ -171,10 +171,8 @@ def allowed(check: Callable[..., None], *args: Any) -> bool:
 def _authenticate(request: Request, session: sessions.Session | None) -> Caller:
     if session is None or not session.value:
         raise SignInRequired()
-    system: System = request.app.state.system
-    system.sync()
     try:
-        return system.auth.authenticate(session.value, request_id=request.state.request_id, origin="ui")
+        return sessions.authenticate(request, session)
     except Unauthenticated:
         raise SignInRequired("expired", clear=True) from None
 

@@ -1,5 +1,6 @@
 """Sign in by pasting a token; sign out. The value travels once, in a POST body (never in a URL,
-so no access log sees it), and is then kept only in the encrypted session cookie."""
+so no access log sees it), and is then kept only in the encrypted session cookie; whether that
+cookie still signs anyone in is decided by the server-side session it names (api/ui/session.py)."""
 
 from __future__ import annotations
 
@@ -30,10 +31,8 @@ def safe_next(target: str | None) -> str:
 def signin_form(request: Request, next: str = "", reason: str = "") -> Response:
     session = sessions.read(request)
     if session is not None and session.value:
-        system: System = request.app.state.system
-        system.sync()
         try:
-            system.auth.authenticate(session.value, request_id=request.state.request_id, origin="ui")
+            sessions.authenticate(request, session)
             return RedirectResponse(safe_next(next), status_code=303)
         except Unauthenticated:
             session = None
@@ -62,18 +61,22 @@ def signin(request: Request, checked: tuple[sessions.Session | None, Form] = Dep
         system: System = request.app.state.system
         system.sync()
         try:
-            system.auth.authenticate(value, request_id=request.state.request_id, origin="ui")
+            caller = system.auth.authenticate(value, request_id=request.state.request_id, origin="ui")
+            opened = sessions.sign_in(request, value, caller)
         except Unauthenticated:
             message = "That token is not valid: it may have been refreshed or deleted."
     if message is not None:
         return render(request, "signin.html", status=403, csrf=session.csrf, next=target, error=message)
+    sessions.sign_out(request, session)  # a session already open in this browser ends here
     response = RedirectResponse(target, status_code=303)
-    sessions.write(request, response, sessions.Session.signed_in(value))
+    sessions.write(request, response, opened)
     return response
 
 
 @router.post("/signout")
 def signout(request: Request, checked: tuple[sessions.Session | None, Form] = Depends(checked_form)) -> Response:
+    """Ends the server-side session: the cookie, even if kept or copied, signs nobody in again."""
+    sessions.sign_out(request, checked[0])
     response = RedirectResponse("/ui/signin?reason=signed_out", status_code=303)
     sessions.clear(request, response)
     return response

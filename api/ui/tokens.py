@@ -84,10 +84,22 @@ def token_view(page: Page, row: TokenRow) -> TokenView:
 
 def owned_user_token(page: Page) -> TokenRow | None:
     """The user token of the person whose `admin <email>` token is signed in (Tinybird's page
-    shows the signed-in user their own user token beside the workspace's tokens)."""
-    user_id = own_user_id(page.caller)
-    user = page.system.queries.user(user_id) if user_id else None
-    row = page.system.queries.token(user.user_token_id) if user else None
+    shows the signed-in user their own user token beside the workspace's tokens). Only that
+    person's own session qualifies: the signed-in token is their user token, or carries
+    `ADMIN_USER:<user id>` in a workspace that user owns. Any other ADMIN sees no user token."""
+    caller = page.caller
+    user_id = own_user_id(caller)  # None for JWTs and grace-window values
+    if user_id is None or caller.token_id is None:
+        return None
+    queries = page.system.queries
+    user = queries.user(user_id)
+    if user is None:
+        return None
+    if caller.token_id != user.user_token_id:
+        workspace = queries.workspace(caller.workspace_id)
+        if workspace is None or workspace.owner_user_id != user_id:
+            return None
+    row = queries.token(user.user_token_id)
     return row if row is not None and not row.deleted else None
 
 
@@ -237,11 +249,15 @@ def refresh_token(token_id: str, page: Page = Depends(poster)) -> Response:
         return _editor_page(page, editor, status=error.status, view=view, error=error.message)
     response = RedirectResponse(f"/ui/tokens/{row.id}?done=refreshed", status_code=303)
     if row.id == caller.token_id:
-        # The console's own token got a new value: keep the browser signed in with it.
+        # The refresh ended this session (it was opened with the old generation): the browser
+        # that did it stays signed in, with a new session opened with the new value.
+        system.sync()
         fresh = system.queries.token(str(change.token.id))
         assert fresh is not None
         value = system.signer.make(fresh.workspace_id, fresh.id, fresh.generation)
-        sessions.write(page.request, response, sessions.Session.signed_in(value))
+        sessions.sign_out(page.request, page.session)
+        renewed = system.auth.authenticate(value, request_id=page.request.state.request_id, origin="ui")
+        sessions.write(page.request, response, sessions.sign_in(page.request, value, renewed))
     return response
 
 
@@ -269,5 +285,6 @@ def delete_token(token_id: str, page: Page = Depends(poster)) -> Response:
     except LedgerError as error:
         return page.render("token_delete.html", status=error.status, view=token_view(page, row), error=error.message)
     if row.id == caller.token_id:
+        sessions.sign_out(page.request, page.session)
         raise SignInRequired("deleted", clear=True)
     return RedirectResponse("/ui/tokens?done=deleted", status_code=303)
