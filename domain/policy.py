@@ -288,7 +288,7 @@ def refusal(role: Role, op: Op, target: Target) -> str:
     if op is Op.DEPLOY:
         return "deployments need a token with ADMIN, TOKENS or WORKSPACE:DEPLOY scope"
     if op is Op.VERIFY:
-        return "this needs a token with ADMIN scope"
+        return "verifying the trail needs a token with ADMIN scope"
     if op is Op.WORKSPACES:
         return "this needs a user token"
     if target in (Target.USER_BOUND, Target.OWN_USER_BOUND) and op in (Op.SEE_VALUE, Op.REFRESH, Op.READ, Op.DESCRIBE):
