@@ -183,3 +183,72 @@ def test_the_table_in_the_docs_is_the_table_in_the_code() -> None:
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
     assert markdown() in docs, "docs/security.md is stale: paste `python -m domain.policy` into it"
+
+
+# -- the same table, through the web console ----------------------------------------------------
+
+CONSOLE_OPS = (Op.LIST, Op.READ, Op.SEE_VALUE, Op.CREATE, Op.UPDATE, Op.REFRESH, Op.DELETE, Op.READ_AUDIT, Op.VERIFY)
+
+
+def console_request(s: Seat, browser: Any, op: Op, target: Target, token_id: str | None) -> tuple[bool, int]:
+    """Do `op` through the console as a browser would; (did it happen, status)."""
+    s.counter[0] += 1
+    n = s.counter[0]
+    if op is Op.LIST:
+        page = browser.get("/ui/tokens")
+        return s.realm.id_of("create datasource token") in page.text, page.status_code
+    if op is Op.READ:
+        page = browser.get(f"/ui/tokens/{token_id}")
+        return page.status_code == 200, page.status_code
+    if op is Op.SEE_VALUE:
+        page = browser.get(f"/ui/tokens/{token_id}")
+        return page.status_code == 200 and s.value_of(token_id or "") in page.text, page.status_code
+    if op is Op.CREATE:
+        scope = "ADMIN" if target is Target.PRIVILEGED else "PIPES:CREATE"
+        answer = browser.post("/ui/tokens/new", {"name": f"console {n}", "scope": scope})
+    elif op is Op.UPDATE:
+        answer = browser.post(f"/ui/tokens/{token_id}/rename", {"name": f"console renamed {n}"})
+    elif op is Op.REFRESH:
+        answer = browser.post(f"/ui/tokens/{token_id}/refresh", {"grace_seconds": ""})
+    elif op is Op.DELETE:
+        answer = browser.post(f"/ui/tokens/{token_id}/delete", {})
+    elif op is Op.READ_AUDIT:
+        page = browser.get("/ui/audit")
+        return page.status_code == 200, page.status_code
+    else:
+        page = browser.get("/ui/audit/verify")
+        return page.status_code == 200, page.status_code
+    return answer.status_code == 303, answer.status_code
+
+
+@pytest.mark.parametrize(
+    "role", [r for r in Role if r not in (Role.SYSTEM, Role.USER)], ids=lambda r: r.name.lower()
+)
+def test_every_cell_of_the_policy_table_holds_in_the_console(client, system, role) -> None:
+    from tests.test_ui import Console
+
+    s = seat(system, client, role)
+    browser = Console(client)
+    signed_in = browser.sign_in(s.value)
+    if role is Role.GRACE:  # a value in its grace window opens no console session
+        assert signed_in.status_code == 403
+        return
+    assert signed_in.status_code == 303, signed_in.text[:300]
+    checked = 0
+    for op in CONSOLE_OPS:
+        for target, allowed_roles in RULES[op].items():
+            allowed = role in allowed_roles
+            token_id = None
+            if target is not Target.NONE and op is not Op.CREATE:
+                token_id = s.target(target)
+                if token_id is None or (op in (Op.REFRESH, Op.DELETE) and token_id == s.token_id):
+                    continue  # signing itself out is the console's own test (tests/test_ui.py)
+            before = head(system)
+            done, status = console_request(s, browser, op, target, token_id)
+            cell = f"console: {role.value} / {op.value} / {target.value}: {status}"
+            assert done == allowed, cell
+            assert status < 500, cell
+            if not allowed:
+                assert head(system) == before, f"a refusal wrote: {cell}"
+            checked += 1
+    assert checked >= 20
