@@ -96,6 +96,7 @@ class Authenticator:
             token_id=row.id,
             name=row.name,
             scopes=row.parsed_scopes,
+            generation=claims.generation,
             in_grace=claims.generation != row.generation,
             **context,
         )
@@ -119,11 +120,11 @@ class Authenticator:
         if admin is None or admin.deleted:
             raise invalid
         now = clock.to_micros(clock.now())
-        keys = [admin.generation]
-        if admin.previous_generation and now < admin.previous_valid_until:
-            keys.append(admin.previous_generation)
+        # A JWT is signed with the admin value of one generation and lives exactly as long as that
+        # generation is accepted: current, or inside its own grace window.
         claims = None
-        for generation in keys:
+        signed_by = None
+        for generation in admin.accepted_generations(now):
             secret = self.signer.make(workspace_id, admin.id, generation)
             try:
                 claims = pyjwt.decode(
@@ -134,6 +135,7 @@ class Authenticator:
                     # `iat` is informational, as on Tinybird: one in the future is not refused.
                     options={"require": ["exp"], "verify_exp": False, "verify_iat": False},
                 )
+                signed_by = generation
                 break
             except pyjwt.PyJWTError:
                 continue
@@ -152,6 +154,8 @@ class Authenticator:
             name=str(claims.get("name", "jwt"))[:256],
             scopes=_jwt_scopes(claims.get("scopes")),
             is_jwt=True,
+            generation=signed_by,
+            in_grace=signed_by != admin.generation,
             extra={"exp": claims.get("exp"), "limits": claims.get("limits")},
             **context,
         )
