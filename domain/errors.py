@@ -56,6 +56,13 @@ class ProjectionFailed(LedgerError):
     status = 500
 
 
+class StoreUnavailable(LedgerError):
+    """The store cannot be reached (or answer in time): the request is refused rather than
+    answered from state that may be stale."""
+
+    status = 503
+
+
 class MethodNotAllowed(LedgerError):
     status = 405
 

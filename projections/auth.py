@@ -123,7 +123,7 @@ class Authenticator:
         # A JWT is signed with the admin value of one generation and lives exactly as long as that
         # generation is accepted: current, or inside its own grace window.
         claims = None
-        signed_by = None
+        jwt_generation = None
         for generation in admin.accepted_generations(now):
             secret = self.signer.make(workspace_id, admin.id, generation)
             try:
@@ -135,7 +135,7 @@ class Authenticator:
                     # `iat` is informational, as on Tinybird: one in the future is not refused.
                     options={"require": ["exp"], "verify_exp": False, "verify_iat": False},
                 )
-                signed_by = generation
+                jwt_generation = generation
                 break
             except pyjwt.PyJWTError:
                 continue
@@ -154,8 +154,8 @@ class Authenticator:
             name=str(claims.get("name", "jwt"))[:256],
             scopes=_jwt_scopes(claims.get("scopes")),
             is_jwt=True,
-            generation=signed_by,
-            in_grace=signed_by != admin.generation,
+            generation=jwt_generation,
+            in_grace=jwt_generation != admin.generation,
             extra={"exp": claims.get("exp"), "limits": claims.get("limits")},
             **context,
         )

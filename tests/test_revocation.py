@@ -236,3 +236,163 @@ def test_a_deleted_value_stops_authenticating_on_another_server_within_the_bound
             time.sleep(0.001)
     finally:
         other.close()
+
+
+# -- C: a listener that stalls does not hide a revocation (PostgreSQL) ----------------------------
+
+
+class FreezableProxy:
+    """A TCP proxy to PostgreSQL that can freeze: stop forwarding in both directions while every
+    socket stays open, as a NAT or firewall that silently drops an idle connection's traffic."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        import socket
+        import threading
+
+        self.target = target
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            flowing = self.flowing  # this connection's: replacing `flowing` spares it
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b, flowing), daemon=True).start()
+
+    def _pipe(self, source, sink, flowing) -> None:  # noqa: ANN001
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            while not flowing.wait(0.1):  # frozen: hold the bytes, keep the sockets
+                if self._closed:
+                    return
+            try:
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._closed = True
+        self.server.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.fixture
+def pg_url(make_pg_database) -> str:
+    return make_pg_database()
+
+
+def test_a_stalled_listener_does_not_hide_a_delete(pg_url, tmp_path, environ) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(pg_url)
+    proxy = FreezableProxy((url.host or "127.0.0.1", url.port or 5432))
+    a = System(pg_url, data=tmp_path, environ=environ)
+    b = System(pg_url, data=tmp_path, environ={
+        **environ, "TOKENTRAIL_LISTEN_URL": url.set(host="127.0.0.1", port=proxy.port).render_as_string(False),
+    })
+    try:
+        setup = a.command(lambda: a.ledger.setup_workspace("main", "owner@example.com", Caller.system()))
+        admin = a.auth.authenticate(value_of(a, setup.tokens[0]))
+        token = a.command(lambda: a.ledger.create_token(admin, "doomed", ["PIPES:READ:p"])).token
+        value = value_of(a, token)
+        answered_from_memory: list[bool] = []
+
+        def accepted_on_b() -> bool:
+            known = b.fresh()
+            answered_from_memory.append(known)
+            if not known:
+                b.sync()
+            try:
+                b.auth.authenticate(value)
+                return True
+            except Unauthenticated:
+                return False
+
+        deadline = time.monotonic() + 5
+        while not b.fresh():  # B's listener is up, through the proxy, and B knows the head
+            assert time.monotonic() < deadline
+            b.sync()
+            time.sleep(0.01)
+        assert accepted_on_b()
+        proxy.flowing.clear()  # the listening connection goes silent; its socket stays open
+        a.command(lambda: a.ledger.delete_token(admin, "doomed"))
+        committed = time.monotonic()
+        answered_from_memory.clear()
+        while accepted_on_b():
+            assert time.monotonic() - committed < 1.0, "a stalled listener hid the delete"
+            time.sleep(0.005)
+        window = time.monotonic() - committed
+        assert window <= b._head.LIVENESS_NS / 1e9 + 0.1, window
+        # While the listener is silent B never answers from memory: it queries every time.
+        time.sleep(b._head.LIVENESS_NS / 1e9)
+        assert not b.fresh() and not b._head.listener_live
+        # Traffic resumes (or the watchdog reconnects): B trusts its listener again.
+        proxy.flowing.set()
+        deadline = time.monotonic() + 10
+        while not b.fresh():
+            assert time.monotonic() < deadline, "the listener did not come back"
+            b.sync()
+            time.sleep(0.02)
+    finally:
+        proxy.close()
+        b.close()
+        a.close()
+
+
+def test_a_listener_frozen_for_good_is_replaced(pg_url, tmp_path, environ) -> None:
+    """A connection that never comes back (the NAT forgot it) is shut down by the watchdog and the
+    listener reconnects: B answers from memory again without a restart."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(pg_url)
+    proxy = FreezableProxy((url.host or "127.0.0.1", url.port or 5432))
+    b = System(pg_url, data=tmp_path, environ={
+        **environ, "TOKENTRAIL_LISTEN_URL": url.set(host="127.0.0.1", port=proxy.port).render_as_string(False),
+    })
+    try:
+        deadline = time.monotonic() + 5
+        while not b.fresh():
+            assert time.monotonic() < deadline
+            b.sync()
+            time.sleep(0.01)
+        first = list(proxy.sockets)
+        proxy.flowing.clear()
+        time.sleep(b._head.LIVENESS_NS / 1e9 + 0.1)
+        assert not b.fresh()
+        # New connections flow again; the frozen one stays frozen.
+        for sock in first:
+            proxy.sockets.remove(sock)
+        frozen = proxy.flowing
+        import threading
+
+        proxy.flowing = threading.Event()
+        proxy.flowing.set()
+        deadline = time.monotonic() + b._head.STALL_NS / 1e9 + 5
+        while not b.fresh():
+            assert time.monotonic() < deadline, "the stalled listener was never replaced"
+            b.sync()
+            time.sleep(0.05)
+        assert not frozen.is_set()
+    finally:
+        proxy.close()
+        b.close()

@@ -19,12 +19,16 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table('tt_tokens', schema=None) as batch_op:
         batch_op.add_column(sa.Column('grace', sa.Text(), nullable=False, server_default='{}'))
-    # Before this column only the latest refreshed-out generation was kept: carry it over
-    # (a value whose window had ended is refused either way).
+    # Before this column only the latest refreshed-out generation was kept: carry it over when
+    # the latest refresh gave it a grace window (its tt_generations row says how long), as a
+    # projection of the same events does. (A value whose window an earlier version cut short by
+    # a second refresh stays refused here; `tokentrail rebuild` would honour its window.)
     conn = op.get_bind()
     rows = conn.execute(sa.text(
-        "SELECT id, previous_generation, previous_valid_until FROM tt_tokens "
-        "WHERE previous_generation IS NOT NULL AND previous_valid_until > 0"
+        "SELECT t.id, t.previous_generation, t.previous_valid_until FROM tt_tokens t "
+        "JOIN tt_generations g ON g.token_id = t.id "
+        "AND g.seq = (SELECT max(seq) FROM tt_generations WHERE token_id = t.id) "
+        "WHERE t.previous_generation IS NOT NULL AND g.grace_seconds > 0"
     )).fetchall()
     for token_id, generation, until in rows:
         conn.execute(
