@@ -63,6 +63,12 @@ class StoreUnavailable(LedgerError):
     status = 503
 
 
+class ConfigurationError(LedgerError):
+    """The server is set up wrongly (a weak or mismatched key): it refuses to start."""
+
+    status = 500
+
+
 class MethodNotAllowed(LedgerError):
     status = 405
 

@@ -59,12 +59,17 @@ class System:
         self.data_dir = Path(data) if data is not None else data_dir(env)
         self.database = Database(url or database_url(env))
         self.environ = env
-        self.signer = TokenSigner(keys.server_key(self.data_dir, env), host=host)
+        key = keys.server_key(self.data_dir, env)
+        self.signer = TokenSigner(key, host=host)
         self.ledger = Ledger(env=self.database.eventsourcing_env(), signer=self.signer)
         self.write_engine = self.database.engine(writer=True)
         self.read_engine = self.database.engine(writer=False)
         if migrate:
             upgrade(self.write_engine)
+        # One key per store: a server with another key would hand out values the others refuse.
+        self.key_fingerprint = keys.check_fingerprint(
+            self.write_engine, key, rotate=env.get("TOKENTRAIL_ROTATE_KEY", "").lower() in ("1", "true", "yes")
+        )
         self.projector = Projector(self.ledger, self.write_engine, self.database.backend)
         self.queries = Queries(self.read_engine)
         self.auth = Authenticator(self.queries, self.signer)
