@@ -19,7 +19,7 @@ from domain import clock
 from domain.errors import LedgerError, Unauthenticated
 from domain.policy import Caller
 from domain.scopes import Scope, scope_from_parts
-from domain.values import TokenSigner
+from domain.values import TokenSigner, ValueClaims
 from projections.queries import Queries, TokenRow, WorkspaceRow
 
 CACHE_SIZE = 100_000
@@ -76,6 +76,10 @@ class Authenticator:
 
     def token_row(self, value: str) -> TokenRow | None:
         """The token a static value designates, if the value is currently valid."""
+        found = self._valid(value)
+        return found[0] if found else None
+
+    def _valid(self, value: str) -> tuple[TokenRow, ValueClaims] | None:
         claims = self.signer.read(value)
         if claims is None:
             return None
@@ -84,13 +88,13 @@ class Authenticator:
             return None
         if not row.accepts(claims.generation, clock.to_micros(clock.now())):
             return None
-        return row
+        return row, claims
 
     def _static(self, value: str, context: dict[str, Any]) -> Caller:
-        claims = self.signer.read(value)
-        row = self.token_row(value)
-        if row is None or claims is None:
+        found = self._valid(value)
+        if found is None:
             raise Unauthenticated("invalid authentication token")
+        row, claims = found
         return Caller(
             workspace_id=row.workspace_id,
             token_id=row.id,

@@ -20,6 +20,7 @@ from domain.errors import Forbidden, Unauthenticated
 from domain.policy import Caller
 from projections.system import System
 from tests.helpers import FakeClock, caller_for, value_of
+from tests.pg_proxy import FreezableProxy
 from tests.test_api import JWT_SCOPES, authenticates, client, create, create_jwt, head, url, ws  # noqa: F401
 
 GRACE = "grace period only authenticates"
@@ -77,11 +78,20 @@ def test_over_http_a_leaked_value_in_grace_is_refused_but_still_authenticates(cl
         assert response.status_code == 403, response.text
     assert head(system) == before
     assert authenticates(client, leaked) and authenticates(client, rotated)
+    # It may read its own token, but never learn the value that replaced it.
+    own = client.get(url("/v0/tokens/leaked", leaked))
+    assert own.status_code == 200 and "token" not in own.json(), own.text
+    assert client.get(url("/v0/tokens/leaked", rotated)).json()["token"] == rotated
+    manager = create(client, ws.admin, "manager", "TOKENS")["token"]
+    client.post(url("/v0/tokens/manager/refresh", ws.admin, grace_seconds=300))
+    assert client.get(url("/v0/tokens", manager)).status_code == 403  # listing values is managing
+    assert "token" not in client.get(url("/v0/tokens/manager", manager)).json()
+    before = head(system)
     # A token that manages no tokens refreshing itself: 403, as on Tinybird.
     creator = create(client, ws.admin, "creator", "DATASOURCES:CREATE")["token"]
     response = client.post(url("/v0/tokens/creator/refresh", creator))
     assert response.status_code == 403 and response.json()["error"]
-    assert head(system) == before + 2  # only the create above was written
+    assert head(system) == before + 2  # only the create above was written (token + name)
 
 
 def test_over_http_a_jwt_cannot_be_minted_with_an_admin_value_in_grace(client, system, ws) -> None:  # noqa: F811
@@ -239,61 +249,6 @@ def test_a_deleted_value_stops_authenticating_on_another_server_within_the_bound
 
 
 # -- C: a listener that stalls does not hide a revocation (PostgreSQL) ----------------------------
-
-
-class FreezableProxy:
-    """A TCP proxy to PostgreSQL that can freeze: stop forwarding in both directions while every
-    socket stays open, as a NAT or firewall that silently drops an idle connection's traffic."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        import socket
-        import threading
-
-        self.target = target
-        self.flowing = threading.Event()
-        self.flowing.set()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.sockets: list[socket.socket] = []
-        self._closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-        import threading
-
-        while not self._closed:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            self.sockets += [client, upstream]
-            flowing = self.flowing  # this connection's: replacing `flowing` spares it
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b, flowing), daemon=True).start()
-
-    def _pipe(self, source, sink, flowing) -> None:  # noqa: ANN001
-        while True:
-            try:
-                data = source.recv(65536)
-            except OSError:
-                return
-            if not data:
-                return
-            while not flowing.wait(0.1):  # frozen: hold the bytes, keep the sockets
-                if self._closed:
-                    return
-            try:
-                sink.sendall(data)
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self._closed = True
-        self.server.close()
-        for sock in self.sockets:
-            sock.close()
 
 
 @pytest.fixture
