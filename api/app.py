@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import ui
 from api.deps import MAX_BODY
+from api.heavy import HeavyReadGate, heavy_concurrency
 from api.proxies import TrustedProxies
 from api.routes import deployments, ledger, tokens, workspaces
 from api.wire import request_id
@@ -79,6 +80,7 @@ def create_app(system: System) -> FastAPI:
                       getattr(request.state, "request_id", None))
         return _error(request, 500, "internal error; the request id identifies it in the server log")
 
+    app.add_middleware(HeavyReadGate, concurrency=heavy_concurrency(system.environ))
     app.add_middleware(RequestIdMiddleware)
     return app
 
