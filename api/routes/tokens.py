@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from api import present
+from api.heavy import RenderedInThread
 from api.deps import caller, get_system, params, read_body
 from api.schemas import (
     JwtRequestSchema,
@@ -35,7 +36,7 @@ from projections.auth import MAX_JWT_LENGTH
 from projections.queries import TokenRow
 from projections.system import System
 
-router = APIRouter(tags=["tokens"])
+router = APIRouter(tags=["tokens"], route_class=RenderedInThread)
 MAX_JWT_TTL = 10 * 365 * 86_400
 
 # OpenAPI declarations of the parameters the handlers read from the raw query string.
