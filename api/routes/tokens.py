@@ -202,7 +202,11 @@ def refresh_get() -> None:
 @router.post(
     "/v0/tokens/{ref:path}/refresh",
     summary="Give a token a new value (same id)",
-    description="The previous value stops working at once, or after `grace_seconds`.",
+    description=(
+        "Needs ADMIN or TOKENS (a token cannot refresh itself otherwise). The previous value stops "
+        "working at once, or after `grace_seconds`; meanwhile it only authenticates (it cannot "
+        "manage tokens, refresh, issue JWTs or deploy). Each refreshed-out value keeps its own grace."
+    ),
     response_model=None,
     openapi_extra={
         "parameters": [
