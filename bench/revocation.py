@@ -1,7 +1,7 @@
 """Revocation visibility across servers on one PostgreSQL database, under load.
 
-Three `tokentrail serve` processes (A, B, C) share one scratch database; busy readers keep every
-server loaded (audit pages and token listings). Each trial creates a token through A, makes sure B
+Three `tokentrail serve` processes (A, B, C) share one scratch database; three busy readers per
+server keep every one loaded (thousand-row audit pages, access diffs, token listings). Each trial creates a token through A, makes sure B
 and C accept it, deletes it (or refreshes it without grace) through A and, from the instant A's
 2xx arrives, polls `/v0/auth` on B and C until they refuse the old value. The figure is how long
 after that 2xx a server still *accepted* the value (0 when the first poll was already refused).
@@ -37,7 +37,7 @@ BOUND_S = 1.0
 
 
 def _busy(url: str, admin: str, stop: threading.Event, counter: list[int]) -> None:
-    paths = ["/v0/audit?limit=1000", "/v0/tokens", "/v0/audit?limit=500"]
+    paths = ["/v0/audit?limit=1000", "/v0/access/diff?from=2000-01-01T00:00:00Z", "/v0/tokens"]
     with httpx.Client(base_url=url, timeout=30) as client:
         i = 0
         while not stop.is_set():
@@ -115,7 +115,7 @@ def main() -> int:
         servers = dict(zip("ABC", (s.url for s in served)))
         counter = [0]
         readers = [threading.Thread(target=_busy, args=(u, store["admin"], stop, counter), daemon=True)
-                   for u in servers.values() for _ in range(2)]
+                   for u in servers.values() for _ in range(3)]
         for r in readers:
             r.start()
         time.sleep(1)
