@@ -97,6 +97,11 @@ def serve(
     workers: int = typer.Option(1, "--workers", help="Worker processes (PostgreSQL or SQLite alike)."),
     database_url: Optional[str] = DatabaseUrl,
     data_dir: Optional[Path] = DataDir,
+    rotate_key: bool = typer.Option(
+        False, "--rotate-key",
+        help="Accept a server key other than the one the store was set up with, and record it: every "
+             "token value and JWT changes (stop every other server first).",
+    ),
 ) -> None:
     """Serve the API. On an empty store, run init first and print the admin token.
 
@@ -111,7 +116,10 @@ def serve(
         os.environ["TOKENTRAIL_DATA_DIR"] = str(data_dir)
     if database_url:
         os.environ["TOKENTRAIL_DATABASE_URL"] = database_url
+    if rotate_key:
+        os.environ["TOKENTRAIL_ROTATE_KEY"] = "1"
     system = open_system(None, None)
+    os.environ.pop("TOKENTRAIL_ROTATE_KEY", None)  # recorded: the workers check against the new key
     if not system.queries.all_workspaces():
         result = initialise(system, "default", "admin@localhost")
         admin = next(t for t in result["tokens"] if t["name"] == "admin token")

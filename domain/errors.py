@@ -56,6 +56,19 @@ class ProjectionFailed(LedgerError):
     status = 500
 
 
+class StoreUnavailable(LedgerError):
+    """The store cannot be reached (or answer in time): the request is refused rather than
+    answered from state that may be stale."""
+
+    status = 503
+
+
+class ConfigurationError(LedgerError):
+    """The server is set up wrongly (a weak or mismatched key): it refuses to start."""
+
+    status = 500
+
+
 class MethodNotAllowed(LedgerError):
     status = 405
 

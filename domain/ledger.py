@@ -23,7 +23,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 
 from domain import clock
-from domain.errors import Conflict, InvalidInput, NameTaken, NotFound, ScopeError
+from domain.errors import Conflict, Forbidden, InvalidInput, NameTaken, NotFound, ScopeError, Unauthenticated
 from domain.datafiles import parse_project
 from domain.deploy import CreateToken, CurrentToken, DeleteToken, ModifyToken, Plan, plan_deployment
 from domain.model import (
@@ -39,7 +39,7 @@ from domain.model import (
     user_id_for,
     workspace_name_id,
 )
-from domain.policy import Caller, Op, TokenFacts, authorize, require_may_grant, require_workspace
+from domain.policy import GRACE_REFUSAL, Caller, Op, TokenFacts, authorize, require_may_grant, require_workspace
 from domain.refs import looks_like_reference, parse_ref
 from domain.scopes import ADMIN, AUTH, Scope, parse_scope, parse_scopes, read_scope
 from domain.values import TokenSigner, new_generation
@@ -195,6 +195,7 @@ class Ledger(Application[UUID]):
             raise InvalidInput("a valid e-mail address is required")
 
         def attempt() -> WorkspaceSetup:
+            self._require_current(caller)
             existing = self._get_or_none(workspace_name_id(name))
             if existing is not None:
                 if not caller.is_system:
@@ -281,6 +282,7 @@ class Ledger(Application[UUID]):
         workspace_id = caller.workspace_id
 
         def attempt() -> Change:
+            self._require_current(caller)
             index = self._get_or_none(token_name_id(workspace_id, name))
             if index is not None and index.token_id is not None:
                 raise NameTaken(f'Auth token with name "{name}" already exists')
@@ -320,6 +322,7 @@ class Ledger(Application[UUID]):
         changes = new_scopes is not None or to_add or to_remove or new_name is not None
 
         def attempt() -> Change:
+            self._require_current(caller)
             token = self._token_for_change(caller, ref, Op.UPDATE if changes else Op.DESCRIBE)
             actor = caller.actor()
             touched: list[Aggregate] = [token]
@@ -344,6 +347,7 @@ class Ledger(Application[UUID]):
             raise InvalidInput(f"grace_seconds must be a whole number from 0 to {MAX_GRACE_SECONDS}")
 
         def attempt() -> Change:
+            self._require_current(caller)
             token = self._token_for_change(caller, ref, Op.REFRESH)
             token.refresh(new_generation(), grace_seconds, caller.actor())
             return Change(self._save([token]), [token])
@@ -352,6 +356,7 @@ class Ledger(Application[UUID]):
 
     def delete_token(self, caller: Caller, ref: str) -> Change:
         def attempt() -> Change:
+            self._require_current(caller)
             token = self._token_for_change(caller, ref, Op.DELETE)
             actor = caller.actor()
             token.delete(actor)
@@ -372,17 +377,27 @@ class Ledger(Application[UUID]):
         scopes: list[dict[str, Any]],
         limits: dict[str, Any] | None,
     ) -> JwtIssue:
-        """Record a JWT issuance; returns it with the admin token whose value signs it."""
+        """Record a JWT issuance; returns it with the admin token whose value signs it.
+
+        A JWT is signed with the admin token's current value, and `admin_generation` records that
+        generation: the JWT is accepted exactly while that generation is (current, or in its own
+        grace window after a refresh) and dies with it. A caller authenticated with a value in its
+        grace window cannot issue one (it would outlive the rotation that retired its value)."""
         authorize(caller, Op.ISSUE_JWT)
         name = validate_name(name, "JWT")
         workspace = self.workspace(caller.workspace_id)
-        admin = self.repository.get(UUID(workspace.admin_token_id))
-        jwt = Jwt.issue(
-            actor=caller.actor(), workspace_id=caller.workspace_id, name=name, scopes=scopes,
-            expires_at=expires_at, limits=dict(limits or {}), admin_token_id=str(admin.id),
-            admin_generation=admin.generation,
-        )
-        return JwtIssue(jwt, admin, self._save([jwt]))
+
+        def attempt() -> JwtIssue:
+            self._require_current(caller)
+            admin = self.repository.get(UUID(workspace.admin_token_id))
+            jwt = Jwt.issue(
+                actor=caller.actor(), workspace_id=caller.workspace_id, name=name, scopes=scopes,
+                expires_at=expires_at, limits=dict(limits or {}), admin_token_id=str(admin.id),
+                admin_generation=admin.generation,
+            )
+            return JwtIssue(jwt, admin, self._save([jwt]))
+
+        return self._retrying(attempt)
 
     # -- deployments --------------------------------------------------------------------------
 
@@ -405,6 +420,7 @@ class Ledger(Application[UUID]):
         workspace_id = caller.workspace_id
 
         def attempt() -> Deployed:
+            self._require_current(caller)
             log = self._get_or_none(deployment_log_id(workspace_id))
             plan = plan_deployment(declarations, current_tokens())
             if check or plan.empty:
@@ -500,6 +516,39 @@ class Ledger(Application[UUID]):
         return token
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def _require_current(self, caller: Caller) -> None:
+        """Check the caller's value against the event store itself, in this command attempt.
+
+        Authentication reads a per-process cache that follows the log within a bound; a write
+        must not rely on it. Re-reading the caller's token here means that a delete or refresh
+        that committed before this attempt began (on any server) refuses the write: 403
+        "invalid authentication token" for a value no longer accepted, the grace refusal for a
+        value that a refresh has since moved into its grace window."""
+        if caller.is_system:
+            return
+        if caller.is_jwt:
+            # A JWT is bound to the admin generation that signed it; JWTs write nothing today,
+            # but a command that ever lets one through still checks its key is alive.
+            token_id = self._admin_token_id(caller.workspace_id)
+        else:
+            token_id = caller.token_id
+        token = self._token_or_none(token_id) if token_id else None
+        now = clock.to_micros(clock.now())
+        if token is None or token.deleted:
+            raise Unauthenticated("invalid authentication token")
+        if caller.generation is None:
+            return  # an in-process caller built without a value (benchmarks): existence checked
+        if not token.accepts(caller.generation, now):
+            raise Unauthenticated("invalid authentication token")
+        if token.generation != caller.generation and not caller.is_jwt:
+            raise Forbidden(GRACE_REFUSAL)
+
+    def _admin_token_id(self, workspace_id: str) -> str | None:
+        try:
+            return self.workspace(workspace_id).admin_token_id
+        except NotFound:
+            return None
 
     def _checked_scopes(
         self, caller: Caller, texts: Sequence[str] | None, allow_empty: bool = False

@@ -85,15 +85,20 @@ class Token(Aggregate):
             token.description = self.description
 
     class Refreshed(Event):
-        """A new generation; the previous one keeps working for `grace_seconds` (0: stops now)."""
+        """A new generation; the previous one keeps working for `grace_seconds` (0: stops now).
+
+        Grace is per generation: each refreshed-out generation keeps its own window to its end,
+        whatever refreshes follow (`Token.grace`)."""
 
         TOPIC = "tokentrail.token.Refreshed.v1"
         generation: str
         grace_seconds: int
 
         def apply(self, token: "Token") -> None:
+            at = clock.to_micros(self.timestamp)
             token.previous_generation = token.generation
-            token.previous_valid_until = clock.to_micros(self.timestamp) + self.grace_seconds * 1_000_000
+            token.previous_valid_until = at + self.grace_seconds * 1_000_000
+            token.grace = grace_after_refresh(token.grace, token.generation, at, self.grace_seconds)
             token.generation = self.generation
 
     class Deleted(Event):
@@ -121,6 +126,9 @@ class Token(Aggregate):
         self.generation = generation
         self.previous_generation: str | None = None
         self.previous_valid_until = 0
+        # Generations refreshed out with a grace window still open at the last refresh, with the
+        # instant (µs) each stops working. Pruned of ended windows on every refresh.
+        self.grace: dict[str, int] = {}
         self.deleted = False
 
     @classmethod
@@ -160,12 +168,22 @@ class Token(Aggregate):
             self.trigger_event(self.Deleted, actor=actor)
 
     def accepts(self, generation: str, now_micros: int) -> bool:
-        """Is a value of this generation valid now (current, or previous inside its grace)?"""
+        """Is a value of this generation valid now (current, or refreshed out inside its grace)?"""
         if self.deleted:
             return False
         if generation == self.generation:
             return True
-        return generation == self.previous_generation and now_micros < self.previous_valid_until
+        return now_micros < self.grace.get(generation, 0)
+
+
+def grace_after_refresh(grace: dict[str, int], retired: str, at: int, grace_seconds: int) -> dict[str, int]:
+    """The grace windows after a refresh at `at` (µs) that retires generation `retired`: ended
+    windows are dropped, the others keep their own end, and `retired` gets one if `grace_seconds`.
+    Shared by the aggregate and the read model, so both hold exactly the same map."""
+    kept = {g: until for g, until in grace.items() if until > at}
+    if grace_seconds > 0:
+        kept[retired] = at + grace_seconds * 1_000_000
+    return kept
 
 
 # ---------------------------------------------------------------------------------------------

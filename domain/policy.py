@@ -28,7 +28,9 @@ class Caller:
 
     `workspace_id` is the realm the caller's token belongs to (a user's id for a user token).
     `in_grace` is true for a refreshed-out value still inside its grace window: it authenticates
-    for its scopes and for nothing else.
+    for its scopes and for nothing else. `generation` is the generation of the value it
+    authenticated with (for a JWT: of the admin value that signed it), so that a write can check
+    that value against the store in its own attempt.
     """
 
     workspace_id: str
@@ -39,6 +41,7 @@ class Caller:
     origin: str = "api"
     deployment_id: str | None = None
     is_jwt: bool = False
+    generation: str | None = None
     in_grace: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -277,10 +280,13 @@ def authorize(caller: Caller, op: Op, token: TokenFacts | None = None) -> None:
         raise Forbidden(refusal(role_of(caller), op, target_of(caller, token, op)))
 
 
+GRACE_REFUSAL = "a value inside its grace window after a refresh only authenticates for its scopes"
+
+
 def refusal(role: Role, op: Op, target: Target) -> str:
     """Why `role` may not `op` a `target`: the message a caller reads."""
     if role is Role.GRACE:
-        return "a value inside its grace window after a refresh only authenticates for its scopes"
+        return GRACE_REFUSAL
     if role is Role.JWT and op is not Op.INTROSPECT:
         return "a JWT cannot do this: it only reads the resources it was issued for"
     if op is Op.DEPLOY and target is Target.PRIVILEGED:

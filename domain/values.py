@@ -44,8 +44,8 @@ class TokenSigner:
     """Makes and checks token values with the server key (which never enters the database)."""
 
     def __init__(self, key: bytes, host: str | None = None) -> None:
-        if len(key) < 16:
-            raise ValueError("the server key must be at least 16 bytes")
+        if len(key) < 32:
+            raise ValueError("the server key must be at least 32 bytes")
         self._key = key
         self.host = host
 

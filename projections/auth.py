@@ -19,7 +19,7 @@ from domain import clock
 from domain.errors import LedgerError, Unauthenticated
 from domain.policy import Caller
 from domain.scopes import Scope, scope_from_parts
-from domain.values import TokenSigner
+from domain.values import TokenSigner, ValueClaims
 from projections.queries import Queries, TokenRow, WorkspaceRow
 
 CACHE_SIZE = 100_000
@@ -76,6 +76,10 @@ class Authenticator:
 
     def token_row(self, value: str) -> TokenRow | None:
         """The token a static value designates, if the value is currently valid."""
+        found = self._valid(value)
+        return found[0] if found else None
+
+    def _valid(self, value: str) -> tuple[TokenRow, ValueClaims] | None:
         claims = self.signer.read(value)
         if claims is None:
             return None
@@ -84,18 +88,19 @@ class Authenticator:
             return None
         if not row.accepts(claims.generation, clock.to_micros(clock.now())):
             return None
-        return row
+        return row, claims
 
     def _static(self, value: str, context: dict[str, Any]) -> Caller:
-        claims = self.signer.read(value)
-        row = self.token_row(value)
-        if row is None or claims is None:
+        found = self._valid(value)
+        if found is None:
             raise Unauthenticated("invalid authentication token")
+        row, claims = found
         return Caller(
             workspace_id=row.workspace_id,
             token_id=row.id,
             name=row.name,
             scopes=row.parsed_scopes,
+            generation=claims.generation,
             in_grace=claims.generation != row.generation,
             **context,
         )
@@ -119,11 +124,11 @@ class Authenticator:
         if admin is None or admin.deleted:
             raise invalid
         now = clock.to_micros(clock.now())
-        keys = [admin.generation]
-        if admin.previous_generation and now < admin.previous_valid_until:
-            keys.append(admin.previous_generation)
+        # A JWT is signed with the admin value of one generation and lives exactly as long as that
+        # generation is accepted: current, or inside its own grace window.
         claims = None
-        for generation in keys:
+        jwt_generation = None
+        for generation in admin.accepted_generations(now):
             secret = self.signer.make(workspace_id, admin.id, generation)
             try:
                 claims = pyjwt.decode(
@@ -134,6 +139,7 @@ class Authenticator:
                     # `iat` is informational, as on Tinybird: one in the future is not refused.
                     options={"require": ["exp"], "verify_exp": False, "verify_iat": False},
                 )
+                jwt_generation = generation
                 break
             except pyjwt.PyJWTError:
                 continue
@@ -152,6 +158,8 @@ class Authenticator:
             name=str(claims.get("name", "jwt"))[:256],
             scopes=_jwt_scopes(claims.get("scopes")),
             is_jwt=True,
+            generation=jwt_generation,
+            in_grace=jwt_generation != admin.generation,
             extra={"exp": claims.get("exp"), "limits": claims.get("limits")},
             **context,
         )

@@ -397,6 +397,7 @@ def _version_row(row: Any) -> TokenRow:
         previous_generation=None,
         previous_valid_until=0,
         deleted=False,
+        grace=(),
         created_at=row["valid_from"],
         updated_at=row["valid_from"],
     )

@@ -19,7 +19,7 @@ from sqlalchemy import Engine, select
 
 from domain import clock
 from domain.ledger import Ledger
-from domain.model import DeploymentLog, Jwt, Token, TokenName, User, Workspace, WorkspaceName
+from domain.model import DeploymentLog, Jwt, Token, TokenName, User, Workspace, WorkspaceName, grace_after_refresh
 from domain.scopes import read_scope
 from projections import schema as s
 from projections.chain import GENESIS, event_bytes, next_hash
@@ -396,6 +396,7 @@ class Projector:
                 "generation": event.generation,
                 "previous_generation": None,
                 "previous_valid_until": 0,
+                "grace": "{}",
                 "created_at": at,
                 "created_position": n.id,
                 "updated_at": at,
@@ -433,6 +434,10 @@ class Projector:
             self._open_generation(batch, token, seq + 1, at, event.grace_seconds)
             token["previous_generation"] = token["generation"]
             token["previous_valid_until"] = clock.to_micros(event.timestamp) + event.grace_seconds * 1_000_000
+            token["grace"] = _grace_json(grace_after_refresh(
+                json.loads(token["grace"] or "{}"), token["generation"], clock.to_micros(event.timestamp),
+                event.grace_seconds,
+            ))
             token["generation"] = event.generation
             if token["kind"] == "default" and "ADMIN" in before:
                 # JWTs are signed with the admin token's value: they die with its generation.
@@ -678,6 +683,10 @@ class Projector:
         )
         insert(s.audit, batch.audit_rows)
         insert(s.audit_resources, batch.audit_resources)
+
+
+def _grace_json(grace: dict[str, int]) -> str:
+    return json.dumps(dict(sorted(grace.items())), separators=(",", ":"))
 
 
 def _jwt_scope_string(scope: dict[str, Any]) -> str:

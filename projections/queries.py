@@ -22,6 +22,13 @@ def origin_of(row: Any) -> dict[str, Any]:
     return origin
 
 
+def grace_pairs(text: str | None) -> tuple[tuple[str, int], ...]:
+    """The `grace` column (a JSON object generation -> valid until, µs) as sorted pairs."""
+    if not text:
+        return ()
+    return tuple(sorted((str(g), int(until)) for g, until in json.loads(text).items()))
+
+
 @dataclass(frozen=True)
 class TokenRow:
     id: str
@@ -37,6 +44,9 @@ class TokenRow:
     deleted: bool
     created_at: int
     updated_at: int
+    # (generation, valid until µs) of every generation refreshed out with a grace window that
+    # was still open at the token's last refresh: each keeps its own window to its end.
+    grace: tuple[tuple[str, int], ...] = ()
 
     @cached_property
     def parsed_scopes(self) -> tuple[Scope, ...]:
@@ -54,7 +64,13 @@ class TokenRow:
             return False
         if generation == self.generation:
             return True
-        return generation == self.previous_generation and now_micros < self.previous_valid_until
+        return any(g == generation and now_micros < until for g, until in self.grace)
+
+    def accepted_generations(self, now_micros: int) -> list[str]:
+        """The generations whose values are valid now: the current one first, then those in grace."""
+        if self.deleted:
+            return []
+        return [self.generation] + [g for g, until in self.grace if now_micros < until]
 
     @classmethod
     def from_row(cls, row: Any) -> "TokenRow":
@@ -72,6 +88,7 @@ class TokenRow:
             deleted=bool(row["deleted"]),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            grace=grace_pairs(row["grace"]),
         )
 
 

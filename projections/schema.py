@@ -65,6 +65,9 @@ tokens = Table(
     Column("generation", String(64), nullable=False),
     Column("previous_generation", String(64)),
     Column("previous_valid_until", BigInteger, nullable=False),
+    # JSON object generation -> valid until (µs) of the generations still in grace at the last
+    # refresh: each refreshed-out value keeps its own window (previous_* only hold the latest).
+    Column("grace", Text, nullable=False, server_default="{}"),
     Column("created_at", BigInteger, nullable=False),
     Column("created_position", BigInteger, nullable=False),
     Column("updated_at", BigInteger, nullable=False),
@@ -211,6 +214,16 @@ console_sessions = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("last_seen_at", BigInteger, nullable=False),
     Index("ix_tt_console_sessions_last_seen", "last_seen_at"),
+)
+
+# Facts about the installation, not derived from the log (never rebuilt or dropped): the
+# fingerprint of the server key that signs token values (`key_fingerprint`), never the key.
+meta = Table(
+    "tt_meta",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
 )
 
 READ_MODEL_TABLES = (

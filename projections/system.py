@@ -14,16 +14,22 @@ requests share one query (a request reuses a check that started after it arrived
 from __future__ import annotations
 
 import os
+import secrets
+import socket
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+from eventsourcing.persistence import InterfaceError as StoreInterfaceError
 from eventsourcing.persistence import Notification
+from eventsourcing.persistence import OperationalError as StoreOperationalError
+from sqlalchemy.exc import InterfaceError as SQLInterfaceError
+from sqlalchemy.exc import OperationalError as SQLOperationalError
 from sqlalchemy.exc import SQLAlchemyError
 
-from domain.errors import LedgerError, ProjectionFailed
+from domain.errors import LedgerError, ProjectionFailed, StoreUnavailable
 from domain.ledger import Change, Ledger
 from domain.values import TokenSigner
 from projections import keys
@@ -34,6 +40,9 @@ from projections.projector import Projector
 from projections.queries import Queries
 
 T = TypeVar("T")
+
+# What a store that is down, unreachable or timing out raises (not a projection's own bug).
+_UNREACHABLE = (StoreOperationalError, StoreInterfaceError, SQLOperationalError, SQLInterfaceError)
 
 
 class System:
@@ -50,12 +59,17 @@ class System:
         self.data_dir = Path(data) if data is not None else data_dir(env)
         self.database = Database(url or database_url(env))
         self.environ = env
-        self.signer = TokenSigner(keys.server_key(self.data_dir, env), host=host)
+        key = keys.server_key(self.data_dir, env)
+        self.signer = TokenSigner(key, host=host)
         self.ledger = Ledger(env=self.database.eventsourcing_env(), signer=self.signer)
         self.write_engine = self.database.engine(writer=True)
         self.read_engine = self.database.engine(writer=False)
         if migrate:
             upgrade(self.write_engine)
+        # One key per store: a server with another key would hand out values the others refuse.
+        self.key_fingerprint = keys.check_fingerprint(
+            self.write_engine, key, rotate=env.get("TOKENTRAIL_ROTATE_KEY", "").lower() in ("1", "true", "yes")
+        )
         self.projector = Projector(self.ledger, self.write_engine, self.database.backend)
         self.queries = Queries(self.read_engine)
         self.auth = Authenticator(self.queries, self.signer)
@@ -97,11 +111,18 @@ class System:
         return result
 
     def sync(self, until: int | None = None) -> int:
-        head = until if until is not None else self._head.position()
-        if head <= self._seen:
-            return self._seen
-        self.projector.catch_up(until=head)
-        self._evict_through(head)
+        """Catch the read models and the auth cache up to the log's head (or `until`).
+
+        A store that cannot be reached is `StoreUnavailable` (503): a server that cannot prove
+        its view is fresh refuses rather than answer from stale state."""
+        try:
+            head = until if until is not None else self._head.position()
+            if head <= self._seen:
+                return self._seen
+            self.projector.catch_up(until=head)
+            self._evict_through(head)
+        except _UNREACHABLE as error:
+            raise StoreUnavailable("the store cannot be reached; try again shortly") from error
         return head
 
     def fresh(self) -> bool:
@@ -165,13 +186,31 @@ class _LogHead:
 
     `known()` answers without any I/O, or says it cannot (None). On SQLite it is as exact as
     `position()`. On PostgreSQL it relies on the NOTIFY that the event store sends with every
-    insert: a thread LISTENs, and while no notification has arrived since the last query, the head
-    is known. A write by another process is then seen once its notification is delivered
-    (milliseconds); while the listening connection is down, `known()` says None and every caller
-    queries. The listener starts on the first `known()` call (a server's), not for CLI commands.
+    insert: a thread LISTENs, and while no notification has arrived since the last query, the
+    head is known, but only while the listening connection proves it is live.
+
+    Liveness is proved through the connection itself, not by the thread being alive: every
+    `HEARTBEAT_NS` the listener sends a NOTIFY on a channel of its own and, when that notification
+    comes back, records the instant it was sent. PostgreSQL delivers notifications to a listener
+    in commit order, so receiving our heartbeat sent at S proves that every insert committed
+    before S has been notified to us (and counted). `known()` answers only while the last
+    heartbeat that came back was sent less than `LIVENESS_NS` ago; hence:
+
+      a request that arrives more than LIVENESS_NS (0.5 s) after a commit (by any process) either
+      has that commit's notification counted, and queries the store, or finds no fresh heartbeat,
+      and queries the store. Either way it sees the commit.
+
+    Inside that half second a request may still be answered from the state before the commit
+    while the notification is in flight (typically a few milliseconds). A connection that stalls
+    (socket open, no traffic: a NAT or firewall idle timeout) stops returning heartbeats, so
+    `known()` says None within LIVENESS_NS and every caller queries; a watchdog shuts the stalled
+    socket down after `STALL_NS` so that the listener reconnects. The listener starts on the first
+    `known()` call (a server's), not for CLI commands.
     """
 
-    LIVENESS_NS = 3_000_000_000  # a listener silent for longer than this is presumed dead
+    HEARTBEAT_NS = 250_000_000  # how often the listener proves its connection
+    LIVENESS_NS = 500_000_000  # a heartbeat older than this: the head is not known, query
+    STALL_NS = 2_000_000_000  # no heartbeat back for this long: drop the connection, reconnect
 
     def __init__(self, system: System) -> None:
         self._system = system
@@ -184,7 +223,9 @@ class _LogHead:
         # PostgreSQL: notifications counted by the listener; the count seen before the last query.
         self._notified = 0
         self._checked = -1
-        self._alive = 0  # monotonic time the listener last reported in
+        self._alive = 0  # monotonic send time of the last heartbeat that came back
+        self._connected = 0  # monotonic time the current listening connection was opened
+        self._socket_fd: int | None = None
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
         if system.backend == "sqlite":
@@ -223,24 +264,39 @@ class _LogHead:
         finally:
             self._lock.release()
 
+    @property
+    def listener_live(self) -> bool:
+        """Did a heartbeat come back through the listening connection within LIVENESS_NS?"""
+        return time.monotonic_ns() - self._alive <= self.LIVENESS_NS
+
     def _known_by_notifications(self) -> int | None:
         if self._listener is None:
             with self._lock:
                 if self._listener is None and not self._stop.is_set():
                     self._listener = threading.Thread(target=self._listen, name="tokentrail-log-listener", daemon=True)
                     self._listener.start()
+                    threading.Thread(target=self._watchdog, name="tokentrail-log-watchdog", daemon=True).start()
             return None
-        if self._notified != self._checked or time.monotonic_ns() - self._alive > self.LIVENESS_NS:
+        if self._notified != self._checked or not self.listener_live:
             return None
         return self._value
 
+    def _listen_env(self) -> dict[str, str]:
+        """Where the LISTEN connection goes: TOKENTRAIL_LISTEN_URL if set (say, straight to
+        PostgreSQL when the pool goes through a transaction-pooling proxy), else the store's URL."""
+        url = self._system.environ.get("TOKENTRAIL_LISTEN_URL")
+        return (Database(url) if url else self._system.database).eventsourcing_env()
+
     def _listen(self) -> None:
         import psycopg
+        from psycopg import sql
 
-        env = self._system.database.eventsourcing_env()
+        env = self._listen_env()
         channel = getattr(self._recorder, "channel_name", None)
         if not channel:
             return
+        heartbeat = f"tokentrail_hb_{os.getpid()}_{secrets.token_hex(4)}"
+        sent: dict[str, int] = {}
         while not self._stop.is_set():
             try:
                 with psycopg.connect(
@@ -248,24 +304,63 @@ class _LogHead:
                     user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"] or None, autocommit=True,
                     connect_timeout=5,
                 ) as conn:
-                    conn.execute(psycopg.sql.SQL("LISTEN {}").format(psycopg.sql.Identifier(channel)))
+                    self._connected = time.monotonic_ns()
+                    self._socket_fd = conn.fileno()
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(heartbeat)))
                     self._notified += 1  # anything before LISTEN is unknown: the next caller queries
+                    notify = sql.SQL("NOTIFY {}, {}")
                     while not self._stop.is_set():
-                        self._alive = time.monotonic_ns()
-                        for _ in conn.notifies(timeout=0.5):
-                            self._notified += 1
-                            self._alive = time.monotonic_ns()
-            except Exception:  # noqa: BLE001 - down: callers query until it is back
+                        beat = time.monotonic_ns()
+                        if len(sent) > 64:  # heartbeats that never came back
+                            sent.clear()
+                        sent[str(beat)] = beat
+                        # Blocks on a stalled connection: then no heartbeat comes back, `known()`
+                        # says None, and the watchdog breaks the socket.
+                        conn.execute(notify.format(sql.Identifier(heartbeat), sql.Literal(str(beat))))
+                        remaining = (beat + self.HEARTBEAT_NS - time.monotonic_ns()) / 1e9
+                        # Notifications that arrived during the NOTIFY are queued: yielded here,
+                        # in the order PostgreSQL delivered them (commit order).
+                        for note in conn.notifies(timeout=max(remaining, 0.001)):
+                            if note.channel == heartbeat:
+                                came_back = sent.pop(note.payload, None)
+                                if came_back is not None and came_back > self._alive:
+                                    self._alive = came_back
+                            else:
+                                self._notified += 1
+            except Exception:  # noqa: BLE001 - down or stalled: callers query until it is back
                 self._alive = 0
                 self._notified += 1
-                self._stop.wait(1.0)
+                self._stop.wait(0.5)
+            finally:
+                self._socket_fd = None
+
+    def _watchdog(self) -> None:
+        """Break a listening connection that stopped returning heartbeats (the thread is then
+        stuck in a read that would never end): the listener sees the error and reconnects."""
+        while not self._stop.wait(self.HEARTBEAT_NS / 1e9):
+            fd = self._socket_fd
+            now = time.monotonic_ns()
+            if fd is None or now - max(self._alive, self._connected) < self.STALL_NS:
+                continue
+            try:
+                stuck = socket.socket(fileno=os.dup(fd))
+            except OSError:
+                continue
+            try:
+                stuck.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            finally:
+                stuck.close()
+            self._connected = now  # give the next connection its own STALL_NS
 
     def close(self) -> None:
         self._stop.set()
         if self._watch is not None:
             self._watch.close()
-        # The listener sees the stop flag within half a second and closes its connection; no
-        # need to hold up the caller for it (it is a daemon thread).
+        # The listener sees the stop flag within a heartbeat and closes its connection; no need
+        # to hold up the caller for it (it is a daemon thread).
 
 
 __all__ = ["System", "Change"]

@@ -78,14 +78,16 @@ class Served:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def serve(database_url: str, data_dir: Path, secret: str, log: Path, *, extra: list[str] | None = None) -> Served:
-    """Start `tokentrail serve` on a free port; return when it answers GET /v0/regions."""
+def serve(database_url: str, data_dir: Path, secret: str, log: Path, *, extra: list[str] | None = None,
+          env: dict[str, str] | None = None) -> Served:
+    """Start `tokentrail serve` on a free port; return when it answers GET /v0/regions.
+    `env`: more variables for the server (say TOKENTRAIL_LISTEN_URL)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with log.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *(extra or [])],
-            cwd=ROOT, env=server_env(database_url, data_dir, secret), stdout=out, stderr=subprocess.STDOUT,
+            cwd=ROOT, env={**server_env(database_url, data_dir, secret), **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
     served = Served(url, process, log)

@@ -577,7 +577,7 @@ def test_secret_checks_are_constant_time_by_inspection() -> None:
 
     assert "compare_digest" in inspect.getsource(HMACAlgorithm.verify)
     # A value's generation is compared only after its HMAC verified: it is no secret by then.
-    auth_source = inspect.getsource(__import__("projections.auth", fromlist=["x"]).Authenticator.token_row)
+    auth_source = inspect.getsource(__import__("projections.auth", fromlist=["x"]).Authenticator._valid)
     assert auth_source.index("self.signer.read(value)") < auth_source.index("row.accepts(")
 
 

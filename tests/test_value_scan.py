@@ -93,7 +93,7 @@ def session(client: httpx.Client | TestClient, admin: str, issued: Issued, prefi
     _ok(client.put(f"/v0/tokens/{reader['token']}", params={"token": manager["token"], "description": "x",
                                                                "scope": "DATASOURCES:READ:events:a>1"}), issued)
     _ok(client.post(f"/v0/tokens/{reader['token']}/refresh", params={"token": admin, "grace_seconds": 30}), issued)
-    _ok(client.post(f"/v0/tokens/{prefix}%20reader/refresh", params={"token": reader["token"]}), issued)  # itself
+    _ok(client.post(f"/v0/tokens/{prefix}%20reader/refresh", params={"token": admin}), issued)  # by name
     _ok(client.get("/v0/auth", params={"token": reader["token"], "permission": "PIPES:READ:top"}), issued)
     expires = int(time.time()) + 3600
     jwt = _ok(client.post("/v0/tokens", params={"token": manager["token"], "name": f"{prefix} jwt",
@@ -114,6 +114,7 @@ def session(client: httpx.Client | TestClient, admin: str, issued: Issued, prefi
         ("GET", "/v0/tokens", {"token": feed["token"]}),
         ("PUT", f"/v0/tokens/{reader['token']}", {"token": admin, "scope": "AUTH"}),
         ("POST", "/v0/tokens", {"token": reader["token"], "name": "x", "scope": "ADMIN"}),
+        ("POST", f"/v0/tokens/{prefix}%20reader/refresh", {"token": reader["token"]}),  # itself: not a manager
         ("GET", f"/v0/tokens/{jwt['token']}", {"token": admin}),
         ("DELETE", f"/v0/tokens/{admin}", {"token": manager["token"]}),
     ]:

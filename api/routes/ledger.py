@@ -11,6 +11,7 @@ from typing import Any, Iterator
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from api.heavy import RenderedInThread
 from api.deps import caller, get_system, params
 from api.schemas import path_param, query_param, responses
 from api.wire import Params
@@ -24,7 +25,7 @@ from projections.queries import TokenRow
 from projections.system import System
 from projections.verify import make_checkpoint, verify_chain, workspace_view
 
-router = APIRouter(tags=["ledger"])
+router = APIRouter(tags=["ledger"], route_class=RenderedInThread)
 CSV_COLUMNS = (
     "position", "at", "type", "workspace_id", "token_id", "token_name", "actor_token_id", "actor_name",
     "request_id", "origin", "deployment_id", "scopes_before", "scopes_after", "hash",

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from api import present
+from api.heavy import RenderedInThread
 from api.deps import caller, get_system, params, read_body
 from api.schemas import (
     JwtRequestSchema,
@@ -35,7 +36,7 @@ from projections.auth import MAX_JWT_LENGTH
 from projections.queries import TokenRow
 from projections.system import System
 
-router = APIRouter(tags=["tokens"])
+router = APIRouter(tags=["tokens"], route_class=RenderedInThread)
 MAX_JWT_TTL = 10 * 365 * 86_400
 
 # OpenAPI declarations of the parameters the handlers read from the raw query string.
@@ -201,7 +202,11 @@ def refresh_get() -> None:
 @router.post(
     "/v0/tokens/{ref:path}/refresh",
     summary="Give a token a new value (same id)",
-    description="The previous value stops working at once, or after `grace_seconds`.",
+    description=(
+        "Needs ADMIN or TOKENS (a token cannot refresh itself otherwise). The previous value stops "
+        "working at once, or after `grace_seconds`; meanwhile it only authenticates (it cannot "
+        "manage tokens, refresh, issue JWTs or deploy). Each refreshed-out value keeps its own grace."
+    ),
     response_model=None,
     openapi_extra={
         "parameters": [
