@@ -14,6 +14,7 @@ import re
 import time
 import unicodedata
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 from uuid import UUID
@@ -23,7 +24,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 
 from domain import clock
-from domain.errors import Conflict, InvalidInput, NameTaken, NotFound, ScopeError
+from domain.errors import Conflict, InvalidInput, NameTaken, NotFound, ScopeError, StoreUnavailable
 from domain.datafiles import parse_project
 from domain.deploy import CreateToken, CurrentToken, DeleteToken, ModifyToken, Plan, plan_deployment
 from domain.model import (
@@ -49,6 +50,10 @@ MAX_DESCRIPTION_LENGTH = 2048
 MAX_SCOPES = 256
 MAX_GRACE_SECONDS = 7 * 86_400
 MAX_ATTEMPTS = 10
+# A write command (all its attempts) prepares its change within this many seconds or writes nothing.
+# The largest deployment accepted (MAX_DEPLOY_TOKENS) prepares in well under half of it.
+COMMAND_SECONDS = 25.0
+_DEADLINE: ContextVar[float | None] = ContextVar("tokentrail_command_deadline", default=None)
 DEFAULT_TOKEN_NAMES = ("admin token", "create datasource token")
 USER_TOKEN_NAME = "user token"
 ORIGIN_TYPES = {"C", "DS", "P"}
@@ -542,23 +547,55 @@ class Ledger(Application[UUID]):
         return uuid.uuid4()
 
     def _save(self, aggregates: Sequence[Aggregate]) -> int:
+        deadline = _DEADLINE.get()
+        if deadline is not None and time.monotonic() > deadline:
+            # The caller may have given up long ago: never commit a change this late.
+            raise StoreUnavailable(
+                f"the change could not be prepared within {COMMAND_SECONDS:g} s (the store is busy); "
+                "nothing was written, try again"
+            )
         recordings = self.save(*aggregates)
         return max((r.notification.id for r in recordings), default=0)
 
     def _retrying(self, attempt: Callable[[], Any]) -> Any:
-        for n in range(MAX_ATTEMPTS):
-            try:
-                with clock.one_instant():
-                    return attempt()
-            except IntegrityError:
-                # Another writer saved one of our aggregates first: read again and retry, backing
-                # off exponentially (with full jitter) so that contending writers spread out.
-                time.sleep(random.uniform(0, min(0.2, 0.004 * 2**n)))
-            except OperationalError as error:
-                if "lock" not in str(error).lower() and "timeout" not in str(error).lower():
-                    raise
-                time.sleep(random.uniform(0, 0.01 * (n + 1)))
+        """Run `attempt`, again after a lost race or a lock wait, within COMMAND_SECONDS in all.
+
+        No attempt starts, and nothing is saved, once COMMAND_SECONDS have passed since the command
+        began: a change is committed while its caller can still be waiting for the answer, or not
+        at all."""
+        deadline = time.monotonic() + COMMAND_SECONDS
+        token = _DEADLINE.set(deadline)
+        try:
+            busy = False
+            for n in range(MAX_ATTEMPTS):
+                try:
+                    with clock.one_instant():
+                        return attempt()
+                except IntegrityError:
+                    # Another writer saved one of our aggregates first: read again and retry, backing
+                    # off exponentially (with full jitter) so that contending writers spread out.
+                    busy = False
+                    pause = random.uniform(0, min(0.2, 0.004 * 2**n))
+                except OperationalError as error:
+                    if not _waited_for_lock(error):
+                        raise
+                    busy = True
+                    pause = random.uniform(0, 0.01 * (n + 1))
+                if time.monotonic() + pause >= deadline:
+                    break
+                time.sleep(pause)
+        finally:
+            _DEADLINE.reset(token)
+        if busy:
+            raise StoreUnavailable("the store stayed locked by other writers; nothing was written, try again")
         raise Conflict("The token was changed concurrently by another request; try again")
+
+
+def _waited_for_lock(error: Exception) -> bool:
+    """A lock wait that timed out (PostgreSQL's lock_timeout, SQLite's busy timeout): worth a retry.
+    A statement that ran out of time, or a lost connection, is not."""
+    text = str(error).lower()
+    return "lock" in text and "statement timeout" not in text
 
 
 def now_micros() -> int:
