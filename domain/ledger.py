@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 
@@ -416,8 +416,13 @@ class Ledger(Application[UUID]):
                 return Deployed(plan, None, 0)
             actor = caller.for_deployment(deployment_id).actor()
             touched: list[Aggregate] = []
+            # Every aggregate the steps touch, read at once (one query per thousand on PostgreSQL).
+            known = self._get_many(
+                [token_name_id(workspace_id, step.name) for step in plan.steps if isinstance(step, CreateToken)]
+                + [UUID(step.token_id) for step in plan.steps if not isinstance(step, CreateToken)]
+            )
             for step in plan.steps:
-                touched += self._apply_step(workspace_id, step, actor, caller)
+                touched += self._apply_step(workspace_id, step, actor, caller, known)
             paths = sorted(files)
             if log is None:
                 log = DeploymentLog.start(workspace_id, deployment_id, plan.token_changes, paths, actor)
@@ -427,9 +432,11 @@ class Ledger(Application[UUID]):
 
         return self._retrying(attempt)
 
-    def _apply_step(self, workspace_id: str, step: Any, actor: dict[str, Any], caller: Caller) -> list[Aggregate]:
+    def _apply_step(
+        self, workspace_id: str, step: Any, actor: dict[str, Any], caller: Caller, known: dict[UUID, Any]
+    ) -> list[Aggregate]:
         if isinstance(step, CreateToken):
-            index = self._get_or_none(token_name_id(workspace_id, step.name))
+            index = known.get(token_name_id(workspace_id, step.name))
             if index is not None and index.token_id is not None:
                 # Taken since the plan was made (say by a concurrent deployment): re-plan.
                 raise IntegrityError(f'token name "{step.name}" was taken while the deployment was planned')
@@ -442,7 +449,8 @@ class Ledger(Application[UUID]):
             else:
                 index.claim(str(token.id), actor)
             return [token, index]
-        token = self._token_or_none(step.token_id)
+        token = known.get(UUID(step.token_id))
+        token = token if isinstance(token, Token) else None
         if token is None or token.deleted or token.kind != "datafile" or token.workspace_id != workspace_id:
             raise IntegrityError(f'token "{step.name}" changed while the deployment was planned')  # re-plan
         # e.g. ADMIN added by hand: not for a TOKENS caller
@@ -542,6 +550,19 @@ class Ledger(Application[UUID]):
             return self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
+
+    def _get_many(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, Any]:
+        """Aggregates by id (None for those that do not exist), read in bulk when the recorder
+        can (PostgreSQL), else one by one."""
+        select_many = getattr(self.recorder, "select_events_of", None)
+        if select_many is None:
+            return {i: self._get_or_none(i) for i in aggregate_ids}
+        stored = select_many(aggregate_ids)
+        found: dict[UUID, Any] = {}
+        for aggregate_id in aggregate_ids:
+            events = [self.mapper.to_domain_event(e) for e in stored.get(aggregate_id, ())]
+            found[aggregate_id] = project_aggregate(None, events) if events else None
+        return found
 
     def _new_token_id(self) -> UUID:
         return uuid.uuid4()

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence, TypeVar
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
+from psycopg.sql import SQL, Identifier
 
 T = TypeVar("T")
 
@@ -128,6 +129,29 @@ class Recorder(PostgresApplicationRecorder):
 
     def max_notification_id(self) -> Any:
         return self._bounded(lambda: _unwrapped(PostgresApplicationRecorder.max_notification_id)(self))
+
+    def select_events_of(self, originator_ids: Sequence[Any]) -> dict[Any, list[StoredEvent]]:
+        """The stored events of many aggregates, by id, in version order: one query per thousand
+        ids instead of one each (a deployment of 10,000 tokens reads 10,000 name indexes)."""
+        found: dict[Any, list[StoredEvent]] = {}
+        statement = SQL("SELECT * FROM {0}.{1} WHERE originator_id = ANY(%s) "
+                        "ORDER BY originator_id, originator_version").format(
+            Identifier(self.datastore.schema), Identifier(self.events_table_name))
+        ids = list(originator_ids)
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start:start + 1000]
+
+            def select(chunk: list[Any] = chunk) -> list[dict[str, Any]]:
+                with self.datastore.get_connection() as conn, conn.cursor() as curs:
+                    curs.execute(statement, (chunk,))
+                    return curs.fetchall()
+
+            for row in self._bounded(select):
+                found.setdefault(row["originator_id"], []).append(StoredEvent(
+                    originator_id=row["originator_id"], originator_version=row["originator_version"],
+                    topic=row["topic"], state=bytes(row["state"]),
+                ))
+        return found
 
     def create_table(self) -> None:
         """Create the events table, its row type and function once, whatever starts alongside."""
