@@ -44,6 +44,7 @@ LOCK_TIMEOUT = 5  # waiting for the events table's lock (another writer's insert
 IDLE_IN_TRANSACTION_TIMEOUT = 10  # a transaction left open by a stalled client is ended by the server
 CONNECT_TIMEOUT = 3
 POOL_WAIT_SECONDS = 3
+DOWN_SECONDS = 1.0  # after a vain wait for a connection, calls fail at once for this long
 RECONNECT_GIVE_UP_SECONDS = 5  # the pool's background reconnection backs off no longer than this
 CREATE_LOCK_KEY = 0x74746576  # "ttev": the advisory lock held while the event tables are created
 
@@ -97,6 +98,8 @@ def is_connection_error(error: BaseException) -> bool:
 
 class Recorder(PostgresApplicationRecorder):
     """The library's application recorder, without pipeline mode and with bounded retries."""
+
+    _down: tuple[float, str] = (0.0, "")  # (monotonic time until which the store is taken as down, why)
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         committing = False
@@ -170,15 +173,30 @@ class Recorder(PostgresApplicationRecorder):
         self.datastore.register_type_adapters()
 
     def _bounded(self, call: Callable[[], T], retry_if: Callable[[], bool] = lambda: True) -> T:
-        """Run `call`; after a broken connection, drop the pool's dead connections and try once more."""
+        """Run `call`; after a broken connection, drop the pool's dead connections and try once more.
+
+        Once a caller has waited the pool's full time in vain, the store is taken to be down for
+        DOWN_SECONDS: calls meanwhile fail at once instead of each waiting in turn (requests queued
+        behind one lock would otherwise wait 3 s, 6 s, 9 s...)."""
+        down_until, reason = self._down
+        if time.monotonic() < down_until:
+            raise OperationalError(f"the database is unavailable: {reason}")
         started = time.monotonic()
         try:
-            return call()
+            return self._watched(call)
         except (InterfaceError, OperationalError) as error:
             if not (is_connection_error(error) and retry_if()) or time.monotonic() - started > POOL_WAIT_SECONDS:
                 raise
             self.datastore.pool.check()  # an outage leaves every idle connection broken
+            return self._watched(call)
+
+    def _watched(self, call: Callable[[], T]) -> T:
+        try:
             return call()
+        except OperationalError as error:
+            if "couldn't get a connection" in str(error).lower():
+                self._down = (time.monotonic() + DOWN_SECONDS, reason(error))
+            raise
 
 
 def _unwrapped(method: Any) -> Any:

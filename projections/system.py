@@ -152,6 +152,10 @@ class System:
             head = self.ledger.recorder.max_notification_id() or 0
             projected = self.projector.tracked_position()
         except Exception as error:  # noqa: BLE001 - any failure to answer is the reason to report
+            try:
+                self.database.probe()  # a fresh connection says why (refused, closed, no such database)
+            except StoreUnavailable as down:
+                raise StoreUnavailable(f"the database does not answer: {down.message}") from None
             raise StoreUnavailable(f"the database does not answer: {pgstore.reason(error)}") from None
         return {"head": head, "projected": projected}
 

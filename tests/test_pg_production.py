@@ -346,6 +346,22 @@ def proxy() -> Iterator[Proxy]:
     p.stop()
 
 
+def run_concurrently(count: int, call: Any) -> list[Any]:
+    results: list[Any] = [None] * count
+    barrier = threading.Barrier(count)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        results[i] = call(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def timed(call: Any) -> tuple[Any, float]:
     started = time.monotonic()
     result = call()
@@ -365,17 +381,25 @@ def test_an_outage_answers_503_with_retry_after_within_5_s_and_service_resumes(
 
         proxy.stop()
         caplog.set_level(logging.WARNING, logger="tokentrail.api")
+        concurrent = run_concurrently(8, lambda i: timed(lambda: client.post(
+            url("/v0/tokens", realm.admin, name=f"during {i}", scope="PIPES:READ:p"))))
+        assert {a.status_code for a, _ in concurrent} == {503}
+        slowest = max(took for _, took in concurrent)
+        assert slowest < 5, sorted(took for _, took in concurrent)
+        print(f"\noutage: 8 concurrent creates answered 503, slowest in {slowest:.2f} s")
+        time.sleep(pgstore.DOWN_SECONDS + 0.1)  # a single request after the store was marked down
         answer, took = timed(lambda: client.post(url("/v0/tokens", realm.admin, name="during", scope="PIPES:READ:p")))
         assert_error(answer, 503)
         assert answer.headers["Retry-After"].isdigit() and took < 5, (took, answer.text)
-        print(f"\noutage: create answered 503 in {took:.2f} s")
+        print(f"outage: create answered 503 in {took:.2f} s")
         answer, took = timed(lambda: client.get(url("/v0/auth", realm.admin)))
         assert answer.status_code in (200, 503) and took < 5, (answer.status_code, took)
         auth_status = answer.status_code
         print(f"outage: /v0/auth answered {answer.status_code} in {took:.2f} s")
         answer, took = timed(lambda: client.get("/readyz"))
         error = assert_error(answer, 503)
-        assert "database" in error and took < 5 and answer.headers["Retry-After"], (error, took)
+        assert "Connection refused" in error and took < 5 and answer.headers["Retry-After"], (error, took)
+        print(f"outage: /readyz answered 503 in {took:.2f} s: {error}")
         logged = [r.getMessage() for r in caplog.records if "store unavailable" in r.getMessage()]
         assert any("POST /v0/tokens" in m for m in logged), logged
         assert not any("(no route)" in m for m in logged), logged
@@ -414,7 +438,7 @@ def test_a_database_that_refuses_connections_answers_503_and_comes_back(
         assert_error(answer, 503)
         assert took < 5 and answer.headers["Retry-After"], took
         error = assert_error(client.get("/readyz"), 503)
-        assert "not currently accepting connections" in error or "database" in error, error
+        assert "not currently accepting connections" in error, error
         admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
         started = time.monotonic()
         while (answer := client.post(url("/v0/tokens", realm.admin, name="after", scope="PIPES:READ:p"))).status_code != 200:
