@@ -52,12 +52,14 @@ CREATE_LOCK_KEY = 0x74746576  # "ttev": the advisory lock held while the event t
 def connection_options() -> dict[str, Any]:
     """libpq parameters for every connection to the store (event store, read models, probe).
 
-    statement_timeout bounds any one statement on the server; the TCP keepalives and
+    statement_timeout bounds any one statement on the server; idle_in_transaction_session_timeout
+    ends a transaction whose client stopped talking (its locks with it); the TCP keepalives and
     tcp_user_timeout make a connection whose peer vanished (no RST) fail in seconds, not hours.
     """
     return {
         "connect_timeout": CONNECT_TIMEOUT,
-        "options": f"-c statement_timeout={STATEMENT_TIMEOUT * 1000}",
+        "options": f"-c statement_timeout={STATEMENT_TIMEOUT * 1000} "
+                   f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT * 1000}",
         "keepalives": 1,
         "keepalives_idle": 5,
         "keepalives_interval": 2,

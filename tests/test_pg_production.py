@@ -229,6 +229,23 @@ def test_lock_waits_are_retried_within_the_budget_only(
         system.close()
 
 
+def test_every_connection_to_postgresql_carries_the_timeouts(pg_url: str, tmp_path: Path, environ: dict[str, str]) -> None:
+    from sqlalchemy import text
+
+    system = System(pg_url, data=tmp_path, environ=environ)
+    try:
+        settings = "SELECT current_setting('statement_timeout') AS s, current_setting('idle_in_transaction_session_timeout') AS i"
+        with system.ledger.recorder.datastore.get_connection() as conn:  # the event store's pool
+            row = conn.execute(settings).fetchone()
+            assert (row["s"], row["i"]) == ("20s", "10s"), row
+        for engine in (system.read_engine, system.write_engine):
+            with engine.connect() as conn:
+                assert tuple(conn.execute(text(settings)).one()) == ("20s", "10s")
+        assert system.ledger.recorder.datastore.lock_timeout == pgstore.LOCK_TIMEOUT
+    finally:
+        system.close()
+
+
 # -- concurrent starts ---------------------------------------------------------------------------
 
 
