@@ -468,6 +468,30 @@ def test_a_database_that_refuses_connections_answers_503_and_comes_back(
         system.close()
 
 
+def test_a_database_restart_costs_no_request(pg_url: str, tmp_path: Path, environ: dict[str, str]) -> None:
+    """Every pooled connection is cut (as by a PostgreSQL restart) between two requests: the next
+    ones find their connections broken, drop them and answer normally."""
+    system = System(pg_url, data=tmp_path, environ=environ)
+    client = TestClient(create_app(system), raise_server_exceptions=False)
+    dbname = pg_url.rsplit("/", 1)[1]
+    try:
+        realm = make_realm(system, "main", "owner@example.com")
+        for i in range(3):
+            create(client, realm.admin, f"before {i}", "PIPES:READ:p")
+            assert client.get(url("/v0/tokens", realm.admin)).status_code == 200
+        with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True) as admin:
+            cut = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+                                (dbname,)).fetchone()[0]
+        assert cut >= 3
+        for i in range(3):
+            create(client, realm.admin, f"after {i}", "PIPES:READ:p")
+            assert client.get(url("/v0/tokens", realm.admin)).status_code == 200
+            assert client.get(url("/v0/auth", realm.admin)).json()["valid"] is True
+    finally:
+        client.close()
+        system.close()
+
+
 # -- a wrong URL at start-up ---------------------------------------------------------------------
 
 
