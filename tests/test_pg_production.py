@@ -28,12 +28,10 @@ from api.app import create_app
 from domain import ledger as ledger_module
 from domain.datafiles import MAX_TOKEN_LINES, is_reserved_name, read_project
 from domain.errors import DatafileError, StoreUnavailable
-from domain.policy import Caller
 from projections import pgstore
-from projections.deployments import deploy as run_deploy
 from projections.system import System
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, TEST_SECRET
-from tests.serve_process import serve
+from tests.serve_process import free_port, serve
 from tests.test_api import (  # noqa: F401 - fixtures
     Realm,
     assert_error,
@@ -292,10 +290,7 @@ class Proxy:
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
+        self.port = free_port()
         self._sockets: list[socket.socket] = []
         self._listener: socket.socket | None = None
         self._lock = threading.Lock()
@@ -493,14 +488,6 @@ def test_a_database_restart_costs_no_request(pg_url: str, tmp_path: Path, enviro
 
 
 # -- a wrong URL at start-up ---------------------------------------------------------------------
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.mark.parametrize("case", ["database", "port"])
