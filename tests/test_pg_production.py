@@ -247,20 +247,20 @@ def test_every_connection_to_postgresql_carries_the_timeouts(pg_url: str, tmp_pa
 # -- concurrent starts ---------------------------------------------------------------------------
 
 
-def test_many_servers_start_at_once_on_a_fresh_database(pg_url: str, tmp_path: Path, environ: dict[str, str]) -> None:
-    count = 10
+def start_at_once(count: int, url: str, tmp_path: Path, environ: dict[str, str]) -> tuple[list[System], list[str]]:
+    """`count` servers constructed at the same instant; returns those that started and the errors."""
     barrier = threading.Barrier(count)
     systems: list[System] = []
-    errors: list[BaseException] = []
+    errors: list[str] = []
     lock = threading.Lock()
 
     def start() -> None:
         barrier.wait()
         try:
-            opened = System(pg_url, data=tmp_path, environ=environ)
-        except BaseException as error:  # noqa: BLE001 - collected and reported below
+            opened = System(url, data=tmp_path, environ=environ)
+        except BaseException as error:  # noqa: BLE001 - collected and reported by the caller
             with lock:
-                errors.append(error)
+                errors.append(f"{type(error).__name__}: {error}")
             return
         with lock:
             systems.append(opened)
@@ -270,10 +270,22 @@ def test_many_servers_start_at_once_on_a_fresh_database(pg_url: str, tmp_path: P
         t.start()
     for t in threads:
         t.join()
+    return systems, errors
+
+
+def test_many_servers_start_at_once_on_a_fresh_database_and_on_an_existing_one(
+    pg_url: str, tmp_path: Path, environ: dict[str, str]
+) -> None:
+    systems, errors = start_at_once(10, pg_url, tmp_path, environ)  # fresh: nothing created yet
     try:
-        assert not errors, [f"{type(e).__name__}: {e}" for e in errors]
-        assert len(systems) == count
+        assert not errors and len(systems) == 10, errors
         realm = make_realm(systems[0], "main", "owner@example.com")
+    finally:
+        for s in systems:
+            s.close()
+    systems, errors = start_at_once(10, pg_url, tmp_path, environ)  # existing, with a workspace
+    try:
+        assert not errors and len(systems) == 10, errors
         systems[-1].sync()
         assert systems[-1].queries.workspace_by_name("main").id == realm.id
     finally:
