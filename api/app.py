@@ -7,21 +7,24 @@ import sys
 import uuid
 from typing import Any
 
+import psycopg
+from eventsourcing import persistence as es_persistence
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import ui
 from api.deps import MAX_BODY
 from api.heavy import HeavyReadGate, heavy_concurrency
 from api.proxies import TrustedProxies
-from api.routes import deployments, ledger, tokens, workspaces
+from api.routes import deployments, health, ledger, tokens, workspaces
 from api.wire import request_id
-from domain.errors import LedgerError
+from domain.errors import LedgerError, StoreUnavailable
 from projections.console_sessions import ConsoleSessions, SessionSettings
 from projections.history import History
 from projections.system import System
@@ -53,6 +56,7 @@ def create_app(system: System) -> FastAPI:
     app.include_router(tokens.router)
     app.include_router(deployments.router)
     app.include_router(ui.router)
+    app.include_router(health.router)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     # Introspection is the hottest route. Its handler takes only the request, so a plain Starlette
     # route serves it ahead of everything else, without FastAPI's per-request dependency solving;
@@ -61,7 +65,14 @@ def create_app(system: System) -> FastAPI:
 
     @app.exception_handler(LedgerError)
     async def _ledger_error(request: Request, error: LedgerError) -> JSONResponse:
+        if isinstance(error, StoreUnavailable):
+            return _unavailable(request, error.message)
         return _error(request, error.status, error.message)
+
+    # The database down, unreachable or out of time: 503 with Retry-After, whichever layer saw it
+    # (the event store's recorder, the read models' SQLAlchemy engine, psycopg itself).
+    for unavailable in UNAVAILABLE_ERRORS:
+        app.add_exception_handler(unavailable, _store_error)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -77,7 +88,7 @@ def create_app(system: System) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         # The route's template, not the path: a path may hold a token value (`/v0/tokens/p.…`).
-        route = getattr(request.scope.get("route"), "path", "(no route)")
+        route = route_template(request)
         log.exception("unexpected error handling %s %s (request id %s)", request.method, route,
                       getattr(request.state, "request_id", None))
         return _error(request, 500, "internal error; the request id identifies it in the server log")
@@ -85,6 +96,50 @@ def create_app(system: System) -> FastAPI:
     app.add_middleware(HeavyReadGate, concurrency=heavy_concurrency(system.environ))
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    es_persistence.OperationalError,
+    es_persistence.InterfaceError,
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,  # no pooled connection within the pool's wait
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
+
+
+async def _store_error(request: Request, error: Exception) -> JSONResponse:
+    log.warning("store unavailable handling %s %s (request id %s): %s: %s", request.method,
+                route_template(request), getattr(request.state, "request_id", None), type(error).__name__,
+                _first_line(error))
+    return _unavailable(request, "the database is unavailable or did not answer in time; nothing was "
+                                 "changed, try again")
+
+
+def _unavailable(request: Request, message: str) -> JSONResponse:
+    return _error(request, 503, message, {"Retry-After": str(StoreUnavailable.retry_after)})
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def route_template(request: Request) -> str:
+    """The template of the route that matched (`/v0/tokens/{token}`), never the path itself.
+
+    FastAPI records its route in the scope; plain Starlette routes (the fast `/v0/auth`) and
+    mounts do not, so they are matched again here."""
+    route = request.scope.get("route")
+    if route is not None and hasattr(route, "path"):
+        return str(route.path)
+    scope = {**request.scope, "type": "http"}
+    for candidate in request.app.router.routes:
+        match, _ = candidate.matches(scope)
+        if match is Match.FULL:
+            return str(getattr(candidate, "path", "(no route)"))
+    return "(no route)"
 
 
 def _error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

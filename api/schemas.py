@@ -154,6 +154,7 @@ ERROR_DESCRIPTIONS = {
     405: "Wrong method",
     409: "A concurrent change won and the retries did not get through; try again",
     413: "Request body too large",
+    503: "The database is unreachable or did not answer in time; nothing was written (see Retry-After)",
 }
 
 

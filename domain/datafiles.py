@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import re
 import shlex
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Mapping
@@ -34,6 +35,9 @@ SCOPE_FAMILY = {"datasource": "DATASOURCES", "pipe": "PIPES"}
 MAX_FILE_BYTES = 1024 * 1024
 MAX_FILES = 10_000
 MAX_PATH_LENGTH = 1024
+# A deployment is one transaction: its size is bounded so that it commits in seconds (10,000 TOKEN
+# lines take about 10 s on PostgreSQL), never holding the store for minutes.
+MAX_TOKEN_LINES = 10_000
 # Mirrors domain.ledger.validate_name (which the ledger applies again), so that a bad name is
 # reported with its file and line; importing the ledger here would make a cycle once it plans.
 MAX_TOKEN_NAME_LENGTH = 256
@@ -139,6 +143,13 @@ def parse_project(files: Mapping[str, str]) -> list[TokenDeclaration]:
             )
         owners[resource] = path
         declarations.extend(parse_datafile(path, files[path]))
+        if len(declarations) > MAX_TOKEN_LINES:
+            extra = declarations[MAX_TOKEN_LINES]
+            raise DatafileError(
+                extra.path, extra.line,
+                f"a deployment declares at most {MAX_TOKEN_LINES} TOKEN lines; split the project or "
+                "remove TOKEN lines",
+            )
     return declarations
 
 
@@ -157,8 +168,15 @@ def read_project(folder: Path) -> dict[str, str]:
         if len(found) > MAX_FILES:
             raise DatafileError(str(folder), 0, f"more than {MAX_FILES} datafiles")
     files: dict[str, str] = {}
+    real_root = root.resolve()
     for file in sorted(found):
         relative = file.relative_to(root).as_posix()
+        real = file.resolve()
+        if not real.is_relative_to(real_root):
+            # A link (or a linked folder) leading out of the project: never read or send it.
+            raise DatafileError(
+                relative, 0, f"is a link to {real}, outside the project folder {real_root}: refused"
+            )
         try:
             if file.stat().st_size > MAX_FILE_BYTES:
                 raise DatafileError(relative, 0, f"file is larger than {MAX_FILE_BYTES} bytes")
@@ -253,7 +271,40 @@ def _token_name(path: str, number: int, raw: str) -> str:
         raise DatafileError(path, number, "token name must be valid Unicode text")
     if _LOOKS_LIKE_ID.fullmatch(name) or name.startswith("p."):
         raise DatafileError(path, number, "token name must not look like a token id or value")
+    if is_reserved_name(name):
+        raise DatafileError(
+            path, number,
+            f"token name {name!r} is reserved: datafile tokens cannot take (or imitate) the names of "
+            "the default tokens ('admin token', 'create datasource token', 'user token', 'admin <email>')",
+        )
     return name
+
+
+# Letters of other scripts that are drawn like the Latin ones of the default tokens' names
+# (Cyrillic and Greek); NFKC leaves them alone, so they are mapped here before comparing.
+_CONFUSABLES = str.maketrans({
+    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ѕ": "s", "ј": "j",
+    "к": "k", "м": "m", "т": "t", "н": "h", "ԁ": "d", "ո": "n", "ս": "u", "ı": "i",
+    "α": "a", "ε": "e", "ο": "o", "ι": "i", "κ": "k", "ν": "v", "τ": "t", "υ": "u", "ρ": "p",
+})
+_RESERVED_NAMES = frozenset({"admin token", "create datasource token", "user token"})
+
+
+def name_key(name: str) -> str:
+    """A token name as a reader sees it: NFKC-normalised, without invisible format characters
+    (zero-width spaces, joiners, direction marks), look-alike letters of other scripts mapped to
+    Latin, runs of whitespace collapsed to one space, and case folded."""
+    text = unicodedata.normalize("NFKC", name)
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    text = " ".join(text.split())
+    return unicodedata.normalize("NFKC", text.casefold()).translate(_CONFUSABLES)
+
+
+def is_reserved_name(name: str) -> bool:
+    """The default tokens' names and their look-alikes: `admin token`, `create datasource token`,
+    `user token` and any `admin <something>` (the per-user `admin <email>`)."""
+    key = name_key(name)
+    return key in _RESERVED_NAMES or key.startswith("admin ")
 
 
 def _unquote(word: str) -> str:

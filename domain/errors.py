@@ -80,3 +80,10 @@ class DatafileError(InvalidInput):
         super().__init__(f"{path}:{line}: {message}")
         self.path = path
         self.line = line
+
+
+class StoreUnavailable(LedgerError):
+    """The database cannot be reached, or did not answer in time: nothing was changed; try again."""
+
+    status = 503
+    retry_after = 2

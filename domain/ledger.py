@@ -14,16 +14,26 @@ import re
 import time
 import unicodedata
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 
 from domain import clock
-from domain.errors import Conflict, Forbidden, InvalidInput, NameTaken, NotFound, ScopeError, Unauthenticated
+from domain.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NameTaken,
+    NotFound,
+    ScopeError,
+    StoreUnavailable,
+    Unauthenticated,
+)
 from domain.datafiles import parse_project
 from domain.deploy import CreateToken, CurrentToken, DeleteToken, ModifyToken, Plan, plan_deployment
 from domain.model import (
@@ -49,6 +59,10 @@ MAX_DESCRIPTION_LENGTH = 2048
 MAX_SCOPES = 256
 MAX_GRACE_SECONDS = 7 * 86_400
 MAX_ATTEMPTS = 10
+# A write command (all its attempts) prepares its change within this many seconds or writes nothing.
+# The largest deployment accepted (MAX_DEPLOY_TOKENS) prepares in well under half of it.
+COMMAND_SECONDS = 25.0
+_DEADLINE: ContextVar[float | None] = ContextVar("tokentrail_command_deadline", default=None)
 DEFAULT_TOKEN_NAMES = ("admin token", "create datasource token")
 USER_TOKEN_NAME = "user token"
 ORIGIN_TYPES = {"C", "DS", "P"}
@@ -427,8 +441,13 @@ class Ledger(Application[UUID]):
                 return Deployed(plan, None, 0)
             actor = caller.for_deployment(deployment_id).actor()
             touched: list[Aggregate] = []
+            # Every aggregate the steps touch, read at once (one query per thousand on PostgreSQL).
+            known = self._get_many(
+                [token_name_id(workspace_id, step.name) for step in plan.steps if isinstance(step, CreateToken)]
+                + [UUID(step.token_id) for step in plan.steps if not isinstance(step, CreateToken)]
+            )
             for step in plan.steps:
-                touched += self._apply_step(workspace_id, step, actor, caller)
+                touched += self._apply_step(workspace_id, step, actor, caller, known)
             paths = sorted(files)
             if log is None:
                 log = DeploymentLog.start(workspace_id, deployment_id, plan.token_changes, paths, actor)
@@ -438,9 +457,11 @@ class Ledger(Application[UUID]):
 
         return self._retrying(attempt)
 
-    def _apply_step(self, workspace_id: str, step: Any, actor: dict[str, Any], caller: Caller) -> list[Aggregate]:
+    def _apply_step(
+        self, workspace_id: str, step: Any, actor: dict[str, Any], caller: Caller, known: dict[UUID, Any]
+    ) -> list[Aggregate]:
         if isinstance(step, CreateToken):
-            index = self._get_or_none(token_name_id(workspace_id, step.name))
+            index = known.get(token_name_id(workspace_id, step.name))
             if index is not None and index.token_id is not None:
                 # Taken since the plan was made (say by a concurrent deployment): re-plan.
                 raise IntegrityError(f'token name "{step.name}" was taken while the deployment was planned')
@@ -453,7 +474,8 @@ class Ledger(Application[UUID]):
             else:
                 index.claim(str(token.id), actor)
             return [token, index]
-        token = self._token_or_none(step.token_id)
+        token = known.get(UUID(step.token_id))
+        token = token if isinstance(token, Token) else None
         if token is None or token.deleted or token.kind != "datafile" or token.workspace_id != workspace_id:
             raise IntegrityError(f'token "{step.name}" changed while the deployment was planned')  # re-plan
         # e.g. ADMIN added by hand: not for a TOKENS caller
@@ -587,27 +609,72 @@ class Ledger(Application[UUID]):
         except AggregateNotFoundError:
             return None
 
+    def _get_many(self, aggregate_ids: Sequence[UUID]) -> dict[UUID, Any]:
+        """Aggregates by id (None for those that do not exist), read in bulk when the recorder
+        can (PostgreSQL), else one by one."""
+        select_many = getattr(self.recorder, "select_events_of", None)
+        if select_many is None:
+            return {i: self._get_or_none(i) for i in aggregate_ids}
+        stored = select_many(aggregate_ids)
+        found: dict[UUID, Any] = {}
+        for aggregate_id in aggregate_ids:
+            events = [self.mapper.to_domain_event(e) for e in stored.get(aggregate_id, ())]
+            found[aggregate_id] = project_aggregate(None, events) if events else None
+        return found
+
     def _new_token_id(self) -> UUID:
         return uuid.uuid4()
 
     def _save(self, aggregates: Sequence[Aggregate]) -> int:
+        deadline = _DEADLINE.get()
+        if deadline is not None and time.monotonic() > deadline:
+            # The caller may have given up long ago: never commit a change this late.
+            raise StoreUnavailable(
+                f"the change could not be prepared within {COMMAND_SECONDS:g} s (the store is busy); "
+                "nothing was written, try again"
+            )
         recordings = self.save(*aggregates)
         return max((r.notification.id for r in recordings), default=0)
 
     def _retrying(self, attempt: Callable[[], Any]) -> Any:
-        for n in range(MAX_ATTEMPTS):
-            try:
-                with clock.one_instant():
-                    return attempt()
-            except IntegrityError:
-                # Another writer saved one of our aggregates first: read again and retry, backing
-                # off exponentially (with full jitter) so that contending writers spread out.
-                time.sleep(random.uniform(0, min(0.2, 0.004 * 2**n)))
-            except OperationalError as error:
-                if "lock" not in str(error).lower() and "timeout" not in str(error).lower():
-                    raise
-                time.sleep(random.uniform(0, 0.01 * (n + 1)))
+        """Run `attempt`, again after a lost race or a lock wait, within COMMAND_SECONDS in all.
+
+        No attempt starts, and nothing is saved, once COMMAND_SECONDS have passed since the command
+        began: a change is committed while its caller can still be waiting for the answer, or not
+        at all."""
+        deadline = time.monotonic() + COMMAND_SECONDS
+        token = _DEADLINE.set(deadline)
+        try:
+            busy = False
+            for n in range(MAX_ATTEMPTS):
+                try:
+                    with clock.one_instant():
+                        return attempt()
+                except IntegrityError:
+                    # Another writer saved one of our aggregates first: read again and retry, backing
+                    # off exponentially (with full jitter) so that contending writers spread out.
+                    busy = False
+                    pause = random.uniform(0, min(0.2, 0.004 * 2**n))
+                except OperationalError as error:
+                    if not _waited_for_lock(error):
+                        raise
+                    busy = True
+                    pause = random.uniform(0, 0.01 * (n + 1))
+                if time.monotonic() + pause >= deadline:
+                    break
+                time.sleep(pause)
+        finally:
+            _DEADLINE.reset(token)
+        if busy:
+            raise StoreUnavailable("the store stayed locked by other writers; nothing was written, try again")
         raise Conflict("The token was changed concurrently by another request; try again")
+
+
+def _waited_for_lock(error: Exception) -> bool:
+    """A lock wait that timed out (PostgreSQL's lock_timeout, SQLite's busy timeout): worth a retry.
+    A statement that ran out of time, or a lost connection, is not."""
+    text = str(error).lower()
+    return "lock" in text and "statement timeout" not in text
 
 
 def now_micros() -> int:

@@ -14,7 +14,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from domain.errors import InvalidInput
+from domain.errors import InvalidInput, StoreUnavailable
+from projections import pgstore
 
 DEFAULT_DATA_DIR = "tokentrail-data"
 SQLITE_BUSY_MS = 15_000
@@ -64,15 +65,21 @@ class Database:
             }
         url = make_url(self.url)
         return {
-            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            # eventsourcing's PostgreSQL recorder without pipeline mode, with bounded waits and
+            # retries, creating its tables under a lock (see projections/pgstore.py).
+            "PERSISTENCE_MODULE": "projections.pgstore:Factory",
             "POSTGRES_DBNAME": url.database or "postgres",
             "POSTGRES_HOST": url.host or "127.0.0.1",
             "POSTGRES_PORT": str(url.port or 5432),
             "POSTGRES_USER": url.username or "postgres",
             "POSTGRES_PASSWORD": url.password or "",
-            # Finite waits: a stuck lock becomes an error (and a retry), never a hung request.
-            "POSTGRES_LOCK_TIMEOUT": "5",
-            "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
+            # Finite waits: a stuck lock becomes an error (and a retry), never a hung request; a
+            # transaction left open by a vanished client is ended by the server; a request waits
+            # for a pooled connection at most POOL_WAIT_SECONDS (statement_timeout and the TCP
+            # timeouts are set on every connection by pgstore.connection_options).
+            "POSTGRES_LOCK_TIMEOUT": str(pgstore.LOCK_TIMEOUT),
+            "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": str(pgstore.IDLE_IN_TRANSACTION_TIMEOUT),
+            "POSTGRES_CONNECT_TIMEOUT": str(pgstore.POOL_WAIT_SECONDS),
             "POSTGRES_POOL_SIZE": "5",
             "POSTGRES_MAX_OVERFLOW": "10",
         }
@@ -99,8 +106,28 @@ class Database:
             return engine
         # The projector (the writer) checks its DBAPI connections itself: it discards a broken one
         # and retries the batch, instead of a ping round trip before every batch.
-        kwargs: dict[str, Any] = {"pool_pre_ping": not writer, "pool_size": 5, "max_overflow": 10}
+        kwargs: dict[str, Any] = {
+            "pool_pre_ping": not writer, "pool_size": 5, "max_overflow": 10,
+            "pool_timeout": pgstore.POOL_WAIT_SECONDS, "connect_args": pgstore.connection_options(),
+        }
         return create_engine(self.sqlalchemy_url(), **kwargs)
+
+    def probe(self) -> None:
+        """Fail within seconds, with the real reason, when the database cannot be reached.
+
+        Raises `StoreUnavailable` naming the cause (the server's message: no such database, bad
+        password; or the system's: connection refused on host:port)."""
+        if self.backend == "sqlite":
+            return
+        env = self.eventsourcing_env()
+        try:
+            pgstore.probe(env["POSTGRES_HOST"], env["POSTGRES_PORT"], env["POSTGRES_DBNAME"],
+                          env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
+        except Exception as error:  # noqa: BLE001 - psycopg's errors, reworded for the operator
+            raise StoreUnavailable(
+                f"cannot reach the PostgreSQL database {env['POSTGRES_DBNAME']!r} on "
+                f"{env['POSTGRES_HOST']}:{env['POSTGRES_PORT']}: {pgstore.reason(error)}"
+            ) from None
 
 
 def _private_file(path: Path) -> None:

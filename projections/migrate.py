@@ -28,6 +28,10 @@ def upgrade(engine: Engine) -> str | None:
     config = alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
+            # One process migrates at a time; a migration may rewrite big tables, so the
+            # connections' statement_timeout does not apply to it.
+            conn.execute(text("SET LOCAL statement_timeout = 0"))
+            conn.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _LOCK_KEY})
         config.attributes["connection"] = conn
         command.upgrade(config, "head")

@@ -97,6 +97,10 @@ def rebuild(
 
 def _lock(conn: Any, backend: str) -> None:
     if backend == "postgres":
+        # Replacing every read model of a big store is one long transaction: the connections'
+        # statement_timeout (meant for requests) does not apply to it.
+        conn.execute(text("SET LOCAL statement_timeout = 0"))
+        conn.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
         conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": 0x746F6B656E})
 
 

@@ -32,7 +32,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from domain.errors import LedgerError, ProjectionFailed, StoreUnavailable
 from domain.ledger import Change, Ledger
 from domain.values import TokenSigner
-from projections import keys
+from projections import keys, pgstore
 from projections.auth import Authenticator
 from projections.database import Database, data_dir, database_url
 from projections.migrate import upgrade
@@ -58,6 +58,7 @@ class System:
         env = dict(os.environ if environ is None else environ)
         self.data_dir = Path(data) if data is not None else data_dir(env)
         self.database = Database(url or database_url(env))
+        self.database.probe()  # a wrong URL fails now, naming why, not after the pool's wait
         self.environ = env
         key = keys.server_key(self.data_dir, env)
         self.signer = TokenSigner(key, host=host)
@@ -164,6 +165,20 @@ class System:
                     break
                 self.auth.tokens.evict({str(n.originator_id) for n in notes})
                 self._seen = notes[-1].id
+
+    def readiness(self) -> dict[str, int]:
+        """The log's head and the projector's position, read from the store now; raises
+        `StoreUnavailable` naming the cause when the store does not answer."""
+        try:
+            head = self.ledger.recorder.max_notification_id() or 0
+            projected = self.projector.tracked_position()
+        except Exception as error:  # noqa: BLE001 - any failure to answer is the reason to report
+            try:
+                self.database.probe()  # a fresh connection says why (refused, closed, no such database)
+            except StoreUnavailable as down:
+                raise StoreUnavailable(f"the database does not answer: {down.message}") from None
+            raise StoreUnavailable(f"the database does not answer: {pgstore.reason(error)}") from None
+        return {"head": head, "projected": projected}
 
     def close(self) -> None:
         self._head.close()

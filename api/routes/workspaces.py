@@ -20,7 +20,7 @@ from api.schemas import (
     responses,
 )
 from api.wire import Params
-from domain.errors import InvalidInput, LedgerError, NotFound
+from domain.errors import InvalidInput, LedgerError, NotFound, StoreUnavailable
 from domain.policy import Caller, Op, authorize
 from domain.scopes import MAX_SCOPE_LENGTH, check_permission, parse_scope
 
@@ -58,7 +58,7 @@ async def introspect(request: Request) -> JSONResponse:
             raise InvalidInput("a token is required: pass ?token= or Authorization: Bearer")
         who = system.auth.authenticate(value, **request_context(request))
     except LedgerError as error:
-        if isinstance(error, InvalidInput):
+        if isinstance(error, (InvalidInput, StoreUnavailable)):
             raise
         return JSONResponse(_INTROSPECTION.dump({"valid": False, "allowed": False}))
     out: dict[str, Any] = {
