@@ -66,6 +66,7 @@ def create_app(system: System) -> FastAPI:
     @app.exception_handler(LedgerError)
     async def _ledger_error(request: Request, error: LedgerError) -> JSONResponse:
         if isinstance(error, StoreUnavailable):
+            _log_unavailable(request, error)
             return _unavailable(request, error.message)
         return _error(request, error.status, error.message)
 
@@ -109,10 +110,14 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-async def _store_error(request: Request, error: Exception) -> JSONResponse:
+def _log_unavailable(request: Request, error: Exception) -> None:
     log.warning("store unavailable handling %s %s (request id %s): %s: %s", request.method,
                 route_template(request), getattr(request.state, "request_id", None), type(error).__name__,
                 _first_line(error))
+
+
+async def _store_error(request: Request, error: Exception) -> JSONResponse:
+    _log_unavailable(request, error)
     return _unavailable(request, "the database is unavailable or did not answer in time; nothing was "
                                  "changed, try again")
 

@@ -56,13 +56,6 @@ class ProjectionFailed(LedgerError):
     status = 500
 
 
-class StoreUnavailable(LedgerError):
-    """The store cannot be reached (or answer in time): the request is refused rather than
-    answered from state that may be stale."""
-
-    status = 503
-
-
 class ConfigurationError(LedgerError):
     """The server is set up wrongly (a weak or mismatched key): it refuses to start."""
 
@@ -83,7 +76,8 @@ class DatafileError(InvalidInput):
 
 
 class StoreUnavailable(LedgerError):
-    """The database cannot be reached, or did not answer in time: nothing was changed; try again."""
+    """The database cannot be reached, or did not answer in time: nothing was changed, and nothing
+    is answered from state that may be stale; try again."""
 
     status = 503
     retry_after = 2
