@@ -19,14 +19,14 @@ Every refusal is a `DatafileError` naming the file and line (line 0: the file as
 from __future__ import annotations
 
 import io
-import re
 import shlex
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Mapping
 
 from domain.errors import DatafileError
+from domain.names import is_reserved_name
+from domain.refs import looks_like_reference
 from domain.scopes import RESOURCE_NAME
 
 KIND_BY_SUFFIX = {".datasource": "datasource", ".pipe": "pipe"}
@@ -41,9 +41,6 @@ MAX_TOKEN_LINES = 10_000
 # Mirrors domain.ledger.validate_name (which the ledger applies again), so that a bad name is
 # reported with its file and line; importing the ledger here would make a cycle once it plans.
 MAX_TOKEN_NAME_LENGTH = 256
-_LOOKS_LIKE_ID = re.compile(
-    r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
-)
 
 # The commands of each kind of file in Forward; only used to see where a `WORD >` block ends.
 _SHARED_COMMANDS = {"description", "include", "tags", "token", "version"}
@@ -269,7 +266,7 @@ def _token_name(path: str, number: int, raw: str) -> str:
         raise DatafileError(path, number, "token name must not contain control characters")
     if any(0xD800 <= ord(c) <= 0xDFFF for c in name):  # a lone surrogate (JSON "\ud800"): not storable
         raise DatafileError(path, number, "token name must be valid Unicode text")
-    if _LOOKS_LIKE_ID.fullmatch(name) or name.startswith("p."):
+    if looks_like_reference(name):
         raise DatafileError(path, number, "token name must not look like a token id or value")
     if is_reserved_name(name):
         raise DatafileError(
@@ -278,33 +275,6 @@ def _token_name(path: str, number: int, raw: str) -> str:
             "the default tokens ('admin token', 'create datasource token', 'user token', 'admin <email>')",
         )
     return name
-
-
-# Letters of other scripts that are drawn like the Latin ones of the default tokens' names
-# (Cyrillic and Greek); NFKC leaves them alone, so they are mapped here before comparing.
-_CONFUSABLES = str.maketrans({
-    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ѕ": "s", "ј": "j",
-    "к": "k", "м": "m", "т": "t", "н": "h", "ԁ": "d", "ո": "n", "ս": "u", "ı": "i",
-    "α": "a", "ε": "e", "ο": "o", "ι": "i", "κ": "k", "ν": "v", "τ": "t", "υ": "u", "ρ": "p",
-})
-_RESERVED_NAMES = frozenset({"admin token", "create datasource token", "user token"})
-
-
-def name_key(name: str) -> str:
-    """A token name as a reader sees it: NFKC-normalised, without invisible format characters
-    (zero-width spaces, joiners, direction marks), look-alike letters of other scripts mapped to
-    Latin, runs of whitespace collapsed to one space, and case folded."""
-    text = unicodedata.normalize("NFKC", name)
-    text = "".join(c for c in text if unicodedata.category(c) != "Cf")
-    text = " ".join(text.split())
-    return unicodedata.normalize("NFKC", text.casefold()).translate(_CONFUSABLES)
-
-
-def is_reserved_name(name: str) -> bool:
-    """The default tokens' names and their look-alikes: `admin token`, `create datasource token`,
-    `user token` and any `admin <something>` (the per-user `admin <email>`)."""
-    key = name_key(name)
-    return key in _RESERVED_NAMES or key.startswith("admin ")
 
 
 def _unquote(word: str) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import random
 import re
 import time
-import unicodedata
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -50,11 +49,11 @@ from domain.model import (
     workspace_name_id,
 )
 from domain.policy import GRACE_REFUSAL, Caller, Op, TokenFacts, authorize, require_may_grant, require_workspace
-from domain.refs import looks_like_reference, parse_ref
+from domain.names import MAX_NAME_LENGTH, validate_custom_name, validate_name
+from domain.refs import parse_ref
 from domain.scopes import ADMIN, AUTH, Scope, parse_scope, parse_scopes, read_scope
 from domain.values import TokenSigner, new_generation
 
-MAX_NAME_LENGTH = 256
 MAX_DESCRIPTION_LENGTH = 2048
 MAX_SCOPES = 256
 MAX_GRACE_SECONDS = 7 * 86_400
@@ -104,35 +103,6 @@ class WorkspaceSetup:
     tokens: list[Token]
     position: int
     created: bool
-
-
-def validate_name(name: Any, what: str = "token") -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise InvalidInput(f"{what} name is mandatory")
-    name = name.strip()
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidInput(f"{what} name is longer than {MAX_NAME_LENGTH} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise InvalidInput(f"{what} name must not contain control characters")
-    if what == "token" and looks_like_reference(name):
-        raise InvalidInput("token name must not look like a token id or value")
-    _check_visible(name, what)
-    return name
-
-
-def _check_visible(name: str, what: str) -> None:
-    """A name must look like what it is: no invisible or look-alike characters that would make
-    `admin\u200b token` read exactly like `admin token` in lists, exports and audit rows."""
-    if unicodedata.normalize("NFKC", name) != name:
-        raise InvalidInput(f"{what} name must be in Unicode normal form NFKC (no compatibility characters)")
-    for char in name:
-        category = unicodedata.category(char)
-        if category[0] == "C" or (category[0] == "Z" and char != " "):
-            raise InvalidInput(
-                f"{what} name must not contain invisible or special space characters (U+{ord(char):04X})"
-            )
-    if "  " in name:
-        raise InvalidInput(f"{what} name must not contain consecutive spaces")
 
 
 def validate_description(description: Any) -> str:
@@ -289,7 +259,7 @@ class Ledger(Application[UUID]):
         kind: str = "custom",
     ) -> Change:
         authorize(caller, Op.CREATE, _any_token(caller))
-        name = validate_name(name)
+        name = validate_custom_name(name)
         description = validate_description(description)
         origin = validate_origin(origin)
         parsed = self._checked_scopes(caller, scopes)
@@ -330,7 +300,7 @@ class Ledger(Application[UUID]):
         new_scopes = self._checked_scopes(caller, scopes) if scopes is not None else None
         to_add = self._checked_scopes(caller, add, allow_empty=True)
         to_remove = [_removable(text) for text in remove]
-        new_name = validate_name(name) if name is not None else None
+        new_name = validate_custom_name(name) if name is not None else None
         new_description = validate_description(description) if description is not None else None
 
         changes = new_scopes is not None or to_add or to_remove or new_name is not None

@@ -7,16 +7,13 @@ tests/test_policy.py; crafted cursors and instants are in tests/test_crafted_inp
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
-from uuid import uuid4
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from domain.model import Token, TokenName, token_name_id
+from domain.model import Token, TokenName
 from domain.policy import Caller
 from domain.values import new_generation
 from projections.rebuild import rebuild
@@ -287,3 +284,18 @@ def test_get_and_put_of_one_reference_reach_one_token(client, ws) -> None:
         put = client.put(url(f"/v0/tokens/{path_of(ref)}", ws.admin, description=ref[:8])).json()
         assert got["id"] == put["id"] == token["id"]
     assert_error(client.get(url(f"/v0/tokens/{path_of('urn:uuid:' + token['id'])}", ws.admin)), 404)
+
+
+@pytest.mark.parametrize(
+    "name", ["Admin Token", "user token", "admin someone@example.com", "\u0430dmin token", "create  datasource token".replace("  ", " ").upper()]
+)
+def test_names_that_imitate_the_default_tokens_are_reserved(client, system, ws, name) -> None:
+    before = head(system)
+    response = client.post(url("/v0/tokens", ws.admin, name=name, scope="PIPES:READ:top"))
+    assert_error(response, 400)
+    assert "reserved" in response.json()["error"]
+    assert head(system) == before
+
+
+def test_ordinary_names_beginning_with_admin_are_fine(client, ws) -> None:
+    assert create(client, ws.admin, "admin dashboard", "PIPES:READ:top")["name"] == "admin dashboard"

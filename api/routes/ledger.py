@@ -16,7 +16,7 @@ from api.deps import caller, get_system, params
 from api.schemas import path_param, query_param, responses
 from api.wire import Params
 from domain.clock import format_instant, now, parse_instant, to_micros
-from domain.errors import Forbidden, InvalidInput, NotFound
+from domain.errors import InvalidInput, NotFound
 from domain.refs import parse_ref
 from domain.policy import Caller, Op, authorize
 from domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME

@@ -11,7 +11,7 @@ from starlette.responses import RedirectResponse, Response
 
 from api.ui import session as sessions
 from api.ui.editor import PERMISSIONS_BY_KIND, WORKSPACE_SCOPES, Editor
-from api.ui.pages import Page, SignInRequired, UiRoute, allowed, poster, viewer
+from api.ui.pages import Page, SignInRequired, UiRoute, poster, viewer
 from api.ui.timeline import timeline
 from domain.errors import InvalidInput, LedgerError, NotFound
 from domain.ledger import MAX_GRACE_SECONDS
