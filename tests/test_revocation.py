@@ -351,3 +351,30 @@ def test_a_listener_frozen_for_good_is_replaced(pg_url, tmp_path, environ) -> No
     finally:
         proxy.close()
         b.close()
+
+
+def test_the_migration_carries_an_open_grace_window_over(system: System, workspace) -> None:
+    """A store made before `tt_tokens.grace` existed: the latest refreshed-out value keeps its window
+    after the upgrade, and the migrated read model equals a rebuild."""
+    from alembic import command
+
+    from projections.migrate import alembic_config
+    from projections.rebuild import rebuild
+
+    FakeClock()
+    _, admin = workspace
+    token = _reader(system, admin, "t", ("PIPES:READ:p",))
+    old = value_of(system, token)
+    system.command(lambda: system.ledger.refresh_token(admin, "t", grace_seconds=60))
+    before = system.queries.token(str(token.id)).grace
+    assert [g for g, _ in before] == [system.signer.read(old).generation]
+    with system.write_engine.begin() as conn:
+        config = alembic_config(system.write_engine.url.render_as_string(hide_password=False))
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0003")
+        command.upgrade(config, "head")
+    system.auth.tokens.clear()
+    assert system.queries.token(str(token.id)).grace == before
+    assert system.auth.authenticate(old).in_grace
+    report = rebuild(system, verify=True)
+    assert report.ok, report.differences
