@@ -535,6 +535,10 @@ class Ledger(Application[UUID]):
             raise Unauthenticated("invalid authentication token")
         if token.generation != caller.generation and not caller.is_jwt:
             raise Forbidden(GRACE_REFUSAL)
+        if not caller.is_jwt and {str(scope) for scope in caller.scopes} != set(token.scopes):
+            # Demoted (or promoted) since this request authenticated: its rights are no longer
+            # the ones it was authorised with. Nothing is written; the client tries again.
+            raise Forbidden("the calling token's scopes changed while this request ran; try again")
 
     def _admin_token_id(self, workspace_id: str) -> str | None:
         try:

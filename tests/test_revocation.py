@@ -214,6 +214,24 @@ def test_a_write_by_a_value_refreshed_out_on_another_server_is_refused(system: S
         other.close()
 
 
+def test_a_write_by_a_token_demoted_on_another_server_is_refused(system: System, workspace, database_url,
+                                                                 tmp_path, environ) -> None:
+    """Authenticated as a TOKENS token, demoted to a read token before its write runs: the write
+    is judged by the scopes the token holds now, not those it held when the request began."""
+    _, admin = workspace
+    manager = system.command(lambda: system.ledger.create_token(admin, "manager", ["TOKENS"])).token
+    other = System(database_url, data=tmp_path, environ=environ)
+    try:
+        as_manager_there = caller_for(other, manager)
+        system.command(lambda: system.ledger.update_token(admin, "manager", scopes=["PIPES:READ:p"]))
+        before = head(system)
+        with pytest.raises(Forbidden):
+            other.ledger.create_token(as_manager_there, "after", ["PIPES:READ:p"])
+        assert head(system) == before
+    finally:
+        other.close()
+
+
 def test_a_deleted_value_stops_authenticating_on_another_server_within_the_bound(system: System, workspace,
                                                                                database_url, tmp_path,
                                                                                environ) -> None:
