@@ -17,7 +17,7 @@ from domain.deploy import (
     desired_tokens,
     plan_deployment,
 )
-from domain.errors import NameTaken
+from domain.errors import DatafileError, NameTaken
 
 PROJECT = {
     "datasources/events.datasource": (
@@ -199,12 +199,19 @@ def test_deleting_every_datafile_never_touches_hand_made_tokens() -> None:
     assert all(isinstance(s, DeleteToken) for s in plan.steps)
 
 
-@pytest.mark.parametrize("taken", ["ci", "admin token"])
-def test_a_name_held_by_a_token_not_from_datafiles_is_refused_naming_its_line(taken: str) -> None:
-    files = {"datasources/events.datasource": f'DESCRIPTION x\nTOKEN "{taken}" READ\n'}
+def test_a_name_held_by_a_token_not_from_datafiles_is_refused_naming_its_line() -> None:
+    files = {"datasources/events.datasource": 'DESCRIPTION x\nTOKEN "ci" READ\n'}
     with pytest.raises(NameTaken) as raised:
         plan_deployment(parse_project(files), HAND_MADE)
-    assert f'"{taken}"' in raised.value.message
+    assert '"ci"' in raised.value.message
+    assert "datasources/events.datasource:2" in raised.value.message
+
+
+def test_a_default_tokens_name_is_reserved_before_any_plan_naming_its_line() -> None:
+    files = {"datasources/events.datasource": 'DESCRIPTION x\nTOKEN "admin token" READ\n'}
+    with pytest.raises(DatafileError) as raised:
+        parse_project(files)
+    assert "reserved" in raised.value.message
     assert "datasources/events.datasource:2" in raised.value.message
 
 
