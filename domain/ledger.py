@@ -310,14 +310,11 @@ class Ledger(Application[UUID]):
             token = self._token_for_change(caller, ref, Op.UPDATE if changes else Op.DESCRIBE)
             actor = caller.actor()
             touched: list[Aggregate] = [token]
-            if new_scopes is not None:
-                token.replace_scopes([str(s) for s in new_scopes], actor)
-            for scope in to_remove:
-                token.remove_scope(scope, actor)
-            for scope in to_add:
-                token.add_scope(str(scope), actor)
-            if not token.scopes:
-                raise InvalidInput("scope is mandatory")
+            if new_scopes is not None or to_add or to_remove:
+                final = [str(x) for x in new_scopes] if new_scopes is not None else list(token.scopes)
+                final = [x for x in final if x not in to_remove]
+                final += [str(x) for x in to_add if str(x) not in final]
+                token.change_scopes(final, actor)  # refuses an empty list, or a protected token
             if new_name is not None and new_name != token.name:
                 touched += self._move_name(token, new_name, actor)
             if new_description is not None:

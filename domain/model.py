@@ -8,12 +8,14 @@ Every event carries `actor`: who made the change and in which request —
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
 from domain import clock
+from domain.errors import Forbidden, InvalidInput
 
 NAMESPACE = uuid5(NAMESPACE_URL, "https://tokentrail.dev/ns")
 
@@ -38,10 +40,29 @@ class LedgerCreated(LedgerEvent, Aggregate.Created):
 # Token
 
 
+class TokenKind(StrEnum):
+    """Where a token came from. Stored in events as its plain string value."""
+
+    CUSTOM = "custom"  # made through the API or the console
+    DEFAULT = "default"  # a workspace's `admin token`, `admin <email>`, `create datasource token`
+    USER = "user"  # a user's user token
+    DATAFILE = "datafile"  # declared by a TOKEN line and applied by a deployment
+
+    @property
+    def protected(self) -> bool:
+        """Default and user tokens are refreshed, never changed or deleted."""
+        return self in (TokenKind.DEFAULT, TokenKind.USER)
+
+
 class Token(Aggregate):
-    """A static token: its name, scopes and current generation (the nonce inside its value)."""
+    """A static token: its name, scopes and current generation (the nonce inside its value).
+
+    Its invariants hold here, whoever calls: a token always holds at least one scope, and a
+    protected (default or user) token can be refreshed and described, never re-scoped, renamed or
+    deleted."""
 
     TOPIC = "tokentrail.token.Token"
+    Kind = TokenKind
 
     class Event(LedgerEvent):
         pass
@@ -122,7 +143,7 @@ class Token(Aggregate):
         self.description = description
         self.scopes = list(scopes)
         self.origin = dict(origin)
-        self.kind = kind  # "custom", "default", "user" or "datafile"
+        self.kind = TokenKind(kind)
         self.generation = generation
         self.previous_generation: str | None = None
         self.previous_valid_until = 0
@@ -135,23 +156,34 @@ class Token(Aggregate):
     def create(cls, *, actor: ActorDict, **fields: Any) -> "Token":
         return cls._create(cls.Created, actor=actor, **fields)
 
+    def change_scopes(self, scopes: list[str], actor: ActorDict) -> None:
+        """Make the token hold exactly `scopes` (in that order for the ones it gains)."""
+        if set(scopes) == set(self.scopes):
+            return
+        self._require_changeable()
+        if not scopes:
+            raise InvalidInput("scope is mandatory")
+        for scope in list(self.scopes):
+            if scope not in scopes:
+                self.trigger_event(self.ScopeRemoved, scope=scope, actor=actor)
+        for scope in scopes:
+            if scope not in self.scopes:
+                self.trigger_event(self.ScopeAdded, scope=scope, actor=actor)
+
     def add_scope(self, scope: str, actor: ActorDict) -> None:
         if scope not in self.scopes:
-            self.trigger_event(self.ScopeAdded, scope=scope, actor=actor)
+            self.change_scopes([*self.scopes, scope], actor)
 
     def remove_scope(self, scope: str, actor: ActorDict) -> None:
         if scope in self.scopes:
-            self.trigger_event(self.ScopeRemoved, scope=scope, actor=actor)
+            self.change_scopes([s for s in self.scopes if s != scope], actor)
 
     def replace_scopes(self, scopes: list[str], actor: ActorDict) -> None:
-        for scope in list(self.scopes):
-            if scope not in scopes:
-                self.remove_scope(scope, actor)
-        for scope in scopes:
-            self.add_scope(scope, actor)
+        self.change_scopes(list(dict.fromkeys(scopes)), actor)
 
     def rename(self, name: str, actor: ActorDict) -> None:
         if name != self.name:
+            self._require_changeable()
             self.trigger_event(self.Renamed, name=name, actor=actor)
 
     def describe(self, description: str, actor: ActorDict) -> None:
@@ -165,15 +197,26 @@ class Token(Aggregate):
 
     def delete(self, actor: ActorDict) -> None:
         if not self.deleted:
+            if self.kind.protected:
+                raise Forbidden("default tokens cannot be deleted")
             self.trigger_event(self.Deleted, actor=actor)
 
     def accepts(self, generation: str, now_micros: int) -> bool:
         """Is a value of this generation valid now (current, or refreshed out inside its grace)?"""
-        if self.deleted:
-            return False
-        if generation == self.generation:
-            return True
-        return now_micros < self.grace.get(generation, 0)
+        return accepts(generation, self.generation, self.grace, self.deleted, now_micros)
+
+    def _require_changeable(self) -> None:
+        if self.kind.protected:
+            raise Forbidden("default tokens can be refreshed but not changed")
+
+
+def accepts(generation: str, current: str, grace: dict[str, int], deleted: bool, now_micros: int) -> bool:
+    """Does a value of `generation` authenticate now? The current generation does until the token
+    is deleted; a refreshed-out one only inside its own grace window. The one rule, shared by the
+    aggregate and the read model."""
+    if deleted:
+        return False
+    return generation == current or now_micros < grace.get(generation, 0)
 
 
 def grace_after_refresh(grace: dict[str, int], retired: str, at: int, grace_seconds: int) -> dict[str, int]:

@@ -340,8 +340,7 @@ class Projector:
     def _handler(self, event_type: type) -> tuple[str, Callable[..., None]]:
         found = self._handlers.get(event_type)
         if found is None:
-            aggregate_cls = event_type.__qualname__.split(".")[0]
-            aggregate = next(v for k, v in _AGGREGATES.items() if k.__name__ == aggregate_cls)
+            aggregate = next(v for k, v in _AGGREGATES.items() if issubclass(event_type, k.Event))
             found = self._handlers[event_type] = (aggregate, getattr(self, f"_on_{aggregate}"))
         return found
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, select
 
+from domain.model import accepts
 from domain.policy import TokenFacts
 from domain.scopes import Scope, read_scope
 from projections import schema as s
@@ -60,11 +61,11 @@ class TokenRow:
         return TokenFacts(self.id, self.kind, self.workspace_id, self.parsed_scopes)
 
     def accepts(self, generation: str, now_micros: int) -> bool:
-        if self.deleted:
-            return False
-        if generation == self.generation:
-            return True
-        return any(g == generation and now_micros < until for g, until in self.grace)
+        return accepts(generation, self.generation, self.grace_windows, self.deleted, now_micros)
+
+    @cached_property
+    def grace_windows(self) -> dict[str, int]:
+        return dict(self.grace)
 
     def accepted_generations(self, now_micros: int) -> list[str]:
         """The generations whose values are valid now: the current one first, then those in grace."""
