@@ -1,4 +1,4 @@
-"""`tokentrail deploy PATH`: reconcile the TOKEN lines of a project's datafiles (SPEC §7).
+"""`tokentrail deploy PATH`: reconcile the TOKEN lines of a project's datafiles (docs/cli.md, "deploy").
 
 By default it opens the store and deploys into a workspace of it (the only one, or --workspace);
 with --host/--token it posts the files to a server's `POST /v0/deployments` instead.

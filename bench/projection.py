@@ -5,7 +5,7 @@ deletes; nothing projected), then times `system.projector.catch_up()` from posit
 models are emptied before each repeat). Baselines, same run: a brute-force replay that reads the
 notification log in pages of 1,000 and decodes every notification with
 `ledger.mapper.to_domain_event` and does nothing else (the floor of any projection), and the figure
-in shared/reference/eventsourcing-notes.md for eventsourcing's own projection at 500 events per
+in the eventsourcing library's published baselines for eventsourcing's own projection at 500 events per
 commit (quoted, not re-measured). Also times `projections.rebuild.rebuild(system, verify=True)`.
 Target: catch-up >= 20,000 events/s on SQLite.
 
@@ -27,7 +27,7 @@ from projections.rebuild import TABLES, rebuild  # noqa: E402
 from projections.system import System  # noqa: E402
 
 TARGET_EVENTS_PER_SECOND = {"sqlite": 20_000}
-# eventsourcing-notes.md, "projection, 500 events per commit", upper end of the min–max range.
+# eventsourcing's baseline, "projection, 500 events per commit", upper end of the min–max range.
 NOTES_PROJECTION = {"sqlite": 8_600, "postgres": 8_800}
 SCOPE_SETS = (["PIPES:READ:top"], ["DATASOURCES:READ:events", "PIPES:READ:top"])
 

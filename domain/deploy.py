@@ -2,7 +2,7 @@
 
 Pure: it reads the declarations of `domain.datafiles` and a snapshot of the live tokens, and returns
 a `Plan`; the ledger applies the plan as one atomic change recorded with its deployment id.
-The rules (SPEC §7):
+The rules:
 
 - every declared name is one token holding the union of its declarations' scopes;
 - a token that came from datafiles (kind "datafile") holds exactly its declared scopes, so any

@@ -84,7 +84,7 @@ def _no_float(text: str) -> Any:
 
 
 def audit_event(row: Any) -> dict[str, Any]:
-    """One audit row in the wire shape of SPEC §5.2."""
+    """One audit row in its wire shape (docs/api.md, `GET /v0/audit`)."""
     out = {
         "position": row["position"],
         "at": format_instant(row["at"]),

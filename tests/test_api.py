@@ -1,6 +1,6 @@
-"""Tinybird's Token API over ASGI, on real SQLite and PostgreSQL (SPEC §4, §5.1, §8).
+"""Tinybird's Token API over ASGI, on real SQLite and PostgreSQL.
 
-Requests are written the way Tinybird's CLIs send them (reference/tinybird-wire.md): the token in
+Requests are written the way Tinybird's CLIs send them (as docs/api.md describes them): the token in
 `?token=`, names form-encoded in the query, `scope=` values appended unencoded (so a `+` stays a
 plus), path segments percent-encoded, bodies without a Content-Type.
 """

@@ -1,4 +1,4 @@
-"""Attacks (issue 7, item 4): OWASP API Security Top 10 #1 (object level authorization), #2 (broken
+"""Attacks: OWASP API Security Top 10 #1 (object level authorization), #2 (broken
 authentication), #3 (object property level authorization: mass assignment, excessive exposure) and
 #5 (function level authorization: privilege escalation), plus oversized and malformed input, on
 real SQLite and PostgreSQL. Every refusal is checked to have written nothing: the event log's

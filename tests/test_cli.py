@@ -117,7 +117,7 @@ def start_server(data_dir: Path, secret: bool = True) -> Server:
             process.kill()
             raise RuntimeError(f"tokentrail serve did not start: {(data_dir.parent / f'serve-{port}.log').read_text()}")
         time.sleep(0.1)
-    # On an empty store `serve` initialises it and prints the admin token (SPEC §3): use that one.
+    # On an empty store `serve` initialises it and prints the admin token: use that one.
     printed = re.search(r"admin token:\s*(p\.\S+)", (data_dir.parent / f"serve-{port}.log").read_text())
     assert printed, "tokentrail serve did not print the admin token of the store it initialised"
     admin = printed.group(1)

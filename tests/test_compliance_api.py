@@ -1,4 +1,4 @@
-"""The compliance routes of SPEC §5.2 over ASGI, on real SQLite and PostgreSQL: the audit trail with
+"""The compliance routes over ASGI, on real SQLite and PostgreSQL: the audit trail with
 its filters, pages and exports; token histories; the token table as of an instant; who held a
 permission at an instant and what changed between two; who may ask; and that no workspace sees
 another's data. Time is a FakeClock, so every instant below is exact.

@@ -1,4 +1,4 @@
-"""Deployments end to end (SPEC §7, issue 5): a project tree on disk, `POST /v0/deployments` and the
+"""Deployments end to end: a project tree on disk, `POST /v0/deployments` and the
 ledger, on real SQLite and PostgreSQL.
 
 The project below is what a Tinybird user keeps in git: datasources and pipes in subfolders, one

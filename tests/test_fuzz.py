@@ -1,4 +1,4 @@
-"""Fuzzing (issue 7, item 3): the HTTP API against its own OpenAPI schema, and the parsers that
+"""Fuzzing: the HTTP API against its own OpenAPI schema, and the parsers that
 read untrusted text against arbitrary input.
 
 1. schemathesis generates requests for every operation of `/openapi.json` (valid ones, and invalid

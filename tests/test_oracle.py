@@ -1,4 +1,4 @@
-"""Point-in-time answers equal a brute-force replay of the events up to T (SPEC §8).
+"""Point-in-time answers equal a brute-force replay of the events up to T.
 
 Hypothesis generates random histories — creates, scope changes, renames, descriptions, refreshes
 with and without grace, deletes, name reuse, JWTs and admin-token refreshes — over several

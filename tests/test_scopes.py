@@ -1,4 +1,4 @@
-"""The scope grammar and what grants what (SPEC §4)."""
+"""The scope grammar and what grants what."""
 
 from __future__ import annotations
 

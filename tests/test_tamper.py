@@ -1,4 +1,4 @@
-"""Tamper evidence (SPEC §6): an edited, deleted, inserted or reordered stored event is detected and
+"""Tamper evidence: an edited, deleted, inserted or reordered stored event is detected and
 the first bad position named, by `verify_chain`, by `GET /v0/audit/verify`, and by a signed
 checkpoint taken before the corruption. The corruptions are made with SQL on eventsourcing's own
 table (`stored_events` on SQLite, `<app name>_events` on PostgreSQL), as an intruder with database

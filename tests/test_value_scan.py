@@ -1,4 +1,4 @@
-"""No token value anywhere (issue 7, item 4): after a realistic session, on real SQLite and
+"""No token value anywhere: after a realistic session, on real SQLite and
 PostgreSQL, every byte of the database (the SQLite file and its journal; every PostgreSQL table,
 dumped over SQL), of the data directory, of the captured logs (this process's, and the stderr of a
 `tokentrail serve` child that served part of the session) and of the audit exports (CSV and
