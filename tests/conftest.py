@@ -106,3 +106,19 @@ def workspace(system: System):
     admin = setup.tokens[0]
     value = system.signer.make(admin.workspace_id, str(admin.id), admin.generation)
     return setup, system.auth.authenticate(value)
+
+
+# -- test tiers ---------------------------------------------------------------------------------
+# Every test lands in exactly one tier, by what it needs, so `-m unit` is the fast loop:
+#   e2e          drives real processes (uvicorn, Tinybird's CLIs, a browser): marked in its file;
+#   integration  uses a real database (SQLite file and PostgreSQL): any storage fixture;
+#   unit         everything else: pure functions and aggregates in memory.
+_STORAGE_FIXTURES = {"backend", "database_url", "system", "make_pg_database", "postgres_available", "tmp_path"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        item.add_marker(pytest.mark.integration if fixtures & _STORAGE_FIXTURES else pytest.mark.unit)
