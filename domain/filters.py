@@ -74,10 +74,10 @@ def normalize_filter(sql: str) -> str:
         raise FilterError(f"sql_filter is not valid SQL: {_first_line(error)}") from None
     if any(token.comments for token in tokens):
         raise FilterError("sql_filter must not contain comments")
-    statements = [s for s in statements if s is not None]
-    if len(statements) != 1:
+    trees = [s for s in statements if s is not None]
+    if len(trees) != 1:
         raise FilterError("sql_filter must be a single expression, not several statements")
-    (tree,) = statements
+    (tree,) = trees
     _check_tree(tree)
     if not isinstance(_unwrap_parens(tree), _BOOLEAN_ROOTS):
         raise FilterError("sql_filter must be a boolean expression (a comparison or a condition)")

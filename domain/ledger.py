@@ -15,7 +15,7 @@ import time
 import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
@@ -67,6 +67,8 @@ USER_TOKEN_NAME = "user token"
 ORIGIN_TYPES = {"C", "DS", "P"}
 _EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]{1,128}@[^@\s\x00-\x1f\x7f]{1,128}")
 
+
+T = TypeVar("T")
 
 @dataclass
 class Change:
@@ -184,8 +186,8 @@ class Ledger(Application[UUID]):
             if existing is not None:
                 if not caller.is_system:
                     raise NameTaken(f'Workspace with name "{name}" already exists')
-                workspace = self.repository.get(UUID(existing.workspace_id))
-                user = self.repository.get(UUID(workspace.owner_user_id))
+                workspace: Workspace = self.repository.get(UUID(existing.workspace_id))
+                user: User = self.repository.get(UUID(workspace.owner_user_id))
                 return WorkspaceSetup(workspace, user, self._default_tokens(workspace, user), 0, False)
             actor = caller.actor()
             user = self._get_or_none(user_id_for(email))
@@ -234,7 +236,7 @@ class Ledger(Application[UUID]):
 
     def workspace(self, workspace_id: str) -> Workspace:
         try:
-            workspace = self.repository.get(UUID(workspace_id))
+            workspace: Any = self.repository.get(UUID(workspace_id))
         except (AggregateNotFoundError, ValueError):
             raise NotFound("Workspace not found") from None
         if not isinstance(workspace, Workspace):
@@ -370,7 +372,7 @@ class Ledger(Application[UUID]):
 
         def attempt() -> JwtIssue:
             self._require_current(caller)
-            admin = self.repository.get(UUID(workspace.admin_token_id))
+            admin: Token = self.repository.get(UUID(workspace.admin_token_id))
             jwt = Jwt.issue(
                 actor=caller.actor(), workspace_id=caller.workspace_id, name=name, scopes=scopes,
                 expires_at=expires_at, limits=dict(limits or {}), admin_token_id=str(admin.id),
@@ -441,22 +443,24 @@ class Ledger(Application[UUID]):
             else:
                 index.claim(str(token.id), actor)
             return [token, index]
-        token = known.get(UUID(step.token_id))
-        token = token if isinstance(token, Token) else None
-        if token is None or token.deleted or token.kind != "datafile" or token.workspace_id != workspace_id:
+        existing = known.get(UUID(step.token_id))
+        if (
+            not isinstance(existing, Token) or existing.deleted or existing.kind != "datafile"
+            or existing.workspace_id != workspace_id
+        ):
             raise IntegrityError(f'token "{step.name}" changed while the deployment was planned')  # re-plan
         # e.g. ADMIN added by hand: not for a TOKENS caller
-        authorize(caller, Op.DEPLOY, facts_of(token))
+        authorize(caller, Op.DEPLOY, facts_of(existing))
         if isinstance(step, ModifyToken):
-            token.replace_scopes(list(step.scopes), actor)
-            return [token]
+            existing.replace_scopes(list(step.scopes), actor)
+            return [existing]
         assert isinstance(step, DeleteToken)
-        token.delete(actor)
-        index = self._get_or_none(token_name_id(workspace_id, token.name))
-        if index is not None and index.token_id == str(token.id):
+        existing.delete(actor)
+        index = self._get_or_none(token_name_id(workspace_id, existing.name))
+        if index is not None and index.token_id == str(existing.id):
             index.release(actor)
-            return [token, index]
-        return [token]
+            return [existing, index]
+        return [existing]
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -607,7 +611,7 @@ class Ledger(Application[UUID]):
         recordings = self.save(*aggregates)
         return max((r.notification.id for r in recordings), default=0)
 
-    def _retrying(self, attempt: Callable[[], Any]) -> Any:
+    def _retrying(self, attempt: Callable[[], T]) -> T:
         """Run `attempt`, again after a lost race or a lock wait, within COMMAND_SECONDS in all.
 
         No attempt starts, and nothing is saved, once COMMAND_SECONDS have passed since the command

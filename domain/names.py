@@ -19,11 +19,11 @@ from domain.refs import looks_like_reference
 MAX_NAME_LENGTH = 256
 
 
-def validate_name(name: Any, what: str = "token") -> str:
+def validate_name(raw: Any, what: str = "token") -> str:
     """The name, stripped, or `InvalidInput` saying what is wrong with it."""
-    if not isinstance(name, str) or not name.strip():
+    if not isinstance(raw, str) or not raw.strip():
         raise InvalidInput(f"{what} name is mandatory")
-    name = name.strip()
+    name: str = raw.strip()
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidInput(f"{what} name is longer than {MAX_NAME_LENGTH} characters")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
@@ -36,9 +36,9 @@ def validate_name(name: Any, what: str = "token") -> str:
     return name
 
 
-def validate_custom_name(name: Any) -> str:
+def validate_custom_name(raw: Any) -> str:
     """A name for a token made through the API or the console: not one the default tokens own."""
-    name = validate_name(name)
+    name = validate_name(raw)
     if imitates_default(name):
         raise InvalidInput(
             f"token name {name!r} is reserved: it imitates a default token's name "

@@ -16,9 +16,13 @@ from typing import Iterator
 import psycopg
 import pytest
 
+from fastapi.testclient import TestClient
+
+from api.app import create_app
 from domain import clock
 from domain.policy import Caller
 from projections.system import System
+from tests.api_helpers import OWNER, Realm, create, make_realm
 
 PG_HOST = os.environ.get("TOKENTRAIL_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TOKENTRAIL_TEST_PG_PORT", "5432"))
@@ -91,6 +95,29 @@ def system(database_url: str, tmp_path: Path, environ: dict[str, str]) -> Iterat
     sys_ = System(database_url, data=tmp_path, environ=environ)
     yield sys_
     sys_.close()
+
+
+# -- the HTTP API's fixtures (helpers in tests/api_helpers.py) -----------------------------------
+
+
+@pytest.fixture
+def client(system: System) -> Iterator[TestClient]:
+    with TestClient(create_app(system), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def ws(system: System) -> Realm:
+    return make_realm(system, "main", OWNER)
+
+
+@pytest.fixture
+def other(system: System, client: TestClient) -> Realm:
+    """A second workspace of another user, holding a custom token named `secret`."""
+    realm = make_realm(system, "other", "someone@example.com")
+    secret = create(client, realm.admin, "secret", "PIPES:READ:top")
+    realm.tokens["secret"] = secret
+    return realm
 
 
 @pytest.fixture(autouse=True)

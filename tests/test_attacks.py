@@ -32,20 +32,17 @@ from api.app import create_app
 from domain.values import b64url
 from projections.system import System
 from tests.helpers import FakeClock
-from tests.test_api import (  # noqa: F401 - fixtures: client, ws, other
+from tests.test_api import (
     JWT_SCOPES,
     Realm,
     assert_error,
     authenticates,
-    client,
     create,
     create_jwt,
     head,
     names,
-    other,
     path_of,
     url,
-    ws,
 )
 from tests.test_ui import CSRF, Console
 

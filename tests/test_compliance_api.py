@@ -18,19 +18,7 @@ import pytest
 
 from api.routes.ledger import CSV_COLUMNS
 from tests.helpers import FakeClock
-from tests.test_api import (  # noqa: F401 - fixtures
-    Realm,
-    assert_error,
-    client,
-    create,
-    create_jwt,
-    head,
-    make_realm,
-    other,
-    path_of,
-    url,
-    ws,
-)
+from tests.test_api import Realm, assert_error, create, create_jwt, head, path_of, url
 
 TOKEN_VALUE = re.compile(r"p\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
 

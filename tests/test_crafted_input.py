@@ -23,7 +23,7 @@ from domain.clock import MAX_MICROS, MIN_MICROS, format_instant, parse_instant
 from domain.errors import InvalidInput
 from projections.history import MAX_POSITION, decode_cursor, encode_cursor
 from projections.system import System
-from tests.test_api import Realm, assert_error, client, head, url, ws  # noqa: F401 - fixtures
+from tests.test_api import Realm, assert_error, head, url
 from tests.test_ui import Console
 
 

@@ -27,17 +27,7 @@ from domain.policy import Caller
 from projections.deployments import current_tokens
 from projections.system import System
 from tests.helpers import FakeClock
-from tests.test_api import (  # noqa: F401 - fixtures
-    Realm,
-    assert_error,
-    client,
-    create,
-    create_jwt,
-    head,
-    make_realm,
-    url,
-    ws,
-)
+from tests.test_api import Realm, assert_error, create, create_jwt, head, make_realm, url
 
 # -- the project --------------------------------------------------------------------------------
 

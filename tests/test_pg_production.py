@@ -32,16 +32,7 @@ from projections import pgstore
 from projections.system import System
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, TEST_SECRET
 from tests.serve_process import free_port, serve
-from tests.test_api import (  # noqa: F401 - fixtures
-    Realm,
-    assert_error,
-    client,
-    create,
-    head,
-    make_realm,
-    url,
-    ws,
-)
+from tests.test_api import Realm, assert_error, create, head, make_realm, url
 
 BIG = MAX_TOKEN_LINES
 

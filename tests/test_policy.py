@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from domain.policy import RULES, Op, Role, Target, markdown
 from projections.system import System
-from tests.test_api import client, create, head, make_realm, path_of, url  # noqa: F401 - fixture: client
+from tests.test_api import create, head, make_realm, path_of, url
 
 ROLE_SCOPES = {
     Role.ADMIN: "ADMIN",

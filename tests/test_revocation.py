@@ -21,7 +21,7 @@ from domain.policy import Caller
 from projections.system import System
 from tests.helpers import FakeClock, caller_for, value_of
 from tests.pg_proxy import FreezableProxy
-from tests.test_api import JWT_SCOPES, authenticates, client, create, create_jwt, head, url, ws  # noqa: F401
+from tests.test_api import JWT_SCOPES, authenticates, create, create_jwt, head, url
 
 GRACE = "grace window after a refresh only authenticates"
 

@@ -19,17 +19,7 @@ from domain.values import new_generation
 from projections.rebuild import rebuild
 from projections.system import System
 from projections.verify import verify_chain, verify_checkpoint
-from tests.test_api import (  # noqa: F401 - fixtures: client, ws
-    assert_error,
-    authenticates,
-    client,
-    create,
-    create_jwt,
-    head,
-    path_of,
-    url,
-    ws,
-)
+from tests.test_api import assert_error, authenticates, create, create_jwt, head, path_of, url
 
 LONG_SUM = "a = " + "+".join(["1"] * 600)  # ~1,200 characters as sent, ~2,400 once normalised
 LONG_IN = "a IN (" + ",".join(["1"] * 1000) + ")"
