@@ -83,3 +83,17 @@ def test_a_jwt_signed_with_a_value_in_its_grace_window_opens_no_console_session(
     assert Console(TestClient(create_app(system), raise_server_exceptions=False)).sign_in(
         fresh.json()["token"]).status_code == 303
 
+
+
+def test_an_api_caller_cannot_label_its_changes_as_made_in_the_console(client, system, ws) -> None:
+    """`X-Tokentrail-Origin: ui` on an API request recorded the change with origin "ui", as if
+    it had been made through the web console; the console sets that mark itself."""
+    created = client.post(url("/v0/tokens", ws.admin, name="spoof", scope="PIPES:READ:top"),
+                          headers={"X-Tokentrail-Origin": "ui"})
+    assert created.status_code == 200, created.text
+    cli = client.post(url("/v0/tokens", ws.admin, name="from cli", scope="PIPES:READ:top"),
+                      headers={"X-Tokentrail-Origin": "cli"})
+    assert cli.status_code == 200, cli.text
+    events = client.get(url("/v0/audit", ws.admin, event="Created")).json()["events"]
+    origins = {e["token_name"]: e["origin"] for e in events}
+    assert origins["spoof"] == "api" and origins["from cli"] == "cli"
