@@ -5,10 +5,13 @@ a route or the console decided on its own and disagreed with the table (or with 
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from domain.errors import Unauthenticated
 from tests.test_api import (  # noqa: F401 - fixtures: client, ws
     assert_error,
     authenticates,
@@ -97,3 +100,35 @@ def test_an_api_caller_cannot_label_its_changes_as_made_in_the_console(client, s
     events = client.get(url("/v0/audit", ws.admin, event="Created")).json()["events"]
     origins = {e["token_name"]: e["origin"] for e in events}
     assert origins["spoof"] == "api" and origins["from cli"] == "cli"
+
+
+def test_a_token_row_read_before_a_delete_is_not_cached_after_it(client, system, ws) -> None:
+    """The authentication cache stored a row it had read before a delete was projected, after
+    that delete's eviction had run: the deleted value then authenticated on this server until
+    its token's next event, which for a deleted token never comes."""
+    victim = create(client, ws.admin, "victim", "PIPES:READ:top")
+    cache = system.auth.tokens
+    cache.clear()
+    original = cache._load
+    loaded, resume = threading.Event(), threading.Event()
+
+    def slow_load(token_id: str):  # noqa: ANN202 - a TokenRow or None
+        row = original(token_id)
+        if token_id == victim["id"] and not resume.is_set():
+            loaded.set()
+            resume.wait(10)  # the delete commits, is projected and evicted meanwhile
+        return row
+
+    cache._load = slow_load
+    reader = threading.Thread(target=system.auth.authenticate, args=(victim["token"],))
+    reader.start()
+    try:
+        assert loaded.wait(10)
+        assert client.delete(url("/v0/tokens/victim", ws.admin)).status_code == 200
+    finally:
+        resume.set()
+        reader.join(10)
+    cache._load = original
+    assert not authenticates(client, victim["token"])
+    with pytest.raises(Unauthenticated):
+        system.auth.authenticate(victim["token"])
