@@ -43,7 +43,9 @@ def request_context(request: Request) -> dict[str, str | None]:
     if not hasattr(request.state, "request_id"):
         request.state.request_id = request_id(request.headers.get("x-request-id")) or uuid.uuid4().hex
     origin = request.headers.get("x-tokentrail-origin", "").lower()
-    if origin not in ("cli", "ui", "api"):
+    # "ui" is the console's own mark (it authenticates with origin="ui" itself): an API caller
+    # must not make its changes read in the audit trail as made through the console.
+    if origin not in ("cli", "api"):
         origin = "cli" if b"cli_version=" in request.scope.get("query_string", b"") else "api"
     return {"request_id": request.state.request_id, "origin": origin}
 

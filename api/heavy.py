@@ -19,7 +19,7 @@ import anyio
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEAVY_CONCURRENCY = 2
 
@@ -68,8 +68,32 @@ class HeavyReadGate:
             return
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(self.concurrency)
+        # The body is read before a slot is taken (every route reads it anyway, and the outer
+        # middleware bounds it): a client, authenticated or not, that announces a body and never
+        # sends it must not hold a slot, and with two such connections every heavy read.
+        messages = await _whole_request(receive)
+        if messages[-1]["type"] == "http.disconnect":
+            return  # gone before its request was complete: nobody to answer
         async with self._limiter:
-            await self.app(scope, receive, send)
+            await self.app(scope, _replayed(messages, receive), send)
+
+
+async def _whole_request(receive: Receive) -> list[Message]:
+    messages: list[Message] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return messages
+
+
+def _replayed(messages: list[Message], receive: Receive) -> Receive:
+    pending = list(messages)
+
+    async def replay() -> Message:
+        return pending.pop(0) if pending else await receive()
+
+    return replay
 
 
 class RenderedInThread(APIRoute):

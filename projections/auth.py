@@ -34,6 +34,7 @@ class TokenCache:
         self._size = size
         self._rows: OrderedDict[str, TokenRow | None] = OrderedDict()
         self._lock = threading.Lock()
+        self._evictions = 0  # how many evictions so far: a load keeps its row only if none ran meanwhile
 
     def get(self, token_id: str) -> TokenRow | None:
         try:
@@ -41,20 +42,28 @@ class TokenCache:
             return row
         except KeyError:
             pass
+        with self._lock:
+            evictions = self._evictions
         row = self._load(token_id)
         with self._lock:
-            self._rows[token_id] = row
-            if len(self._rows) > self._size:
-                self._rows.popitem(last=False)
+            # A row read before an event was projected, whose eviction ran while we read, is
+            # older than that event: cached, it would accept a deleted or refreshed-out value
+            # until the token's next event. It answers this request only.
+            if self._evictions == evictions:
+                self._rows[token_id] = row
+                if len(self._rows) > self._size:
+                    self._rows.popitem(last=False)
         return row
 
     def evict(self, token_ids: Any) -> None:
         with self._lock:
+            self._evictions += 1
             for token_id in token_ids:
                 self._rows.pop(token_id, None)
 
     def clear(self) -> None:
         with self._lock:
+            self._evictions += 1
             self._rows.clear()
 
 

@@ -41,6 +41,10 @@ def test_the_concurrency_setting() -> None:
         heavy_concurrency({"TOKENTRAIL_HEAVY_READS": "-1"})
 
 
+async def _no_body() -> dict:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
 def test_at_most_two_heavy_reads_run_and_introspection_passes_them_by() -> None:
     running = 0
     most = 0
@@ -63,12 +67,44 @@ def test_at_most_two_heavy_reads_run_and_introspection_passes_them_by() -> None:
     async def main() -> None:
         async with anyio.create_task_group() as tasks:
             for _ in range(10):
-                tasks.start_soon(gate, _scope("/v0/access/diff"), None, None)
+                tasks.start_soon(gate, _scope("/v0/access/diff"), _no_body, None)
             await anyio.sleep(0.05)
             assert running == 2  # eight wait for a slot
             await gate(_scope("/v0/auth"), None, None)  # not held up by them
             assert answered == ["auth"]
             release.set()
         assert answered.count("heavy") == 10 and most == 2
+
+    anyio.run(main)
+
+
+def test_a_request_whose_body_never_comes_holds_no_slot() -> None:
+    """Two connections announcing a body on GET /v0/audit/verify and never sending it held both
+    slots before authentication even ran: every heavy read of every admin then waited for ever."""
+    stalled = anyio.Event()  # never set: the announced body never arrives
+    bodies: list[bytes] = []
+
+    async def app(scope, receive, send) -> None:  # noqa: ANN001 - reads its body, as every route does
+        message = await receive()
+        bodies.append(message["body"])
+
+    async def never() -> dict:
+        await stalled.wait()
+        return {"type": "http.disconnect"}
+
+    async def trickled_body() -> dict:
+        return {"type": "http.request", "body": b"x=1", "more_body": False}
+
+    gate = HeavyReadGate(app, concurrency=2)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as tasks:
+            for _ in range(2):
+                tasks.start_soon(gate, _scope("/v0/audit/verify"), never, None)
+            await anyio.sleep(0.02)
+            with anyio.fail_after(2):
+                await gate(_scope("/v0/audit"), trickled_body, None)
+            assert bodies == [b"x=1"]  # the body reached the app whole
+            tasks.cancel_scope.cancel()
 
     anyio.run(main)

@@ -178,10 +178,16 @@ def token_history(request: Request, who: Caller = Depends(caller)) -> dict[str, 
     ref = request.path_params["ref"]  # not a declared parameter: any text is a name to look up
     system, hist = get_system(request), history(request)
     token_id = resolve_any(system, hist, who, ref)
+    if token_id is not None and token_id == who.token_id:
+        # Its own history is reading itself: not for a value in its grace window, nor a JWT.
+        own = system.queries.token(token_id)
+        authorize(who, Op.READ, own.facts if own is not None else None)
+    else:
+        # Before "not found": a caller that may not read the trail learns nothing of which
+        # names and ids exist.
+        authorize(who, Op.READ_AUDIT)
     if token_id is None:
         raise NotFound("Token not found")
-    if token_id != who.token_id:
-        authorize(who, Op.READ_AUDIT)
     events = hist.token_history(token_id)
     if not events or events[0]["workspace_id"] != who.workspace_id:
         raise NotFound("Token not found")

@@ -244,6 +244,10 @@ def get_token(
     except NotFound:
         require_token_manager(who)  # a token that may only read itself learns nothing of others
         raise
+    if row.id != who.token_id:
+        # The same 403 as for a name that names nothing: a token that may read only itself must
+        # not learn which other names exist (say `admin <email>`, from a refusal of its own).
+        require_token_manager(who)
     authorize(who, Op.READ, row.facts)
     return present.token_object(system, row, who)
 

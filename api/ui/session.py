@@ -117,7 +117,10 @@ def store(request: Request) -> ConsoleSessions:
 def _signing_token(system: System, value: str, caller: Caller) -> tuple[str, str] | None:
     """(token id, generation) of the token whose refresh or deletion must end a session opened
     with this value: the token itself, or for a JWT the workspace admin token that signs it.
-    None when the value is a grace-window value of a token already refreshed."""
+    None when the value is a grace-window value of a token already refreshed, or a JWT signed
+    with such a value."""
+    if caller.in_grace:
+        return None
     if caller.is_jwt:
         workspace = system.auth.workspace(caller.workspace_id)
         admin = system.auth.tokens.get(workspace.admin_token_id) if workspace else None
