@@ -34,13 +34,19 @@ class TokenCache:
         self._size = size
         self._rows: OrderedDict[str, TokenRow | None] = OrderedDict()
         self._lock = threading.Lock()
+        # Plain ints for /metrics, read at scrape time: no lock on the hot path, so concurrent
+        # threads may very rarely lose an increment (a count, not an account).
+        self.hits = 0
+        self.misses = 0
 
     def get(self, token_id: str) -> TokenRow | None:
         try:
             row = self._rows[token_id]
+            self.hits += 1
             return row
         except KeyError:
             pass
+        self.misses += 1
         row = self._load(token_id)
         with self._lock:
             self._rows[token_id] = row
