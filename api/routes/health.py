@@ -32,7 +32,8 @@ async def healthz() -> JSONResponse:
     "hits and misses, events written by type, revocation visibility. No label holds a token value "
     "or a token name.",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses={200: {"description": "The metrics, in Prometheus text format",
+                     "content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def metrics(request: Request) -> Response:
     body = await run_in_threadpool(request.app.state.metrics.render)  # reads the store
