@@ -154,7 +154,11 @@ class System:
     def _measure_revocations(self, notifications: Sequence[Notification]) -> None:
         """For each Refreshed or Deleted token event another process wrote, observe how long
         after its timestamp this process evicted the token: the time a revoked value could still
-        have been accepted here. Called with `_seen_lock` held."""
+        have been accepted here. Called with `_seen_lock` held.
+
+        Catching up happens when a request arrives, so after an idle spell the figure includes the
+        idle time (an upper bound). An own write that another thread of this process projects
+        between its commit and `_recorded` is counted as foreign (with a figure of milliseconds)."""
         for n in notifications:
             if n.topic not in REVOKING_TOPICS:
                 continue
