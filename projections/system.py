@@ -168,7 +168,7 @@ class System:
             if n.id in self._measured_revocations:
                 continue
             try:
-                written = self.ledger.mapper.to_domain_event(n).timestamp
+                written = self.ledger.mapper.to_domain_event(n).timestamp  # type: ignore[attr-defined]
             except Exception:  # noqa: BLE001 - a measurement must never fail an eviction
                 continue
             self._measured_revocations.add(n.id)
@@ -237,7 +237,7 @@ class System:
         oldest = self.ledger.recorder.select_notifications(start=projected + 1, limit=1)
         if not oldest:
             return head - projected, 0.0
-        written = self.ledger.mapper.to_domain_event(oldest[0]).timestamp
+        written = self.ledger.mapper.to_domain_event(oldest[0]).timestamp  # type: ignore[attr-defined]
         return head - projected, max(0.0, (clock.now() - written).total_seconds())
 
     @property

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import quote
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
