@@ -124,6 +124,7 @@ def main() -> None:
             on.add(in_process_rate(with_app, value, count))
         results.add("GET /v0/auth in-process, with metrics", backend, on.median, "req/s", "without metrics",
                     off.median, min_ratio=TARGET_RATIO, spread=on.spread())
+        results.note(f"{backend}: in-process without metrics {off.spread()} req/s")
         system.close()
         print(f"[{backend}] HTTP: {rounds} round(s) of {seconds:g} s per app ...", flush=True)
         env = common.environ(data, url)
@@ -141,6 +142,8 @@ def main() -> None:
         results.add("GET /v0/auth over uvicorn, with metrics", backend, samples["with"].median, "req/s",
                     "without metrics", samples["without"].median, min_ratio=TARGET_RATIO,
                     spread=samples["with"].spread())
+        results.note(f"{backend}: over uvicorn without metrics {samples['without'].spread()} req/s, "
+                     f"{rounds} round(s) of {seconds:g} s per app, interleaved")
     results.print()
     results.write_json(args.json)
     scratch.cleanup()
