@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import ui
 from api.deps import MAX_BODY
 from api.heavy import HeavyReadGate, heavy_concurrency
+from api.metrics import Metrics, MetricsMiddleware
 from api.proxies import TrustedProxies
 from api.routes import deployments, health, ledger, tokens, workspaces
 from api.wire import request_id
@@ -43,6 +44,7 @@ def create_app(system: System) -> FastAPI:
         ),
     )
     app.state.system = system
+    app.state.metrics = Metrics(system)
     app.state.history = History(system.read_engine)
     app.state.ledger_views = ledger.LedgerViews(system, app.state.history)
     # Read once here so that a malformed setting stops the server at start.
@@ -96,6 +98,8 @@ def create_app(system: System) -> FastAPI:
 
     app.add_middleware(HeavyReadGate, concurrency=heavy_concurrency(system.environ))
     app.add_middleware(RequestIdMiddleware)
+    # Outermost: counts every answer, the 413s of RequestIdMiddleware included.
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes=app.router.routes)
     return app
 
 

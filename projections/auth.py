@@ -35,15 +35,21 @@ class TokenCache:
         self._rows: OrderedDict[str, TokenRow | None] = OrderedDict()
         self._lock = threading.Lock()
         self._evictions = 0  # how many evictions so far: a load keeps its row only if none ran meanwhile
+        # Plain ints for /metrics, read at scrape time: no lock on the hot path, so concurrent
+        # threads may very rarely lose an increment (a count, not an account).
+        self.hits = 0
+        self.misses = 0
 
     def get(self, token_id: str) -> TokenRow | None:
         try:
             row = self._rows[token_id]
+            self.hits += 1
             return row
         except KeyError:
             pass
         with self._lock:
             evictions = self._evictions
+        self.misses += 1
         row = self._load(token_id)
         with self._lock:
             # A row read before an event was projected, whose eviction ran while we read, is

@@ -29,8 +29,10 @@ from sqlalchemy.exc import InterfaceError as SQLInterfaceError
 from sqlalchemy.exc import OperationalError as SQLOperationalError
 from sqlalchemy.exc import SQLAlchemyError
 
+from domain import clock
 from domain.errors import LedgerError, ProjectionFailed, StoreUnavailable
 from domain.ledger import Change, Ledger
+from domain.model import Token
 from domain.values import TokenSigner
 from projections import keys, pgstore
 from projections.auth import Authenticator
@@ -38,11 +40,15 @@ from projections.database import Database, data_dir, database_url
 from projections.migrate import upgrade
 from projections.projector import Projector
 from projections.queries import Queries
+from projections.stats import ProcessStats
 
 T = TypeVar("T")
 
 # What a store that is down, unreachable or timing out raises (not a projection's own bug).
 _UNREACHABLE = (StoreOperationalError, StoreInterfaceError, SQLOperationalError, SQLInterfaceError)
+
+# Events after which a token's old value must stop working: their visibility here is measured.
+REVOKING_TOPICS = frozenset({Token.Refreshed.TOPIC, Token.Deleted.TOPIC})
 
 
 class System:
@@ -83,6 +89,11 @@ class System:
         # SQLite has one writer at a time: queue this process's writers here, not on the file lock.
         self._write_lock = threading.Lock() if self.backend == "sqlite" else None
         self._head = _LogHead(self)
+        self.stats = ProcessStats()
+        # Log positions of revoking events: written here (not measured: this process never had
+        # them in flight) and already measured (an event can reach both eviction paths).
+        self._own_revocations: set[int] = set()
+        self._measured_revocations: set[int] = set()
         # The projector is handed what this process writes (no read-back of its own events) and
         # tells us what it applied (no read-back to evict the cache).
         self.ledger._notify = self._recorded  # type: ignore[method-assign]  # eventsourcing's hook
@@ -134,6 +145,40 @@ class System:
 
     def _recorded(self, recordings: Sequence[Any]) -> None:
         self.projector.remember([r.notification for r in recordings])
+        self.stats.written([type(r.domain_event).__qualname__ for r in recordings])
+        own = [r.notification.id for r in recordings if r.notification.topic in REVOKING_TOPICS]
+        if own:
+            with self._seen_lock:
+                self._own_revocations.update(own)
+
+    def _measure_revocations(self, notifications: Sequence[Notification]) -> None:
+        """For each Refreshed or Deleted token event another process wrote, observe how long
+        after its timestamp this process evicted the token: the time a revoked value could still
+        have been accepted here. Called with `_seen_lock` held.
+
+        Catching up happens when a request arrives, so after an idle spell the figure includes the
+        idle time (an upper bound). An own write that another thread of this process projects
+        between its commit and `_recorded` is counted as foreign (with a figure of milliseconds)."""
+        for n in notifications:
+            if n.topic not in REVOKING_TOPICS:
+                continue
+            if n.id in self._own_revocations:
+                self._own_revocations.discard(n.id)
+                continue
+            if n.id in self._measured_revocations:
+                continue
+            try:
+                written = self.ledger.mapper.to_domain_event(n).timestamp  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001 - a measurement must never fail an eviction
+                continue
+            self._measured_revocations.add(n.id)
+            self.stats.revocation_visibility.observe(max(0.0, (clock.now() - written).total_seconds()))
+        # Positions at or below `_seen` never reach either path again; own ones nobody projected
+        # (a crash between write and projection) must not pile up either.
+        if len(self._measured_revocations) > 1000:
+            self._measured_revocations = {i for i in self._measured_revocations if i > self._seen}
+        if len(self._own_revocations) > 10_000:
+            self._own_revocations = {i for i in self._own_revocations if i > self._seen}
 
     def _initial_floor(self, migrated: bool) -> int:
         try:
@@ -148,6 +193,7 @@ class System:
         cache already reflects, the cache now reflects them too (no read-back of the log)."""
         self.auth.tokens.evict({str(n.originator_id) for n in notifications})
         with self._seen_lock:
+            self._measure_revocations(notifications)
             if notifications and notifications[0].id == max(self._seen, self._cache_floor) + 1:
                 self._seen = notifications[-1].id
 
@@ -164,6 +210,7 @@ class System:
                 if not notes:
                     break
                 self.auth.tokens.evict({str(n.originator_id) for n in notes})
+                self._measure_revocations(notes)
                 self._seen = notes[-1].id
 
     def readiness(self) -> dict[str, int]:
@@ -179,6 +226,25 @@ class System:
                 raise StoreUnavailable(f"the database does not answer: {down.message}") from None
             raise StoreUnavailable(f"the database does not answer: {pgstore.reason(error)}") from None
         return {"head": head, "projected": projected}
+
+    def projection_lag(self) -> tuple[int, float]:
+        """How far the read models are behind the log, read from the store now: events, and the
+        age in seconds of the oldest event not yet projected (0 when caught up)."""
+        head = self.ledger.recorder.max_notification_id() or 0
+        projected = self.projector.tracked_position()
+        if head <= projected:
+            return 0, 0.0
+        oldest = self.ledger.recorder.select_notifications(start=projected + 1, limit=1)
+        if not oldest:
+            return head - projected, 0.0
+        written = self.ledger.mapper.to_domain_event(oldest[0]).timestamp  # type: ignore[attr-defined]
+        return head - projected, max(0.0, (clock.now() - written).total_seconds())
+
+    @property
+    def listener_live(self) -> bool | None:
+        """PostgreSQL: has the LISTEN connection proved itself alive within the last half second?
+        (It starts with a server's first read.) None on SQLite, which has no listener."""
+        return None if self.backend == "sqlite" else self._head.listener_live
 
     def close(self) -> None:
         self._head.close()

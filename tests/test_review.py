@@ -12,17 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from domain.errors import Unauthenticated
-from tests.test_api import (  # noqa: F401 - fixtures: client, ws
-    assert_error,
-    authenticates,
-    client,
-    create,
-    create_jwt,
-    head,
-    path_of,
-    url,
-    ws,
-)
+from tests.test_api import assert_error, authenticates, create, create_jwt, head, path_of, url
 from tests.test_ui import Console
 
 

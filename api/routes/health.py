@@ -1,9 +1,10 @@
-"""Readiness: may a load balancer send this server requests? (The store must answer.)"""
+"""Liveness, readiness and metrics: for load balancers and Prometheus, without a token."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import get_system
@@ -11,6 +12,32 @@ from api.schemas import responses
 from domain.errors import StoreUnavailable
 
 router = APIRouter(tags=["operations"])
+
+
+@router.get(
+    "/healthz",
+    summary="Liveness: 200 while the process answers HTTP",
+    description="Needs no token and does not touch the database (that is `/readyz`).",
+    response_model=None,
+    responses=responses({"type": "object", "properties": {"ok": {"type": "boolean"}}}),
+)
+async def healthz() -> JSONResponse:
+    return JSONResponse({"ok": True})
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (text exposition format)",
+    description="Needs no token. Requests by route template, latency, projection lag, auth cache "
+    "hits and misses, events written by type, revocation visibility. No label holds a token value "
+    "or a token name.",
+    response_class=Response,
+    responses={200: {"description": "The metrics, in Prometheus text format",
+                     "content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics(request: Request) -> Response:
+    body = await run_in_threadpool(request.app.state.metrics.render)  # reads the store
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get(

@@ -1,0 +1,179 @@
+"""Prometheus metrics for one app: requests by route template, projection lag, auth cache,
+events written and revocation visibility.
+
+Each app has its own `CollectorRegistry` (tests build many apps in one process). Requests are
+counted by a pure ASGI middleware that labels them with the matched route's template, never the
+path (a path can hold a token value). Everything the ledger counts itself (auth cache, events
+written, revocation visibility) stays a plain number in the ledger and is read here only when
+`/metrics` is scraped, so the hot path pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from starlette.routing import BaseRoute, Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from projections.system import System
+
+log = logging.getLogger("tokentrail.metrics")
+
+UNMATCHED = "(unmatched)"
+# Seconds: /v0/auth answers in well under a millisecond; heavy reads take seconds.
+REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class Metrics:
+    """The registry of one app, and the request metrics the middleware updates."""
+
+    def __init__(self, system: System) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "tokentrail_requests", "HTTP requests answered, by route template, method and status.",
+            ("route", "method", "status"), registry=self.registry,
+        )
+        self.duration = Histogram(
+            "tokentrail_request_duration_seconds", "Time to answer an HTTP request, by route template.",
+            ("route", "method"), buckets=REQUEST_BUCKETS, registry=self.registry,
+        )
+        self.registry.register(SystemCollector(system))
+        # Label children by key: `.labels()` costs more than the increment itself.
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[tuple[str, str], Any] = {}
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        counter = self._counters.get((route, method, status))
+        if counter is None:
+            counter = self._counters[(route, method, status)] = self.requests.labels(route, method, str(status))
+        counter.inc()
+        timer = self._timers.get((route, method))
+        if timer is None:
+            timer = self._timers[(route, method)] = self.duration.labels(route, method)
+        timer.observe(seconds)
+
+    def render(self) -> bytes:
+        """The text exposition (runs the collectors: call off the event loop, it reads the store)."""
+        return generate_latest(self.registry)
+
+
+class SystemCollector(Collector):
+    """Reads the ledger's own counts at scrape time."""
+
+    def __init__(self, system: System) -> None:
+        self.system = system
+
+    def describe(self) -> list[Metric]:
+        return []  # families depend on the store's state: do not run a scrape at registration
+
+    def collect(self) -> Iterator[Metric]:
+        system = self.system
+        try:
+            events, seconds = system.projection_lag()
+        except Exception as error:  # noqa: BLE001 - a store that does not answer must not break the scrape
+            log.warning("metrics: projection lag unavailable: %s", type(error).__name__)
+            yield GaugeMetricFamily("tokentrail_store_up", "1 when the store answered this scrape, else 0.", value=0)
+        else:
+            yield GaugeMetricFamily("tokentrail_store_up", "1 when the store answered this scrape, else 0.", value=1)
+            yield GaugeMetricFamily(
+                "tokentrail_projection_lag_events",
+                "Events in the log not yet applied to the read models (log head minus projected position).",
+                value=events,
+            )
+            yield GaugeMetricFamily(
+                "tokentrail_projection_lag_seconds",
+                "Age of the oldest event not yet applied to the read models; 0 when caught up.",
+                value=seconds,
+            )
+        cache = system.auth.tokens
+        yield CounterMetricFamily("tokentrail_auth_cache_hits", "Token lookups answered from the auth cache.",
+                                  value=cache.hits)
+        yield CounterMetricFamily("tokentrail_auth_cache_misses", "Token lookups that read the store.",
+                                  value=cache.misses)
+        written = CounterMetricFamily("tokentrail_events_written", "Events this process wrote, by event type.",
+                                      labels=("type",))
+        for event_type, count in sorted(system.stats.events_written().items()):
+            written.add_metric((event_type,), count)
+        yield written
+        buckets, total = system.stats.revocation_visibility.snapshot()
+        yield HistogramMetricFamily(
+            "tokentrail_revocation_visibility_seconds",
+            "For each token refresh or delete written by another process: seconds from the event's "
+            "timestamp to this process evicting the token from its auth cache.",
+            buckets=buckets, sum_value=total,
+        )
+        live = system.listener_live
+        if live is not None:
+            yield GaugeMetricFamily(
+                "tokentrail_listener_alive",
+                "PostgreSQL: 1 while the LISTEN connection proved itself alive within the last 0.5 s.",
+                value=1 if live else 0,
+            )
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by the template of the route that answered it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[BaseRoute]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self._routes = routes  # the app's own list: complete by the first request
+        self._by_endpoint: dict[Any, str] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            method = scope["method"]
+            self.metrics.observe(self.template(scope), method if method in _METHODS else "other", status,
+                                 time.perf_counter() - started)
+
+    def template(self, scope: Scope) -> str:
+        """The template of the route that answered (`/v0/tokens/{ref:path}`), else `(unmatched)`:
+        never the path itself.
+
+        FastAPI's routes record themselves in the scope as `route`; the app's plain Starlette
+        routes (the fast `/v0/auth`, the static mount) leave only their `endpoint`, looked up
+        here among the app's top-level routes."""
+        route = scope.get("route")
+        if route is not None:
+            return _path_of(route)
+        endpoint = scope.get("endpoint")
+        if endpoint is None:
+            return UNMATCHED
+        if self._by_endpoint is None:
+            self._by_endpoint = {
+                r.endpoint if not isinstance(r, Mount) else r.app: _path_of(r)
+                for r in self._routes if hasattr(r, "endpoint") or isinstance(r, Mount)
+            }
+        return self._by_endpoint.get(endpoint, UNMATCHED)
+
+
+def _path_of(route: Any) -> str:
+    path = getattr(route, "path", None)
+    if not isinstance(path, str):
+        return UNMATCHED
+    return f"{path}/{{path}}" if isinstance(route, Mount) else path
