@@ -322,7 +322,9 @@ def test_adding_and_removing_rows_without_javascript_saves_nothing(system: Syste
 @pytest.mark.parametrize(
     ("fields", "status", "message"),
     [
-        ({"name": "admin token", "scope": "TOKENS"}, 400, 'Auth token with name "admin token" already exists'),
+        ({"name": "admin token", "scope": "TOKENS"}, 400,
+         "token name 'admin token' is reserved: it imitates a default token's name "
+         "('admin token', 'create datasource token', 'user token', 'admin <email>')"),
         ({"name": "", "scope": "TOKENS"}, 400, "token name is mandatory"),
         ({"name": "empty"}, 400, "scope is mandatory"),
         ({"name": "f", "r0-kind": "datasource", "r0-resource": "events", "r0-filter": "1; DROP TABLE x"}, 400, "filter"),
@@ -346,10 +348,11 @@ def test_refusals_are_shown_inline_with_the_apis_message_and_write_nothing(
 
 def test_rename_shows_a_taken_name_inline(system: System, seeded: dict[str, Any], console: Console) -> None:
     token = create(system, seeded["admin"], "first", ["TOKENS"])
+    create(system, seeded["admin"], "taken", ["PIPES:READ:top"])
     path = f"/ui/tokens/{token['id']}"
-    taken = console.post(f"{path}/rename", {"name": "create datasource token"}, csrf_from=path)
+    taken = console.post(f"{path}/rename", {"name": "taken"}, csrf_from=path)
     assert taken.status_code == 400
-    assert 'Auth token with name "create datasource token" already exists' in unescape(taken.text)
+    assert 'Auth token with name "taken" already exists' in unescape(taken.text)
     assert '<details class="rename" open>' in taken.text
     assert console.post(f"{path}/rename", {"name": "second"}, csrf_from=path).status_code == 303
     assert system.queries.token(token["id"]).name == "second"
