@@ -48,7 +48,17 @@ from domain.model import (
     user_id_for,
     workspace_name_id,
 )
-from domain.policy import GRACE_REFUSAL, Caller, Op, TokenFacts, authorize, require_may_grant, require_workspace
+from domain.policy import (
+    GRACE_REFUSAL,
+    Caller,
+    Op,
+    TokenFacts,
+    authorize,
+    bound_user,
+    own_user_id,
+    require_may_grant,
+    require_workspace,
+)
 from domain.names import MAX_NAME_LENGTH, validate_custom_name, validate_name
 from domain.refs import parse_ref
 from domain.scopes import ADMIN, AUTH, Scope, parse_scope, parse_scopes, read_scope
@@ -149,6 +159,13 @@ def scopes_of(token: Token) -> tuple[Scope, ...]:
 def facts_of(token: Token) -> TokenFacts:
     """What the policy table needs to know of a token aggregate."""
     return TokenFacts(str(token.id), token.kind, token.workspace_id, scopes_of(token))
+
+
+def _own_user_bound(caller: Caller, token: Token) -> bool:
+    """Is `token` the caller's own user's user token? It lives in the user's realm, not the
+    workspace's, yet its user (through `admin <email>`) must be able to rotate it."""
+    facts = facts_of(token)
+    return bound_user(facts) is not None and bound_user(facts) == own_user_id(caller)
 
 
 def _any_token(caller: Caller) -> TokenFacts:
@@ -482,7 +499,8 @@ class Ledger(Application[UUID]):
             or not token.accepts(parsed.generation or "", clock.to_micros(clock.now()))
         ):
             raise NotFound("Token not found")
-        require_workspace(caller, token.workspace_id)
+        if not _own_user_bound(caller, token):
+            require_workspace(caller, token.workspace_id)
         return token
 
     def token_by_name(self, workspace_id: str, name: str) -> Token | None:
@@ -536,7 +554,7 @@ class Ledger(Application[UUID]):
             raise Unauthenticated("invalid authentication token")
         if token.generation != caller.generation and not caller.is_jwt:
             raise Forbidden(GRACE_REFUSAL)
-        if not caller.is_jwt and {str(scope) for scope in caller.scopes} != set(token.scopes):
+        if not caller.is_jwt and {str(x) for x in caller.scopes} != {str(read_scope(x)) for x in token.scopes}:
             # Demoted (or promoted) since this request authenticated: its rights are no longer
             # the ones it was authorised with. Nothing is written; the client tries again.
             raise Forbidden("the calling token's scopes changed while this request ran; try again")

@@ -289,3 +289,19 @@ def test_names_that_imitate_the_default_tokens_are_reserved(client, system, ws, 
 
 def test_ordinary_names_beginning_with_admin_are_fine(client, ws) -> None:
     assert create(client, ws.admin, "admin dashboard", "PIPES:READ:top")["name"] == "admin dashboard"
+
+
+def test_the_owner_rotates_their_own_user_token_and_nobody_else_can(client, system, ws) -> None:
+    """A leaked user token must be rotatable: by its user's `admin <email>` token, the only
+    principal that reaches it across realms."""
+    owner_name = next(n for n in ws.tokens if n.startswith("admin ") and n != "admin token")
+    user_id, old = ws.id_of("user token"), ws.user
+    before = head(system)
+    delegated = create(client, ws.admin, "delegated", "ADMIN")["token"]
+    for stranger in (ws.admin, delegated, old):  # not even the user token itself
+        assert client.post(url(f"/v0/tokens/{user_id}/refresh", stranger)).status_code in (403, 404)
+    assert head(system) == before + 2  # the delegated token's two events only
+    answer = client.post(url(f"/v0/tokens/{user_id}/refresh", ws.value(owner_name)))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["token"] != old and authenticates(client, answer.json()["token"])
+    assert not authenticates(client, old)

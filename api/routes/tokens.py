@@ -29,7 +29,7 @@ from api.schemas import (
 from api.wire import Params, json_body
 from domain.errors import Forbidden, InvalidInput, MethodNotAllowed, NotFound
 from domain import clock
-from domain.policy import Caller, Op, authorize, require_token_manager
+from domain.policy import Caller, Op, Target, authorize, require_token_manager, target_of
 from domain.refs import parse_ref
 from domain.scopes import scope_from_parts
 from projections.auth import MAX_JWT_LENGTH
@@ -300,8 +300,10 @@ def resolve(system: System, who: Caller, ref: str) -> TokenRow:
         row = system.queries.token_by_name(who.workspace_id, parsed.text)
     else:
         row = system.queries.token(parsed.text)
-    if row is None or row.deleted or row.workspace_id != who.workspace_id:
+    if row is None or row.deleted:
         raise NotFound("Token not found")
+    if row.workspace_id != who.workspace_id and target_of(who, row.facts, Op.REFRESH) is not Target.OWN_USER_BOUND:
+        raise NotFound("Token not found")  # never another realm's, but its user's own user token
     if parsed.kind == "value" and (
         parsed.workspace_id != row.workspace_id or not row.accepts(parsed.generation or "", clock.to_micros(clock.now()))
     ):

@@ -15,7 +15,7 @@ from api.ui.pages import Page, SignInRequired, UiRoute, poster, viewer
 from api.ui.timeline import timeline
 from domain.errors import InvalidInput, LedgerError, NotFound
 from domain.ledger import MAX_GRACE_SECONDS
-from domain.policy import Op, allows, may_see_value, own_user_id, require_token_manager
+from domain.policy import Op, Target, allows, may_see_value, own_user_id, require_token_manager, target_of
 from domain.scopes import Scope
 from projections.queries import TokenRow
 
@@ -63,7 +63,9 @@ def token_view(page: Page, row: TokenRow) -> TokenView:
     own = row.id == caller.token_id
     in_realm = row.workspace_id == caller.workspace_id
     facts = row.facts
-    live = in_realm and not row.deleted
+    # The signed-in owner's own user token lives in the user's realm and is theirs to rotate.
+    own_user_bound = target_of(caller, facts, Op.REFRESH) is Target.OWN_USER_BOUND
+    live = (in_realm or own_user_bound) and not row.deleted
     # `manageable`: the caller's rights reach this token at all (the wording of the page's notes).
     manages = in_realm and (allows(caller, Op.DESCRIBE, facts) or allows(caller, Op.UPDATE, facts))
     protected = row.kind in PROTECTED_KINDS
