@@ -11,6 +11,7 @@ first, passes straight through. Their answers are also encoded in the worker thr
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import inspect
 from typing import Any, Callable
@@ -22,6 +23,18 @@ from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 HEAVY_CONCURRENCY = 2
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`: CPython returns freed objects to malloc, which keeps the pages;
+    this gives them back to the system. None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
 
 # Paths whose every GET is heavy (API and console); plus any GET carrying `as_of=`.
 HEAVY_PATHS = frozenset({
@@ -61,6 +74,7 @@ class HeavyReadGate:
         self.app = app
         self.concurrency = concurrency
         self._limiter: anyio.CapacityLimiter | None = None  # made on the server's event loop
+        self._running = 0  # heavy reads admitted or waiting
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self.concurrency or not is_heavy(scope):
@@ -74,8 +88,16 @@ class HeavyReadGate:
         messages = await _whole_request(receive)
         if messages[-1]["type"] == "http.disconnect":
             return  # gone before its request was complete: nobody to answer
-        async with self._limiter:
-            await self.app(scope, _replayed(messages, receive), send)
+        self._running += 1
+        try:
+            async with self._limiter:
+                await self.app(scope, _replayed(messages, receive), send)
+        finally:
+            self._running -= 1
+            if self._running == 0 and _MALLOC_TRIM is not None:
+                # The last heavy read is done: hand the memory its rows took back to the system,
+                # so that a burst of exports or diffs does not leave the server at its peak size.
+                await anyio.to_thread.run_sync(_MALLOC_TRIM, 0)
 
 
 async def _whole_request(receive: Receive) -> list[Message]:

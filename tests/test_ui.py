@@ -28,6 +28,7 @@ from api.ui import session as sessions
 from domain.clock import format_instant, to_micros
 from domain.policy import Caller
 from projections.keys import checkpoint_key
+from domain.errors import Unauthenticated
 from projections.system import System
 from projections.verify import verify_checkpoint
 from tests.conftest import TEST_SECRET
@@ -441,8 +442,15 @@ def test_the_owners_admin_token_sees_the_user_token(system: System, seeded: dict
     listing = browser.client.get("/ui/tokens").text
     assert "Your user token" in listing and seeded["tokens"]["user token"]["token"] in listing
     user_page = browser.client.get(f"/ui/tokens/{seeded['tokens']['user token']['id']}")
-    assert user_page.status_code == 200 and 'id="editor"' not in user_page.text
-    assert "/refresh" not in user_page.text  # it lives outside the workspace: nothing to change here
+    assert user_page.status_code == 200 and 'id="editor"' not in user_page.text  # its scopes never change
+    # ...but its user rotates it here (a leaked user token has no other way out).
+    user_id, old = seeded["tokens"]["user token"]["id"], seeded["tokens"]["user token"]["token"]
+    assert f"/ui/tokens/{user_id}/refresh" in user_page.text
+    answer = browser.post(f"/ui/tokens/{user_id}/refresh", {"grace_seconds": ""}, csrf_from=f"/ui/tokens/{user_id}")
+    assert answer.status_code == 303, answer.text[:300]
+    system.sync()
+    with pytest.raises(Unauthenticated):
+        system.auth.authenticate(old)
 
 
 def test_a_token_never_reaches_another_workspace(system: System, seeded: dict[str, Any]) -> None:
