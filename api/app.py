@@ -40,7 +40,7 @@ def create_app(system: System) -> FastAPI:
         version="0.1.0",
         description=(
             "A token ledger speaking Tinybird's Token API. Authenticate with `?token=<value>` or "
-            "`Authorization: Bearer <value>`. Every error is JSON `{\"error\": \"…\"}`."
+            '`Authorization: Bearer <value>`. Every error is JSON `{"error": "…"}`.'
         ),
     )
     app.state.system = system
@@ -92,8 +92,12 @@ def create_app(system: System) -> FastAPI:
     async def _unexpected(request: Request, error: Exception) -> JSONResponse:
         # The route's template, not the path: a path may hold a token value (`/v0/tokens/p.…`).
         route = route_template(request)
-        log.exception("unexpected error handling %s %s (request id %s)", request.method, route,
-                      getattr(request.state, "request_id", None))
+        log.exception(
+            "unexpected error handling %s %s (request id %s)",
+            request.method,
+            route,
+            getattr(request.state, "request_id", None),
+        )
         return _error(request, 500, "internal error; the request id identifies it in the server log")
 
     app.add_middleware(HeavyReadGate, concurrency=heavy_concurrency(system.environ))
@@ -115,15 +119,21 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 
 
 def _log_unavailable(request: Request, error: Exception) -> None:
-    log.warning("store unavailable handling %s %s (request id %s): %s: %s", request.method,
-                route_template(request), getattr(request.state, "request_id", None), type(error).__name__,
-                _first_line(error))
+    log.warning(
+        "store unavailable handling %s %s (request id %s): %s: %s",
+        request.method,
+        route_template(request),
+        getattr(request.state, "request_id", None),
+        type(error).__name__,
+        _first_line(error),
+    )
 
 
 async def _store_error(request: Request, error: Exception) -> JSONResponse:
     _log_unavailable(request, error)
-    return _unavailable(request, "the database is unavailable or did not answer in time; nothing was "
-                                 "changed, try again")
+    return _unavailable(
+        request, "the database is unavailable or did not answer in time; nothing was changed, try again"
+    )
 
 
 def _unavailable(request: Request, message: str) -> JSONResponse:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -37,7 +37,7 @@ app = typer.Typer(
     name="tokentrail",
     help="A token ledger in the model of Tinybird's Auth Tokens, on an append-only event store.\n\n"
     "Exit codes: 0 ok, 1 error, 2 verification failed or differences found, 3 server unreachable.\n\n"
-    "Example: [bold]tokentrail token ls --host http://127.0.0.1:8000 --token \"$T\"[/]",
+    'Example: [bold]tokentrail token ls --host http://127.0.0.1:8000 --token "$T"[/]',
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
@@ -55,8 +55,8 @@ def init(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the admin token's value."),
     user_token: bool = typer.Option(False, "--user-token", help="Print only the user token's value."),
     as_json: bool = AsJson,
-    database_url: Optional[str] = DatabaseUrl,
-    data_dir: Optional[Path] = DataDir,
+    database_url: str | None = DatabaseUrl,
+    data_dir: Path | None = DataDir,
 ) -> None:
     """Create the store and a workspace with its default tokens, and print the tokens.
 
@@ -81,12 +81,15 @@ def init(
         print_json(result)
         return
     ws = result["workspace"]
-    console.print(f"workspace [bold]{escape(ws['name'])}[/] ({ws['id']}), owner {escape(ws['user_email'])}"
-                  + ("" if result["created"] else " [dim](already existed)[/]"))
+    console.print(
+        f"workspace [bold]{escape(ws['name'])}[/] ({ws['id']}), owner {escape(ws['user_email'])}"
+        + ("" if result["created"] else " [dim](already existed)[/]")
+    )
     tokens = table("name", "id", "scopes", "token")
     for token in result["tokens"]:
-        tokens.add_row(*cells(token["name"], token["id"], ", ".join(scope_text(s) for s in token["scopes"]),
-                              token["token"]))
+        tokens.add_row(
+            *cells(token["name"], token["id"], ", ".join(scope_text(s) for s in token["scopes"]), token["token"])
+        )
     console.print(tokens)
 
 
@@ -95,12 +98,13 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     workers: int = typer.Option(1, "--workers", help="Worker processes (PostgreSQL or SQLite alike)."),
-    database_url: Optional[str] = DatabaseUrl,
-    data_dir: Optional[Path] = DataDir,
+    database_url: str | None = DatabaseUrl,
+    data_dir: Path | None = DataDir,
     rotate_key: bool = typer.Option(
-        False, "--rotate-key",
+        False,
+        "--rotate-key",
         help="Accept a server key other than the one the store was set up with, and record it: every "
-             "token value and JWT changes (stop every other server first).",
+        "token value and JWT changes (stop every other server first).",
     ),
 ) -> None:
     """Serve the API. On an empty store, run init first and print the admin token.
@@ -125,11 +129,18 @@ def serve(
         admin = next(t for t in result["tokens"] if t["name"] == "admin token")
         err.print(f"Initialised an empty store: workspace [bold]default[/], admin token:\n{admin['token']}")
     system.close()
-    uvicorn.run("api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="info", access_log=False,
-                # Forwarded headers are read by api/proxies.py, from TOKENTRAIL_TRUSTED_PROXIES only:
-                # uvicorn must not rewrite the peer address or scheme from them on its own.
-                proxy_headers=False)
+    uvicorn.run(
+        "api.app:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        access_log=False,
+        # Forwarded headers are read by api/proxies.py, from TOKENTRAIL_TRUSTED_PROXIES only:
+        # uvicorn must not rewrite the peer address or scheme from them on its own.
+        proxy_headers=False,
+    )
 
 
 def _check_port(host: str, port: int) -> None:
@@ -150,8 +161,7 @@ def _check_port(host: str, port: int) -> None:
 
 
 @app.command()
-def migrate(as_json: bool = AsJson, database_url: Optional[str] = DatabaseUrl,
-            data_dir: Optional[Path] = DataDir) -> None:
+def migrate(as_json: bool = AsJson, database_url: str | None = DatabaseUrl, data_dir: Path | None = DataDir) -> None:
     """Bring the read-model schema up to date (Alembic); run it after every upgrade.
 
     Example: [bold]tokentrail migrate --data-dir ./tokentrail-data[/]
@@ -171,8 +181,8 @@ def migrate(as_json: bool = AsJson, database_url: Optional[str] = DatabaseUrl,
 def rebuild(
     verify: bool = typer.Option(False, "--verify", help="Compare a rebuild with the live read models; change nothing."),
     as_json: bool = AsJson,
-    database_url: Optional[str] = DatabaseUrl,
-    data_dir: Optional[Path] = DataDir,
+    database_url: str | None = DatabaseUrl,
+    data_dir: Path | None = DataDir,
 ) -> None:
     """Rebuild every projection from the event store; --verify exits 2 on any difference.
 
@@ -190,19 +200,30 @@ def rebuild(
         report = run_rebuild(system, verify=verify, progress=step)
     system.close()
     if as_json:
-        print_json({
-            "ok": report.ok, "position": report.position, "events": report.events, "rows": report.rows,
-            "differences": [{"table": d.table, "key": list(d.key), "live": _jsonable(d.live),
-                             "rebuilt": _jsonable(d.rebuilt)} for d in report.differences],
-        })
+        print_json(
+            {
+                "ok": report.ok,
+                "position": report.position,
+                "events": report.events,
+                "rows": report.rows,
+                "differences": [
+                    {"table": d.table, "key": list(d.key), "live": _jsonable(d.live), "rebuilt": _jsonable(d.rebuilt)}
+                    for d in report.differences
+                ],
+            }
+        )
     else:
         verb = "verified" if verify else "rebuilt"
         for d in report.differences:
-            console.print(f"[red]difference[/] in {d.table} at {escape(str(d.key))}: "
-                          f"live={escape(str(d.live))} rebuilt={escape(str(d.rebuilt))}")
+            console.print(
+                f"[red]difference[/] in {d.table} at {escape(str(d.key))}: "
+                f"live={escape(str(d.live))} rebuilt={escape(str(d.rebuilt))}"
+            )
         if report.ok:
-            console.print(f"{verb} {report.events} events up to position {report.position}: "
-                          + ", ".join(f"{k} {v}" for k, v in report.rows.items()))
+            console.print(
+                f"{verb} {report.events} events up to position {report.position}: "
+                + ", ".join(f"{k} {v}" for k, v in report.rows.items())
+            )
     if not report.ok:
         fail(f"the live read models differ from a rebuild ({len(report.differences)} differences shown)", FAILED)
 
@@ -221,7 +242,7 @@ app.add_typer(workspace_app)
 # -- entry point ----------------------------------------------------------------------------------
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every failure a user can cause ends as one line on stderr and an exit code."""
     command = typer.main.get_command(app)
     # Typer vendors click in recent versions: take the exception classes from where it raises them.
@@ -255,8 +276,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         if os.environ.get("TOKENTRAIL_DEBUG"):
             raise
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        err.print(f"[bold red]error:[/] unexpected {type(error).__name__}: {escape(first)} "
-                  "(set TOKENTRAIL_DEBUG=1 for the traceback)")
+        err.print(
+            f"[bold red]error:[/] unexpected {type(error).__name__}: {escape(first)} "
+            "(set TOKENTRAIL_DEBUG=1 for the traceback)"
+        )
         code = ERROR
     sys.exit(code if isinstance(code, int) else 0)
 

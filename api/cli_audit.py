@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -43,11 +43,13 @@ access_app = typer.Typer(
     name="access",
     help="Who could do what, at any instant; what changed between two.\n\n"
     "Example: [bold]tokentrail access who events --as-of 1h[/]",
-    no_args_is_help=True, rich_markup_mode="rich",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
 )
 
-TimeFrom = typer.Option(None, "--from", callback=time_option,
-                        help="Events at or after: ISO 8601, Unix seconds, or 1h/2d ago.")
+TimeFrom = typer.Option(
+    None, "--from", callback=time_option, help="Events at or after: ISO 8601, Unix seconds, or 1h/2d ago."
+)
 TimeTo = typer.Option(None, "--to", callback=time_option, help="Events before this instant.")
 Actor = typer.Option(None, "--actor", help="Only changes made by this token (id or name).")
 TokenId = typer.Option(None, "--token-id", help="Only events of this token id.")
@@ -57,12 +59,25 @@ Event = typer.Option([], "--event", help="Only these event types (Created, Refre
 Deployment = typer.Option(None, "--deployment", help="Only the changes of this deployment id.")
 
 
-def _filters(start: Optional[str], end: Optional[str], actor: Optional[str], token_id: Optional[str],
-             token_name: Optional[str], resource: Optional[str], event: list[str],
-             deployment: Optional[str]) -> list[tuple[str, Any]]:
+def _filters(
+    start: str | None,
+    end: str | None,
+    actor: str | None,
+    token_id: str | None,
+    token_name: str | None,
+    resource: str | None,
+    event: list[str],
+    deployment: str | None,
+) -> list[tuple[str, Any]]:
     return [
-        ("from", start), ("to", end), ("actor", actor), ("token_id", token_id), ("token_name", token_name),
-        ("resource", resource), ("event", ",".join(event) or None), ("deployment", deployment),
+        ("from", start),
+        ("to", end),
+        ("actor", actor),
+        ("token_id", token_id),
+        ("token_name", token_name),
+        ("resource", resource),
+        ("event", ",".join(event) or None),
+        ("deployment", deployment),
     ]
 
 
@@ -79,14 +94,23 @@ def change_text(event: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def events_table(events: list[dict[str, Any]], title: Optional[str] = None) -> Any:
+def events_table(events: list[dict[str, Any]], title: str | None = None) -> Any:
     t = table("pos", "at (UTC)", "event", "token", "actor", "origin", "change", title=title)
     for e in events:
         origin = e.get("origin") or ""
         if e.get("deployment_id"):
             origin += f" {e['deployment_id'][:8]}"
-        t.add_row(*cells(e.get("position"), short_time(e.get("at")), e.get("type"), e.get("token_name"),
-                         (e.get("actor") or {}).get("name"), origin, change_text(e)))
+        t.add_row(
+            *cells(
+                e.get("position"),
+                short_time(e.get("at")),
+                e.get("type"),
+                e.get("token_name"),
+                (e.get("actor") or {}).get("name"),
+                origin,
+                change_text(e),
+            )
+        )
     return t
 
 
@@ -96,13 +120,20 @@ def events_table(events: list[dict[str, Any]], title: Optional[str] = None) -> A
 @audit_app.callback()
 def audit(
     ctx: typer.Context,
-    start: Optional[str] = TimeFrom, end: Optional[str] = TimeTo, actor: Optional[str] = Actor,
-    token_id: Optional[str] = TokenId, token_name: Optional[str] = TokenName, resource: Optional[str] = Resource,
-    event: list[str] = Event, deployment: Optional[str] = Deployment,
+    start: str | None = TimeFrom,
+    end: str | None = TimeTo,
+    actor: str | None = Actor,
+    token_id: str | None = TokenId,
+    token_name: str | None = TokenName,
+    resource: str | None = Resource,
+    event: list[str] = Event,
+    deployment: str | None = Deployment,
     limit: int = typer.Option(100, "--limit", min=1, max=10_000, help="Events per page."),
-    cursor: Optional[str] = typer.Option(None, "--cursor", help="Continue from a previous page's next_cursor."),
+    cursor: str | None = typer.Option(None, "--cursor", help="Continue from a previous page's next_cursor."),
     every: bool = typer.Option(False, "--all", help="Follow the cursors and print every matching event."),
-    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
 ) -> None:
     """Query, export and verify the audit trail; without a sub-command, print it (filtered).
 
@@ -132,18 +163,25 @@ def audit(
 
 @audit_app.command("export")
 def audit_export(
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write here (default: stdout)."),
-    fmt: Optional[str] = typer.Option(None, "--format", help="csv or ndjson (default: from -o's suffix, else ndjson)."),
-    start: Optional[str] = TimeFrom, end: Optional[str] = TimeTo, actor: Optional[str] = Actor,
-    token_id: Optional[str] = TokenId, token_name: Optional[str] = TokenName, resource: Optional[str] = Resource,
-    event: list[str] = Event, deployment: Optional[str] = Deployment,
-    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write here (default: stdout)."),
+    fmt: str | None = typer.Option(None, "--format", help="csv or ndjson (default: from -o's suffix, else ndjson)."),
+    start: str | None = TimeFrom,
+    end: str | None = TimeTo,
+    actor: str | None = Actor,
+    token_id: str | None = TokenId,
+    token_name: str | None = TokenName,
+    resource: str | None = Resource,
+    event: list[str] = Event,
+    deployment: str | None = Deployment,
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
 ) -> None:
     """Stream the whole (filtered) trail to a CSV or NDJSON file, with a progress indicator.
 
     Example: [bold]tokentrail audit export --format csv -o audit-2026.csv --from 2026-01-01T00:00:00+00:00[/]
     """
-    chosen = (fmt or (output.suffix.lstrip(".") if output and output.suffix in (".csv", ".ndjson") else "ndjson"))
+    chosen = fmt or (output.suffix.lstrip(".") if output and output.suffix in (".csv", ".ndjson") else "ndjson")
     chosen = chosen.lower()
     if chosen not in ("csv", "ndjson"):
         raise typer.BadParameter("csv or ndjson", param_hint="--format")
@@ -156,8 +194,7 @@ def audit_export(
     except OSError as error:
         fail(f"cannot write {output}: {error.strerror}")
     try:
-        with sink, api.stream("/v0/audit", params) as response, \
-                progress_bar("exporting", total_known=False) as bar:
+        with sink, api.stream("/v0/audit", params) as response, progress_bar("exporting", total_known=False) as bar:
             task = bar.add_task("export", total=None, unit="events")
             for chunk in response.iter_bytes():
                 sink.write(chunk)
@@ -179,12 +216,17 @@ def audit_export(
 
 @audit_app.command("verify")
 def audit_verify(
-    checkpoint: Optional[Path] = typer.Option(
-        None, "--checkpoint", help="Also check a checkpoint file written earlier by `audit checkpoint`."),
-    public_key: Optional[Path] = typer.Option(
-        None, "--public-key", help="PEM public key for the checkpoint (default: the data directory's key)."),
-    as_json: bool = AsJson, database_url: Optional[str] = DatabaseUrl, data_dir: Optional[Path] = DataDir,
-    host: Optional[str] = RemoteHost, token: Optional[str] = RemoteToken,
+    checkpoint: Path | None = typer.Option(
+        None, "--checkpoint", help="Also check a checkpoint file written earlier by `audit checkpoint`."
+    ),
+    public_key: Path | None = typer.Option(
+        None, "--public-key", help="PEM public key for the checkpoint (default: the data directory's key)."
+    ),
+    as_json: bool = AsJson,
+    database_url: str | None = DatabaseUrl,
+    data_dir: Path | None = DataDir,
+    host: str | None = RemoteHost,
+    token: str | None = RemoteToken,
 ) -> None:
     """Recompute the audit hash chain from the event store; exit 2 when it is broken.
 
@@ -219,15 +261,17 @@ def audit_verify(
     _chain_verdict(chain.wire(), checked, as_json)
 
 
-def _chain_verdict(chain: dict[str, Any], checked: Optional[dict[str, Any]], as_json: bool) -> None:
+def _chain_verdict(chain: dict[str, Any], checked: dict[str, Any] | None, as_json: bool) -> None:
     ok = bool(chain["ok"]) and (checked is None or bool(checked["ok"]))
     if as_json:
         print_json({**chain, "ok": ok, **({"checkpoint": checked} if checked is not None else {})})
     elif chain["ok"]:
         say(f"the audit trail is intact: {chain['events_checked']} events checked, head {chain['head']}")
         if checked is not None and checked["ok"]:
-            say(f"the checkpoint at position {checked['position']} holds: its signature is valid and the "
-                "events up to it hash to its head")
+            say(
+                f"the checkpoint at position {checked['position']} holds: its signature is valid and the "
+                "events up to it hash to its head"
+            )
     if not chain["ok"]:
         fail(f"the audit trail is broken at position {chain['first_bad_position']}: {chain.get('reason')}", FAILED)
     if checked is not None and not checked["ok"]:
@@ -267,9 +311,12 @@ def _public_key(path: Path) -> Any:
 
 @audit_app.command("checkpoint")
 def audit_checkpoint(
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the checkpoint here (default: stdout)."),
-    as_json: bool = AsJson, database_url: Optional[str] = DatabaseUrl, data_dir: Optional[Path] = DataDir,
-    host: Optional[str] = RemoteHost, token: Optional[str] = RemoteToken,
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write the checkpoint here (default: stdout)."),
+    as_json: bool = AsJson,
+    database_url: str | None = DatabaseUrl,
+    data_dir: Path | None = DataDir,
+    host: str | None = RemoteHost,
+    token: str | None = RemoteToken,
 ) -> None:
     """Sign the chain's current head with the checkpoint key (Ed25519).
 
@@ -310,18 +357,28 @@ def grants_table(grants: list[dict[str, Any]], title: str, with_resource: bool =
     t = table(*columns, title=title)
     for g in grants:
         lead = [g.get("resource"), g.get("kind"), g.get("permission")] if with_resource else []
-        t.add_row(*cells(*lead, g.get("name"), g.get("token_id"), g.get("via"), g.get("filter"),
-                         "yes" if g.get("jwt") else ""))
+        t.add_row(
+            *cells(
+                *lead, g.get("name"), g.get("token_id"), g.get("via"), g.get("filter"), "yes" if g.get("jwt") else ""
+            )
+        )
     return t
 
 
 @access_app.command("who")
 def access_who(
     resource: str = typer.Argument(..., help="The datasource or pipe."),
-    kind: str = Kind, permission: str = Permission,
-    as_of: Optional[str] = typer.Option(None, "--as-of", callback=time_option,
-                                        help="The instant asked about (default now): ISO 8601, Unix seconds, 1h ago."),
-    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+    kind: str = Kind,
+    permission: str = Permission,
+    as_of: str | None = typer.Option(
+        None,
+        "--as-of",
+        callback=time_option,
+        help="The instant asked about (default now): ISO 8601, Unix seconds, 1h ago.",
+    ),
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
 ) -> None:
     """Every token and JWT that held a permission on a resource at an instant.
 
@@ -329,8 +386,9 @@ def access_who(
 
     Example: [bold]tokentrail access who events --permission READ --as-of 1h[/]
     """
-    data = client(host, token).get("/v0/access", [("resource", resource), ("kind", kind),
-                                                  ("permission", permission), ("as_of", as_of)])
+    data = client(host, token).get(
+        "/v0/access", [("resource", resource), ("kind", kind), ("permission", permission), ("as_of", as_of)]
+    )
     if as_json:
         print_json(data)
         return
@@ -344,25 +402,31 @@ def access_who(
 @access_app.command("diff")
 def access_diff(
     start: str = typer.Option(..., "--from", callback=time_option, help="The earlier instant (1h, 2d, ISO 8601…)."),
-    end: Optional[str] = typer.Option(None, "--to", callback=time_option, help="The later instant (default now)."),
-    resource: Optional[str] = typer.Option(None, "--resource", help="Only this datasource or pipe."),
-    kind: Optional[str] = typer.Option(None, "--kind", help="Only datasources or only pipes."),
-    permission: Optional[str] = typer.Option(None, "--permission", help="Only READ, APPEND or DROP."),
+    end: str | None = typer.Option(None, "--to", callback=time_option, help="The later instant (default now)."),
+    resource: str | None = typer.Option(None, "--resource", help="Only this datasource or pipe."),
+    kind: str | None = typer.Option(None, "--kind", help="Only datasources or only pipes."),
+    permission: str | None = typer.Option(None, "--permission", help="Only READ, APPEND or DROP."),
     exit_code: bool = typer.Option(False, "--exit-code", help="Exit 2 when anything changed (like git diff)."),
-    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
 ) -> None:
     """Permissions gained, lost and changed (another scope or filter) between two instants.
 
     Example: [bold]tokentrail access diff --from 1d --resource events[/]
     """
-    data = client(host, token).get("/v0/access/diff", [("from", start), ("to", end), ("resource", resource),
-                                                       ("kind", kind), ("permission", permission)])
+    data = client(host, token).get(
+        "/v0/access/diff",
+        [("from", start), ("to", end), ("resource", resource), ("kind", kind), ("permission", permission)],
+    )
     gained, lost, changed = data.get("gained", []), data.get("lost", []), data.get("changed", [])
     if as_json:
         print_json(data)
     else:
-        say(f"access from {data.get('from')} to {data.get('to')}: "
-            f"{len(gained)} gained, {len(lost)} lost, {len(changed)} changed")
+        say(
+            f"access from {data.get('from')} to {data.get('to')}: "
+            f"{len(gained)} gained, {len(lost)} lost, {len(changed)} changed"
+        )
         if gained:
             console.print(grants_table(gained, "gained", with_resource=True))
         if lost:
@@ -371,8 +435,9 @@ def access_diff(
             t = table("resource", "kind", "permission", "token", "before", "after", title="changed")
             for c in changed:
                 b, a = c["before"], c["after"]
-                t.add_row(*cells(a.get("resource"), a.get("kind"), a.get("permission"), a.get("name"),
-                                 _via(b), _via(a)))
+                t.add_row(
+                    *cells(a.get("resource"), a.get("kind"), a.get("permission"), a.get("name"), _via(b), _via(a))
+                )
             console.print(t)
     if exit_code and (gained or lost or changed):
         raise typer.Exit(FAILED)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -41,7 +42,7 @@ def normalise_host(host: str) -> str:
 class Client:
     """Requests to one server with one token; every method returns parsed JSON or exits."""
 
-    def __init__(self, host: Optional[str], token: Optional[str]) -> None:
+    def __init__(self, host: str | None, token: str | None) -> None:
         if not token:
             fail("no token: pass --token or set TOKENTRAIL_TOKEN (tokentrail init --quiet prints the admin token)")
         self.host = normalise_host(host or DEFAULT_HOST)
@@ -131,13 +132,14 @@ def _reason(error: Exception) -> str:
     return text.splitlines()[0][:120]
 
 
-def client(host: Optional[str], token: Optional[str]) -> Client:
+def client(host: str | None, token: str | None) -> Client:
     return Client(host, token)
 
 
-def remote_client(host: Optional[str], token: Optional[str]) -> Optional[Client]:
+def remote_client(host: str | None, token: str | None) -> Client | None:
     """For commands that open the store unless --host/--token was given: a client, or None."""
     if host is None and token is None:
         return None
-    return Client(host or os.environ.get("TOKENTRAIL_HOST") or DEFAULT_HOST,
-                  token or os.environ.get("TOKENTRAIL_TOKEN"))
+    return Client(
+        host or os.environ.get("TOKENTRAIL_HOST") or DEFAULT_HOST, token or os.environ.get("TOKENTRAIL_TOKEN")
+    )

@@ -12,9 +12,10 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, NoReturn, Optional
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -44,7 +45,9 @@ for _stream in (console, err):
 # -- options shared by several commands ----------------------------------------------------------
 
 DatabaseUrl = typer.Option(
-    None, "--database-url", envvar="TOKENTRAIL_DATABASE_URL",
+    None,
+    "--database-url",
+    envvar="TOKENTRAIL_DATABASE_URL",
     help="sqlite:///path/file.db or postgresql://user@host:port/db (default: a SQLite file in TOKENTRAIL_DATA_DIR).",
 )
 DataDir = typer.Option(
@@ -53,17 +56,24 @@ DataDir = typer.Option(
 AsJson = typer.Option(False, "--json", help="Print JSON for machines instead of a table.")
 Host = typer.Option(DEFAULT_HOST, "--host", envvar="TOKENTRAIL_HOST", help="The tokentrail server's URL.")
 Token = typer.Option(
-    None, "--token", envvar="TOKENTRAIL_TOKEN", show_default=False,
+    None,
+    "--token",
+    envvar="TOKENTRAIL_TOKEN",
+    show_default=False,
     help="A token value (ADMIN or TOKENS for most commands).",
 )
 # Commands that open the store by default (deploy, audit verify/checkpoint) ask a server only when
 # told so on the command line: these have no environment variable on purpose.
 RemoteHost = typer.Option(
-    None, "--host", show_default=False,
+    None,
+    "--host",
+    show_default=False,
     help="Ask this server instead of opening the store (TOKENTRAIL_TOKEN supplies the token).",
 )
 RemoteToken = typer.Option(
-    None, "--token", show_default=False,
+    None,
+    "--token",
+    show_default=False,
     help="Ask a server with this token instead of opening the store (TOKENTRAIL_HOST supplies the URL).",
 )
 
@@ -84,7 +94,7 @@ def say(message: str) -> None:
     console.print(message)
 
 
-def table(*columns: str, title: Optional[str] = None) -> Table:
+def table(*columns: str, title: str | None = None) -> Table:
     """A table whose cells wrap rather than lose characters to an ellipsis (ids are copied)."""
     t = Table(title=title, title_justify="left", show_lines=False)
     for column in columns:
@@ -105,12 +115,14 @@ def progress_bar(description: str, *, total_known: bool = True) -> Progress:
     else:
         columns += [TextColumn("{task.completed} {task.fields[unit]}"), TimeElapsedColumn()]
     return Progress(
-        *columns, console=err, transient=False,
+        *columns,
+        console=err,
+        transient=False,
         disable=not err.is_terminal and "TOKENTRAIL_PROGRESS" not in os.environ,
     )
 
 
-def open_system(database_url: Optional[str], data_dir: Optional[Path], migrate: bool = True) -> Any:
+def open_system(database_url: str | None, data_dir: Path | None, migrate: bool = True) -> Any:
     """The ledger opened directly on its database (local commands)."""
     from domain.errors import LedgerError
     from projections.system import System
@@ -135,7 +147,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _RELATIVE = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
 
 
-def parse_time(text: str, now: Optional[float] = None) -> str:
+def parse_time(text: str, now: float | None = None) -> str:
     """A time for the API: ISO 8601 with an offset or Unix seconds pass through; `now`, and
     durations such as `30m`, `1h`, `2d`, `1h30m` (optionally followed by `ago`) become Unix seconds
     that long before now."""
@@ -164,12 +176,12 @@ def parse_time(text: str, now: Optional[float] = None) -> str:
     return raw
 
 
-def time_option(value: Optional[str]) -> Optional[str]:
+def time_option(value: str | None) -> str | None:
     """Typer callback for --as-of/--from/--to."""
     return None if value is None else parse_time(value)
 
 
-def short_time(iso: Optional[str]) -> str:
+def short_time(iso: str | None) -> str:
     """`2026-03-01T12:00:00.123456+00:00` as `2026-03-01 12:00:00` for tables."""
     if not iso:
         return ""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -34,10 +34,14 @@ from api.cli_common import (
 def deploy(
     path: Path = typer.Argument(..., help="The project folder holding .datasource and .pipe files."),
     check: bool = typer.Option(False, "--check", help="Only print the plan; change nothing."),
-    workspace: Optional[str] = typer.Option(
-        None, "--workspace", help="The workspace to deploy into (default: the store's only workspace)."),
-    as_json: bool = AsJson, database_url: Optional[str] = DatabaseUrl, data_dir: Optional[Path] = DataDir,
-    host: Optional[str] = RemoteHost, token: Optional[str] = RemoteToken,
+    workspace: str | None = typer.Option(
+        None, "--workspace", help="The workspace to deploy into (default: the store's only workspace)."
+    ),
+    as_json: bool = AsJson,
+    database_url: str | None = DatabaseUrl,
+    data_dir: Path | None = DataDir,
+    host: str | None = RemoteHost,
+    token: str | None = RemoteToken,
 ) -> None:
     """Reconcile the tokens declared by TOKEN lines in a project's .datasource/.pipe files.
 
@@ -63,7 +67,9 @@ def deploy(
         if api is not None:
             answer = api.post("/v0/deployments", [("check", "true" if check else None)], body=files)
         else:
-            answer = _deploy_locally(files, check, workspace, database_url, data_dir, lambda: bar.update(task, advance=1))
+            answer = _deploy_locally(
+                files, check, workspace, database_url, data_dir, lambda: bar.update(task, advance=1)
+            )
         bar.update(task, completed=3)
     if as_json:
         print_json(answer)
@@ -71,8 +77,14 @@ def deploy(
     _show(answer, len(files), check)
 
 
-def _deploy_locally(files: dict[str, str], check: bool, workspace: Optional[str], database_url: Optional[str],
-                    data_dir: Optional[Path], opened: Any) -> dict[str, Any]:
+def _deploy_locally(
+    files: dict[str, str],
+    check: bool,
+    workspace: str | None,
+    database_url: str | None,
+    data_dir: Path | None,
+    opened: Any,
+) -> dict[str, Any]:
     from domain.errors import LedgerError
     from domain.policy import Caller
     from projections.deployments import deploy as run_deploy
@@ -99,7 +111,7 @@ def _deploy_locally(files: dict[str, str], check: bool, workspace: Optional[str]
     }
 
 
-def _workspace(system: Any, name: Optional[str]) -> Any:
+def _workspace(system: Any, name: str | None) -> Any:
     if name:
         found = system.queries.workspace_by_name(name)
         if found is None:
@@ -127,9 +139,14 @@ def _show(answer: dict[str, Any], file_count: int, check: bool) -> None:
         t = table("token", "change", "added", "removed")
         for c in changes:
             perms = c.get("permission_changes") or {}
-            t.add_row(*cells(c.get("token_name"), c.get("change_type"),
-                             _permissions(perms.get("added_permissions") or []),
-                             _permissions(perms.get("removed_permissions") or [])))
+            t.add_row(
+                *cells(
+                    c.get("token_name"),
+                    c.get("change_type"),
+                    _permissions(perms.get("added_permissions") or []),
+                    _permissions(perms.get("removed_permissions") or []),
+                )
+            )
         console.print(t)
     where = f" into workspace {escape(answer['workspace']['name'])}" if answer.get("workspace") else ""
     if answer.get("result") == "no_changes":

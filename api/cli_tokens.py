@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -27,14 +27,16 @@ from api.cli_common import (
 token_app = typer.Typer(
     name="token",
     help="List, create, refresh and delete tokens on a server (like `tb token`).\n\n"
-    "Example: [bold]tokentrail token ls --host http://127.0.0.1:8000 --token \"$T\"[/]",
-    no_args_is_help=True, rich_markup_mode="rich",
+    'Example: [bold]tokentrail token ls --host http://127.0.0.1:8000 --token "$T"[/]',
+    no_args_is_help=True,
+    rich_markup_mode="rich",
 )
 workspace_app = typer.Typer(
     name="workspace",
     help="List and create workspaces on a server (with the user token).\n\n"
-    "Example: [bold]tokentrail workspace ls --token \"$USER_TOKEN\"[/]",
-    no_args_is_help=True, rich_markup_mode="rich",
+    'Example: [bold]tokentrail workspace ls --token "$USER_TOKEN"[/]',
+    no_args_is_help=True,
+    rich_markup_mode="rich",
 )
 ARGV = "tokentrail.argv"
 
@@ -48,7 +50,7 @@ class ScopeGroupsCommand(TyperCommand):
         return super().parse_args(ctx, args)
 
 
-def scope_groups(argv: Optional[list[str]], scopes: list[str], resources: list[str], filters: list[str]) -> list[str]:
+def scope_groups(argv: list[str] | None, scopes: list[str], resources: list[str], filters: list[str]) -> list[str]:
     """Full scope strings from `--scope S [--resource R [--filter F]]` groups, in command-line order."""
     order: list[str] = []
     for arg in argv or []:
@@ -61,7 +63,7 @@ def scope_groups(argv: Optional[list[str]], scopes: list[str], resources: list[s
         order = ["scope"] * len(scopes)  # no raw arguments: plain scopes only
         if resources or filters:
             raise typer.BadParameter("--resource/--filter must follow the --scope they belong to")
-    groups: list[list[Optional[str]]] = []
+    groups: list[list[str | None]] = []
     values = {"scope": iter(scopes), "resource": iter(resources), "filter": iter(filters)}
     for kind in order:
         value = next(values[kind])
@@ -89,7 +91,13 @@ def token_rows(tokens: list[dict[str, Any]], with_values: bool = False) -> Any:
     for tok in tokens:
         origin = tok.get("origin") or {}
         origin_text = origin.get("type", "") + (f" {origin['resource_id']}" if origin.get("resource_id") else "")
-        row = [tok.get("name"), tok.get("id"), scopes_text(tok.get("scopes") or []), origin_text, tok.get("description")]
+        row = [
+            tok.get("name"),
+            tok.get("id"),
+            scopes_text(tok.get("scopes") or []),
+            origin_text,
+            tok.get("description"),
+        ]
         if with_values:
             row.append(tok.get("token", ""))
         t.add_row(*cells(*row))
@@ -109,11 +117,14 @@ def show_token(tok: dict[str, Any], verb: str) -> None:
 
 @token_app.command("ls")
 def token_ls(
-    match: Optional[str] = typer.Option(None, "--match", help="Only tokens whose name contains this text."),
-    as_of: Optional[str] = typer.Option(None, "--as-of", callback=time_option,
-                                        help="The table as it stood then: ISO 8601, Unix seconds or 1h/2d ago."),
+    match: str | None = typer.Option(None, "--match", help="Only tokens whose name contains this text."),
+    as_of: str | None = typer.Option(
+        None, "--as-of", callback=time_option, help="The table as it stood then: ISO 8601, Unix seconds or 1h/2d ago."
+    ),
     values: bool = typer.Option(False, "--values", help="Add a column with each token's value."),
-    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
 ) -> None:
     """List the workspace's tokens (default ones included), now or as of a past instant.
 
@@ -134,12 +145,16 @@ def token_create(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="The new token's name (unique in the workspace)."),
     scope: list[str] = typer.Option(
-        [], "--scope", help="A scope, e.g. ADMIN, TOKENS, DATASOURCES:READ:events; repeat for several.",
+        [],
+        "--scope",
+        help="A scope, e.g. ADMIN, TOKENS, DATASOURCES:READ:events; repeat for several.",
     ),
     resource: list[str] = typer.Option([], "--resource", help="Resource of the --scope it follows (tb style)."),
     filter_: list[str] = typer.Option([], "--filter", help="sql_filter of the READ --scope it follows (tb style)."),
     description: str = typer.Option("", "--description", help="Free text shown in listings."),
-    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
 ) -> None:
     """Create a static token. Each --scope may be followed by --resource and --filter, as in tb.
 
@@ -159,7 +174,9 @@ def token_create(
 @token_app.command("scopes")
 def token_scopes(
     ref: str = typer.Argument(..., metavar="TOKEN", help="The token's name, id or value."),
-    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
 ) -> None:
     """Show one token's scopes (type, resource, filter).
 
@@ -178,9 +195,12 @@ def token_scopes(
 @token_app.command("refresh")
 def token_refresh(
     ref: str = typer.Argument(..., metavar="TOKEN", help="The token's name, id or value."),
-    grace_seconds: int = typer.Option(0, "--grace-seconds", min=0,
-                                      help="Keep the previous value working this long (default: it stops now)."),
-    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+    grace_seconds: int = typer.Option(
+        0, "--grace-seconds", min=0, help="Keep the previous value working this long (default: it stops now)."
+    ),
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
 ) -> None:
     """Give a token a new value; its id and scopes stay. Prints the new value.
 
@@ -200,7 +220,9 @@ def token_refresh(
 @token_app.command("rm")
 def token_rm(
     ref: str = typer.Argument(..., metavar="TOKEN", help="The token's name, id or value."),
-    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
 ) -> None:
     """Delete a token (default tokens can be refreshed, not deleted). Its history stays.
 
@@ -216,7 +238,9 @@ def token_rm(
 @token_app.command("copy")
 def token_copy(
     ref: str = typer.Argument(..., metavar="TOKEN", help="The token's name, id or value."),
-    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
 ) -> None:
     """Print a token's value and nothing else, for `export T=$(…)` and pipes.
 
@@ -235,7 +259,9 @@ def token_copy(
 @token_app.command("history")
 def token_history(
     ref: str = typer.Argument(..., metavar="TOKEN", help="The token's name (past names too), id or value."),
-    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
 ) -> None:
     """Every event of one token, deleted ones too: who changed what, when, from where.
 
@@ -254,7 +280,7 @@ def token_history(
 
 
 @workspace_app.command("ls")
-def workspace_ls(as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token) -> None:
+def workspace_ls(as_json: bool = AsJson, host: str = Host, token: str | None = Token) -> None:
     """List the workspaces of the user token's user (with another token: its own workspace).
 
     Example: [bold]tokentrail workspace ls --token "$USER_TOKEN"[/]
@@ -274,7 +300,9 @@ def workspace_ls(as_json: bool = AsJson, host: str = Host, token: Optional[str] 
 @workspace_app.command("create")
 def workspace_create(
     name: str = typer.Argument(..., help="The new workspace's name."),
-    as_json: bool = AsJson, host: str = Host, token: Optional[str] = Token,
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
 ) -> None:
     """Create a workspace with its default tokens (needs the user token; prints its admin token).
 

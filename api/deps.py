@@ -21,7 +21,9 @@ MAX_BODY = 8 * 1024 * 1024
 # For OpenAPI (and the /docs "Authorize" button) only: `caller` reads the credentials itself, from
 # the raw query string or a form body, as Tinybird's server does.
 _query_token = APIKeyQuery(
-    name="token", scheme_name="token", auto_error=False,
+    name="token",
+    scheme_name="token",
+    auto_error=False,
     description="A token value as `?token=<value>` (what Tinybird's CLIs send)",
 )
 _bearer = HTTPBearer(scheme_name="bearer", auto_error=False, description="`Authorization: Bearer <value>`")

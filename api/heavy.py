@@ -14,7 +14,8 @@ from __future__ import annotations
 import ctypes
 import functools
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import anyio
 from fastapi.encoders import jsonable_encoder
@@ -37,10 +38,19 @@ def _malloc_trim() -> Callable[[int], int] | None:
 _MALLOC_TRIM = _malloc_trim()
 
 # Paths whose every GET is heavy (API and console); plus any GET carrying `as_of=`.
-HEAVY_PATHS = frozenset({
-    "/v0/audit", "/v0/access", "/v0/access/diff", "/v0/audit/verify", "/v0/audit/checkpoint",
-    "/ui/audit", "/ui/access", "/ui/audit/verify", "/ui/audit/checkpoint",
-})
+HEAVY_PATHS = frozenset(
+    {
+        "/v0/audit",
+        "/v0/access",
+        "/v0/access/diff",
+        "/v0/audit/verify",
+        "/v0/audit/checkpoint",
+        "/ui/audit",
+        "/ui/access",
+        "/ui/audit/verify",
+        "/ui/audit/checkpoint",
+    }
+)
 HEAVY_PREFIXES = ("/ui/audit/export.",)
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import (
@@ -41,12 +42,17 @@ class Metrics:
     def __init__(self, system: System) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
-            "tokentrail_requests", "HTTP requests answered, by route template, method and status.",
-            ("route", "method", "status"), registry=self.registry,
+            "tokentrail_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ("route", "method", "status"),
+            registry=self.registry,
         )
         self.duration = Histogram(
-            "tokentrail_request_duration_seconds", "Time to answer an HTTP request, by route template.",
-            ("route", "method"), buckets=REQUEST_BUCKETS, registry=self.registry,
+            "tokentrail_request_duration_seconds",
+            "Time to answer an HTTP request, by route template.",
+            ("route", "method"),
+            buckets=REQUEST_BUCKETS,
+            registry=self.registry,
         )
         self.registry.register(SystemCollector(system))
         # Label children by key: `.labels()` costs more than the increment itself.
@@ -97,12 +103,15 @@ class SystemCollector(Collector):
                 value=seconds,
             )
         cache = system.auth.tokens
-        yield CounterMetricFamily("tokentrail_auth_cache_hits", "Token lookups answered from the auth cache.",
-                                  value=cache.hits)
-        yield CounterMetricFamily("tokentrail_auth_cache_misses", "Token lookups that read the store.",
-                                  value=cache.misses)
-        written = CounterMetricFamily("tokentrail_events_written", "Events this process wrote, by event type.",
-                                      labels=("type",))
+        yield CounterMetricFamily(
+            "tokentrail_auth_cache_hits", "Token lookups answered from the auth cache.", value=cache.hits
+        )
+        yield CounterMetricFamily(
+            "tokentrail_auth_cache_misses", "Token lookups that read the store.", value=cache.misses
+        )
+        written = CounterMetricFamily(
+            "tokentrail_events_written", "Events this process wrote, by event type.", labels=("type",)
+        )
         for event_type, count in sorted(system.stats.events_written().items()):
             written.add_metric((event_type,), count)
         yield written
@@ -111,7 +120,8 @@ class SystemCollector(Collector):
             "tokentrail_revocation_visibility_seconds",
             "For each token refresh or delete written by another process: seconds from the event's "
             "timestamp to this process evicting the token from its auth cache.",
-            buckets=buckets, sum_value=total,
+            buckets=buckets,
+            sum_value=total,
         )
         live = system.listener_live
         if live is not None:
@@ -148,8 +158,9 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             method = scope["method"]
-            self.metrics.observe(self.template(scope), method if method in _METHODS else "other", status,
-                                 time.perf_counter() - started)
+            self.metrics.observe(
+                self.template(scope), method if method in _METHODS else "other", status, time.perf_counter() - started
+            )
 
     def template(self, scope: Scope) -> str:
         """The template of the route that answered (`/v0/tokens/{ref:path}`), else `(unmatched)`:
@@ -167,7 +178,8 @@ class MetricsMiddleware:
         if self._by_endpoint is None:
             self._by_endpoint = {
                 r.endpoint if not isinstance(r, Mount) else r.app: _path_of(r)
-                for r in self._routes if hasattr(r, "endpoint") or isinstance(r, Mount)
+                for r in self._routes
+                if hasattr(r, "endpoint") or isinstance(r, Mount)
             }
         return self._by_endpoint.get(endpoint, UNMATCHED)
 

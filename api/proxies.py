@@ -10,11 +10,11 @@ in the server that wants the public host, scheme or client address asks this mod
 from __future__ import annotations
 
 import ipaddress
-from typing import Mapping, Union
+from collections.abc import Mapping
 
 from starlette.requests import Request
 
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 ENV = "TOKENTRAIL_TRUSTED_PROXIES"
 
 
@@ -46,7 +46,7 @@ class TrustedProxies:
         self.networks = networks
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> "TrustedProxies":
+    def from_environ(cls, environ: Mapping[str, str]) -> TrustedProxies:
         return cls(parse_networks(environ.get(ENV, "")))
 
     def trusts(self, peer: str | None) -> bool:

@@ -139,7 +139,9 @@ def _flatten(messages: Any, prefix: str = "") -> str:
     if isinstance(messages, dict):
         return "; ".join(_flatten(v, f"{prefix}{k}.") for k, v in messages.items())
     if isinstance(messages, list):
-        return ", ".join(_flatten(m, prefix) if not isinstance(m, str) else f"{prefix.rstrip('.')}: {m}" for m in messages)
+        return ", ".join(
+            _flatten(m, prefix) if not isinstance(m, str) else f"{prefix.rstrip('.')}: {m}" for m in messages
+        )
     return f"{prefix.rstrip('.')}: {messages}"
 
 

@@ -19,7 +19,10 @@ def initialise(system: System, workspace: str, email: str, origin: str = "cli") 
     rows = [system.queries.token(i) for i in ids]
     return {
         "workspace": {
-            "id": row.id, "name": row.name, "user_email": row.owner_email, "user_id": row.owner_user_id,
+            "id": row.id,
+            "name": row.name,
+            "user_email": row.owner_email,
+            "user_id": row.owner_user_id,
         },
         "created": setup.created,
         "tokens": [present.token_object(system, r, None) for r in rows if r is not None],

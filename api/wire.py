@@ -27,7 +27,7 @@ class Params:
         self._pairs = pairs
 
     @classmethod
-    def parse(cls, query: bytes | str, body: bytes = b"") -> "Params":
+    def parse(cls, query: bytes | str, body: bytes = b"") -> Params:
         """Parameters of the raw query string (bytes, as the server received them) and of a
         form-encoded body; a JSON body (a JWT's) is left to `json_body`."""
         if isinstance(query, str):  # an already decoded query string (Starlette's `url.query`)

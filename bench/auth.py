@@ -44,8 +44,9 @@ def bare_check(key: bytes, value: str) -> dict:
     return json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
 
 
-def in_process(backend: str, ws: common.Workspace, value: str, results: common.Results, count: int,
-               repeats: int, profile: bool) -> None:
+def in_process(
+    backend: str, ws: common.Workspace, value: str, results: common.Results, count: int, repeats: int, profile: bool
+) -> None:
     auth = ws.system.auth
     key = common.SECRET.encode()
     requested = parse_scope(PERMISSION)
@@ -55,20 +56,38 @@ def in_process(backend: str, ws: common.Workspace, value: str, results: common.R
         floor.add(common.rate(count, lambda i: bare_check(key, value)))
         ours.add(common.rate(count, lambda i: auth.authenticate(value)))
         with_check.add(common.rate(count, lambda i: check_permission(auth.authenticate(value).scopes, requested)))
-    results.add("authenticate(value), warm cache", backend, ours.median, "verif/s", "HMAC check + JSON decode",
-                floor.median, min_value=TARGET_VERIFY_PER_SECOND, spread=ours.spread())
-    results.add("authenticate + check_permission", backend, with_check.median, "verif/s",
-                "HMAC check + JSON decode", floor.median, spread=with_check.spread())
+    results.add(
+        "authenticate(value), warm cache",
+        backend,
+        ours.median,
+        "verif/s",
+        "HMAC check + JSON decode",
+        floor.median,
+        min_value=TARGET_VERIFY_PER_SECOND,
+        spread=ours.spread(),
+    )
+    results.add(
+        "authenticate + check_permission",
+        backend,
+        with_check.median,
+        "verif/s",
+        "HMAC check + JSON decode",
+        floor.median,
+        spread=with_check.spread(),
+    )
     if profile:
         common.profile(f"authenticate x{count} on {backend}", lambda: [auth.authenticate(value) for _ in range(count)])
 
 
-def over_http(backend: str, url: str, data: Path, value: str, results: common.Results, seconds: float,
-              rounds: int) -> None:
+def over_http(
+    backend: str, url: str, data: Path, value: str, results: common.Results, seconds: float, rounds: int
+) -> None:
     env = common.environ(data, url)
     path = f"/v0/auth?permission={PERMISSION}&token={value}"
-    with common.Uvicorn("api.app:app_from_env", env=env, factory=True) as product, \
-            common.Uvicorn("bench.bare_app:app") as bare:
+    with (
+        common.Uvicorn("api.app:app_from_env", env=env, factory=True) as product,
+        common.Uvicorn("bench.bare_app:app") as bare,
+    ):
         answer = httpx.get(product.base + path).json()
         assert answer.get("valid") is True and answer.get("allowed") is True, answer
         assert httpx.get(bare.base + "/sync").status_code == 200
@@ -93,16 +112,27 @@ def over_http(backend: str, url: str, data: Path, value: str, results: common.Re
                 loads[name] = result
     base_sync, base_async = samples["bare_sync"].median, samples["bare_async"].median
     for base_name, base in (("bare FastAPI, def route", base_sync), ("bare FastAPI, async def route", base_async)):
-        results.add("GET /v0/auth over uvicorn", backend, samples["ours"].median, "req/s", base_name, base,
-                    min_ratio=TARGET_HTTP_RATIO, spread=samples["ours"].spread())
+        results.add(
+            "GET /v0/auth over uvicorn",
+            backend,
+            samples["ours"].median,
+            "req/s",
+            base_name,
+            base,
+            min_ratio=TARGET_HTTP_RATIO,
+            spread=samples["ours"].spread(),
+        )
     tool = loads["ours"].tool
     lat = ", ".join(
         f"{name} p50 {load.latency_p50_ms:.1f} ms / p99 {load.latency_p99_ms:.1f} ms"
-        for name, load in loads.items() if load.latency_p50_ms is not None
+        for name, load in loads.items()
+        if load.latency_p50_ms is not None
     )
-    results.note(f"{backend}: load by {tool}, {rounds} round(s) of {seconds:g} s per app; bare def "
-                 f"{samples['bare_sync'].spread()}, bare async {samples['bare_async'].spread()} req/s; "
-                 f"last round latencies under load: {lat}")
+    results.note(
+        f"{backend}: load by {tool}, {rounds} round(s) of {seconds:g} s per app; bare def "
+        f"{samples['bare_sync'].spread()}, bare async {samples['bare_async'].spread()} req/s; "
+        f"last round latencies under load: {lat}"
+    )
 
 
 def main() -> None:

@@ -24,9 +24,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # `python bench/x.py` puts bench/ first, not the repo root
@@ -146,16 +147,15 @@ class Workspace:
 
 def workspace(system: System, name: str = "bench") -> Workspace:
     """A workspace with its default tokens and an authenticated admin caller (as tests/conftest.py)."""
-    setup = system.command(
-        lambda: system.ledger.setup_workspace(name, "owner@example.com", Caller.system())
-    )
+    setup = system.command(lambda: system.ledger.setup_workspace(name, "owner@example.com", Caller.system()))
     admin = setup.tokens[0]
     value = system.signer.make(admin.workspace_id, str(admin.id), admin.generation)
     return Workspace(system, admin.workspace_id, system.auth.authenticate(value), value)
 
 
-def seed_tokens(ws: Workspace, count: int, scopes: Sequence[str] = ("PIPES:READ:top",), per_save: int = 500,
-                prefix: str = "seed") -> list[str]:
+def seed_tokens(
+    ws: Workspace, count: int, scopes: Sequence[str] = ("PIPES:READ:top",), per_save: int = 500, prefix: str = "seed"
+) -> list[str]:
     """Add `count` custom tokens fast: the same Token + TokenName aggregates `Ledger.create_token`
     saves, but `per_save` tokens per transaction and without the per-create checks. Not projected."""
     ledger = ws.system.ledger
@@ -166,8 +166,14 @@ def seed_tokens(ws: Workspace, count: int, scopes: Sequence[str] = ("PIPES:READ:
         for i in range(start, min(count, start + per_save)):
             name = f"{prefix}-{i}"
             token = Token.create(
-                actor=actor, workspace_id=ws.workspace_id, name=name, description="",
-                scopes=list(scopes), origin={"type": "C"}, kind="custom", generation=new_generation(),
+                actor=actor,
+                workspace_id=ws.workspace_id,
+                name=name,
+                description="",
+                scopes=list(scopes),
+                origin={"type": "C"},
+                kind="custom",
+                generation=new_generation(),
             )
             batch += [token, TokenName.create(ws.workspace_id, name, str(token.id), actor)]
             ids.append(str(token.id))
@@ -264,8 +270,9 @@ class Results:
         spread: str = "",
         higher_is_better: bool = True,
     ) -> Row:
-        row = Row(benchmark, backend, baseline_name, baseline, ours, unit, spread=spread,
-                  higher_is_better=higher_is_better)
+        row = Row(
+            benchmark, backend, baseline_name, baseline, ours, unit, spread=spread, higher_is_better=higher_is_better
+        )
         checks: list[bool] = []
         targets: list[str] = []
         if min_ratio is not None:
@@ -287,21 +294,32 @@ class Results:
 
     def print(self) -> None:
         print_machine()  # again at the end: the load average tells how busy the machine was
-        headers = ["benchmark", "backend", "baseline", "baseline value", "ours", "ours min–max", "ratio", "target",
-                   "verdict"]
+        headers = [
+            "benchmark",
+            "backend",
+            "baseline",
+            "baseline value",
+            "ours",
+            "ours min–max",
+            "ratio",
+            "target",
+            "verdict",
+        ]
         table = [headers]
         for r in self.rows:
-            table.append([
-                r.benchmark,
-                r.backend,
-                r.baseline_name or "—",
-                _num(r.baseline, r.unit) if r.baseline is not None else "—",
-                _num(r.ours, r.unit),
-                r.spread or "—",
-                f"{r.ratio:.2f}x" if r.ratio is not None else "—",
-                r.target or "(none)",
-                r.verdict or "info",
-            ])
+            table.append(
+                [
+                    r.benchmark,
+                    r.backend,
+                    r.baseline_name or "—",
+                    _num(r.baseline, r.unit) if r.baseline is not None else "—",
+                    _num(r.ours, r.unit),
+                    r.spread or "—",
+                    f"{r.ratio:.2f}x" if r.ratio is not None else "—",
+                    r.target or "(none)",
+                    r.verdict or "info",
+                ]
+            )
         widths = [max(len(str(row[i])) for row in table) for i in range(len(headers))]
         print()
         print(f"== {self.title} ==")
@@ -374,7 +392,7 @@ def machine() -> dict[str, Any]:
         "eventsourcing": version("eventsourcing"),
         "uvicorn": version("uvicorn"),
         "fastapi": version("fastapi"),
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": git("rev-parse", "--short", "HEAD") + ("+uncommitted product changes" if dirty else ""),
         "loadavg": load,  # other processes on a shared machine move every absolute figure
     }
@@ -409,9 +427,22 @@ class Uvicorn:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "Uvicorn":
-        args = [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1", "--port", str(self.port),
-                "--workers", "1", "--no-access-log", "--log-level", "warning"]
+    def __enter__(self) -> Uvicorn:
+        args = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            self.app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
         if self.factory:
             args.insert(3, "--factory")
         self.process = subprocess.Popen(args, cwd=REPO_ROOT, env=self.env, stdout=self._log, stderr=self._log)
@@ -472,7 +503,9 @@ def _wrk(url: str, seconds: float, connections: int) -> Load:
     duration = max(1, round(seconds))
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "5s", url],
-        capture_output=True, text=True, timeout=duration + 30,
+        capture_output=True,
+        text=True,
+        timeout=duration + 30,
     ).stdout
     requests, elapsed, non_2xx, errors = 0, float(duration), 0, 0
     p50 = p99 = None
@@ -543,8 +576,15 @@ def _asyncio_load(url: str, seconds: float, connections: int, max_requests: int)
 
     elapsed = asyncio.run(main())
     done = counts["ok"] + counts["non_2xx"]
-    return Load(done, elapsed, counts["non_2xx"], counts["errors"], f"asyncio client, {connections} connections",
-                percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000)
+    return Load(
+        done,
+        elapsed,
+        counts["non_2xx"],
+        counts["errors"],
+        f"asyncio client, {connections} connections",
+        percentile(latencies, 50) * 1000,
+        percentile(latencies, 99) * 1000,
+    )
 
 
 def chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:

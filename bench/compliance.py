@@ -32,7 +32,7 @@ import json
 import random
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ from projections.verify import verify_chain  # noqa: E402
 TARGET_P99_MS = 50.0
 TARGET_VERIFY_PER_S = 100_000
 TARGET_EXPORT_MB = 200.0
-START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+START = datetime(2026, 1, 1, tzinfo=UTC)
 STEP = timedelta(milliseconds=50)
 DATASOURCES = [f"ds{i}" for i in range(20)]
 PIPES = [f"p{i}" for i in range(10)]
@@ -74,11 +74,20 @@ def random_scope(rng: random.Random) -> str:
     if roll < 0.05:
         return "DATASOURCES:CREATE"
     ds, pipe = rng.choice(DATASOURCES), rng.choice(PIPES)
-    return canonical(rng.choice([
-        f"DATASOURCES:READ:{ds}", f"DATASOURCES:READ:{ds}:country = 'ES'", f"DATASOURCES:READ:{ds}:org_id = {rng.randint(1, 9)}",
-        f"DATASOURCES:APPEND:{ds}", f"DATASOURCES:DROP:{ds}", f"PIPES:READ:{pipe}", f"PIPES:READ:{pipe}:x > 1",
-        f"PIPES:DROP:{pipe}",
-    ]))
+    return canonical(
+        rng.choice(
+            [
+                f"DATASOURCES:READ:{ds}",
+                f"DATASOURCES:READ:{ds}:country = 'ES'",
+                f"DATASOURCES:READ:{ds}:org_id = {rng.randint(1, 9)}",
+                f"DATASOURCES:APPEND:{ds}",
+                f"DATASOURCES:DROP:{ds}",
+                f"PIPES:READ:{pipe}",
+                f"PIPES:READ:{pipe}:x > 1",
+                f"PIPES:DROP:{pipe}",
+            ]
+        )
+    )
 
 
 class TickingClock:
@@ -95,8 +104,9 @@ class TickingClock:
 # -- generation ---------------------------------------------------------------------------------
 
 
-def generate(system: System, tokens: int, events: int, per_workspace: int, big_share: float,
-             per_save: int = 200, seed: int = 7) -> dict[str, Any]:
+def generate(
+    system: System, tokens: int, events: int, per_workspace: int, big_share: float, per_save: int = 200, seed: int = 7
+) -> dict[str, Any]:
     """Write the ledger; returns the workspaces with their admin values and the time span."""
     rng = random.Random(seed)
     ticking = TickingClock()
@@ -108,11 +118,24 @@ def generate(system: System, tokens: int, events: int, per_workspace: int, big_s
     for w in range(typical + (1 if big_tokens else 0)):
         setup = ledger.setup_workspace(f"ws{w}", f"owner{w}@example.com", Caller.system())
         admin = setup.tokens[0]
-        caller = Caller(workspace_id=admin.workspace_id, token_id=str(admin.id), name=admin.name,
-                        scopes=(parse_scope("ADMIN"),), origin="cli")
+        caller = Caller(
+            workspace_id=admin.workspace_id,
+            token_id=str(admin.id),
+            name=admin.name,
+            scopes=(parse_scope("ADMIN"),),
+            origin="cli",
+        )
         value = system.signer.make(admin.workspace_id, str(admin.id), admin.generation)
-        workspaces.append({"id": admin.workspace_id, "admin_value": value, "actor": caller.actor(),
-                           "admin_id": str(admin.id), "admin_generation": admin.generation, "tokens": 0})
+        workspaces.append(
+            {
+                "id": admin.workspace_id,
+                "admin_value": value,
+                "actor": caller.actor(),
+                "admin_id": str(admin.id),
+                "admin_generation": admin.generation,
+                "tokens": 0,
+            }
+        )
     big = workspaces[-1] if big_tokens else None
     fixed = ledger.recorder.max_notification_id() or 0
     jwt_count = tokens // 100
@@ -125,8 +148,16 @@ def generate(system: System, tokens: int, events: int, per_workspace: int, big_s
         actor = ws["actor"]
         name = f"t{i}"
         scopes = list(dict.fromkeys(random_scope(rng) for _ in range(rng.randint(1, 2))))
-        token = Token.create(actor=actor, workspace_id=ws["id"], name=name, description="", scopes=scopes,
-                             origin={"type": "C"}, kind="custom", generation=new_generation())
+        token = Token.create(
+            actor=actor,
+            workspace_id=ws["id"],
+            name=name,
+            description="",
+            scopes=scopes,
+            origin={"type": "C"},
+            kind="custom",
+            generation=new_generation(),
+        )
         index = TokenName.create(ws["id"], name, str(token.id), actor)
         touched: list[Any] = [token, index]
         budget = round(fixed + per_token * (i + 1)) - count - 2
@@ -163,12 +194,18 @@ def generate(system: System, tokens: int, events: int, per_workspace: int, big_s
         if jwts_left and i % 100 == 99:
             jwts_left -= 1
             count += 1
-            batch.append(Jwt.issue(
-                actor=actor, workspace_id=ws["id"], name=f"jwt{i}",
-                scopes=[{"type": "PIPES:READ", "resource": rng.choice(PIPES)}],
-                expires_at=int((ticking.now + timedelta(hours=rng.choice([1, 6, 48]))).timestamp()),
-                limits={}, admin_token_id=ws["admin_id"], admin_generation=ws["admin_generation"],
-            ))
+            batch.append(
+                Jwt.issue(
+                    actor=actor,
+                    workspace_id=ws["id"],
+                    name=f"jwt{i}",
+                    scopes=[{"type": "PIPES:READ", "resource": rng.choice(PIPES)}],
+                    expires_at=int((ticking.now + timedelta(hours=rng.choice([1, 6, 48]))).timestamp()),
+                    limits={},
+                    admin_token_id=ws["admin_id"],
+                    admin_generation=ws["admin_generation"],
+                )
+            )
         if len(batch) >= per_save or i == tokens - 1:
             ledger.save(*batch)
             written = ledger.recorder.max_notification_id() or 0
@@ -220,9 +257,17 @@ def replay(system: System, workspace_id: str, until: int) -> tuple[dict[str, dic
                         if jwt["admin_token_id"] == oid and jwt["invalid_from"] is None:
                             jwt["invalid_from"] = at + event.grace_seconds * 1_000_000
             elif isinstance(event, Jwt.Issued) and event.workspace_id == workspace_id:
-                jwts.append({"id": oid, "name": event.name, "scopes": event.scopes, "issued_at": at,
-                             "expires_at": event.expires_at * 1_000_000, "admin_token_id": event.admin_token_id,
-                             "invalid_from": None})
+                jwts.append(
+                    {
+                        "id": oid,
+                        "name": event.name,
+                        "scopes": event.scopes,
+                        "issued_at": at,
+                        "expires_at": event.expires_at * 1_000_000,
+                        "admin_token_id": event.admin_token_id,
+                        "invalid_from": None,
+                    }
+                )
         start = notes[-1].id + 1
     return tokens, jwts
 
@@ -243,8 +288,10 @@ def replay_access(system: System, workspace_id: str, resource: str, kind: str, p
     for j in jwts:
         alive = j["issued_at"] <= at < j["expires_at"] and (j["invalid_from"] is None or at < j["invalid_from"])
         if alive:
-            scopes = [parse_scope(f"{s['type']}:{s['resource']}" + (f":{s['filter']}" if s.get("filter") else ""))
-                      for s in j["scopes"]]
+            scopes = [
+                parse_scope(f"{s['type']}:{s['resource']}" + (f":{s['filter']}" if s.get("filter") else ""))
+                for s in j["scopes"]
+            ]
             grant = grant_for(scopes, kind, permission, resource)
             if grant:
                 out.append((True, j["id"], j["name"], grant.via, grant.filter))
@@ -279,8 +326,15 @@ def access_query(rng: random.Random) -> tuple[str, str, str]:
     return rng.choice(PIPES), "pipe", rng.choice(["READ", "DROP"])
 
 
-def measure_routes(system: System, span: dict[str, Any], results: common.Results, samples: int,
-                   baseline_samples: int, label: str, pick: Any) -> None:
+def measure_routes(
+    system: System,
+    span: dict[str, Any],
+    results: common.Results,
+    samples: int,
+    baseline_samples: int,
+    label: str,
+    pick: Any,
+) -> None:
     rng = random.Random(11)
     app = create_app(system)
     with TestClient(app, raise_server_exceptions=True) as client:
@@ -292,8 +346,11 @@ def measure_routes(system: System, span: dict[str, Any], results: common.Results
         for _ in range(samples):
             ws, at = pick(rng), instant(rng, span)
             resource, kind, permission = access_query(rng)
-            ms, body = latency_ms(client, f"/v0/access?resource={resource}&kind={kind}&permission={permission}"
-                                          f"&as_of={at / 1e6:.6f}&token={ws['admin_value']}")
+            ms, body = latency_ms(
+                client,
+                f"/v0/access?resource={resource}&kind={kind}&permission={permission}"
+                f"&as_of={at / 1e6:.6f}&token={ws['admin_value']}",
+            )
             access.add(ms)
             access_cpu.append(CPU_MS[-1])
             ms, body = latency_ms(client, f"/v0/tokens?as_of={at / 1e6:.6f}&token={ws['admin_value']}")
@@ -301,17 +358,24 @@ def measure_routes(system: System, span: dict[str, Any], results: common.Results
             as_of_cpu.append(CPU_MS[-1])
             sizes.append(len(body["tokens"]))
         for name, cpu in (("/v0/access", access_cpu), ("/v0/tokens?as_of=", as_of_cpu)):
-            results.note(f"{label} workspace {name}: CPU time per request p50 {common.percentile(cpu, 50):.1f} ms, "
-                         f"p99 {common.percentile(cpu, 99):.1f} ms (wall-clock figures include waiting for a core)")
+            results.note(
+                f"{label} workspace {name}: CPU time per request p50 {common.percentile(cpu, 50):.1f} ms, "
+                f"p99 {common.percentile(cpu, 99):.1f} ms (wall-clock figures include waiting for a core)"
+            )
         brute_access, brute_as_of = common.Samples(), common.Samples()
         mismatches = 0
         for _ in range(baseline_samples):
             ws, at = pick(rng), instant(rng, span)
             at = at - at % 1_000_000  # whole seconds: the route's instant is exactly this one
             resource, kind, permission = access_query(rng)
-            ms, body = latency_ms(client, f"/v0/access?resource={resource}&kind={kind}&permission={permission}"
-                                          f"&as_of={at // 1_000_000}&token={ws['admin_value']}")
-            ours = sorted((g.get("jwt", False), g["token_id"], g["name"], g["via"], g["filter"]) for g in body["grants"])
+            ms, body = latency_ms(
+                client,
+                f"/v0/access?resource={resource}&kind={kind}&permission={permission}"
+                f"&as_of={at // 1_000_000}&token={ws['admin_value']}",
+            )
+            ours = sorted(
+                (g.get("jwt", False), g["token_id"], g["name"], g["via"], g["filter"]) for g in body["grants"]
+            )
             started = time.perf_counter()
             expected = replay_access(system, ws["id"], resource, kind, permission, at)
             brute_access.add((time.perf_counter() - started) * 1000)
@@ -326,13 +390,27 @@ def measure_routes(system: System, span: dict[str, Any], results: common.Results
         p50, p99 = common.percentile(ours.values, 50), common.percentile(ours.values, 99)
         bp50 = brute.median
         target = TARGET_P99_MS if label == "typical" else None
-        results.add(f"{name} p99, {label} workspace", "sqlite", p99, "ms", "brute-force replay p50", bp50,
-                    max_value=target, higher_is_better=False, spread=f"p50 {p50:.1f} ms")
-        print(f"  {name} [{label}]: p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(ours.values)}; brute-force replay "
-              f"p50 {bp50:,.0f} ms over {len(brute.values)} -> replay/ours(p50) = {bp50 / p50:,.0f}x", flush=True)
-    results.note(f"{label} workspace: /v0/tokens?as_of= answered {min(sizes)}-{max(sizes)} tokens "
-                 f"(median {sorted(sizes)[len(sizes) // 2]}); {baseline_samples * 2} answers compared with the "
-                 f"replay, {mismatches} differed")
+        results.add(
+            f"{name} p99, {label} workspace",
+            "sqlite",
+            p99,
+            "ms",
+            "brute-force replay p50",
+            bp50,
+            max_value=target,
+            higher_is_better=False,
+            spread=f"p50 {p50:.1f} ms",
+        )
+        print(
+            f"  {name} [{label}]: p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(ours.values)}; brute-force replay "
+            f"p50 {bp50:,.0f} ms over {len(brute.values)} -> replay/ours(p50) = {bp50 / p50:,.0f}x",
+            flush=True,
+        )
+    results.note(
+        f"{label} workspace: /v0/tokens?as_of= answered {min(sizes)}-{max(sizes)} tokens "
+        f"(median {sorted(sizes)[len(sizes) // 2]}); {baseline_samples * 2} answers compared with the "
+        f"replay, {mismatches} differed"
+    )
     if mismatches:
         print(f"  !! {mismatches} answers differ from the brute-force replay", flush=True)
 
@@ -346,12 +424,20 @@ def measure_verify(system: System, results: common.Results, repeats: int) -> Non
         assert report.ok, report
         rates.add(report.events_checked / seconds)
         cpu_rates.add(report.events_checked / cpu)
-        print(f"  verify_chain: {report.events_checked:,} events in {seconds:.1f} s "
-              f"({report.events_checked / seconds:,.0f}/s; {report.events_checked / cpu:,.0f} per CPU-second)",
-              flush=True)
+        print(
+            f"  verify_chain: {report.events_checked:,} events in {seconds:.1f} s "
+            f"({report.events_checked / seconds:,.0f}/s; {report.events_checked / cpu:,.0f} per CPU-second)",
+            flush=True,
+        )
     results.note(f"verify_chain: {cpu_rates.median:,.0f} events per CPU-second (load-independent)")
-    results.add("verify_chain, whole log", "sqlite", rates.median, "events/s", min_value=TARGET_VERIFY_PER_S,
-                spread=rates.spread())
+    results.add(
+        "verify_chain, whole log",
+        "sqlite",
+        rates.median,
+        "events/s",
+        min_value=TARGET_VERIFY_PER_S,
+        spread=rates.spread(),
+    )
 
 
 def measure_export(url: str, data: Path, workspace: dict[str, Any], results: common.Results) -> None:
@@ -372,10 +458,21 @@ def measure_export(url: str, data: Path, workspace: dict[str, Any], results: com
                         size += len(line) + 1
             seconds = time.perf_counter() - started
         peak = _vm(pid, "VmHWM")
-    print(f"  ndjson export: {lines:,} events, {size / 1e6:,.0f} MB in {seconds:.1f} s "
-          f"({lines / seconds:,.0f} events/s); server RSS idle {idle:.0f} MB, peak {peak:.0f} MB", flush=True)
-    results.add("ndjson export, server peak RSS", "sqlite", peak, "MB", "server RSS before", idle,
-                max_value=TARGET_EXPORT_MB, higher_is_better=False)
+    print(
+        f"  ndjson export: {lines:,} events, {size / 1e6:,.0f} MB in {seconds:.1f} s "
+        f"({lines / seconds:,.0f} events/s); server RSS idle {idle:.0f} MB, peak {peak:.0f} MB",
+        flush=True,
+    )
+    results.add(
+        "ndjson export, server peak RSS",
+        "sqlite",
+        peak,
+        "MB",
+        "server RSS before",
+        idle,
+        max_value=TARGET_EXPORT_MB,
+        higher_is_better=False,
+    )
     results.note(f"export: {lines:,} events, {size / 1e6:,.0f} MB of ndjson in {seconds:.1f} s")
 
 
@@ -409,27 +506,43 @@ def main() -> None:
         span = {"start": datetime.fromisoformat(meta["start"]), "end": datetime.fromisoformat(meta["end"])}
         system = System(url, data=data, environ=common.environ(data))
     else:
-        data = Path(scratch.directory()) if not args.keep else Path(__import__("tempfile").mkdtemp(
-            prefix="tt-compliance-", dir=args.tmpdir))
+        data = (
+            Path(scratch.directory())
+            if not args.keep
+            else Path(__import__("tempfile").mkdtemp(prefix="tt-compliance-", dir=args.tmpdir))
+        )
         url = f"sqlite:///{data / 'tokentrail.db'}"
         system = System(url, data=data, environ=common.environ(data))
         print(f"generating {args.tokens:,} tokens / {args.events:,} events in {data}", flush=True)
-        gen_s, meta = common.timed(lambda: generate(system, args.tokens, args.events, args.per_workspace,
-                                                    args.big_share))
+        gen_s, meta = common.timed(
+            lambda: generate(system, args.tokens, args.events, args.per_workspace, args.big_share)
+        )
         print(f"  written {meta['events']:,} events in {gen_s:.0f} s", flush=True)
         proj_s, _ = common.timed(lambda: system.sync())
         print(f"  projected in {proj_s:.0f} s ({meta['events'] / proj_s:,.0f} events/s)", flush=True)
-        results.note(f"generation: {meta['events']:,} events written in {gen_s:.0f} s, projected in {proj_s:.0f} s; "
-                     f"{len(meta['workspaces'])} workspaces, big one {meta['big']['tokens'] if meta['big'] else 0:,} tokens")
+        results.note(
+            f"generation: {meta['events']:,} events written in {gen_s:.0f} s, projected in {proj_s:.0f} s; "
+            f"{len(meta['workspaces'])} workspaces, big one {meta['big']['tokens'] if meta['big'] else 0:,} tokens"
+        )
         span = {"start": meta["start"], "end": meta["end"]}
-        (data / "bench-meta.json").write_text(json.dumps({
-            "start": meta["start"].isoformat(), "end": meta["end"].isoformat(), "workspaces": meta["workspaces"],
-            "big": meta["big"], "events": meta["events"]}))
+        (data / "bench-meta.json").write_text(
+            json.dumps(
+                {
+                    "start": meta["start"].isoformat(),
+                    "end": meta["end"].isoformat(),
+                    "workspaces": meta["workspaces"],
+                    "big": meta["big"],
+                    "events": meta["events"],
+                }
+            )
+        )
         if args.keep:
             print(f"  kept: --db {data / 'tokentrail.db'}", flush=True)
     typical = [w for w in meta["workspaces"] if w is not meta["big"] and w != meta["big"]]
     print("measuring routes", flush=True)
-    measure_routes(system, span, results, args.samples, args.baseline_samples, "typical", lambda rng: rng.choice(typical))
+    measure_routes(
+        system, span, results, args.samples, args.baseline_samples, "typical", lambda rng: rng.choice(typical)
+    )
     if meta["big"]:
         measure_routes(system, span, results, max(20, args.samples // 5), 1, "big", lambda rng: meta["big"])
     print("measuring verify", flush=True)

@@ -38,8 +38,14 @@ def _rss_mb(pid: int) -> float:
 def _populate(url: str, admin: str, tokens: int) -> None:
     with httpx.Client(base_url=url, timeout=60) as client:
         for i in range(tokens):
-            client.post("/v0/tokens", params={"token": admin, "name": f"r{i}",
-                                               "scope": [f"DATASOURCES:READ:ds{i % 20}", f"PIPES:READ:p{i % 7}"]})
+            client.post(
+                "/v0/tokens",
+                params={
+                    "token": admin,
+                    "name": f"r{i}",
+                    "scope": [f"DATASOURCES:READ:ds{i % 20}", f"PIPES:READ:p{i % 7}"],
+                },
+            )
             if i % 3 == 0:
                 client.put(f"/v0/tokens/r{i}", params={"token": admin, "scope": f"DATASOURCES:APPEND:ds{i % 20}"})
 
@@ -89,8 +95,10 @@ def run(backend: str, quick: bool, scratch: Scratch) -> bool:
             idle = _auth_latencies(server.url, store["admin"], 2)
             rss_before = _rss_mb(server.process.pid)
             stop, done = threading.Event(), [0]
-            clients = [threading.Thread(target=_heavy, args=(server.url, store["admin"], stop, done), daemon=True)
-                       for _ in range(30)]
+            clients = [
+                threading.Thread(target=_heavy, args=(server.url, store["admin"], stop, done), daemon=True)
+                for _ in range(30)
+            ]
             for c in clients:
                 c.start()
             time.sleep(1)
@@ -102,9 +110,11 @@ def run(backend: str, quick: bool, scratch: Scratch) -> bool:
             time.sleep(1)
             rss_after = _rss_mb(server.process.pid)
             p99 = _pct(loaded, 0.99)
-            print(f"{backend:<8} {label:<10} auth idle p50 {statistics.median(idle):6.1f} ms | under 30 heavy "
-                  f"p50 {statistics.median(loaded):7.1f} p99 {p99:7.1f} max {max(loaded):7.1f} ms | heavy done "
-                  f"{done[0]:4d} | RSS {rss_before:.0f} -> {rss_peak:.0f} -> {rss_after:.0f} MB")
+            print(
+                f"{backend:<8} {label:<10} auth idle p50 {statistics.median(idle):6.1f} ms | under 30 heavy "
+                f"p50 {statistics.median(loaded):7.1f} p99 {p99:7.1f} max {max(loaded):7.1f} ms | heavy done "
+                f"{done[0]:4d} | RSS {rss_before:.0f} -> {rss_peak:.0f} -> {rss_after:.0f} MB"
+            )
             if gate != "0":
                 ok = ok and p99 < TARGET_P99_MS
         finally:

@@ -38,8 +38,15 @@ def timed_request(client: httpx.Client, method: str, url: str) -> tuple[float, h
     return elapsed, response
 
 
-def run_backend(backend: str, scratch: common.Scratch, results: common.Results, tokens: int, per_round: int,
-                lists_per_round: int, rounds: int) -> None:
+def run_backend(
+    backend: str,
+    scratch: common.Scratch,
+    results: common.Results,
+    tokens: int,
+    per_round: int,
+    lists_per_round: int,
+    rounds: int,
+) -> None:
     url, data = scratch.database_url(backend)
     system = common.System(url, data=data, environ=common.environ(data))
     ws = common.workspace(system)
@@ -50,17 +57,21 @@ def run_backend(backend: str, scratch: common.Scratch, results: common.Results, 
     # In-process halves of list, for the record: the query, then the wire objects.
     query_seconds, rows = common.timed(lambda: system.queries.tokens(ws.workspace_id))
     present_seconds, _ = common.timed(lambda: [present.token_object(system, r, ws.admin) for r in rows])
-    results.note(f"{backend}: list in-process: queries.tokens() {query_seconds * 1000:.0f} ms for {len(rows):,} "
-                 f"rows, present.token_object() over them {present_seconds * 1000:.0f} ms")
+    results.note(
+        f"{backend}: list in-process: queries.tokens() {query_seconds * 1000:.0f} ms for {len(rows):,} "
+        f"rows, present.token_object() over them {present_seconds * 1000:.0f} ms"
+    )
     admin_value = ws.admin_value
     system.close()
 
     samples: dict[str, list[float]] = {"bare": [], "create": [], "refresh": [], "list": []}
     list_bytes = 0
-    with common.Uvicorn("api.app:app_from_env", env=common.environ(data, url), factory=True) as product, \
-            common.Uvicorn("bench.bare_app:app") as bare, \
-            httpx.Client(base_url=product.base, timeout=60) as client, \
-            httpx.Client(base_url=bare.base, timeout=60) as bare_client:
+    with (
+        common.Uvicorn("api.app:app_from_env", env=common.environ(data, url), factory=True) as product,
+        common.Uvicorn("bench.bare_app:app") as bare,
+        httpx.Client(base_url=product.base, timeout=60) as client,
+        httpx.Client(base_url=bare.base, timeout=60) as bare_client,
+    ):
         auth = f"token={admin_value}"
 
         def create(i: int, label: str) -> float:
@@ -85,21 +96,34 @@ def run_backend(backend: str, scratch: common.Scratch, results: common.Results, 
                 list_bytes = len(response.content)
 
     bare_p50, bare_p99 = common.percentile(samples["bare"], 50), common.percentile(samples["bare"], 99)
-    for name, label in (("create", "POST /v0/tokens (create)"), ("refresh", "POST /v0/tokens/{id}/refresh"),
-                        ("list", f"GET /v0/tokens ({tokens:,}+ tokens)")):
+    for name, label in (
+        ("create", "POST /v0/tokens (create)"),
+        ("refresh", "POST /v0/tokens/{id}/refresh"),
+        ("list", f"GET /v0/tokens ({tokens:,}+ tokens)"),
+    ):
         values = samples[name]
         for p, base in ((50, bare_p50), (99, bare_p99)):
-            results.add(f"{label} p{p}", backend, common.percentile(values, p), "ms",
-                        f"bare GET p{p}", base, higher_is_better=False)
-    results.note(f"{backend}: {len(samples['create'])} creates, {len(samples['refresh'])} refreshes, "
-                 f"{len(samples['list'])} lists, {len(samples['bare'])} bare GETs, one at a time; "
-                 f"list answer {list_bytes / 1e6:.1f} MB")
+            results.add(
+                f"{label} p{p}",
+                backend,
+                common.percentile(values, p),
+                "ms",
+                f"bare GET p{p}",
+                base,
+                higher_is_better=False,
+            )
+    results.note(
+        f"{backend}: {len(samples['create'])} creates, {len(samples['refresh'])} refreshes, "
+        f"{len(samples['list'])} lists, {len(samples['bare'])} bare GETs, one at a time; "
+        f"list answer {list_bytes / 1e6:.1f} MB"
+    )
 
 
 def main() -> None:
     args_parser = common.parser(__doc__.split("\n\n")[0])
-    args_parser.add_argument("--tokens", type=int, default=None,
-                             help="tokens seeded in the workspace (default 10,000; 1,000 with --quick)")
+    args_parser.add_argument(
+        "--tokens", type=int, default=None, help="tokens seeded in the workspace (default 10,000; 1,000 with --quick)"
+    )
     args = args_parser.parse_args()
     if args.quick:
         per_round, lists, rounds = 20, 2, 1

@@ -41,8 +41,9 @@ class Counter(Aggregate):
         self.name = name
 
 
-def run_backend(backend: str, scratch: common.Scratch, results: common.Results, counts: dict[str, int],
-                rounds: int, profile: bool) -> None:
+def run_backend(
+    backend: str, scratch: common.Scratch, results: common.Results, counts: dict[str, int], rounds: int, profile: bool
+) -> None:
     raw = Application(env=common.eventsourcing_env(scratch, backend))
     system = common.make_system(scratch, backend)
     ws = common.workspace(system)
@@ -59,10 +60,19 @@ def run_backend(backend: str, scratch: common.Scratch, results: common.Results, 
         raw.save(counter)
         raw_ids.append(counter.id)
 
-    samples = {k: common.Samples() for k in (
-        "raw_create", "raw_update", "create", "command_create", "refresh", "command_refresh",
-        "replace", "command_replace",
-    )}
+    samples = {
+        k: common.Samples()
+        for k in (
+            "raw_create",
+            "raw_update",
+            "create",
+            "command_create",
+            "refresh",
+            "command_refresh",
+            "replace",
+            "command_replace",
+        )
+    }
     for r in range(rounds):
         # Interleaved, so drift (cache, disk, other load) hits baseline and ours alike.
         samples["raw_create"].add(common.rate(n_create, lambda i: raw.save(Counter(f"r{r}-{i}"))))
@@ -73,34 +83,61 @@ def run_backend(backend: str, scratch: common.Scratch, results: common.Results, 
             raw.save(counter)
 
         samples["raw_update"].add(common.rate(n_update, raw_update))
-        samples["create"].add(common.rate(
-            n_create, lambda i: ledger.create_token(admin, f"w{r}-{i}", SCOPE_SETS[0])))
-        samples["command_create"].add(common.rate(
-            n_command, lambda i: system.command(lambda: ledger.create_token(admin, f"c{r}-{i}", SCOPE_SETS[0]))))
+        samples["create"].add(common.rate(n_create, lambda i: ledger.create_token(admin, f"w{r}-{i}", SCOPE_SETS[0])))
+        samples["command_create"].add(
+            common.rate(
+                n_command, lambda i: system.command(lambda: ledger.create_token(admin, f"c{r}-{i}", SCOPE_SETS[0]))
+            )
+        )
         samples["refresh"].add(common.rate(n_update, lambda i: ledger.refresh_token(admin, refresh_pool[i])))
-        samples["command_refresh"].add(common.rate(
-            n_command, lambda i: system.command(lambda: ledger.refresh_token(admin, refresh_pool[n_update + i]))))
+        samples["command_refresh"].add(
+            common.rate(
+                n_command, lambda i: system.command(lambda: ledger.refresh_token(admin, refresh_pool[n_update + i]))
+            )
+        )
         scopes = SCOPE_SETS[(r + 1) % 2]
-        samples["replace"].add(common.rate(
-            n_update, lambda i: ledger.update_token(admin, scope_pool[i], scopes=scopes)))
-        samples["command_replace"].add(common.rate(
-            n_command,
-            lambda i: system.command(lambda: ledger.update_token(admin, scope_pool[n_update + i], scopes=scopes))))
+        samples["replace"].add(
+            common.rate(n_update, lambda i: ledger.update_token(admin, scope_pool[i], scopes=scopes))
+        )
+        samples["command_replace"].add(
+            common.rate(
+                n_command,
+                lambda i: system.command(lambda: ledger.update_token(admin, scope_pool[n_update + i], scopes=scopes)),
+            )
+        )
 
     raw_create, raw_update = samples["raw_create"].median, samples["raw_update"].median
     rows = [
         ("create: ledger.create_token", "create", "raw save, new aggregate", raw_create, TARGET_CREATE_RATIO),
-        ("create: system.command(create_token)", "command_create", "raw save, new aggregate", raw_create,
-         TARGET_CREATE_RATIO),
+        (
+            "create: system.command(create_token)",
+            "command_create",
+            "raw save, new aggregate",
+            raw_create,
+            TARGET_CREATE_RATIO,
+        ),
         ("refresh: ledger.refresh_token", "refresh", "raw get + 1 event + save", raw_update, None),
         ("refresh: system.command(refresh_token)", "command_refresh", "raw get + 1 event + save", raw_update, None),
         ("replace scopes: ledger.update_token", "replace", "raw get + 1 event + save", raw_update, None),
-        ("replace scopes: system.command(update_token)", "command_replace", "raw get + 1 event + save", raw_update,
-         None),
+        (
+            "replace scopes: system.command(update_token)",
+            "command_replace",
+            "raw get + 1 event + save",
+            raw_update,
+            None,
+        ),
     ]
     for label, key, base_name, base, min_ratio in rows:
-        results.add(label, backend, samples[key].median, "ops/s", base_name, base, min_ratio=min_ratio,
-                    spread=samples[key].spread())
+        results.add(
+            label,
+            backend,
+            samples[key].median,
+            "ops/s",
+            base_name,
+            base,
+            min_ratio=min_ratio,
+            spread=samples[key].spread(),
+        )
     results.note(
         f"{backend}: raw create-save {samples['raw_create'].spread()} ops/s, raw get+save "
         f"{samples['raw_update'].spread()} ops/s over {rounds} round(s)"
@@ -108,11 +145,17 @@ def run_backend(backend: str, scratch: common.Scratch, results: common.Results, 
 
     if profile:
         base = rounds
-        common.profile(f"ledger.create_token x{n_create} on {backend}", lambda: [
-            ledger.create_token(admin, f"p{base}-{i}", SCOPE_SETS[0]) for i in range(n_create)])
-        common.profile(f"system.command(create_token) x{n_command} on {backend}", lambda: [
-            system.command(lambda: ledger.create_token(admin, f"pc{base}-{i}", SCOPE_SETS[0]))
-            for i in range(n_command)])
+        common.profile(
+            f"ledger.create_token x{n_create} on {backend}",
+            lambda: [ledger.create_token(admin, f"p{base}-{i}", SCOPE_SETS[0]) for i in range(n_create)],
+        )
+        common.profile(
+            f"system.command(create_token) x{n_command} on {backend}",
+            lambda: [
+                system.command(lambda: ledger.create_token(admin, f"pc{base}-{i}", SCOPE_SETS[0]))
+                for i in range(n_command)
+            ],
+        )
     system.close()
     raw.close()
 
@@ -131,8 +174,10 @@ def main() -> None:
     for backend in common.backends(args.backend):
         print(f"[{backend}] {rounds} round(s) of {counts} ...", flush=True)
         run_backend(backend, scratch, results, counts, rounds, args.profile)
-    results.note("events per op: create 2 (Token.Created + TokenName.Created), refresh 1, replace scopes 2 "
-                 "(ScopeRemoved + ScopeAdded); every op is one transaction, as is every baseline op")
+    results.note(
+        "events per op: create 2 (Token.Created + TokenName.Created), refresh 1, replace scopes 2 "
+        "(ScopeRemoved + ScopeAdded); every op is one transaction, as is every baseline op"
+    )
     results.print()
     results.write_json(args.json)
     scratch.cleanup()

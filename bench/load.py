@@ -54,7 +54,7 @@ class Stats:
     expected: dict[str, int] = field(default_factory=lambda: {k: 0 for k in MIX})
     errors: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in MIX})
 
-    def merge(self, other: "Stats") -> None:
+    def merge(self, other: Stats) -> None:
         for k in MIX:
             self.latencies[k] += other.latencies[k]
             self.expected[k] += other.expected[k]
@@ -82,7 +82,11 @@ def _serve(url: str, data: Path) -> tuple[subprocess.Popen, str, Path]:
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=common.REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=common.REPO_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -100,8 +104,9 @@ def _serve(url: str, data: Path) -> tuple[subprocess.Popen, str, Path]:
         time.sleep(0.05)
 
 
-def _worker(n: int, base: str, admin: str, readers: list[str], shared: Shared, stop: threading.Event,
-            stats: Stats) -> None:
+def _worker(
+    n: int, base: str, admin: str, readers: list[str], shared: Shared, stop: threading.Event, stats: Stats
+) -> None:
     rng = random.Random(n)
     kinds, weights = list(MIX), list(MIX.values())
     mine: list[str] = []
@@ -124,8 +129,12 @@ def _worker(n: int, base: str, admin: str, readers: list[str], shared: Shared, s
                 request = ("POST", "/v0/tokens", {"name": f"load {n}-{made}", "scope": SCOPE}, None)
             elif kind == "update":
                 target = rng.choice(mine)
-                request = ("PUT", f"/v0/tokens/{target}",
-                           {"scope": f"DATASOURCES:READ:ds_{rng.randrange(50)}", "description": f"d{made}"}, None)
+                request = (
+                    "PUT",
+                    f"/v0/tokens/{target}",
+                    {"scope": f"DATASOURCES:READ:ds_{rng.randrange(50)}", "description": f"d{made}"},
+                    None,
+                )
             elif kind == "refresh":
                 target = rng.choice(mine)
                 request = ("POST", f"/v0/tokens/{target}/refresh", {}, None)
@@ -180,8 +189,10 @@ def run(backend: str, scratch: common.Scratch, seconds: float, threads: int, tok
     process, base, log = _serve(url, data)
     shared, stop = Shared(ids), threading.Event()
     per_thread = [Stats() for _ in range(threads)]
-    workers = [threading.Thread(target=_worker, args=(n, base, admin_value, readers, shared, stop, per_thread[n]))
-               for n in range(threads)]
+    workers = [
+        threading.Thread(target=_worker, args=(n, base, admin_value, readers, shared, stop, per_thread[n]))
+        for n in range(threads)
+    ]
     started = time.monotonic()
     for w in workers:
         w.start()
@@ -211,12 +222,18 @@ def run(backend: str, scratch: common.Scratch, seconds: float, threads: int, tok
 
     total = sum(len(v) for v in stats.latencies.values())
     result: dict[str, Any] = {
-        "backend": backend, "seconds": round(elapsed, 1), "threads": threads, "seed_tokens": tokens,
-        "requests": total, "throughput_rps": round(total / elapsed, 1),
+        "backend": backend,
+        "seconds": round(elapsed, 1),
+        "threads": threads,
+        "seed_tokens": tokens,
+        "requests": total,
+        "throughput_rps": round(total / elapsed, 1),
         "errors": sum(len(v) for v in stats.errors.values()),
         "expected_non_2xx": sum(stats.expected.values()),
         "server_tracebacks": len(server_errors),
-        "rebuild_equal": report.ok, "chain_ok": chain.ok, "events": events,
+        "rebuild_equal": report.ok,
+        "chain_ok": chain.ok,
+        "events": events,
         "kinds": {},
         "first_errors": [e for k in MIX for e in stats.errors[k]][:10],
     }
@@ -233,25 +250,28 @@ def run(backend: str, scratch: common.Scratch, seconds: float, threads: int, tok
 
 
 def show(result: dict[str, Any]) -> None:
-    print(f"\n== {result['backend']}: {result['requests']:,} requests in {result['seconds']} s by "
-          f"{result['threads']} threads = {result['throughput_rps']:,.1f} req/s "
-          f"(store seeded with {result['seed_tokens']} tokens; {result['events']:,} events after)")
+    print(
+        f"\n== {result['backend']}: {result['requests']:,} requests in {result['seconds']} s by "
+        f"{result['threads']} threads = {result['throughput_rps']:,.1f} req/s "
+        f"(store seeded with {result['seed_tokens']} tokens; {result['events']:,} events after)"
+    )
     print(f"{'kind':<8} {'count':>7} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'expected non-2xx':>17}")
     for kind, k in result["kinds"].items():
         p50 = f"{k['p50_ms']:.1f}" if k["p50_ms"] is not None else "-"
         p99 = f"{k['p99_ms']:.1f}" if k["p99_ms"] is not None else "-"
         print(f"{kind:<8} {k['count']:>7,} {p50:>8} {p99:>8} {k['errors']:>7} {k['expected_non_2xx']:>17}")
     verdict = "PASS" if ok(result) else "FAIL"
-    print(f"errors {result['errors']} (must be 0), expected non-2xx {result['expected_non_2xx']} (404 for a get of a "
-          f"token deleted by another thread), server tracebacks {result['server_tracebacks']}, read models equal a "
-          f"rebuild: {result['rebuild_equal']}, chain verifies: {result['chain_ok']} -> {verdict}")
+    print(
+        f"errors {result['errors']} (must be 0), expected non-2xx {result['expected_non_2xx']} (404 for a get of a "
+        f"token deleted by another thread), server tracebacks {result['server_tracebacks']}, read models equal a "
+        f"rebuild: {result['rebuild_equal']}, chain verifies: {result['chain_ok']} -> {verdict}"
+    )
     for line in result["first_errors"]:
         print(f"  error: {line}")
 
 
 def ok(result: dict[str, Any]) -> bool:
-    return (result["errors"] == 0 and result["server_tracebacks"] == 0 and result["rebuild_equal"]
-            and result["chain_ok"])
+    return result["errors"] == 0 and result["server_tracebacks"] == 0 and result["rebuild_equal"] and result["chain_ok"]
 
 
 def main() -> None:
@@ -275,8 +295,9 @@ def main() -> None:
     if args.json:
         import json
 
-        Path(args.json).write_text(json.dumps({"machine": common.machine(), "argv": sys.argv, "results": results},
-                                              indent=1) + "\n")
+        Path(args.json).write_text(
+            json.dumps({"machine": common.machine(), "argv": sys.argv, "results": results}, indent=1) + "\n"
+        )
     sys.exit(0 if all(ok(r) for r in results) else 1)
 
 

@@ -87,10 +87,21 @@ def in_process_rate(app: Any, value: str, count: int) -> float:
 
         started = time.perf_counter()
         for _ in range(count):
-            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-                     "scheme": "http", "path": "/v0/auth", "raw_path": b"/v0/auth", "root_path": "",
-                     "query_string": query, "headers": [(b"host", b"bench")], "client": ("127.0.0.1", 1),
-                     "server": ("127.0.0.1", 80), "state": {}}
+            scope = {
+                "type": "http",
+                "asgi": {"version": "3.0"},
+                "http_version": "1.1",
+                "method": "GET",
+                "scheme": "http",
+                "path": "/v0/auth",
+                "raw_path": b"/v0/auth",
+                "root_path": "",
+                "query_string": query,
+                "headers": [(b"host", b"bench")],
+                "client": ("127.0.0.1", 1),
+                "server": ("127.0.0.1", 80),
+                "state": {},
+            }
             await app(scope, receive, send)
         elapsed = time.perf_counter() - started
         assert statuses and set(statuses) == {200}, set(statuses)
@@ -122,15 +133,25 @@ def main() -> None:
         for _ in range(rounds):
             off.add(in_process_rate(without_app, value, count))
             on.add(in_process_rate(with_app, value, count))
-        results.add("GET /v0/auth in-process, with metrics", backend, on.median, "req/s", "without metrics",
-                    off.median, min_ratio=TARGET_RATIO, spread=on.spread())
+        results.add(
+            "GET /v0/auth in-process, with metrics",
+            backend,
+            on.median,
+            "req/s",
+            "without metrics",
+            off.median,
+            min_ratio=TARGET_RATIO,
+            spread=on.spread(),
+        )
         results.note(f"{backend}: in-process without metrics {off.spread()} req/s")
         system.close()
         print(f"[{backend}] HTTP: {rounds} round(s) of {seconds:g} s per app ...", flush=True)
         env = common.environ(data, url)
         path = f"/v0/auth?permission={PERMISSION}&token={value}"
-        with common.Uvicorn("api.app:app_from_env", env=env, factory=True) as with_server, \
-                common.Uvicorn("bench.metrics_overhead:app_without_metrics", env=env, factory=True) as without_server:
+        with (
+            common.Uvicorn("api.app:app_from_env", env=env, factory=True) as with_server,
+            common.Uvicorn("bench.metrics_overhead:app_without_metrics", env=env, factory=True) as without_server,
+        ):
             targets = {"with": with_server.base + path, "without": without_server.base + path}
             for target in targets.values():
                 assert httpx.get(target).json().get("allowed") is True
@@ -139,11 +160,20 @@ def main() -> None:
             for _ in range(rounds):
                 for name, target in targets.items():
                     samples[name].add(common.load(target, seconds=seconds, connections=8).rps)
-        results.add("GET /v0/auth over uvicorn, with metrics", backend, samples["with"].median, "req/s",
-                    "without metrics", samples["without"].median, min_ratio=TARGET_RATIO,
-                    spread=samples["with"].spread())
-        results.note(f"{backend}: over uvicorn without metrics {samples['without'].spread()} req/s, "
-                     f"{rounds} round(s) of {seconds:g} s per app, interleaved")
+        results.add(
+            "GET /v0/auth over uvicorn, with metrics",
+            backend,
+            samples["with"].median,
+            "req/s",
+            "without metrics",
+            samples["without"].median,
+            min_ratio=TARGET_RATIO,
+            spread=samples["with"].spread(),
+        )
+        results.note(
+            f"{backend}: over uvicorn without metrics {samples['without'].spread()} req/s, "
+            f"{rounds} round(s) of {seconds:g} s per app, interleaved"
+        )
     results.print()
     results.write_json(args.json)
     scratch.cleanup()

@@ -67,8 +67,9 @@ def brute_force(system: System) -> int:
         start = notes[-1].id + 1
 
 
-def run_backend(backend: str, scratch: common.Scratch, results: common.Results, creates: int, repeats: int,
-                profile: bool) -> None:
+def run_backend(
+    backend: str, scratch: common.Scratch, results: common.Results, creates: int, repeats: int, profile: bool
+) -> None:
     system = common.make_system(scratch, backend)
     ws = common.workspace(system)
     system.sync()
@@ -88,14 +89,36 @@ def run_backend(backend: str, scratch: common.Scratch, results: common.Results, 
             results.note(f"{backend}: rebuild(verify=True) found differences: {report.differences[:3]}")
         rebuilt.add(report.events / seconds)
 
-    results.add("catch_up from zero", backend, catch_up.median, "events/s", "decode-only replay", floor.median,
-                min_value=TARGET_EVENTS_PER_SECOND.get(backend), spread=catch_up.spread())
-    results.add("catch_up from zero", backend, catch_up.median, "events/s",
-                "notes: eventsourcing projection, 500/commit", NOTES_PROJECTION[backend])
-    results.add("rebuild(verify=True)", backend, rebuilt.median, "events/s", "decode-only replay", floor.median,
-                spread=rebuilt.spread())
-    results.note(f"{backend}: {head:,} events; decode-only replay {floor.spread()} events/s; "
-                 f"median of {repeats} repeat(s)")
+    results.add(
+        "catch_up from zero",
+        backend,
+        catch_up.median,
+        "events/s",
+        "decode-only replay",
+        floor.median,
+        min_value=TARGET_EVENTS_PER_SECOND.get(backend),
+        spread=catch_up.spread(),
+    )
+    results.add(
+        "catch_up from zero",
+        backend,
+        catch_up.median,
+        "events/s",
+        "notes: eventsourcing projection, 500/commit",
+        NOTES_PROJECTION[backend],
+    )
+    results.add(
+        "rebuild(verify=True)",
+        backend,
+        rebuilt.median,
+        "events/s",
+        "decode-only replay",
+        floor.median,
+        spread=rebuilt.spread(),
+    )
+    results.note(
+        f"{backend}: {head:,} events; decode-only replay {floor.spread()} events/s; median of {repeats} repeat(s)"
+    )
     if profile:
         reset_read_models(system)
         common.profile(f"projector.catch_up() of {head:,} events on {backend}", system.projector.catch_up)
@@ -112,8 +135,10 @@ def main() -> None:
     results = common.Results("projection catch-up (one process, from position 0)")
     for backend in common.backends(args.backend):
         run_backend(backend, scratch, results, creates, repeats, args.profile)
-    results.note("history: N creates (2 events each), refresh of every 2nd token, scope replacement of every "
-                 "3rd (2 events), delete of every 10th (2 events: Token.Deleted + TokenName.Released)")
+    results.note(
+        "history: N creates (2 events each), refresh of every 2nd token, scope replacement of every "
+        "3rd (2 events), delete of every 10th (2 events: Token.Deleted + TokenName.Released)"
+    )
     results.print()
     results.write_json(args.json)
     scratch.cleanup()

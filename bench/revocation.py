@@ -114,8 +114,11 @@ def main() -> int:
             served.append(serve(url, data, SECRET, data / f"serve-{name}.log", env=env))
         servers = dict(zip("ABC", (s.url for s in served)))
         counter = [0]
-        readers = [threading.Thread(target=_busy, args=(u, store["admin"], stop, counter), daemon=True)
-                   for u in servers.values() for _ in range(3)]
+        readers = [
+            threading.Thread(target=_busy, args=(u, store["admin"], stop, counter), daemon=True)
+            for u in servers.values()
+            for _ in range(3)
+        ]
         for r in readers:
             r.start()
         time.sleep(1)
@@ -126,7 +129,9 @@ def main() -> int:
                 time.sleep(0.6)  # C's listener misses its heartbeats
             for n in range(trials):
                 how = "delete" if n % 2 == 0 else "refresh"
-                for server, window in _trial(servers, store["admin"], n + (1000 if phase == "stalled" else 0), how).items():
+                for server, window in _trial(
+                    servers, store["admin"], n + (1000 if phase == "stalled" else 0), how
+                ).items():
                     results.setdefault(f"{phase} {server}", []).append(window)
         proxy.flowing.set()
         stop.set()
@@ -137,7 +142,9 @@ def main() -> int:
             print(f"{key:<14} {len(windows):>6} {statistics.median(windows) * 1000:>8.1f} {max(windows) * 1000:>8.1f}")
         print(f"busy reads served meanwhile: {counter[0]}")
         verdict = "PASS" if worst <= BOUND_S else "FAIL"
-        print(f"{verdict}: a revoked value was accepted at most {worst * 1000:.1f} ms after the 2xx (bound {BOUND_S * 1000:.0f} ms)")
+        print(
+            f"{verdict}: a revoked value was accepted at most {worst * 1000:.1f} ms after the 2xx (bound {BOUND_S * 1000:.0f} ms)"
+        )
         return 0 if verdict == "PASS" else 1
     finally:
         stop.set()

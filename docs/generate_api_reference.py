@@ -95,7 +95,7 @@ def render(schema: dict[str, Any]) -> str:
         "",
         f"{info.get('title', 'tokentrail')} {info.get('version', '')}: {info.get('description', '')}",
         "",
-        "Times are ISO 8601 with an offset, or Unix seconds. Errors are `{\"error\": \"…\"}` with status 400 "
+        'Times are ISO 8601 with an offset, or Unix seconds. Errors are `{"error": "…"}` with status 400 '
         "(bad input), 403 (not allowed), 404 (unknown), 405 (wrong method) or 409 (conflict). "
         "The running server also serves this schema at `/openapi.json`.",
         "",
@@ -130,8 +130,13 @@ def _operation(path: str, method: str, op: dict[str, Any]) -> list[str]:
     if op.get("tags"):
         out += [f"Tags: {', '.join(op['tags'])}", ""]
     params = [
-        (p["name"], p.get("in", ""), "yes" if p.get("required") else "", _type(p.get("schema", {})),
-         p.get("description") or p.get("schema", {}).get("description", ""))
+        (
+            p["name"],
+            p.get("in", ""),
+            "yes" if p.get("required") else "",
+            _type(p.get("schema", {})),
+            p.get("description") or p.get("schema", {}).get("description", ""),
+        )
         for p in op.get("parameters", [])
     ]
     if not any(p[1] == "query" for p in params):
@@ -143,8 +148,10 @@ def _operation(path: str, method: str, op: dict[str, Any]) -> list[str]:
     body = op.get("requestBody")
     if body:
         kinds = ", ".join(f"`{k}`" for k in body.get("content", {}))
-        out += [f"Request body: {kinds}" + (f" — {_cell(body.get('description'))}" if body.get("description") else ""),
-                ""]
+        out += [
+            f"Request body: {kinds}" + (f" — {_cell(body.get('description'))}" if body.get("description") else ""),
+            "",
+        ]
     responses = op.get("responses", {})
     if responses:
         out += ["| status | meaning |", "|---|---|"]
@@ -161,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else ""
         if current != text:
-            print(f"{TARGET.relative_to(ROOT)} is out of date: run python docs/generate_api_reference.py",
-                  file=sys.stderr)
+            print(
+                f"{TARGET.relative_to(ROOT)} is out of date: run python docs/generate_api_reference.py", file=sys.stderr
+            )
             return 1
         return 0
     TARGET.write_text(text, encoding="utf-8")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
 import math
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
-_clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)  # noqa: E731
+_clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # noqa: E731
 _instant = threading.local()
 
 
@@ -32,10 +32,10 @@ def one_instant() -> Iterator[datetime]:
 def set_clock(clock: Callable[[], datetime] | None) -> None:
     """Replace the clock (None restores the system clock)."""
     global _clock
-    _clock = clock or (lambda: datetime.now(timezone.utc))
+    _clock = clock or (lambda: datetime.now(UTC))
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # The instants the ledger can name: 0001-01-01T00:00:00Z up to 9999-12-31T23:59:59.999999Z, in
 # microseconds since the epoch (well inside a signed 64-bit column).
 MIN_MICROS = -62_135_596_800_000_000
@@ -45,7 +45,7 @@ MAX_MICROS = 253_402_300_799_999_999
 def to_micros(moment: datetime) -> int:
     """Microseconds since the Unix epoch: the ledger's exact, integer notion of time."""
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     delta = moment - _EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
@@ -93,7 +93,7 @@ def parse_instant(text: str) -> int:
     if moment.tzinfo is None:
         raise InvalidInput(f"time {raw!r} needs an offset, e.g. 2026-03-01T12:00:00+00:00")
     try:
-        moment = moment.astimezone(timezone.utc)
+        moment = moment.astimezone(UTC)
     except (OverflowError, ValueError):
         raise InvalidInput(f"time out of range: {raw} (in UTC it falls outside years 1 to 9999)") from None
     micros = to_micros(moment)

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import io
 import shlex
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Mapping
 
 from domain.errors import DatafileError
 from domain.names import is_reserved_name
@@ -135,17 +135,15 @@ def parse_project(files: Mapping[str, str]) -> list[TokenDeclaration]:
     for path in paths:
         resource = _resource_of(path, _kind_of(path))
         if resource in owners:
-            raise DatafileError(
-                path, 0, f"resource {resource!r} is already defined in {owners[resource]}"
-            )
+            raise DatafileError(path, 0, f"resource {resource!r} is already defined in {owners[resource]}")
         owners[resource] = path
         declarations.extend(parse_datafile(path, files[path]))
         if len(declarations) > MAX_TOKEN_LINES:
             extra = declarations[MAX_TOKEN_LINES]
             raise DatafileError(
-                extra.path, extra.line,
-                f"a deployment declares at most {MAX_TOKEN_LINES} TOKEN lines; split the project or "
-                "remove TOKEN lines",
+                extra.path,
+                extra.line,
+                f"a deployment declares at most {MAX_TOKEN_LINES} TOKEN lines; split the project or remove TOKEN lines",
             )
     return declarations
 
@@ -171,9 +169,7 @@ def read_project(folder: Path) -> dict[str, str]:
         real = file.resolve()
         if not real.is_relative_to(real_root):
             # A link (or a linked folder) leading out of the project: never read or send it.
-            raise DatafileError(
-                relative, 0, f"is a link to {real}, outside the project folder {real_root}: refused"
-            )
+            raise DatafileError(relative, 0, f"is a link to {real}, outside the project folder {real_root}: refused")
         try:
             if file.stat().st_size > MAX_FILE_BYTES:
                 raise DatafileError(relative, 0, f"file is larger than {MAX_FILE_BYTES} bytes")
@@ -197,8 +193,9 @@ def _check_path(path: str) -> None:
         raise DatafileError(shown, 0, "a file path must not contain control characters or invalid Unicode")
     if "\\" in path or path.startswith("/") or any(part in ("", ".", "..") for part in path.split("/")):
         raise DatafileError(
-            shown, 0, "a file path must be relative to the project folder, with / between names "
-            "and no '.' or '..' parts"
+            shown,
+            0,
+            "a file path must be relative to the project folder, with / between names and no '.' or '..' parts",
         )
 
 
@@ -225,9 +222,7 @@ def _is_command(word: str, kind: str) -> bool:
     return word in _COMMANDS[kind] or (kind == "datasource" and word.startswith("engine_"))
 
 
-def _declaration(
-    path: str, number: int, kind: str, resource: str, args: list[str]
-) -> TokenDeclaration:
+def _declaration(path: str, number: int, kind: str, resource: str, args: list[str]) -> TokenDeclaration:
     if len(args) < 2:
         raise DatafileError(
             path,
@@ -248,8 +243,7 @@ def _declaration(
         raise DatafileError(
             path,
             number,
-            f"Invalid permission {args[1]} for token {name!r}: "
-            f"a .{kind} file grants only {' or '.join(allowed)}",
+            f"Invalid permission {args[1]} for token {name!r}: a .{kind} file grants only {' or '.join(allowed)}",
         )
     return TokenDeclaration(name, kind, resource, permission, path, number)
 
@@ -259,9 +253,7 @@ def _token_name(path: str, number: int, raw: str) -> str:
     if not name:
         raise DatafileError(path, number, "token name is empty")
     if len(name) > MAX_TOKEN_NAME_LENGTH:
-        raise DatafileError(
-            path, number, f"token name is longer than {MAX_TOKEN_NAME_LENGTH} characters"
-        )
+        raise DatafileError(path, number, f"token name is longer than {MAX_TOKEN_NAME_LENGTH} characters")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise DatafileError(path, number, "token name must not contain control characters")
     if any(0xD800 <= ord(c) <= 0xDFFF for c in name):  # a lone surrogate (JSON "\ud800"): not storable
@@ -270,7 +262,8 @@ def _token_name(path: str, number: int, raw: str) -> str:
         raise DatafileError(path, number, "token name must not look like a token id or value")
     if is_reserved_name(name):
         raise DatafileError(
-            path, number,
+            path,
+            number,
             f"token name {name!r} is reserved: datafile tokens cannot take (or imitate) the names of "
             "the default tokens ('admin token', 'create datasource token', 'user token', 'admin <email>')",
         )
@@ -296,8 +289,7 @@ def _resource_of(path: str, kind: str) -> str:
         raise DatafileError(
             path,
             0,
-            f"{kind} name {resource!r} must start with a letter or _ and hold only letters, "
-            "digits and _",
+            f"{kind} name {resource!r} must start with a letter or _ and hold only letters, digits and _",
         )
     return resource
 
@@ -305,7 +297,6 @@ def _resource_of(path: str, kind: str) -> str:
 def _check_size(path: str, text: str) -> None:
     # A character takes at least one byte, so most texts are judged without encoding them.
     if len(text) > MAX_FILE_BYTES or (
-        len(text) * 4 > MAX_FILE_BYTES
-        and len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES
+        len(text) * 4 > MAX_FILE_BYTES and len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES
     ):
         raise DatafileError(path, 0, f"file is larger than {MAX_FILE_BYTES} bytes")

@@ -16,8 +16,9 @@ second deployment of the same files gives the empty plan.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from domain.datafiles import TokenDeclaration
 from domain.errors import NameTaken
@@ -108,9 +109,7 @@ def desired_tokens(declarations: Iterable[TokenDeclaration]) -> dict[str, Desire
     }
 
 
-def plan_deployment(
-    declarations: Iterable[TokenDeclaration], current: Iterable[CurrentToken]
-) -> Plan:
+def plan_deployment(declarations: Iterable[TokenDeclaration], current: Iterable[CurrentToken]) -> Plan:
     """The steps that bring the live tokens (`current`) in line with `declarations`.
 
     Scopes compare as stored strings: the ledger stores canonical scopes and removes a scope by

@@ -95,13 +95,10 @@ def _check_tree(tree: exp.Expr) -> None:
         if isinstance(node, (exp.Select, exp.Subquery, exp.Query)):
             raise FilterError("sql_filter must not contain subqueries")
         if isinstance(node, exp.Func) and not isinstance(node, _ALLOWED):
-            raise FilterError(
-                f"sql_filter may use only columns, literals and operators, not {node.key.upper()}"
-            )
+            raise FilterError(f"sql_filter may use only columns, literals and operators, not {node.key.upper()}")
         if not isinstance(node, _ALLOWED):
             raise FilterError(
-                "sql_filter may use only columns, literals and operators, "
-                f"not {type(node).__name__.upper()}"
+                f"sql_filter may use only columns, literals and operators, not {type(node).__name__.upper()}"
             )
         if isinstance(node, exp.Column) and (node.table or node.args.get("db")):
             raise FilterError("sql_filter columns must not name a table")

@@ -13,9 +13,10 @@ import random
 import re
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
@@ -23,6 +24,8 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 
 from domain import clock
+from domain.datafiles import parse_project
+from domain.deploy import CreateToken, CurrentToken, DeleteToken, ModifyToken, Plan, plan_deployment
 from domain.errors import (
     Conflict,
     Forbidden,
@@ -33,8 +36,6 @@ from domain.errors import (
     StoreUnavailable,
     Unauthenticated,
 )
-from domain.datafiles import parse_project
-from domain.deploy import CreateToken, CurrentToken, DeleteToken, ModifyToken, Plan, plan_deployment
 from domain.model import (
     DeploymentLog,
     Jwt,
@@ -48,6 +49,7 @@ from domain.model import (
     user_id_for,
     workspace_name_id,
 )
+from domain.names import MAX_NAME_LENGTH, validate_custom_name, validate_name
 from domain.policy import (
     GRACE_REFUSAL,
     Caller,
@@ -59,7 +61,6 @@ from domain.policy import (
     require_may_grant,
     require_workspace,
 )
-from domain.names import MAX_NAME_LENGTH, validate_custom_name, validate_name
 from domain.refs import parse_ref
 from domain.scopes import ADMIN, AUTH, Scope, parse_scope, parse_scopes, read_scope
 from domain.values import TokenSigner, new_generation
@@ -79,6 +80,7 @@ _EMAIL = re.compile(r"[^@\s\x00-\x1f\x7f]{1,128}@[^@\s\x00-\x1f\x7f]{1,128}")
 
 
 T = TypeVar("T")
+
 
 @dataclass
 class Change:
@@ -212,14 +214,27 @@ class Ledger(Application[UUID]):
             if user is None:
                 user_id = user_id_for(email)
                 user_token = Token.create(
-                    actor=actor, workspace_id=str(user_id), name=USER_TOKEN_NAME, description="",
-                    scopes=[AUTH], origin={"type": "C"}, kind="user", generation=new_generation(),
+                    actor=actor,
+                    workspace_id=str(user_id),
+                    name=USER_TOKEN_NAME,
+                    description="",
+                    scopes=[AUTH],
+                    origin={"type": "C"},
+                    kind="user",
+                    generation=new_generation(),
                 )
                 user = User.create(email, str(user_token.id), actor)
-                to_save += [user_token, TokenName.create(str(user_id), USER_TOKEN_NAME, str(user_token.id), actor), user]
+                to_save += [
+                    user_token,
+                    TokenName.create(str(user_id), USER_TOKEN_NAME, str(user_token.id), actor),
+                    user,
+                ]
             admin = self._new_token_id()
             workspace = Workspace.create(
-                actor=actor, name=name, owner_email=email, owner_user_id=str(user.id),
+                actor=actor,
+                name=name,
+                owner_email=email,
+                owner_user_id=str(user.id),
                 admin_token_id=str(admin),
             )
             ws = str(workspace.id)
@@ -231,8 +246,15 @@ class Ledger(Application[UUID]):
             tokens = []
             for token_id, token_name, scopes in defaults:
                 token = Token._create(
-                    Token.Created, id=token_id, actor=actor, workspace_id=ws, name=token_name,
-                    description="", scopes=scopes, origin={"type": "C"}, kind="default",
+                    Token.Created,
+                    id=token_id,
+                    actor=actor,
+                    workspace_id=ws,
+                    name=token_name,
+                    description="",
+                    scopes=scopes,
+                    origin={"type": "C"},
+                    kind="default",
                     generation=new_generation(),
                 )
                 tokens.append(token)
@@ -291,8 +313,14 @@ class Ledger(Application[UUID]):
                 raise NameTaken(f'Auth token with name "{name}" already exists')
             actor = caller.actor()
             token = Token.create(
-                actor=actor, workspace_id=workspace_id, name=name, description=description,
-                scopes=[str(s) for s in parsed], origin=origin, kind=kind, generation=new_generation(),
+                actor=actor,
+                workspace_id=workspace_id,
+                name=name,
+                description=description,
+                scopes=[str(s) for s in parsed],
+                origin=origin,
+                kind=kind,
+                generation=new_generation(),
             )
             if index is None:
                 index = TokenName.create(workspace_id, name, str(token.id), actor)
@@ -314,8 +342,11 @@ class Ledger(Application[UUID]):
         description: str | None = None,
     ) -> Change:
         """Replace (`scopes`), add or remove scopes, rename, describe: all in one transaction."""
-        authorize(caller, Op.DESCRIBE if scopes is None and not add and not remove and name is None else Op.UPDATE,
-                  _any_token(caller))
+        authorize(
+            caller,
+            Op.DESCRIBE if scopes is None and not add and not remove and name is None else Op.UPDATE,
+            _any_token(caller),
+        )
         new_scopes = self._checked_scopes(caller, scopes) if scopes is not None else None
         to_add = self._checked_scopes(caller, add, allow_empty=True)
         to_remove = [_removable(text) for text in remove]
@@ -391,8 +422,13 @@ class Ledger(Application[UUID]):
             self._require_current(caller)
             admin: Token = self.repository.get(UUID(workspace.admin_token_id))
             jwt = Jwt.issue(
-                actor=caller.actor(), workspace_id=caller.workspace_id, name=name, scopes=scopes,
-                expires_at=expires_at, limits=dict(limits or {}), admin_token_id=str(admin.id),
+                actor=caller.actor(),
+                workspace_id=caller.workspace_id,
+                name=name,
+                scopes=scopes,
+                expires_at=expires_at,
+                limits=dict(limits or {}),
+                admin_token_id=str(admin.id),
                 admin_generation=admin.generation,
             )
             return JwtIssue(jwt, admin, self._save([jwt]))
@@ -452,8 +488,14 @@ class Ledger(Application[UUID]):
                 # Taken since the plan was made (say by a concurrent deployment): re-plan.
                 raise IntegrityError(f'token name "{step.name}" was taken while the deployment was planned')
             token = Token.create(
-                actor=actor, workspace_id=workspace_id, name=validate_name(step.name), description="",
-                scopes=list(step.scopes), origin=dict(step.origin), kind="datafile", generation=new_generation(),
+                actor=actor,
+                workspace_id=workspace_id,
+                name=validate_name(step.name),
+                description="",
+                scopes=list(step.scopes),
+                origin=dict(step.origin),
+                kind="datafile",
+                generation=new_generation(),
             )
             if index is None:
                 index = TokenName.create(workspace_id, step.name, str(token.id), actor)
@@ -462,7 +504,9 @@ class Ledger(Application[UUID]):
             return [token, index]
         existing = known.get(UUID(step.token_id))
         if (
-            not isinstance(existing, Token) or existing.deleted or existing.kind != "datafile"
+            not isinstance(existing, Token)
+            or existing.deleted
+            or existing.kind != "datafile"
             or existing.workspace_id != workspace_id
         ):
             raise IntegrityError(f'token "{step.name}" changed while the deployment was planned')  # re-plan

@@ -81,28 +81,28 @@ class Token(Aggregate):
         TOPIC = "tokentrail.token.ScopeAdded.v1"
         scope: str
 
-        def apply(self, token: "Token") -> None:
+        def apply(self, token: Token) -> None:
             token.scopes.append(self.scope)
 
     class ScopeRemoved(Event):
         TOPIC = "tokentrail.token.ScopeRemoved.v1"
         scope: str
 
-        def apply(self, token: "Token") -> None:
+        def apply(self, token: Token) -> None:
             token.scopes.remove(self.scope)
 
     class Renamed(Event):
         TOPIC = "tokentrail.token.Renamed.v1"
         name: str
 
-        def apply(self, token: "Token") -> None:
+        def apply(self, token: Token) -> None:
             token.name = self.name
 
     class DescriptionChanged(Event):
         TOPIC = "tokentrail.token.DescriptionChanged.v1"
         description: str
 
-        def apply(self, token: "Token") -> None:
+        def apply(self, token: Token) -> None:
             token.description = self.description
 
     class Refreshed(Event):
@@ -115,7 +115,7 @@ class Token(Aggregate):
         generation: str
         grace_seconds: int
 
-        def apply(self, token: "Token") -> None:
+        def apply(self, token: Token) -> None:
             at = clock.to_micros(self.timestamp)
             token.previous_generation = token.generation
             token.previous_valid_until = at + self.grace_seconds * 1_000_000
@@ -125,7 +125,7 @@ class Token(Aggregate):
     class Deleted(Event):
         TOPIC = "tokentrail.token.Deleted.v1"
 
-        def apply(self, token: "Token") -> None:
+        def apply(self, token: Token) -> None:
             token.deleted = True
 
     def __init__(
@@ -153,7 +153,7 @@ class Token(Aggregate):
         self.deleted = False
 
     @classmethod
-    def create(cls, *, actor: ActorDict, **fields: Any) -> "Token":
+    def create(cls, *, actor: ActorDict, **fields: Any) -> Token:
         return cls._create(cls.Created, actor=actor, **fields)
 
     def change_scopes(self, scopes: list[str], actor: ActorDict) -> None:
@@ -191,9 +191,7 @@ class Token(Aggregate):
             self.trigger_event(self.DescriptionChanged, description=description, actor=actor)
 
     def refresh(self, generation: str, grace_seconds: int, actor: ActorDict) -> None:
-        self.trigger_event(
-            self.Refreshed, generation=generation, grace_seconds=grace_seconds, actor=actor
-        )
+        self.trigger_event(self.Refreshed, generation=generation, grace_seconds=grace_seconds, actor=actor)
 
     def delete(self, actor: ActorDict) -> None:
         if not self.deleted:
@@ -255,13 +253,13 @@ class TokenName(Aggregate):
         TOPIC = "tokentrail.token_name.Claimed.v1"
         token_id: str
 
-        def apply(self, index: "TokenName") -> None:
+        def apply(self, index: TokenName) -> None:
             index.token_id = self.token_id
 
     class Released(Event):
         TOPIC = "tokentrail.token_name.Released.v1"
 
-        def apply(self, index: "TokenName") -> None:
+        def apply(self, index: TokenName) -> None:
             index.token_id = None
 
     def __init__(self, workspace_id: str, name: str, token_id: str) -> None:
@@ -270,7 +268,7 @@ class TokenName(Aggregate):
         self.token_id: str | None = token_id
 
     @classmethod
-    def create(cls, workspace_id: str, name: str, token_id: str, actor: ActorDict) -> "TokenName":
+    def create(cls, workspace_id: str, name: str, token_id: str, actor: ActorDict) -> TokenName:
         return cls._create(
             cls.Created,
             id=token_name_id(workspace_id, name),
@@ -320,7 +318,7 @@ class Workspace(Aggregate):
         self.admin_token_id = admin_token_id
 
     @classmethod
-    def create(cls, *, actor: ActorDict, **fields: Any) -> "Workspace":
+    def create(cls, *, actor: ActorDict, **fields: Any) -> Workspace:
         return cls._create(cls.Created, actor=actor, **fields)
 
 
@@ -342,10 +340,8 @@ class WorkspaceName(Aggregate):
         self.workspace_id = workspace_id
 
     @classmethod
-    def create(cls, name: str, workspace_id: str, actor: ActorDict) -> "WorkspaceName":
-        return cls._create(
-            cls.Created, id=workspace_name_id(name), name=name, workspace_id=workspace_id, actor=actor
-        )
+    def create(cls, name: str, workspace_id: str, actor: ActorDict) -> WorkspaceName:
+        return cls._create(cls.Created, id=workspace_name_id(name), name=name, workspace_id=workspace_id, actor=actor)
 
 
 class User(Aggregate):
@@ -366,10 +362,8 @@ class User(Aggregate):
         self.user_token_id = user_token_id
 
     @classmethod
-    def create(cls, email: str, user_token_id: str, actor: ActorDict) -> "User":
-        return cls._create(
-            cls.Created, id=user_id_for(email), email=email, user_token_id=user_token_id, actor=actor
-        )
+    def create(cls, email: str, user_token_id: str, actor: ActorDict) -> User:
+        return cls._create(cls.Created, id=user_id_for(email), email=email, user_token_id=user_token_id, actor=actor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,7 +407,7 @@ class Jwt(Aggregate):
         self.admin_generation = admin_generation
 
     @classmethod
-    def issue(cls, *, actor: ActorDict, **fields: Any) -> "Jwt":
+    def issue(cls, *, actor: ActorDict, **fields: Any) -> Jwt:
         return cls._create(cls.Issued, actor=actor, **fields)
 
 
@@ -449,22 +443,44 @@ class DeploymentLog(Aggregate):
         token_changes: list[dict[str, Any]]
         files: list[str]
 
-        def apply(self, log: "DeploymentLog") -> None:
+        def apply(self, log: DeploymentLog) -> None:
             log.last_deployment_id = self.deployment_id
             log.count += 1
 
-    def __init__(self, workspace_id: str, deployment_id: str, token_changes: list[dict[str, Any]], files: list[str]) -> None:
+    def __init__(
+        self, workspace_id: str, deployment_id: str, token_changes: list[dict[str, Any]], files: list[str]
+    ) -> None:
         self.workspace_id = workspace_id
         self.last_deployment_id = deployment_id
         self.count = 1
 
     @classmethod
-    def start(cls, workspace_id: str, deployment_id: str, token_changes: list[dict[str, Any]], files: list[str],
-              actor: ActorDict) -> "DeploymentLog":
+    def start(
+        cls,
+        workspace_id: str,
+        deployment_id: str,
+        token_changes: list[dict[str, Any]],
+        files: list[str],
+        actor: ActorDict,
+    ) -> DeploymentLog:
         return cls._create(
-            cls.Created, id=deployment_log_id(workspace_id), workspace_id=workspace_id,
-            deployment_id=deployment_id, token_changes=token_changes, files=files, actor=actor,
+            cls.Created,
+            id=deployment_log_id(workspace_id),
+            workspace_id=workspace_id,
+            deployment_id=deployment_id,
+            token_changes=token_changes,
+            files=files,
+            actor=actor,
         )
 
-    def record(self, deployment_id: str, token_changes: list[dict[str, Any]], files: list[str], actor: ActorDict) -> None:
-        self.trigger_event(self.Applied, workspace_id=self.workspace_id, deployment_id=deployment_id, token_changes=token_changes, files=files, actor=actor)
+    def record(
+        self, deployment_id: str, token_changes: list[dict[str, Any]], files: list[str], actor: ActorDict
+    ) -> None:
+        self.trigger_event(
+            self.Applied,
+            workspace_id=self.workspace_id,
+            deployment_id=deployment_id,
+            token_changes=token_changes,
+            files=files,
+            actor=actor,
+        )

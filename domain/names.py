@@ -64,11 +64,37 @@ def _check_visible(name: str, what: str) -> None:
 
 # Letters of other scripts that are drawn like the Latin ones of the default tokens' names
 # (Cyrillic and Greek); NFKC leaves them alone, so they are mapped here before comparing.
-_CONFUSABLES = str.maketrans({
-    "а": "a", "е": "e", "о": "o", "р": "p", "с": "c", "у": "y", "х": "x", "і": "i", "ѕ": "s", "ј": "j",
-    "к": "k", "м": "m", "т": "t", "н": "h", "ԁ": "d", "ո": "n", "ս": "u", "ı": "i",
-    "α": "a", "ε": "e", "ο": "o", "ι": "i", "κ": "k", "ν": "v", "τ": "t", "υ": "u", "ρ": "p",
-})
+_CONFUSABLES = str.maketrans(
+    {
+        "а": "a",
+        "е": "e",
+        "о": "o",
+        "р": "p",
+        "с": "c",
+        "у": "y",
+        "х": "x",
+        "і": "i",
+        "ѕ": "s",
+        "ј": "j",
+        "к": "k",
+        "м": "m",
+        "т": "t",
+        "н": "h",
+        "ԁ": "d",
+        "ո": "n",
+        "ս": "u",
+        "ı": "i",
+        "α": "a",
+        "ε": "e",
+        "ο": "o",
+        "ι": "i",
+        "κ": "k",
+        "ν": "v",
+        "τ": "t",
+        "υ": "u",
+        "ρ": "p",
+    }
+)
 _RESERVED_NAMES = frozenset({"admin token", "create datasource token", "user token"})
 
 

@@ -12,9 +12,10 @@ that caller. Two rules sit before the table: a token never reaches another works
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from enum import Enum
-from typing import Any, Iterable
+from enum import StrEnum
+from typing import Any
 
 from domain.errors import Forbidden, InvalidInput, NotFound
 from domain.scopes import ADMIN, ADMIN_USER, AUTH, TOKENS, Scope, is_admin
@@ -46,7 +47,7 @@ class Caller:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def system(cls, request_id: str | None = None, origin: str = "system") -> "Caller":
+    def system(cls, request_id: str | None = None, origin: str = "system") -> Caller:
         """The ledger itself, for bootstrap (init, serve on an empty store)."""
         return cls(workspace_id="", token_id=None, name="system", request_id=request_id, origin=origin)
 
@@ -63,7 +64,7 @@ class Caller:
         return self.role is Role.USER
 
     @property
-    def role(self) -> "Role":
+    def role(self) -> Role:
         return role_of(self)
 
     def actor(self) -> dict[str, Any]:
@@ -76,11 +77,11 @@ class Caller:
             "deployment_id": self.deployment_id,
         }
 
-    def for_deployment(self, deployment_id: str) -> "Caller":
+    def for_deployment(self, deployment_id: str) -> Caller:
         return replace(self, origin="deployment", deployment_id=deployment_id)
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     """What kind of caller, in order of precedence (the first that applies)."""
 
     SYSTEM = "system"  # the ledger itself: init, bootstrap
@@ -94,7 +95,7 @@ class Role(str, Enum):
     OTHER = "other"  # any other static token: read, append, create-datasource scopes
 
 
-class Target(str, Enum):
+class Target(StrEnum):
     """What kind of token an operation is about, seen from the caller."""
 
     NONE = "-"  # the operation names no token
@@ -107,7 +108,7 @@ class Target(str, Enum):
     USER_BOUND = "user-bound"  # `admin <email>` / user token of someone else
 
 
-class Op(str, Enum):
+class Op(StrEnum):
     INTROSPECT = "introspect itself (GET /v0/auth)"
     LIST = "list the workspace's tokens"
     READ = "read a token"
@@ -211,7 +212,10 @@ def role_of(caller: Caller) -> Role:
         return Role.JWT
     types = {s.type for s in caller.scopes}
     for role, scope_type in (
-        (Role.OWNER, ADMIN_USER), (Role.ADMIN, ADMIN), (Role.TOKENS, TOKENS), (Role.USER, AUTH),
+        (Role.OWNER, ADMIN_USER),
+        (Role.ADMIN, ADMIN),
+        (Role.TOKENS, TOKENS),
+        (Role.USER, AUTH),
         (Role.DEPLOYER, "WORKSPACE:DEPLOY"),
     ):
         if scope_type in types:

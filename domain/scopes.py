@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from domain.errors import ScopeError
 from domain.filters import normalize_filter
@@ -239,11 +239,7 @@ def _single_grant(scope: Scope, kind: str, permission: str, resource: str) -> Gr
         return None
     if scope.resource == resource:
         return Grant(str(scope), scope.filter, 2 if not scope.filter else 3)
-    if (
-        kind == "datasource"
-        and permission == "READ"
-        and resource == f"{scope.resource}_quarantine"
-    ):
+    if kind == "datasource" and permission == "READ" and resource == f"{scope.resource}_quarantine":
         return Grant(str(scope), scope.filter, 2 if not scope.filter else 3, derived=True)
     return None
 

@@ -11,7 +11,8 @@ import math
 import threading
 import uuid
 from collections import OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jwt as pyjwt
 
@@ -212,5 +213,3 @@ def _jwt_scopes(raw: Any) -> tuple[Scope, ...]:
         if scope.type in ("DATASOURCES:READ", "PIPES:READ"):
             out.append(scope)
     return tuple(out)
-
-

@@ -15,9 +15,7 @@ GENESIS = "0" * 64
 
 def event_bytes(position: int, originator_id: UUID | str, version: int, topic: str, state: bytes) -> bytes:
     oid = originator_id.bytes if isinstance(originator_id, UUID) else UUID(str(originator_id)).bytes
-    return b"".join(
-        (struct.pack(">QQ", position, version), oid, topic.encode("utf-8"), b"\x00", bytes(state))
-    )
+    return b"".join((struct.pack(">QQ", position, version), oid, topic.encode("utf-8"), b"\x00", bytes(state)))
 
 
 def next_hash(previous_hex: str, canonical: bytes) -> str:

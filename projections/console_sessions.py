@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from sqlalchemy import Engine, delete, or_, select, update
 
@@ -34,7 +34,7 @@ class SessionSettings:
     max_seconds: int = DEFAULT_MAX_SECONDS
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str]) -> "SessionSettings":
+    def from_environ(cls, environ: Mapping[str, str]) -> SessionSettings:
         """TOKENTRAIL_SESSION_IDLE_SECONDS and TOKENTRAIL_SESSION_MAX_SECONDS (whole seconds above
         0); a malformed value stops the server at start rather than weakening sessions silently."""
         return cls(
@@ -81,8 +81,12 @@ class ConsoleSessions:
             self._prune(conn, at)
             conn.execute(
                 s.console_sessions.insert().values(
-                    id_hash=_digest(sid), token_id=token_id, generation_hash=_digest(generation),
-                    workspace_id=workspace_id, created_at=at, last_seen_at=at,
+                    id_hash=_digest(sid),
+                    token_id=token_id,
+                    generation_hash=_digest(generation),
+                    workspace_id=workspace_id,
+                    created_at=at,
+                    last_seen_at=at,
                 )
             )
         return sid
@@ -99,10 +103,13 @@ class ConsoleSessions:
             row = conn.execute(select(t).where(t.c.id_hash == key)).mappings().first()
         if row is None:
             return None
-        record = SessionRecord(row["token_id"], row["generation_hash"], row["workspace_id"],
-                               row["created_at"], row["last_seen_at"])
-        if (at - record.last_seen_at > self.settings.idle_seconds * _SECOND
-                or at - record.created_at > self.settings.max_seconds * _SECOND):
+        record = SessionRecord(
+            row["token_id"], row["generation_hash"], row["workspace_id"], row["created_at"], row["last_seen_at"]
+        )
+        if (
+            at - record.last_seen_at > self.settings.idle_seconds * _SECOND
+            or at - record.created_at > self.settings.max_seconds * _SECOND
+        ):
             self.end(sid)
             return None
         if at - record.last_seen_at >= self.touch_after:
@@ -122,7 +129,9 @@ class ConsoleSessions:
         t = s.console_sessions
         conn.execute(
             delete(t).where(
-                or_(t.c.last_seen_at < at - self.settings.idle_seconds * _SECOND,
-                    t.c.created_at < at - self.settings.max_seconds * _SECOND)
+                or_(
+                    t.c.last_seen_at < at - self.settings.idle_seconds * _SECOND,
+                    t.c.created_at < at - self.settings.max_seconds * _SECOND,
+                )
             )
         )

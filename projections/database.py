@@ -107,8 +107,11 @@ class Database:
         # The projector (the writer) checks its DBAPI connections itself: it discards a broken one
         # and retries the batch, instead of a ping round trip before every batch.
         kwargs: dict[str, Any] = {
-            "pool_pre_ping": not writer, "pool_size": 5, "max_overflow": 10,
-            "pool_timeout": pgstore.POOL_WAIT_SECONDS, "connect_args": pgstore.connection_options(),
+            "pool_pre_ping": not writer,
+            "pool_size": 5,
+            "max_overflow": 10,
+            "pool_timeout": pgstore.POOL_WAIT_SECONDS,
+            "connect_args": pgstore.connection_options(),
         }
         return create_engine(self.sqlalchemy_url(), **kwargs)
 
@@ -121,8 +124,13 @@ class Database:
             return
         env = self.eventsourcing_env()
         try:
-            pgstore.probe(env["POSTGRES_HOST"], env["POSTGRES_PORT"], env["POSTGRES_DBNAME"],
-                          env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
+            pgstore.probe(
+                env["POSTGRES_HOST"],
+                env["POSTGRES_PORT"],
+                env["POSTGRES_DBNAME"],
+                env["POSTGRES_USER"],
+                env["POSTGRES_PASSWORD"],
+            )
         except Exception as error:  # noqa: BLE001 - psycopg's errors, reworded for the operator
             raise StoreUnavailable(
                 f"cannot reach the PostgreSQL database {env['POSTGRES_DBNAME']!r} on "

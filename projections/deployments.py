@@ -10,10 +10,7 @@ from projections.system import System
 
 def current_tokens(system: System, workspace_id: str) -> list[CurrentToken]:
     system.sync()
-    return [
-        CurrentToken(r.id, r.name, r.scopes, r.origin["type"], r.kind)
-        for r in system.queries.tokens(workspace_id)
-    ]
+    return [CurrentToken(r.id, r.name, r.scopes, r.origin["type"], r.kind) for r in system.queries.tokens(workspace_id)]
 
 
 def deploy(system: System, caller: Caller, files: dict[str, str], check: bool = False) -> Deployed:

@@ -11,8 +11,9 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from sqlalchemy import Engine, and_, or_, select
 
@@ -200,7 +201,9 @@ class History:
             ).mappings()
             return [_version_row(r) for r in rows]
 
-    def token_as_of(self, workspace_id: str, at: int, token_id: str | None = None, name: str | None = None) -> TokenRow | None:
+    def token_as_of(
+        self, workspace_id: str, at: int, token_id: str | None = None, name: str | None = None
+    ) -> TokenRow | None:
         v = s.token_versions
         conditions = [
             v.c.workspace_id == workspace_id,
@@ -275,7 +278,7 @@ class History:
         snapshot = self.snapshot(workspace_id, at, resource)
         return snapshot.grants(kind, permission, resource)
 
-    def snapshot(self, workspace_id: str, at: int, resource: str | None = None) -> "AccessSnapshot":
+    def snapshot(self, workspace_id: str, at: int, resource: str | None = None) -> AccessSnapshot:
         """Everything needed to answer access questions at `at` (for one resource, or all)."""
         by_token: dict[str, list[Any]] = {}
         for row in self.grants_at(workspace_id, at, resource):
@@ -345,7 +348,9 @@ class History:
             )
             out.update((k, r) for k, r in rows)
             for (scopes,) in conn.execute(
-                select(j.c.scopes).where(and_(j.c.workspace_id == workspace_id, j.c.issued_at <= end, j.c.expires_at > start))
+                select(j.c.scopes).where(
+                    and_(j.c.workspace_id == workspace_id, j.c.issued_at <= end, j.c.expires_at > start)
+                )
             ):
                 for item in json.loads(scopes):
                     out.add(("datasource" if item["type"].startswith("DATASOURCES") else "pipe", item["resource"]))

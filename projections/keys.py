@@ -13,13 +13,12 @@ import secrets
 import time
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from domain.errors import ConfigurationError
 from projections import schema as s
@@ -70,11 +69,15 @@ def server_key(data_dir: Path, environ: dict[str, str] | None = None) -> bytes:
 
 def _checked_key(key: bytes, source: str) -> bytes:
     if not key.strip():
-        raise ConfigurationError(f"{source} is empty or blank: set a random key of at least {MIN_KEY_BYTES} bytes "
-                                 "(e.g. `openssl rand -base64 32`)")
+        raise ConfigurationError(
+            f"{source} is empty or blank: set a random key of at least {MIN_KEY_BYTES} bytes "
+            "(e.g. `openssl rand -base64 32`)"
+        )
     if len(key) < MIN_KEY_BYTES:
-        raise ConfigurationError(f"{source} is {len(key)} bytes long: it must be at least {MIN_KEY_BYTES} bytes "
-                                 "(e.g. `openssl rand -base64 32`)")
+        raise ConfigurationError(
+            f"{source} is {len(key)} bytes long: it must be at least {MIN_KEY_BYTES} bytes "
+            "(e.g. `openssl rand -base64 32`)"
+        )
     return key
 
 
@@ -99,8 +102,11 @@ def check_fingerprint(engine: Engine, key: bytes, rotate: bool = False) -> str:
                 # Several servers may start at once on a new store: the first one's key wins and
                 # the others compare with it.
                 insert = postgresql_insert if conn.dialect.name == "postgresql" else sqlite_insert
-                conn.execute(insert(s.meta).values(name=FINGERPRINT, value=mine, updated_at=now)
-                             .on_conflict_do_nothing(index_elements=["name"]))
+                conn.execute(
+                    insert(s.meta)
+                    .values(name=FINGERPRINT, value=mine, updated_at=now)
+                    .on_conflict_do_nothing(index_elements=["name"])
+                )
                 recorded = conn.execute(select(s.meta.c.value).where(s.meta.c.name == FINGERPRINT)).scalar()
             if hmac.compare_digest(recorded, mine):
                 return mine
@@ -145,9 +151,7 @@ def checkpoint_key(data_dir: Path, environ: dict[str, str] | None = None) -> Ed2
 
 
 def public_pem(key: Ed25519PublicKey) -> str:
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 def key_id(key: Ed25519PublicKey) -> str:

@@ -27,7 +27,8 @@ library's in four ways, each for a failure seen with several servers on one data
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import psycopg
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
@@ -59,7 +60,7 @@ def connection_options() -> dict[str, Any]:
     return {
         "connect_timeout": CONNECT_TIMEOUT,
         "options": f"-c statement_timeout={STATEMENT_TIMEOUT * 1000} "
-                   f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT * 1000}",
+        f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT * 1000}",
         "keepalives": 1,
         "keepalives_idle": 5,
         "keepalives_interval": 2,
@@ -72,8 +73,13 @@ def probe(host: str, port: str | int, dbname: str, user: str, password: str | No
     """Connect once, or raise `psycopg.OperationalError` carrying the server's (or the OS's) reason."""
     options = connection_options()
     with psycopg.connect(
-        host=host, port=port, dbname=dbname, user=user, password=password or None,
-        connect_timeout=options["connect_timeout"], autocommit=True,
+        host=host,
+        port=port,
+        dbname=dbname,
+        user=user,
+        password=password or None,
+        connect_timeout=options["connect_timeout"],
+        autocommit=True,
     ) as conn:
         conn.execute("SELECT 1")
 
@@ -139,12 +145,12 @@ class Recorder(PostgresApplicationRecorder):
         """The stored events of many aggregates, by id, in version order: one query per thousand
         ids instead of one each (a deployment of 10,000 tokens reads 10,000 name indexes)."""
         found: dict[Any, list[StoredEvent]] = {}
-        statement = SQL("SELECT * FROM {0}.{1} WHERE originator_id = ANY(%s) "
-                        "ORDER BY originator_id, originator_version").format(
-            Identifier(self.datastore.schema), Identifier(self.events_table_name))
+        statement = SQL(
+            "SELECT * FROM {0}.{1} WHERE originator_id = ANY(%s) ORDER BY originator_id, originator_version"
+        ).format(Identifier(self.datastore.schema), Identifier(self.events_table_name))
         ids = list(originator_ids)
         for start in range(0, len(ids), 1000):
-            chunk = ids[start:start + 1000]
+            chunk = ids[start : start + 1000]
 
             def select(chunk: list[Any] = chunk) -> list[dict[str, Any]]:
                 with self.datastore.get_connection() as conn, conn.cursor() as curs:
@@ -152,10 +158,14 @@ class Recorder(PostgresApplicationRecorder):
                     return curs.fetchall()
 
             for row in self._bounded(select):
-                found.setdefault(row["originator_id"], []).append(StoredEvent(
-                    originator_id=row["originator_id"], originator_version=row["originator_version"],
-                    topic=row["topic"], state=bytes(row["state"]),
-                ))
+                found.setdefault(row["originator_id"], []).append(
+                    StoredEvent(
+                        originator_id=row["originator_id"],
+                        originator_version=row["originator_version"],
+                        topic=row["topic"],
+                        state=bytes(row["state"]),
+                    )
+                )
         return found
 
     def create_table(self) -> None:
@@ -165,8 +175,10 @@ class Recorder(PostgresApplicationRecorder):
             try:
                 row = conn.execute(
                     "SELECT to_regclass(%s) IS NOT NULL AS t, to_regtype(%s) IS NOT NULL AS y",
-                    (f"{self.datastore.schema}.{self.events_table_name}",
-                     f"{self.datastore.schema}.{self.stored_event_type_name}"),
+                    (
+                        f"{self.datastore.schema}.{self.events_table_name}",
+                        f"{self.datastore.schema}.{self.stored_event_type_name}",
+                    ),
                 ).fetchone()
                 if not (row and row["t"] and row["y"]):
                     super().create_table()

@@ -10,9 +10,10 @@ from __future__ import annotations
 import gc
 import json
 import threading
-from operator import itemgetter
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from operator import itemgetter
+from typing import Any
 
 from eventsourcing.persistence import Notification
 from sqlalchemy import Engine, select
@@ -374,9 +375,7 @@ class Projector:
         }
         handler(batch, event, n, at, row)
         for resource in row.pop("resources"):
-            batch.audit_resources.append(
-                {"position": n.id, "resource": resource, "workspace_id": row["workspace_id"]}
-            )
+            batch.audit_resources.append({"position": n.id, "resource": resource, "workspace_id": row["workspace_id"]})
         batch.audit_rows.append(row)
         return at, head
 
@@ -433,10 +432,14 @@ class Projector:
             self._open_generation(batch, token, seq + 1, at, event.grace_seconds)
             token["previous_generation"] = token["generation"]
             token["previous_valid_until"] = clock.to_micros(event.timestamp) + event.grace_seconds * 1_000_000
-            token["grace"] = _grace_json(grace_after_refresh(
-                json.loads(token["grace"] or "{}"), token["generation"], clock.to_micros(event.timestamp),
-                event.grace_seconds,
-            ))
+            token["grace"] = _grace_json(
+                grace_after_refresh(
+                    json.loads(token["grace"] or "{}"),
+                    token["generation"],
+                    clock.to_micros(event.timestamp),
+                    event.grace_seconds,
+                )
+            )
             token["generation"] = event.generation
             if token["kind"] == "default" and "ADMIN" in before:
                 # JWTs are signed with the admin token's value: they die with its generation.
@@ -580,9 +583,7 @@ class Projector:
         if pending is not None:
             pending.update(valid_to=at, to_position=position)
         else:
-            batch.version_closes.append(
-                {"b_token": token_id, "b_version": version, "b_at": at, "b_position": position}
-            )
+            batch.version_closes.append({"b_token": token_id, "b_version": version, "b_at": at, "b_position": position})
 
     def _open_grant(self, batch: _Batch, token: dict[str, Any], scope_text: str, at: int, position: int) -> None:
         scope = read_scope(scope_text)
@@ -644,8 +645,9 @@ class Projector:
                 values = itemgetter(*columns)
                 cursor.executemany(sql.insert(table.name, columns), [values(r) for r in rows])
 
-        def update(table: Any, columns: Sequence[str], where: Sequence[str], rows: list[tuple[Any, ...]],
-                   extra: str = "") -> None:
+        def update(
+            table: Any, columns: Sequence[str], where: Sequence[str], rows: list[tuple[Any, ...]], extra: str = ""
+        ) -> None:
             if rows:
                 cursor.executemany(sql.update(table.name, columns, where, extra), rows)
 
@@ -656,18 +658,24 @@ class Projector:
             values = itemgetter(*columns, "id")
             update(s.tokens, columns, ("id",), [values(t) for t in changed])
         update(
-            s.token_versions, ("valid_to", "to_position"), ("token_id", "version"),
+            s.token_versions,
+            ("valid_to", "to_position"),
+            ("token_id", "version"),
             [(r["b_at"], r["b_position"], r["b_token"], r["b_version"]) for r in batch.version_closes],
         )
         insert(s.token_versions, list(batch.version_inserts.values()))
         update(
-            s.scope_grants, ("valid_to", "to_position"), ("token_id", "scope"),
+            s.scope_grants,
+            ("valid_to", "to_position"),
+            ("token_id", "scope"),
             [(r["b_at"], r["b_position"], r["b_token"], r["b_scope"]) for r in batch.grant_closes],
             "valid_to IS NULL",
         )
         insert(s.scope_grants, batch.grant_inserts)
         update(
-            s.generations, ("valid_to",), ("token_id", "seq"),
+            s.generations,
+            ("valid_to",),
+            ("token_id", "seq"),
             [(r["b_until"], r["b_token"], r["b_seq"]) for r in batch.generation_closes],
         )
         insert(s.generations, list(batch.generation_inserts.values()))
@@ -676,7 +684,9 @@ class Projector:
         insert(s.jwts, batch.jwts)
         insert(s.deployments, batch.deployments)
         update(
-            s.jwts, ("invalidated_at",), ("admin_token_id", "admin_generation"),
+            s.jwts,
+            ("invalidated_at",),
+            ("admin_token_id", "admin_generation"),
             [(r["b_until"], r["b_admin"], r["b_generation"]) for r in batch.jwt_invalidations],
             "invalidated_at IS NULL",
         )

@@ -74,7 +74,7 @@ class TokenRow:
         return [self.generation] + [g for g, until in self.grace if now_micros < until]
 
     @classmethod
-    def from_row(cls, row: Any) -> "TokenRow":
+    def from_row(cls, row: Any) -> TokenRow:
         return cls(
             id=row["id"],
             workspace_id=row["workspace_id"],
@@ -158,9 +158,7 @@ class Queries:
     def workspaces_of(self, user_id: str) -> list[WorkspaceRow]:
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(s.workspaces)
-                .where(s.workspaces.c.owner_user_id == user_id)
-                .order_by(s.workspaces.c.created_at)
+                select(s.workspaces).where(s.workspaces.c.owner_user_id == user_id).order_by(s.workspaces.c.created_at)
             ).mappings()
             return [_workspace(r) for r in rows]
 

@@ -8,9 +8,10 @@ rows into them in one transaction, so readers see the old state or the new, neve
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from sqlalchemy import Engine, Table, delete, insert, select, text
 
@@ -111,9 +112,7 @@ def _tracked(conn: Any) -> int:
 
 def _ordered(table: Table, conn: Any) -> Iterator[tuple[Any, ...]]:
     keys = list(table.primary_key.columns)
-    result = conn.execution_options(stream_results=True, yield_per=2000).execute(
-        select(table).order_by(*keys)
-    )
+    result = conn.execution_options(stream_results=True, yield_per=2000).execute(select(table).order_by(*keys))
     for row in result:
         yield tuple(row)
 

@@ -19,8 +19,9 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from eventsourcing.persistence import InterfaceError as StoreInterfaceError
 from eventsourcing.persistence import Notification
@@ -204,9 +205,7 @@ class System:
             if self._seen < self._cache_floor:
                 self._seen = min(self._cache_floor, head)
             while self._seen < head:
-                notes = self.ledger.recorder.select_notifications(
-                    start=self._seen + 1, limit=1000, stop=head
-                )
+                notes = self.ledger.recorder.select_notifications(start=self._seen + 1, limit=1000, stop=head)
                 if not notes:
                     break
                 self.auth.tokens.evict({str(n.originator_id) for n in notes})
@@ -381,8 +380,12 @@ class _LogHead:
         while not self._stop.is_set():
             try:
                 with psycopg.connect(
-                    host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"], dbname=env["POSTGRES_DBNAME"],
-                    user=env["POSTGRES_USER"], password=env["POSTGRES_PASSWORD"] or None, autocommit=True,
+                    host=env["POSTGRES_HOST"],
+                    port=env["POSTGRES_PORT"],
+                    dbname=env["POSTGRES_DBNAME"],
+                    user=env["POSTGRES_USER"],
+                    password=env["POSTGRES_PASSWORD"] or None,
+                    autocommit=True,
                     connect_timeout=5,
                 ) as conn:
                     self._connected = time.monotonic_ns()

@@ -27,8 +27,9 @@ import base64
 import hashlib
 import json
 import struct
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 from uuid import UUID
 
 from cryptography.exceptions import InvalidSignature
@@ -266,11 +267,14 @@ def verify_checkpoint(system: System, checkpoint: Any, public_key: Ed25519Public
         return CheckpointReport(False, position, chain.reason, chain)
     reached, _ = tracked(system)
     if reached < position:
-        missing = ChainReport(False, chain.events_checked, reached + 1, chain.head,
-                              "events up to the checkpoint are missing from the log (deleted at its tail)")
+        missing = ChainReport(
+            False,
+            chain.events_checked,
+            reached + 1,
+            chain.head,
+            "events up to the checkpoint are missing from the log (deleted at its tail)",
+        )
         return CheckpointReport(False, position, missing.reason, missing)
     if chain.events_checked == 0 and position > 0 or chain.head != head:
-        return CheckpointReport(
-            False, position, "the events up to the checkpoint no longer hash to its head", chain
-        )
+        return CheckpointReport(False, position, "the events up to the checkpoint no longer hash to its head", chain)
     return CheckpointReport(True, position, None, chain)

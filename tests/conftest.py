@@ -10,12 +10,11 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import psycopg
 import pytest
-
 from fastapi.testclient import TestClient
 
 from api.app import create_app

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from domain import clock
@@ -14,7 +14,7 @@ class FakeClock:
     """A controllable clock for the domain: starts at a fixed instant, moves only when told."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+        self.now = start or datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
         clock.set_clock(lambda: self.now)
 
     def advance(self, seconds: float) -> datetime:

@@ -30,7 +30,7 @@ class Replayed:
     events: list[tuple[int, int, Any]] = field(default_factory=list)  # (position, at, event)
 
     @classmethod
-    def load(cls, system: System) -> "Replayed":
+    def load(cls, system: System) -> Replayed:
         out = cls()
         at = 0
         for n in system.ledger.recorder.select_notifications(start=1, limit=10_000_000):
@@ -67,11 +67,18 @@ class Replayed:
                     if jwt["admin_token_id"] == oid and jwt["invalid_from"] is None:
                         jwt["invalid_from"] = at + event.grace_seconds * 1_000_000
             elif isinstance(event, Jwt.Issued):
-                jwts.append({
-                    "id": oid, "workspace_id": event.workspace_id, "name": event.name, "scopes": event.scopes,
-                    "issued_at": at, "expires_at": event.expires_at * 1_000_000,
-                    "admin_token_id": event.admin_token_id, "invalid_from": None,
-                })
+                jwts.append(
+                    {
+                        "id": oid,
+                        "workspace_id": event.workspace_id,
+                        "name": event.name,
+                        "scopes": event.scopes,
+                        "issued_at": at,
+                        "expires_at": event.expires_at * 1_000_000,
+                        "admin_token_id": event.admin_token_id,
+                        "invalid_from": None,
+                    }
+                )
         return tokens, jwts
 
     def tokens_as_of(self, workspace_id: str, at: int) -> list[tuple[str, str, str, tuple[str, ...]]]:
@@ -102,7 +109,9 @@ class Replayed:
             ]
             grant = grant_for(scopes, kind, permission, resource)
             if grant:
-                out.append({"token_id": j["id"], "name": j["name"], "via": grant.via, "filter": grant.filter, "jwt": True})
+                out.append(
+                    {"token_id": j["id"], "name": j["name"], "via": grant.via, "filter": grant.filter, "jwt": True}
+                )
         return sorted(out, key=lambda g: (g["jwt"], g["name"], g["token_id"]))
 
     def known_resources(self, workspace_id: str, start: int, end: int) -> set[tuple[str, str]]:

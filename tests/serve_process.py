@@ -31,12 +31,14 @@ def free_port() -> int:
 
 def server_env(database_url: str, data_dir: Path, secret: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENTRAIL_")}
-    env.update({
-        "TOKENTRAIL_DATABASE_URL": database_url,
-        "TOKENTRAIL_DATA_DIR": str(data_dir),
-        "TOKENTRAIL_SECRET_KEY": secret,
-        "PYTHONPATH": str(ROOT),
-    })
+    env.update(
+        {
+            "TOKENTRAIL_DATABASE_URL": database_url,
+            "TOKENTRAIL_DATA_DIR": str(data_dir),
+            "TOKENTRAIL_SECRET_KEY": secret,
+            "PYTHONPATH": str(ROOT),
+        }
+    )
     return env
 
 
@@ -78,8 +80,15 @@ class Served:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
-def serve(database_url: str, data_dir: Path, secret: str, log: Path, *, extra: list[str] | None = None,
-          env: dict[str, str] | None = None) -> Served:
+def serve(
+    database_url: str,
+    data_dir: Path,
+    secret: str,
+    log: Path,
+    *,
+    extra: list[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Served:
     """Start `tokentrail serve` on a free port; return when it answers GET /v0/regions.
     `env`: more variables for the server (say TOKENTRAIL_LISTEN_URL)."""
     port = free_port()
@@ -87,7 +96,10 @@ def serve(database_url: str, data_dir: Path, secret: str, log: Path, *, extra: l
     with log.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *(extra or [])],
-            cwd=ROOT, env={**server_env(database_url, data_dir, secret), **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**server_env(database_url, data_dir, secret), **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
     served = Served(url, process, log)

@@ -119,8 +119,9 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator, Literal, Mapping, Sequence
+from typing import Literal
 
 Kind = Literal["classic", "forward"]
 
@@ -368,7 +369,9 @@ def cli_env(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str
     return env
 
 
-def tb_command(kind: Kind, tb_path: Path, host: str, token: str, args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+def tb_command(
+    kind: Kind, tb_path: Path, host: str, token: str, args: Sequence[str]
+) -> tuple[list[str], dict[str, str]]:
     """The argv and the extra environment variables for one CLI call."""
     _spec(kind)
     if kind == "classic":

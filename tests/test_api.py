@@ -10,35 +10,34 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import anyio
 import httpx
 import jwt as pyjwt
-from jwt.utils import base64url_encode
 import pytest
 from fastapi.testclient import TestClient
+from jwt.utils import base64url_encode
 
 from api.app import create_app
-from tests.helpers import FakeClock
-
 from tests.api_helpers import (  # noqa: F401 - re-exported: other test files import them from here
-    OWNER,
     _REQUOTE_SAFE,
+    OWNER,
     Realm,
-    make_realm,
-    url,
-    path_of,
+    assert_error,
+    audit_rows,
+    authenticates,
     create,
     create_jwt,
     head,
-    assert_error,
+    make_realm,
     names,
-    audit_rows,
-    authenticates,
+    path_of,
+    url,
 )
-
+from tests.helpers import FakeClock
 
 # -- GET /v0/tokens ------------------------------------------------------------------------------
 
@@ -50,8 +49,16 @@ def test_listing_answers_every_token_of_the_workspace_default_ones_included(clie
 
 
 def test_listed_tokens_have_tinybird_token_objects(client, ws) -> None:
-    create(client, ws.admin, "reader", "DATASOURCES:READ:events:country = 'ES'", "DATASOURCES:APPEND:events",
-           "PIPES:READ:top", "TOKENS", description="for the dashboard")
+    create(
+        client,
+        ws.admin,
+        "reader",
+        "DATASOURCES:READ:events:country = 'ES'",
+        "DATASOURCES:APPEND:events",
+        "PIPES:READ:top",
+        "TOKENS",
+        description="for the dashboard",
+    )
     listed = {t["name"]: t for t in client.get(url("/v0/tokens", ws.admin)).json()["tokens"]}
     reader = listed["reader"]
     assert set(reader) == {"id", "token", "name", "description", "scopes", "origin", "host"}
@@ -140,8 +147,15 @@ def test_parameters_may_come_in_a_form_body_without_content_type(client, ws) -> 
 
 
 def test_origin_resource_id_and_description_are_kept(client, ws) -> None:
-    token = create(client, ws.admin, "ds token", "DATASOURCES:APPEND:events", origin="DS",
-                   resource_id="events", description="made by a datafile")
+    token = create(
+        client,
+        ws.admin,
+        "ds token",
+        "DATASOURCES:APPEND:events",
+        origin="DS",
+        resource_id="events",
+        description="made by a datafile",
+    )
     assert token["origin"] == {"type": "DS", "resource_id": "events"}
     assert token["description"] == "made by a datafile"
 
@@ -295,7 +309,11 @@ def test_put_replaces_all_the_scopes(client, ws) -> None:
 def test_put_changes_name_and_description_only_when_given(client, ws) -> None:
     create(client, ws.admin, "t", "PIPES:READ:top", description="first")
     renamed = client.put(url("/v0/tokens/t", ws.admin, name="read api token")).json()
-    assert (renamed["name"], renamed["description"], renamed["scopes"][0]["resource"]) == ("read api token", "first", "top")
+    assert (renamed["name"], renamed["description"], renamed["scopes"][0]["resource"]) == (
+        "read api token",
+        "first",
+        "top",
+    )
     described = client.put(url("/v0/tokens/read%20api%20token", ws.admin, description="second")).json()
     assert (described["name"], described["description"]) == ("read api token", "second")
     assert_error(client.get(url("/v0/tokens/t", ws.admin)), 404)
@@ -310,7 +328,11 @@ def test_put_takes_the_scope_string_from_a_body_without_content_type(client, ws)
     response = client.put(url("/v0/tokens/t", ws.admin), content=body)
     assert response.status_code == 200, response.text
     got = response.json()["scopes"]
-    assert len(got) == 120 and got[7] == {"type": "DATASOURCES:READ", "resource": "events_7", "filter": "amount + 7 > 100"}
+    assert len(got) == 120 and got[7] == {
+        "type": "DATASOURCES:READ",
+        "resource": "events_7",
+        "filter": "amount + 7 > 100",
+    }
 
 
 def test_put_with_an_empty_scope_is_400_scope_is_mandatory(client, system, ws) -> None:
@@ -323,7 +345,9 @@ def test_put_with_an_empty_scope_is_400_scope_is_mandatory(client, system, ws) -
 def test_put_with_an_unknown_scope_is_400_and_changes_nothing(client, system, ws) -> None:
     create(client, ws.admin, "t", "PIPES:READ:top")
     before = head(system)
-    assert_error(client.put(url("/v0/tokens/t", ws.admin, scope=["PIPES:READ:x", "FOO:BAR"])), 400, "Unknown scope FOO:BAR")
+    assert_error(
+        client.put(url("/v0/tokens/t", ws.admin, scope=["PIPES:READ:x", "FOO:BAR"])), 400, "Unknown scope FOO:BAR"
+    )
     assert head(system) == before
     assert client.get(url("/v0/tokens/t", ws.admin)).json()["scopes"][0]["resource"] == "top"
 
@@ -437,7 +461,7 @@ def test_refresh_keeps_the_id_gives_a_new_value_and_the_old_one_stops_at_once(cl
 
 
 def test_refresh_with_grace_seconds_keeps_the_old_value_until_the_grace_ends(client, ws) -> None:
-    clock = FakeClock(datetime.now(timezone.utc))
+    clock = FakeClock(datetime.now(UTC))
     token = create(client, ws.admin, "t", "PIPES:READ:top")
     refreshed = client.post(url("/v0/tokens/t/refresh", ws.admin, grace_seconds=60)).json()
     assert authenticates(client, token["token"]) and authenticates(client, refreshed["token"])
@@ -529,8 +553,9 @@ def test_a_jwt_without_limits_has_no_limits_claim(client, ws) -> None:
 
 def test_a_jwt_body_may_have_a_json_content_type_too(client, ws) -> None:
     expires = int(time.time()) + 600
-    response = client.post(url("/v0/tokens", ws.admin, name="j", expiration_time=expires),
-                           json={"scopes": JWT_SCOPES[:1]})
+    response = client.post(
+        url("/v0/tokens", ws.admin, name="j", expiration_time=expires), json={"scopes": JWT_SCOPES[:1]}
+    )
     assert response.status_code == 200, response.text
 
 
@@ -577,8 +602,10 @@ def test_a_tokens_caller_issues_jwts_signed_with_the_admin_value(client, ws) -> 
 
 
 def test_a_jwt_too_long_to_authenticate_is_refused_before_it_is_recorded(client, system, ws) -> None:
-    scopes = [{"type": "PIPES:READ", "resource": f"p{i}", "fixed_params": {f"k{j}": "v" * 1000 for j in range(20)}}
-              for i in range(5)]
+    scopes = [
+        {"type": "PIPES:READ", "resource": f"p{i}", "fixed_params": {f"k{j}": "v" * 1000 for j in range(20)}}
+        for i in range(5)
+    ]
     before = head(system)
     assert "characters long" in assert_error(create_jwt(client, ws.admin, "huge", scopes), 400)
     assert head(system) == before
@@ -628,8 +655,12 @@ def test_a_malformed_jwt_body_is_400_and_writes_nothing(client, system, ws, body
 
 def _forged(ws: Realm, other: Realm, kind: str) -> str:
     now = int(time.time())
-    claims = {"workspace_id": ws.id, "name": "forged", "exp": now + 3600,
-              "scopes": [{"type": "PIPES:READ", "resource": "top_pipe"}]}
+    claims = {
+        "workspace_id": ws.id,
+        "name": "forged",
+        "exp": now + 3600,
+        "scopes": [{"type": "PIPES:READ", "resource": "top_pipe"}],
+    }
     if kind == "alg none":
         return pyjwt.encode(claims, None, algorithm="none")
     if kind == "wrong key":
@@ -662,9 +693,20 @@ def _forged(ws: Realm, other: Realm, kind: str) -> str:
 
 @pytest.mark.parametrize(
     "kind",
-    ["alg none", "wrong key", "another workspace's admin value", "HS512 with the right key", "missing exp",
-     "expired", "exp a numeric string", "exp a boolean", "exp Infinity", "tampered payload", "workspace_id with a NUL",
-     "workspace_id not a string"],
+    [
+        "alg none",
+        "wrong key",
+        "another workspace's admin value",
+        "HS512 with the right key",
+        "missing exp",
+        "expired",
+        "exp a numeric string",
+        "exp a boolean",
+        "exp Infinity",
+        "tampered payload",
+        "workspace_id with a NUL",
+        "workspace_id not a string",
+    ],
 )
 def test_a_forged_or_expired_jwt_is_refused(client, ws, other, kind) -> None:
     value = _forged(ws, other, kind)
@@ -676,10 +718,14 @@ def test_a_forged_or_expired_jwt_is_refused(client, ws, other, kind) -> None:
 def test_a_jwt_expires_by_the_ledgers_clock(client, ws) -> None:
     """`exp` is compared with the same clock that times every event, so point-in-time answers
     and authentication agree on when a JWT stopped working."""
-    claims = {"workspace_id": ws.id, "name": "short", "exp": int(time.time()) + 60,
-              "scopes": [{"type": "PIPES:READ", "resource": "top_pipe"}]}
+    claims = {
+        "workspace_id": ws.id,
+        "name": "short",
+        "exp": int(time.time()) + 60,
+        "scopes": [{"type": "PIPES:READ", "resource": "top_pipe"}],
+    }
     value = pyjwt.encode(claims, ws.admin, algorithm="HS256")
-    fake = FakeClock(datetime.fromtimestamp(claims["exp"] - 1, timezone.utc))
+    fake = FakeClock(datetime.fromtimestamp(claims["exp"] - 1, UTC))
     assert authenticates(client, value)
     fake.advance(1)
     assert not authenticates(client, value)
@@ -687,8 +733,12 @@ def test_a_jwt_expires_by_the_ledgers_clock(client, ws) -> None:
 
 def test_a_jwt_signed_with_the_admin_value_by_anyone_is_accepted_until_exp(client, ws) -> None:
     """The contract of Tinybird's JWTs: whoever holds the admin value can mint them."""
-    claims = {"workspace_id": ws.id, "name": "minted", "exp": int(time.time()) + 60,
-              "scopes": [{"type": "PIPES:READ", "resource": "top_pipe"}]}
+    claims = {
+        "workspace_id": ws.id,
+        "name": "minted",
+        "exp": int(time.time()) + 60,
+        "scopes": [{"type": "PIPES:READ", "resource": "top_pipe"}],
+    }
     value = pyjwt.encode(claims, ws.admin, algorithm="HS256")
     auth = client.get(url("/v0/auth", value, permission="PIPES:READ:top_pipe")).json()
     assert auth["valid"] and auth["allowed"] and auth["name"] == "minted"
@@ -724,7 +774,9 @@ def test_the_user_token_creates_a_workspace_with_its_default_tokens(client, syst
     assert created["name"] == "analytics" and created["user_email"] == OWNER
     assert client.get(url("/v0/workspace", created["token"])).json()["id"] == created["id"]
     assert names(client.get(url("/v0/tokens", created["token"]))) == [
-        "admin token", f"admin {OWNER}", "create datasource token"
+        "admin token",
+        f"admin {OWNER}",
+        "create datasource token",
     ]
     assert ws.admin not in {t.get("token") for t in created["tokens"]}
 
@@ -872,16 +924,20 @@ def _change(client: TestClient, ws: Realm, kind: str, headers: dict[str, str]) -
     if kind == "create":
         return client.post(url("/v0/tokens", ws.admin, name="t", scope="PIPES:READ:top"), headers=headers)
     if kind == "put":
-        return client.put(url("/v0/tokens/t", ws.admin, scope=["PIPES:READ:a", "PIPES:READ:b"], name="u"),
-                          headers=headers)
+        return client.put(
+            url("/v0/tokens/t", ws.admin, scope=["PIPES:READ:a", "PIPES:READ:b"], name="u"), headers=headers
+        )
     if kind == "refresh":
         return client.post(url("/v0/tokens/t/refresh", ws.admin, grace_seconds=5), headers=headers)
     if kind == "delete":
         return client.delete(url("/v0/tokens/t", ws.admin), headers=headers)
     if kind == "jwt":
         expires = int(time.time()) + 60
-        return client.post(url("/v0/tokens", ws.admin, name="j", expiration_time=expires),
-                           content=json.dumps({"scopes": JWT_SCOPES}).encode(), headers=headers)
+        return client.post(
+            url("/v0/tokens", ws.admin, name="j", expiration_time=expires),
+            content=json.dumps({"scopes": JWT_SCOPES}).encode(),
+            headers=headers,
+        )
     raise AssertionError(kind)
 
 
@@ -948,14 +1004,34 @@ BAD_REQUESTS: list[tuple[str, str, str, bytes, int]] = [
     ("5,000-character name", "POST", "/v0/tokens?token={admin}&scope=PIPES:READ:p&name=" + "n" * 5000, b"", 400),
     ("5,000-character name in the path", "GET", "/v0/tokens/" + "n" * 5000 + "?token={admin}", b"", 404),
     ("5,000-character scope", "POST", "/v0/tokens?token={admin}&name=t&scope=PIPES:READ:" + "p" * 5000, b"", 400),
-    ("5,000-character filter", "POST",
-     "/v0/tokens?token={admin}&name=t&scope=PIPES:READ:p:" + "a=1%20AND%20" * 700 + "b=2", b"", 400),
-    ("5,000-character description", "POST",
-     "/v0/tokens?token={admin}&name=t&scope=PIPES:READ:p&description=" + "d" * 5000, b"", 400),
-    ("300 scopes", "POST",
-     "/v0/tokens?token={admin}&name=t&" + "&".join(f"scope=PIPES:READ:p{i}" for i in range(300)), b"", 400),
-    ("300 scopes in a PUT body", "PUT", "/v0/tokens/t?token={admin}",
-     "&".join(f"scope=PIPES:READ:p{i}" for i in range(300)).encode(), 400),
+    (
+        "5,000-character filter",
+        "POST",
+        "/v0/tokens?token={admin}&name=t&scope=PIPES:READ:p:" + "a=1%20AND%20" * 700 + "b=2",
+        b"",
+        400,
+    ),
+    (
+        "5,000-character description",
+        "POST",
+        "/v0/tokens?token={admin}&name=t&scope=PIPES:READ:p&description=" + "d" * 5000,
+        b"",
+        400,
+    ),
+    (
+        "300 scopes",
+        "POST",
+        "/v0/tokens?token={admin}&name=t&" + "&".join(f"scope=PIPES:READ:p{i}" for i in range(300)),
+        b"",
+        400,
+    ),
+    (
+        "300 scopes in a PUT body",
+        "PUT",
+        "/v0/tokens/t?token={admin}",
+        "&".join(f"scope=PIPES:READ:p{i}" for i in range(300)).encode(),
+        400,
+    ),
     ("2,000 parameters", "GET", "/v0/tokens?token={admin}&" + "&".join(f"x{i}=1" for i in range(2000)), b"", 400),
     ("PATCH a token", "PATCH", "/v0/tokens/t?token={admin}", b"scope=ADMIN", 405),
     ("POST to a token", "POST", "/v0/tokens/t?token={admin}", b"", 405),
@@ -969,8 +1045,13 @@ BAD_REQUESTS: list[tuple[str, str, str, bytes, int]] = [
     ("NUL in a name", "POST", "/v0/tokens?token={admin}&name=a%00b&scope=PIPES:READ:p", b"", 400),
     ("NUL in a scope", "POST", "/v0/tokens?token={admin}&name=t&scope=PIPES:READ:p:a%3D%27%00%27", b"", 400),
     ("NUL in a description", "POST", "/v0/tokens?token={admin}&name=t&scope=PIPES:READ:p&description=%00", b"", 400),
-    ("NUL in a resource_id", "POST",
-     "/v0/tokens?token={admin}&name=t&scope=PIPES:READ:p&origin=DS&resource_id=e%00", b"", 400),
+    (
+        "NUL in a resource_id",
+        "POST",
+        "/v0/tokens?token={admin}&name=t&scope=PIPES:READ:p&origin=DS&resource_id=e%00",
+        b"",
+        400,
+    ),
     ("NUL in a form body", "POST", "/v0/tokens?token={admin}", b"name=t\x00&scope=PIPES:READ:p", 400),
     ("NUL in the path", "GET", "/v0/tokens/a%00b?token={admin}", b"", 404),
     ("NUL in the path of a DELETE", "DELETE", "/v0/tokens/a%00b?token={admin}", b"", 404),
@@ -978,27 +1059,35 @@ BAD_REQUESTS: list[tuple[str, str, str, bytes, int]] = [
     ("NUL in a workspace name", "POST", "/v1/workspaces?token={user}&name=w%00", b"", 400),
     ("NUL in a permission", "GET", "/v0/auth?token={admin}&permission=DATASOURCES:READ:e%00", b"", 400),
     ("NUL in a token", "GET", "/v0/tokens?token=p.%00.x", b"", 400),
-    ("percent-encoded non-UTF-8 in a name", "POST", "/v0/tokens?token={admin}&name=%ff%fe&scope=PIPES:READ:p", b"", 400),
+    (
+        "percent-encoded non-UTF-8 in a name",
+        "POST",
+        "/v0/tokens?token={admin}&name=%ff%fe&scope=PIPES:READ:p",
+        b"",
+        400,
+    ),
     ("percent-encoded non-UTF-8 in a scope", "POST", "/v0/tokens?token={admin}&name=t&scope=PIPES:READ:%ff", b"", 400),
     ("non-UTF-8 form body", "POST", "/v0/tokens?token={admin}", b"name=\xff\xfe&scope=PIPES:READ:p", 400),
     ("non-UTF-8 in the path", "GET", "/v0/tokens/%ff%fe?token={admin}", b"", 404),
     ("bad origin", "POST", "/v0/tokens?token={admin}&name=t&scope=PIPES:READ:p&origin=X", b"", 400),
     ("DS origin without resource_id", "POST", "/v0/tokens?token={admin}&name=t&scope=PIPES:READ:p&origin=DS", b"", 400),
-    ("token name that looks like an id", "POST",
-     "/v0/tokens?token={admin}&name=00000000-0000-4000-8000-000000000000&scope=PIPES:READ:p", b"", 400),
+    (
+        "token name that looks like an id",
+        "POST",
+        "/v0/tokens?token={admin}&name=00000000-0000-4000-8000-000000000000&scope=PIPES:READ:p",
+        b"",
+        400,
+    ),
     ("token name that looks like a value", "POST", "/v0/tokens?token={admin}&name=p.x&scope=PIPES:READ:p", b"", 400),
     ("scope with a resource where none belongs", "POST", "/v0/tokens?token={admin}&name=t&scope=ADMIN:x", b"", 400),
-    ("filter on an APPEND scope", "POST",
-     "/v0/tokens?token={admin}&name=t&scope=DATASOURCES:APPEND:e:a%3D1", b"", 400),
+    ("filter on an APPEND scope", "POST", "/v0/tokens?token={admin}&name=t&scope=DATASOURCES:APPEND:e:a%3D1", b"", 400),
     ("bad resource name", "POST", "/v0/tokens?token={admin}&name=t&scope=PIPES:READ:1bad", b"", 400),
     ("unknown route", "GET", "/v0/nothing?token={admin}", b"", 404),
     ("unknown route without a token", "POST", "/v2/tokens", b"", 404),
 ]
 
 
-@pytest.mark.parametrize(
-    "label, method, path, body, status", BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS]
-)
+@pytest.mark.parametrize("label, method, path, body, status", BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])
 def test_bad_requests_get_a_json_error_and_write_nothing(client, system, ws, label, method, path, body, status) -> None:
     if "/v0/tokens/t" in path:
         create(client, ws.admin, "t", "PIPES:READ:top")
@@ -1007,7 +1096,9 @@ def test_bad_requests_get_a_json_error_and_write_nothing(client, system, ws, lab
     assert_error(response, status)
     assert head(system) == before
     assert names(client.get(url("/v0/tokens", ws.admin)))[:3] == [
-        "admin token", f"admin {OWNER}", "create datasource token"
+        "admin token",
+        f"admin {OWNER}",
+        "create datasource token",
     ]
 
 
@@ -1022,10 +1113,18 @@ def _raw_asgi(app: Any, method: str, raw_path: bytes, query: bytes, body: bytes 
         sent.append(message)
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-        "path": raw_path.decode("latin-1"), "raw_path": raw_path, "query_string": query, "root_path": "",
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": raw_path.decode("latin-1"),
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": "",
         "headers": [(b"host", b"testserver"), (b"content-length", str(len(body)).encode())],
-        "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
     }
     anyio.run(app, scope, receive, send)
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
@@ -1063,7 +1162,8 @@ def test_a_wrong_method_is_405_whatever_the_token(client) -> None:
 ROUTES = {
     ("/v0/tokens", "get"): ({"as_of"}, {"200", "400", "403"}),
     ("/v0/tokens", "post"): (
-        {"name", "scope", "description", "origin", "resource_id", "expiration_time"}, {"200", "400", "403", "413"}
+        {"name", "scope", "description", "origin", "resource_id", "expiration_time"},
+        {"200", "400", "403", "413"},
     ),
     ("/v0/tokens/{ref}", "get"): ({"ref", "as_of"}, {"200", "403", "404"}),
     ("/v0/tokens/{ref}", "put"): ({"ref", "scope", "name", "description"}, {"200", "400", "403", "404"}),

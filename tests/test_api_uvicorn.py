@@ -17,9 +17,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import jwt as pyjwt
@@ -50,8 +51,9 @@ class Server:
     def base(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def exchange(self, method: str, target: str, body: bytes | None = None,
-                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    def exchange(
+        self, method: str, target: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         """One request with `http.client`: the target goes on the request line exactly as given."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
         try:
@@ -107,8 +109,11 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         with _pg_admin() as conn:
             conn.execute(f'CREATE DATABASE "{database}"')
         database_url = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
-    env = {"TOKENTRAIL_DATABASE_URL": database_url, "TOKENTRAIL_DATA_DIR": str(data),
-           "TOKENTRAIL_SECRET_KEY": TEST_SECRET}
+    env = {
+        "TOKENTRAIL_DATABASE_URL": database_url,
+        "TOKENTRAIL_DATA_DIR": str(data),
+        "TOKENTRAIL_SECRET_KEY": TEST_SECRET,
+    }
 
     setup = System(database_url, data=data, environ=env)
     try:
@@ -121,14 +126,35 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     log = data / "uvicorn.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "api.app:app_from_env",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "api.app:app_from_env",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         _wait_until_ready(process, f"http://127.0.0.1:{port}", log)
-        yield Server("127.0.0.1", port, tokens["admin token"]["token"], tokens["admin token"]["id"],
-                     tokens["user token"]["token"], info["workspace"]["id"], log)
+        yield Server(
+            "127.0.0.1",
+            port,
+            tokens["admin token"]["token"],
+            tokens["admin token"]["id"],
+            tokens["user token"]["token"],
+            info["workspace"]["id"],
+            log,
+        )
     finally:
         process.terminate()
         try:
@@ -233,8 +259,9 @@ def test_forwards_upsert_over_http(server) -> None:
 
 def test_a_jwt_over_http(server) -> None:
     expires = int(time.time()) + 600
-    payload = json.dumps({"scopes": [{"type": "PIPES:READ", "resource": "top", "fixed_params": {"org": "acme"}}],
-                          "limits": {"rps": 5}}).encode()
+    payload = json.dumps(
+        {"scopes": [{"type": "PIPES:READ", "resource": "top", "fixed_params": {"org": "acme"}}], "limits": {"rps": 5}}
+    ).encode()
     status, _, body = server.exchange(
         "POST", f"/v0/tokens?token={server.admin}&name=dashboard&expiration_time={expires}", payload
     )
@@ -242,9 +269,14 @@ def test_a_jwt_over_http(server) -> None:
     value = _json(body)["token"]
     claims = pyjwt.decode(value, server.admin, algorithms=["HS256"])
     assert (claims["workspace_id"], claims["name"], claims["exp"], claims["limits"]) == (
-        server.workspace_id, "dashboard", expires, {"rps": 5}
+        server.workspace_id,
+        "dashboard",
+        expires,
+        {"rps": 5},
     )
-    status, _, body = server.exchange("GET", "/v0/auth?permission=PIPES:READ:top", headers={"Authorization": f"Bearer {value}"})
+    status, _, body = server.exchange(
+        "GET", "/v0/auth?permission=PIPES:READ:top", headers={"Authorization": f"Bearer {value}"}
+    )
     assert _json(body)["valid"] is True and _json(body)["allowed"] is True
 
 
@@ -293,15 +325,20 @@ def test_errors_are_json_over_http(server, method, target, status, error) -> Non
 
 
 def test_a_body_announced_over_the_limit_is_413_before_it_is_sent(server) -> None:
-    request = (f"POST /v0/tokens?token={server.admin}&name=big HTTP/1.1\r\nHost: x\r\n"
-               f"Content-Length: {10 * 1024 * 1024}\r\nConnection: close\r\n\r\n").encode()
+    request = (
+        f"POST /v0/tokens?token={server.admin}&name=big HTTP/1.1\r\nHost: x\r\n"
+        f"Content-Length: {10 * 1024 * 1024}\r\nConnection: close\r\n\r\n"
+    ).encode()
     status, body = server.raw(request)
     assert status == 413 and _json(body)["error"]
 
 
 def test_raw_non_utf8_bytes_on_the_request_line_are_refused_not_a_crash(server) -> None:
-    request = (f"POST /v0/tokens?token={server.admin}&name=".encode() + b"\xff\xfe"
-               + b"&scope=PIPES:READ:p HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    request = (
+        f"POST /v0/tokens?token={server.admin}&name=".encode()
+        + b"\xff\xfe"
+        + b"&scope=PIPES:READ:p HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
     status, _ = server.raw(request)
     assert status == 400  # the HTTP parser refuses bytes outside ASCII on the request line
 

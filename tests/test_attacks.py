@@ -18,7 +18,7 @@ import inspect
 import json
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -84,8 +84,14 @@ def test_another_workspaces_token_has_no_history_and_no_past(client, system, ws,
 
 def test_the_audit_trail_and_its_exports_hold_only_the_callers_workspace(client, system, ws, other) -> None:
     secret = other.tokens["secret"]
-    for params in ({}, {"token_id": secret["id"]}, {"token_name": "secret"}, {"actor": other.admin_id},
-                   {"actor": "admin token"}, {"resource": "top"}):
+    for params in (
+        {},
+        {"token_id": secret["id"]},
+        {"token_name": "secret"},
+        {"actor": other.admin_id},
+        {"actor": "admin token"},
+        {"resource": "top"},
+    ):
         events = client.get(url("/v0/audit", ws.admin, limit=1000, **params)).json()["events"]
         assert all(e["workspace_id"] == ws.id for e in events), params
         assert secret["id"] not in json.dumps(events)
@@ -128,13 +134,23 @@ def test_the_console_never_shows_or_changes_another_workspaces_token(system, ws,
     before = head(system)
     assert browser.get(f"/ui/tokens/{secret['id']}").status_code == 404
     assert browser.get(f"/ui/tokens/{secret['id']}/delete").status_code == 404
-    for action, data in [("", {"scopes": "ADMIN", "action": "save"}), ("/rename", {"name": "stolen"}),
-                         ("/refresh", {"grace_seconds": "0"}), ("/delete", {})]:
+    for action, data in [
+        ("", {"scopes": "ADMIN", "action": "save"}),
+        ("/rename", {"name": "stolen"}),
+        ("/refresh", {"grace_seconds": "0"}),
+        ("/delete", {}),
+    ]:
         answer = browser.post(f"/ui/tokens/{secret['id']}{action}", data)
         assert answer.status_code == 404, (action, answer.status_code)
     assert head(system) == before
-    for page in (f"/ui/audit?token_id={secret['id']}", "/ui/audit?token_name=secret", "/ui/access?resource=top&kind=pipe",
-                 "/ui/audit/export.csv", "/ui/audit/export.ndjson", "/ui/tokens"):
+    for page in (
+        f"/ui/audit?token_id={secret['id']}",
+        "/ui/audit?token_name=secret",
+        "/ui/access?resource=top&kind=pipe",
+        "/ui/audit/export.csv",
+        "/ui/audit/export.ndjson",
+        "/ui/tokens",
+    ):
         answer = browser.get(page)
         assert answer.status_code == 200, page
         assert secret["id"] not in answer.text and secret["token"] not in answer.text, page
@@ -155,8 +171,13 @@ def test_a_deleted_token_is_dead_everywhere_at_once(client, system, ws) -> None:
     assert client.delete(url("/v0/tokens/victim", ws.admin)).json() == {"ok": True}
     before = head(system)
     assert not authenticates(client, victim["token"])
-    for method, path in [("GET", "/v0/tokens"), ("POST", "/v0/tokens?name=x&scope=PIPES:READ:p"),
-                         ("GET", "/v0/audit"), ("POST", "/v0/tokens/victim/refresh"), ("GET", "/v0/workspace")]:
+    for method, path in [
+        ("GET", "/v0/tokens"),
+        ("POST", "/v0/tokens?name=x&scope=PIPES:READ:p"),
+        ("GET", "/v0/audit"),
+        ("POST", "/v0/tokens/victim/refresh"),
+        ("GET", "/v0/workspace"),
+    ]:
         _json_error(client.request(method, path, headers={"Authorization": f"Bearer {victim['token']}"}), 403)
     assert browser.get("/ui/tokens").status_code == 303  # the console session ends with the token
     assert Console(client_of(system)).sign_in(victim["token"]).status_code == 403
@@ -180,7 +201,7 @@ def test_a_refreshed_out_value_works_only_until_its_grace_ends(client, system, w
 
 def test_a_jwt_expires_to_the_second_and_with_the_admin_value_that_signed_it(client, system, ws) -> None:
     # Both the admin token's grace and `exp` run on the ledger's clock.
-    clock = FakeClock(datetime.now(timezone.utc).replace(microsecond=0))
+    clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
     now = int(clock.now.timestamp())
     claims = {"workspace_id": ws.id, "name": "minted", "scopes": [{"type": "PIPES:READ", "resource": "top"}]}
     assert not authenticates(client, pyjwt.encode({**claims, "exp": now}, ws.admin, algorithm="HS256"))
@@ -197,8 +218,12 @@ def test_a_jwt_expires_to_the_second_and_with_the_admin_value_that_signed_it(cli
 
 
 def _forge(ws: Realm, other: Realm, kind: str) -> str:
-    claims = {"workspace_id": ws.id, "name": "forged", "exp": int(time.time()) + 600,
-              "scopes": [{"type": "PIPES:READ", "resource": "top"}]}
+    claims = {
+        "workspace_id": ws.id,
+        "name": "forged",
+        "exp": int(time.time()) + 600,
+        "scopes": [{"type": "PIPES:READ", "resource": "top"}],
+    }
     if kind == "RS256 with a key of ours":
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         return pyjwt.encode(claims, key, algorithm="RS256")
@@ -227,17 +252,29 @@ def _forge(ws: Realm, other: Realm, kind: str) -> str:
         evil = pyjwt.encode({**claims, "scopes": [{"type": "ADMIN"}], "name": "evil"}, "k" * 32, algorithm="HS256")
         return ".".join(evil.split(".")[:2] + mine.split(".")[2:])
     if kind == "jku and kid headers pointing elsewhere":
-        return pyjwt.encode(claims, "k" * 32, algorithm="HS256",
-                            headers={"kid": "../../etc/passwd", "jku": "http://evil.example/jwks"})
+        return pyjwt.encode(
+            claims, "k" * 32, algorithm="HS256", headers={"kid": "../../etc/passwd", "jku": "http://evil.example/jwks"}
+        )
     if kind == "a user token's value as key":
         return pyjwt.encode(claims, ws.user, algorithm="HS256")
     raise AssertionError(kind)
 
 
-FORGERIES = ["RS256 with a key of ours", "alg none, empty signature", "alg None spelled otherwise",
-             "HS256 keyed with the admin token's id", "HS256 keyed with one byte", "exp that is not a time", "exp null",
-             "exp far in the past", "another workspace named, our key", "our workspace named, their key",
-             "signature of another jwt", "jku and kid headers pointing elsewhere", "a user token's value as key"]
+FORGERIES = [
+    "RS256 with a key of ours",
+    "alg none, empty signature",
+    "alg None spelled otherwise",
+    "HS256 keyed with the admin token's id",
+    "HS256 keyed with one byte",
+    "exp that is not a time",
+    "exp null",
+    "exp far in the past",
+    "another workspace named, our key",
+    "our workspace named, their key",
+    "signature of another jwt",
+    "jku and kid headers pointing elsewhere",
+    "a user token's value as key",
+]
 
 
 def test_forged_jwts_are_refused_everywhere(client, system, ws, other) -> None:
@@ -245,8 +282,12 @@ def test_forged_jwts_are_refused_everywhere(client, system, ws, other) -> None:
     for kind in FORGERIES:
         value = _forge(ws, other, kind)
         assert not authenticates(client, value), kind
-        for method, path in [("GET", "/v0/workspace"), ("GET", "/v0/tokens/forged"), ("GET", "/v0/audit"),
-                             ("POST", "/v0/tokens?name=x&scope=ADMIN")]:
+        for method, path in [
+            ("GET", "/v0/workspace"),
+            ("GET", "/v0/tokens/forged"),
+            ("GET", "/v0/audit"),
+            ("POST", "/v0/tokens?name=x&scope=ADMIN"),
+        ]:
             _json_error(client.request(method, path, headers={"Authorization": f"Bearer {value}"}), 403)
         assert Console(client_of(system)).sign_in(value).status_code == 403, kind
     assert head(system) == before
@@ -254,17 +295,31 @@ def test_forged_jwts_are_refused_everywhere(client, system, ws, other) -> None:
 
 def test_a_jwt_claiming_admin_scopes_gets_none_of_them(client, system, ws) -> None:
     """Whoever holds the admin value mints JWTs (Tinybird's contract), but a JWT only ever reads."""
-    claims = {"workspace_id": ws.id, "name": "greedy", "exp": int(time.time()) + 600,
-              "scopes": [{"type": "ADMIN"}, {"type": "TOKENS"}, {"type": "DATASOURCES:APPEND", "resource": "e"},
-                         {"type": "PIPES:READ", "resource": "top"}]}
+    claims = {
+        "workspace_id": ws.id,
+        "name": "greedy",
+        "exp": int(time.time()) + 600,
+        "scopes": [
+            {"type": "ADMIN"},
+            {"type": "TOKENS"},
+            {"type": "DATASOURCES:APPEND", "resource": "e"},
+            {"type": "PIPES:READ", "resource": "top"},
+        ],
+    }
     value = pyjwt.encode(claims, ws.admin, algorithm="HS256")
     auth = client.get(url("/v0/auth", value, permission="ADMIN")).json()
     assert auth["valid"] and auth["allowed"] is False
     assert client.get(url("/v0/auth", value, permission="DATASOURCES:APPEND:e")).json()["allowed"] is False
     before = head(system)
-    for method, path in [("GET", "/v0/tokens"), ("POST", "/v0/tokens?name=x&scope=PIPES:READ:p"),
-                         ("GET", "/v0/audit"), ("GET", "/v0/access?resource=top"), ("GET", "/v0/audit/verify"),
-                         ("GET", "/v0/audit/checkpoint"), ("DELETE", "/v0/tokens/create%20datasource%20token")]:
+    for method, path in [
+        ("GET", "/v0/tokens"),
+        ("POST", "/v0/tokens?name=x&scope=PIPES:READ:p"),
+        ("GET", "/v0/audit"),
+        ("GET", "/v0/access?resource=top"),
+        ("GET", "/v0/audit/verify"),
+        ("GET", "/v0/audit/checkpoint"),
+        ("DELETE", "/v0/tokens/create%20datasource%20token"),
+    ]:
         _json_error(client.request(method, path, headers={"Authorization": f"Bearer {value}"}), 403)
     _json_error(_deploy(client, value, {"e.datasource": "TOKEN t READ\n"}), 403)
     assert head(system) == before
@@ -305,9 +360,17 @@ def base64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-TAMPERINGS = ["payload names the admin token", "payload names another workspace", "signature of another value",
-              "signature truncated", "signature empty", "signed with another key",
-              "old generation re-signed cannot be made", "four parts", "padding added"]
+TAMPERINGS = [
+    "payload names the admin token",
+    "payload names another workspace",
+    "signature of another value",
+    "signature truncated",
+    "signature empty",
+    "signed with another key",
+    "old generation re-signed cannot be made",
+    "four parts",
+    "padding added",
+]
 
 
 def test_tampered_values_are_refused(client, system, ws, other) -> None:
@@ -327,9 +390,21 @@ def test_tampered_values_are_refused(client, system, ws, other) -> None:
 
 def test_create_ignores_fields_the_caller_does_not_own(client, system, ws, other) -> None:
     forced = "00000000-0000-4000-8000-000000000001"
-    token = create(client, ws.admin, "massive", "PIPES:READ:top", id=forced, workspace_id=other.id, kind="default",
-                   generation="chosen", actor="someone else", host="evil.example", deleted="true",
-                   created_at="0", position="1")
+    token = create(
+        client,
+        ws.admin,
+        "massive",
+        "PIPES:READ:top",
+        id=forced,
+        workspace_id=other.id,
+        kind="default",
+        generation="chosen",
+        actor="someone else",
+        host="evil.example",
+        deleted="true",
+        created_at="0",
+        position="1",
+    )
     assert token["id"] != forced and token["host"] is None
     row = system.queries.token(token["id"])
     assert row.workspace_id == ws.id and row.kind == "custom" and row.generation != "chosen"
@@ -341,8 +416,18 @@ def test_create_ignores_fields_the_caller_does_not_own(client, system, ws, other
 
 def test_put_ignores_fields_the_caller_does_not_own(client, system, ws, other) -> None:
     token = create(client, ws.admin, "edited", "PIPES:READ:top")
-    response = client.put(url("/v0/tokens/edited", ws.admin, description="d", id=other.admin_id,
-                              workspace_id=other.id, kind="default", origin="DS", resource_id="x"))
+    response = client.put(
+        url(
+            "/v0/tokens/edited",
+            ws.admin,
+            description="d",
+            id=other.admin_id,
+            workspace_id=other.id,
+            kind="default",
+            origin="DS",
+            resource_id="x",
+        )
+    )
     assert response.status_code == 200, response.text
     assert response.json()["id"] == token["id"] and response.json()["origin"] == {"type": "C"}
     assert system.queries.token(token["id"]).workspace_id == ws.id
@@ -351,8 +436,14 @@ def test_put_ignores_fields_the_caller_does_not_own(client, system, ws, other) -
 
 def test_a_jwt_body_cannot_choose_its_workspace_id_or_exp(client, system, ws, other) -> None:
     expires = int(time.time()) + 600
-    body = {"scopes": JWT_SCOPES, "workspace_id": other.id, "exp": expires + 10**6, "jti": other.admin_id,
-            "name": "other", "admin": True}
+    body = {
+        "scopes": JWT_SCOPES,
+        "workspace_id": other.id,
+        "exp": expires + 10**6,
+        "jti": other.admin_id,
+        "name": "other",
+        "admin": True,
+    }
     response = client.post(url("/v0/tokens", ws.admin, name="j", expiration_time=expires), content=json.dumps(body))
     assert response.status_code == 200, response.text
     claims = pyjwt.decode(response.json()["token"], ws.admin, algorithms=["HS256"])
@@ -360,8 +451,12 @@ def test_a_jwt_body_cannot_choose_its_workspace_id_or_exp(client, system, ws, ot
     assert claims["jti"] != other.admin_id
     before = head(system)
     extra_in_scope = {"scopes": [{**JWT_SCOPES[0], "workspace_id": other.id}]}
-    _json_error(client.post(url("/v0/tokens", ws.admin, name="j2", expiration_time=expires),
-                            content=json.dumps(extra_in_scope)), 400)
+    _json_error(
+        client.post(
+            url("/v0/tokens", ws.admin, name="j2", expiration_time=expires), content=json.dumps(extra_in_scope)
+        ),
+        400,
+    )
     assert head(system) == before
 
 
@@ -379,29 +474,46 @@ def test_a_tokens_caller_never_sees_a_privileged_value(client, ws) -> None:
 
 
 ESCALATIONS = [
-        ("mint ADMIN", "POST", "/v0/tokens?name=x&scope=ADMIN", None, 403),
-        ("mint ADMIN among others", "POST", "/v0/tokens?name=x&scope=PIPES:READ:p&scope=ADMIN", None, 403),
-        ("mint ADMIN_USER", "POST", "/v0/tokens?name=x&scope=ADMIN_USER:owner@example.com", None, (400, 403)),
-        ("mint AUTH", "POST", "/v0/tokens?name=x&scope=AUTH", None, (400, 403)),
-        ("give itself ADMIN", "PUT", "/v0/tokens/manager?scope=ADMIN", None, 403),
-        ("give itself ADMIN in a form body", "PUT", "/v0/tokens/manager", b"scope=TOKENS&scope=ADMIN", 403),
-        ("give another token ADMIN", "PUT", "/v0/tokens/plain?scope=ADMIN", None, 403),
-        ("give another token AUTH", "PUT", "/v0/tokens/plain?scope=AUTH", None, (400, 403)),
-        ("rename the admin token", "PUT", "/v0/tokens/admin%20token?name=mine", None, 403),
-        ("strip the admin token", "PUT", "/v0/tokens/admin%20token?scope=PIPES:READ:p", None, 403),
-        ("refresh the admin token", "POST", "/v0/tokens/admin%20token/refresh", None, 403),
-        ("refresh the owner's ADMIN_USER token", "POST", "/v0/tokens/admin%20owner%40example.com/refresh", None, 403),
-        ("delete the admin token", "DELETE", "/v0/tokens/admin%20token", None, 403),
-        ("a JWT with ADMIN", "POST", "/v0/tokens?name=j&expiration_time={exp}", b'{"scopes":[{"type":"ADMIN","resource":"x"}]}', 400),
-        ("a JWT with TOKENS", "POST", "/v0/tokens?name=j&expiration_time={exp}", b'{"scopes":[{"type":"TOKENS","resource":"x"}]}', 400),
-        ("a deployment granting ADMIN", "POST", "/v0/deployments", b'{"e.datasource": "TOKEN t ADMIN\\n"}', 400),
-        ("a deployment granting DROP", "POST", "/v0/deployments", b'{"e.datasource": "TOKEN t DROP\\n"}', 400),
-        ("a deployment renaming onto the admin token", "POST", "/v0/deployments",
-         b'{"e.datasource": "TOKEN \\"admin token\\" READ\\n"}', (400, 403, 409)),
-        ("verify the chain", "GET", "/v0/audit/verify", None, 403),
-        ("sign a checkpoint", "GET", "/v0/audit/checkpoint", None, 403),
-        ("create a workspace", "POST", "/v1/workspaces?name=mine", None, 403),
-        ("list the user's workspaces", "GET", "/v1/user/workspaces", None, 403),
+    ("mint ADMIN", "POST", "/v0/tokens?name=x&scope=ADMIN", None, 403),
+    ("mint ADMIN among others", "POST", "/v0/tokens?name=x&scope=PIPES:READ:p&scope=ADMIN", None, 403),
+    ("mint ADMIN_USER", "POST", "/v0/tokens?name=x&scope=ADMIN_USER:owner@example.com", None, (400, 403)),
+    ("mint AUTH", "POST", "/v0/tokens?name=x&scope=AUTH", None, (400, 403)),
+    ("give itself ADMIN", "PUT", "/v0/tokens/manager?scope=ADMIN", None, 403),
+    ("give itself ADMIN in a form body", "PUT", "/v0/tokens/manager", b"scope=TOKENS&scope=ADMIN", 403),
+    ("give another token ADMIN", "PUT", "/v0/tokens/plain?scope=ADMIN", None, 403),
+    ("give another token AUTH", "PUT", "/v0/tokens/plain?scope=AUTH", None, (400, 403)),
+    ("rename the admin token", "PUT", "/v0/tokens/admin%20token?name=mine", None, 403),
+    ("strip the admin token", "PUT", "/v0/tokens/admin%20token?scope=PIPES:READ:p", None, 403),
+    ("refresh the admin token", "POST", "/v0/tokens/admin%20token/refresh", None, 403),
+    ("refresh the owner's ADMIN_USER token", "POST", "/v0/tokens/admin%20owner%40example.com/refresh", None, 403),
+    ("delete the admin token", "DELETE", "/v0/tokens/admin%20token", None, 403),
+    (
+        "a JWT with ADMIN",
+        "POST",
+        "/v0/tokens?name=j&expiration_time={exp}",
+        b'{"scopes":[{"type":"ADMIN","resource":"x"}]}',
+        400,
+    ),
+    (
+        "a JWT with TOKENS",
+        "POST",
+        "/v0/tokens?name=j&expiration_time={exp}",
+        b'{"scopes":[{"type":"TOKENS","resource":"x"}]}',
+        400,
+    ),
+    ("a deployment granting ADMIN", "POST", "/v0/deployments", b'{"e.datasource": "TOKEN t ADMIN\\n"}', 400),
+    ("a deployment granting DROP", "POST", "/v0/deployments", b'{"e.datasource": "TOKEN t DROP\\n"}', 400),
+    (
+        "a deployment renaming onto the admin token",
+        "POST",
+        "/v0/deployments",
+        b'{"e.datasource": "TOKEN \\"admin token\\" READ\\n"}',
+        (400, 403, 409),
+    ),
+    ("verify the chain", "GET", "/v0/audit/verify", None, 403),
+    ("sign a checkpoint", "GET", "/v0/audit/checkpoint", None, 403),
+    ("create a workspace", "POST", "/v1/workspaces?name=mine", None, 403),
+    ("list the user's workspaces", "GET", "/v1/user/workspaces", None, 403),
 ]
 
 
@@ -420,10 +532,18 @@ def test_a_tokens_caller_cannot_escalate(client, system, ws) -> None:
 
 
 READ_TOKEN_REFUSALS = [
-    ("GET", "/v0/tokens"), ("POST", "/v0/tokens?name=x&scope=PIPES:READ:p"), ("PUT", "/v0/tokens/plain?scope=PIPES:READ:q"),
-    ("DELETE", "/v0/tokens/plain"), ("POST", "/v0/tokens/plain/refresh"), ("GET", "/v0/tokens/plain/history"),
-    ("GET", "/v0/audit"), ("GET", "/v0/audit?format=csv"), ("GET", "/v0/access?resource=top"),
-    ("GET", "/v0/access/diff?from=0"), ("GET", "/v0/audit/verify"), ("GET", "/v0/audit/checkpoint"),
+    ("GET", "/v0/tokens"),
+    ("POST", "/v0/tokens?name=x&scope=PIPES:READ:p"),
+    ("PUT", "/v0/tokens/plain?scope=PIPES:READ:q"),
+    ("DELETE", "/v0/tokens/plain"),
+    ("POST", "/v0/tokens/plain/refresh"),
+    ("GET", "/v0/tokens/plain/history"),
+    ("GET", "/v0/audit"),
+    ("GET", "/v0/audit?format=csv"),
+    ("GET", "/v0/access?resource=top"),
+    ("GET", "/v0/access/diff?from=0"),
+    ("GET", "/v0/audit/verify"),
+    ("GET", "/v0/audit/checkpoint"),
     ("POST", "/v0/deployments"),
 ]
 
@@ -443,11 +563,18 @@ def test_a_read_token_sees_no_console_page_but_its_own(system, ws) -> None:
     reader = create(client, ws.admin, "reader", "PIPES:READ:top")
     browser = _signed_in(system, reader["token"])
     before = head(system)
-    for page in ("/ui/audit", "/ui/audit/export.csv", "/ui/access?resource=top", "/ui/audit/verify",
-                 f"/ui/tokens/{ws.admin_id}", "/ui/tokens/new"):
+    for page in (
+        "/ui/audit",
+        "/ui/audit/export.csv",
+        "/ui/access?resource=top",
+        "/ui/audit/verify",
+        f"/ui/tokens/{ws.admin_id}",
+        "/ui/tokens/new",
+    ):
         assert browser.get(page).status_code in (403, 404), page
-    assert browser.post("/ui/tokens/new", {"name": "x", "scopes": "ADMIN", "action": "save"},
-                        csrf_from="/ui/tokens").status_code in (403, 404)
+    assert browser.post(
+        "/ui/tokens/new", {"name": "x", "scopes": "ADMIN", "action": "save"}, csrf_from="/ui/tokens"
+    ).status_code in (403, 404)
     assert head(system) == before
 
 
@@ -460,39 +587,64 @@ DEEP = b"[" * 200_000 + b"]" * 200_000
 
 
 MALFORMED = [
-        ("10k-character name", "POST", f"/v0/tokens?name={HUGE_NAME}&scope=PIPES:READ:p", None, {}, 400),
-        ("10k-character rename", "PUT", f"/v0/tokens/plain?name={HUGE_NAME}", None, {}, 400),
-        ("10k-character ref", "DELETE", f"/v0/tokens/{HUGE_NAME}", None, {}, 404),
-        ("10k-character history ref", "GET", f"/v0/tokens/{HUGE_NAME}/history", None, {}, 404),
-        ("1,500 scopes in the query", "POST", f"/v0/tokens?name=t&{SOME_SCOPES}", None, {}, 400),
-        ("10k scopes in a form body on create", "POST", "/v0/tokens?name=t", MANY_SCOPES.encode(), {}, 400),
-        ("10k scopes in a form body", "PUT", "/v0/tokens/plain", MANY_SCOPES.encode(), {}, 400),
-        ("10k scopes in a JWT", "POST", "/v0/tokens?name=j&expiration_time={exp}",
-         json.dumps({"scopes": [{"type": "PIPES:READ", "resource": f"p{i}"} for i in range(10_000)]}).encode(), {}, 400),
-        ("deep JSON JWT body", "POST", "/v0/tokens?name=j&expiration_time={exp}", DEEP, {}, 400),
-        ("deep JSON deployment", "POST", "/v0/deployments", DEEP, {}, 400),
-        ("deep JSON object deployment", "POST", "/v0/deployments", b'{"a":' * 100_000 + b"1" + b"}" * 100_000, {}, 400),
-        ("9 MB deployment", "POST", "/v0/deployments", b'{"e.datasource": "' + b"x" * 9_000_000 + b'"}', {}, 413),
-        ("lying content-length", "POST", "/v0/tokens?name=t&scope=PIPES:READ:p", b"", {"content-length": "-1"}, (400, 413)),
-        ("NUL in a history ref", "GET", "/v0/tokens/a%00b/history", None, {}, 404),
-        ("NUL in an as_of ref", "GET", "/v0/tokens/a%00b?as_of=1", None, {}, 404),
-        ("NUL in an audit filter", "GET", "/v0/audit?token_name=a%00b", None, {}, 400),
-        ("NUL in an access resource", "GET", "/v0/access?resource=a%00b", None, {}, 400),
-        ("NUL in a deployment file", "POST", "/v0/deployments", b'{"e.datasource": "TOKEN \\"a\\u0000b\\" READ\\n"}', {}, 400),
-        ("NUL in a deployment path", "POST", "/v0/deployments", b'{"e\\u0000.datasource": "TOKEN t READ\\n"}', {}, 400),
-        ("lone surrogate in a deployment", "POST", "/v0/deployments", b'{"e.datasource": "TOKEN \\"\\ud800\\" READ\\n"}', {}, 400),
-        ("non-UTF-8 deployment JSON", "POST", "/v0/deployments", b'{"e.datasource": "TOKEN \xff READ"}', {}, 400),
-        ("non-UTF-8 multipart file", "POST", "/v0/deployments",
-         b'--B\r\nContent-Disposition: form-data; name="e.datasource"; filename="e.datasource"\r\n\r\nTOKEN \xff READ\r\n--B--\r\n',
-         {"content-type": "multipart/form-data; boundary=B"}, 400),
-        ("non-UTF-8 JWT body", "POST", "/v0/tokens?name=j&expiration_time={exp}", b'{"scopes": "\xff"}', {}, 400),
-        ("JSON array deployment", "POST", "/v0/deployments", b'["e.datasource"]', {}, 400),
-        ("bad cursor", "GET", "/v0/audit?cursor=%%%", None, {}, 400),
-        ("huge limit", "GET", "/v0/audit?limit=99999999999999999999", None, {}, 400),
-        ("instant out of range", "GET", "/v0/access/diff?from=1e400", None, {}, 400),
-        ("NaN instant", "GET", "/v0/tokens?as_of=NaN", None, {}, 400),
-        ("bad grace", "POST", "/v0/tokens/plain/refresh?grace_seconds=1e9", None, {}, 400),
-        ("huge grace", "POST", "/v0/tokens/plain/refresh?grace_seconds=99999999999", None, {}, 400),
+    ("10k-character name", "POST", f"/v0/tokens?name={HUGE_NAME}&scope=PIPES:READ:p", None, {}, 400),
+    ("10k-character rename", "PUT", f"/v0/tokens/plain?name={HUGE_NAME}", None, {}, 400),
+    ("10k-character ref", "DELETE", f"/v0/tokens/{HUGE_NAME}", None, {}, 404),
+    ("10k-character history ref", "GET", f"/v0/tokens/{HUGE_NAME}/history", None, {}, 404),
+    ("1,500 scopes in the query", "POST", f"/v0/tokens?name=t&{SOME_SCOPES}", None, {}, 400),
+    ("10k scopes in a form body on create", "POST", "/v0/tokens?name=t", MANY_SCOPES.encode(), {}, 400),
+    ("10k scopes in a form body", "PUT", "/v0/tokens/plain", MANY_SCOPES.encode(), {}, 400),
+    (
+        "10k scopes in a JWT",
+        "POST",
+        "/v0/tokens?name=j&expiration_time={exp}",
+        json.dumps({"scopes": [{"type": "PIPES:READ", "resource": f"p{i}"} for i in range(10_000)]}).encode(),
+        {},
+        400,
+    ),
+    ("deep JSON JWT body", "POST", "/v0/tokens?name=j&expiration_time={exp}", DEEP, {}, 400),
+    ("deep JSON deployment", "POST", "/v0/deployments", DEEP, {}, 400),
+    ("deep JSON object deployment", "POST", "/v0/deployments", b'{"a":' * 100_000 + b"1" + b"}" * 100_000, {}, 400),
+    ("9 MB deployment", "POST", "/v0/deployments", b'{"e.datasource": "' + b"x" * 9_000_000 + b'"}', {}, 413),
+    ("lying content-length", "POST", "/v0/tokens?name=t&scope=PIPES:READ:p", b"", {"content-length": "-1"}, (400, 413)),
+    ("NUL in a history ref", "GET", "/v0/tokens/a%00b/history", None, {}, 404),
+    ("NUL in an as_of ref", "GET", "/v0/tokens/a%00b?as_of=1", None, {}, 404),
+    ("NUL in an audit filter", "GET", "/v0/audit?token_name=a%00b", None, {}, 400),
+    ("NUL in an access resource", "GET", "/v0/access?resource=a%00b", None, {}, 400),
+    (
+        "NUL in a deployment file",
+        "POST",
+        "/v0/deployments",
+        b'{"e.datasource": "TOKEN \\"a\\u0000b\\" READ\\n"}',
+        {},
+        400,
+    ),
+    ("NUL in a deployment path", "POST", "/v0/deployments", b'{"e\\u0000.datasource": "TOKEN t READ\\n"}', {}, 400),
+    (
+        "lone surrogate in a deployment",
+        "POST",
+        "/v0/deployments",
+        b'{"e.datasource": "TOKEN \\"\\ud800\\" READ\\n"}',
+        {},
+        400,
+    ),
+    ("non-UTF-8 deployment JSON", "POST", "/v0/deployments", b'{"e.datasource": "TOKEN \xff READ"}', {}, 400),
+    (
+        "non-UTF-8 multipart file",
+        "POST",
+        "/v0/deployments",
+        b'--B\r\nContent-Disposition: form-data; name="e.datasource"; filename="e.datasource"\r\n\r\nTOKEN \xff READ\r\n--B--\r\n',
+        {"content-type": "multipart/form-data; boundary=B"},
+        400,
+    ),
+    ("non-UTF-8 JWT body", "POST", "/v0/tokens?name=j&expiration_time={exp}", b'{"scopes": "\xff"}', {}, 400),
+    ("JSON array deployment", "POST", "/v0/deployments", b'["e.datasource"]', {}, 400),
+    ("bad cursor", "GET", "/v0/audit?cursor=%%%", None, {}, 400),
+    ("huge limit", "GET", "/v0/audit?limit=99999999999999999999", None, {}, 400),
+    ("instant out of range", "GET", "/v0/access/diff?from=1e400", None, {}, 400),
+    ("NaN instant", "GET", "/v0/tokens?as_of=NaN", None, {}, 400),
+    ("bad grace", "POST", "/v0/tokens/plain/refresh?grace_seconds=1e9", None, {}, 400),
+    ("huge grace", "POST", "/v0/tokens/plain/refresh?grace_seconds=99999999999", None, {}, 400),
 ]
 
 
@@ -516,17 +668,24 @@ def test_oversized_and_malformed_input_is_a_json_4xx_and_writes_nothing(client, 
 def test_the_console_refuses_hostile_forms_without_writing(system, ws) -> None:
     browser = _signed_in(system, ws.admin)
     before = head(system)
-    for data in ({"name": HUGE_NAME, "scopes": "PIPES:READ:p", "action": "save"},
-                 {"name": "a\x00b", "scopes": "PIPES:READ:p", "action": "save"},
-                 {"name": "t", "scopes": "\n".join(f"PIPES:READ:p{i}" for i in range(10_000)), "action": "save"},
-                 {"name": "t", "scopes": "ADMIN_USER:x", "action": "save"}):
+    for data in (
+        {"name": HUGE_NAME, "scopes": "PIPES:READ:p", "action": "save"},
+        {"name": "a\x00b", "scopes": "PIPES:READ:p", "action": "save"},
+        {"name": "t", "scopes": "\n".join(f"PIPES:READ:p{i}" for i in range(10_000)), "action": "save"},
+        {"name": "t", "scopes": "ADMIN_USER:x", "action": "save"},
+    ):
         answer = browser.post("/ui/tokens/new", data, csrf_from="/ui/tokens/new")
         assert 400 <= answer.status_code < 500, (answer.status_code, answer.text[:200])
-    forged = browser.client.post("/ui/tokens/new", data={"csrf": "forged", "name": "t", "scopes": "PIPES:READ:p"},
-                                 follow_redirects=False)
+    forged = browser.client.post(
+        "/ui/tokens/new", data={"csrf": "forged", "name": "t", "scopes": "PIPES:READ:p"}, follow_redirects=False
+    )
     assert forged.status_code == 403
-    cross_site = browser.post("/ui/tokens/new", {"name": "t", "scopes": "PIPES:READ:p", "action": "save"},
-                              csrf_from="/ui/tokens/new", headers={"origin": "http://evil.example"})
+    cross_site = browser.post(
+        "/ui/tokens/new",
+        {"name": "t", "scopes": "PIPES:READ:p", "action": "save"},
+        csrf_from="/ui/tokens/new",
+        headers={"origin": "http://evil.example"},
+    )
     assert cross_site.status_code == 403
     assert head(system) == before
     assert browser.get(f"/ui/tokens/{quote('a%00b')}").status_code == 404
@@ -535,8 +694,15 @@ def test_the_console_refuses_hostile_forms_without_writing(system, ws) -> None:
 # -- constant-time comparison of secrets ----------------------------------------------------------
 
 SECRET_WORDS = re.compile(r"sig|secret|csrf|digest|hmac|mac\b|password|_sign\(|key|nonce|tag", re.I)
-SOURCES = sorted([*ROOT.glob("domain/*.py"), *ROOT.glob("projections/*.py"), *ROOT.glob("api/*.py"),
-                  *ROOT.glob("api/routes/*.py"), *ROOT.glob("api/ui/*.py")])
+SOURCES = sorted(
+    [
+        *ROOT.glob("domain/*.py"),
+        *ROOT.glob("projections/*.py"),
+        *ROOT.glob("api/*.py"),
+        *ROOT.glob("api/routes/*.py"),
+        *ROOT.glob("api/ui/*.py"),
+    ]
+)
 
 
 def _secret_equalities(path: Path) -> list[str]:

@@ -16,9 +16,9 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -42,19 +42,26 @@ def base_env(data_dir: Path, secret: bool = True, **extra: str) -> dict[str, str
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENTRAIL_")}
     if secret:
         env["TOKENTRAIL_SECRET_KEY"] = SECRET
-    env.update({
-        "TOKENTRAIL_DATA_DIR": str(data_dir),
-        "PYTHONPATH": str(REPO),
-        "COLUMNS": "200",
-    })
+    env.update(
+        {
+            "TOKENTRAIL_DATA_DIR": str(data_dir),
+            "PYTHONPATH": str(REPO),
+            "COLUMNS": "200",
+        }
+    )
     env.update(extra)
     return env
 
 
 def run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=timeout, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "api.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -104,7 +111,11 @@ def start_server(data_dir: Path, secret: bool = True) -> Server:
     log = open(data_dir.parent / f"serve-{port}.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
     while True:
@@ -170,10 +181,23 @@ def test_relative_times_become_unix_seconds_that_long_ago() -> None:
 
 
 def test_resource_and_filter_pair_with_the_scope_they_follow() -> None:
-    argv = ["r", "--scope", "DATASOURCES:READ", "--resource", "events", "--filter", "a = 1",
-            "--scope", "ADMIN", "--scope=PIPES:READ", "--resource=top"]
+    argv = [
+        "r",
+        "--scope",
+        "DATASOURCES:READ",
+        "--resource",
+        "events",
+        "--filter",
+        "a = 1",
+        "--scope",
+        "ADMIN",
+        "--scope=PIPES:READ",
+        "--resource=top",
+    ]
     assert scope_groups(argv, ["DATASOURCES:READ", "ADMIN", "PIPES:READ"], ["events", "top"], ["a = 1"]) == [
-        "DATASOURCES:READ:events:a = 1", "ADMIN", "PIPES:READ:top",
+        "DATASOURCES:READ:events:a = 1",
+        "ADMIN",
+        "PIPES:READ:top",
     ]
     with pytest.raises(typer.BadParameter, match="must follow"):
         scope_groups(["--resource", "events", "--scope", "X"], ["X"], ["events"], [])
@@ -190,10 +214,31 @@ def test_every_command_has_help_with_an_example(local: dict[str, str]) -> None:
             yield from walk(sub, [*path, name])
 
     commands = list(walk(get_command(app), []))
-    assert {" ".join(p) for p, _ in commands} >= {"", "token", "audit", "access", "workspace",
-        "init", "serve", "migrate", "rebuild", "deploy", "token ls", "token create", "token scopes",
-        "token refresh", "token rm", "token copy", "token history", "audit export", "audit verify",
-        "audit checkpoint", "access who", "access diff", "workspace ls", "workspace create",
+    assert {" ".join(p) for p, _ in commands} >= {
+        "",
+        "token",
+        "audit",
+        "access",
+        "workspace",
+        "init",
+        "serve",
+        "migrate",
+        "rebuild",
+        "deploy",
+        "token ls",
+        "token create",
+        "token scopes",
+        "token refresh",
+        "token rm",
+        "token copy",
+        "token history",
+        "audit export",
+        "audit verify",
+        "audit checkpoint",
+        "access who",
+        "access diff",
+        "workspace ls",
+        "workspace create",
     }
     for path, command in commands:
         assert "Example: " in (command.help or ""), f"tokentrail {' '.join(path)} has no example"
@@ -236,8 +281,9 @@ def test_rebuild_verify_passes_then_exits_2_on_a_changed_read_model(local: dict[
     assert "difference in tt_tokens" in failed.stdout and "renamed behind the ledger" in failed.stdout
 
 
-def test_audit_verify_names_the_first_edited_position_and_checkpoints_catch_it(local: dict[str, str],
-                                                                               tmp_path: Path) -> None:
+def test_audit_verify_names_the_first_edited_position_and_checkpoints_catch_it(
+    local: dict[str, str], tmp_path: Path
+) -> None:
     ok(local, "init")
     shown = run({**local, "TOKENTRAIL_PROGRESS": "1"}, "audit", "verify", "--json")
     assert shown.returncode == 0 and "verifying" in shown.stderr
@@ -265,8 +311,7 @@ def test_audit_verify_names_the_first_edited_position_and_checkpoints_catch_it(l
     one_line_error(run(local, "audit", "verify", "--checkpoint", str(checkpoint)), 2, "broken at position 5")
 
 
-def test_local_deploy_needs_a_workspace_name_when_the_store_has_several(local: dict[str, str],
-                                                                        tmp_path: Path) -> None:
+def test_local_deploy_needs_a_workspace_name_when_the_store_has_several(local: dict[str, str], tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
     (project / "events.datasource").write_text('SCHEMA >\n    `id` UInt64\n\nTOKEN "tracker" APPEND\n')
@@ -285,9 +330,24 @@ def test_local_deploy_needs_a_workspace_name_when_the_store_has_several(local: d
 
 def test_token_lifecycle(server: Server) -> None:
     env = server.env
-    created = as_json(env, "token", "create", "lifecycle", "--scope", "DATASOURCES:READ", "--resource", "events",
-                      "--filter", "country = 'ES' AND n + 1 > 2", "--scope", "PIPES:READ", "--resource", "top",
-                      "--description", "for the BI team")
+    created = as_json(
+        env,
+        "token",
+        "create",
+        "lifecycle",
+        "--scope",
+        "DATASOURCES:READ",
+        "--resource",
+        "events",
+        "--filter",
+        "country = 'ES' AND n + 1 > 2",
+        "--scope",
+        "PIPES:READ",
+        "--resource",
+        "top",
+        "--description",
+        "for the BI team",
+    )
     assert [s for s in created["scopes"]] == [
         {"type": "DATASOURCES:READ", "resource": "events", "filter": "country = 'ES' AND n + 1 > 2"},
         {"type": "PIPES:READ", "resource": "top", "filter": ""},
@@ -307,8 +367,9 @@ def test_token_lifecycle(server: Server) -> None:
     refreshed = as_json(env, "token", "refresh", "lifecycle")
     assert refreshed["id"] == created["id"] and refreshed["token"] != created["token"]
     assert get(server, f"/v0/tokens/{created['id']}", created["token"]).status_code == 403
-    assert "the previous value stops working in 60 s" in ok(env, "token", "refresh", "lifecycle",
-                                                              "--grace-seconds", "60")
+    assert "the previous value stops working in 60 s" in ok(
+        env, "token", "refresh", "lifecycle", "--grace-seconds", "60"
+    )
 
     history = as_json(env, "token", "history", "lifecycle")["events"]
     assert [e["type"] for e in history] == ["Created", "Refreshed", "Refreshed"]
@@ -319,8 +380,9 @@ def test_token_lifecycle(server: Server) -> None:
     one_line_error(run(env, "token", "scopes", "lifecycle"), 1, "Token not found", "404")
     assert [e["type"] for e in as_json(env, "token", "history", created["id"])["events"]][-1] == "Deleted"
     one_line_error(run(env, "token", "create", "nothing"), 1, "--scope")
-    one_line_error(run(env, "token", "create", "bad", "--scope", "DATASOURCES:READ:events:1; DROP TABLE x"), 1,
-                   "HTTP 400")
+    one_line_error(
+        run(env, "token", "create", "bad", "--scope", "DATASOURCES:READ:events:1; DROP TABLE x"), 1, "HTTP 400"
+    )
 
 
 def test_the_audit_trail_records_origin_cli_and_filters(server: Server) -> None:
@@ -359,8 +421,9 @@ def test_audit_export_streams_csv_and_ndjson_to_files(server: Server, tmp_path: 
     assert any(r["token_name"] == "exported" and r["origin"] == "cli" for r in rows)
     assert not (tmp_path / "audit.csv.part").exists()
 
-    summary = as_json(env, "audit", "export", "--format", "ndjson", "-o", str(tmp_path / "audit.ndjson"),
-                      "--token-name", "exported")
+    summary = as_json(
+        env, "audit", "export", "--format", "ndjson", "-o", str(tmp_path / "audit.ndjson"), "--token-name", "exported"
+    )
     assert summary["events"] == 1 and summary["format"] == "ndjson"
     lines = (tmp_path / "audit.ndjson").read_text().splitlines()
     assert [json.loads(line)["token_name"] for line in lines] == ["exported"]
@@ -373,8 +436,18 @@ def test_access_who_as_of_and_diff(server: Server) -> None:
     env = server.env
     before = f"{time.time():.6f}"
     time.sleep(0.01)
-    ok(env, "token", "create", "reads-orders", "--scope", "DATASOURCES:READ", "--resource", "orders",
-       "--filter", "region = 'EU'")
+    ok(
+        env,
+        "token",
+        "create",
+        "reads-orders",
+        "--scope",
+        "DATASOURCES:READ",
+        "--resource",
+        "orders",
+        "--filter",
+        "region = 'EU'",
+    )
     now = as_json(env, "access", "who", "orders")
     grant = next(g for g in now["grants"] if g["name"] == "reads-orders")
     assert grant["via"] == "DATASOURCES:READ:orders:region = 'EU'" and grant["filter"] == "region = 'EU'"
@@ -408,7 +481,8 @@ def test_deploy_locally_and_against_the_server(server: Server, tmp_path: Path) -
     project = tmp_path / "project"
     (project / "datasources").mkdir(parents=True)
     (project / "datasources" / "clicks.datasource").write_text(
-        'SCHEMA >\n    `id` UInt64\n\nTOKEN "clicks tracker" APPEND\nTOKEN "clicks reader" READ\n')
+        'SCHEMA >\n    `id` UInt64\n\nTOKEN "clicks tracker" APPEND\nTOKEN "clicks reader" READ\n'
+    )
     local = ["--workspace", "default"]
     plan = as_json(env, "deploy", str(project), "--check", *local)
     assert plan["result"] == "check"
@@ -422,11 +496,13 @@ def test_deploy_locally_and_against_the_server(server: Server, tmp_path: Path) -
     assert "nothing to deploy" in ok(env, "deploy", str(project), *local)
 
     (project / "datasources" / "clicks.datasource").write_text(
-        'SCHEMA >\n    `id` UInt64\n\nTOKEN "clicks reader" READ\n')
+        'SCHEMA >\n    `id` UInt64\n\nTOKEN "clicks reader" READ\n'
+    )
     remote = as_json(env, "deploy", str(project), "--host", server.url, "--token", server.admin)
     assert remote["result"] == "success"
     assert [(c["token_name"], c["change_type"]) for c in remote["deployment"]["token_changes"]] == [
-        ("clicks tracker", "deleted")]
+        ("clicks tracker", "deleted")
+    ]
     deployed = as_json(env, "audit", "--deployment", remote["deployment"]["id"])["events"]
     assert {e["origin"] for e in deployed} == {"deployment"} and deployed
     one_line_error(run(env, "deploy", str(project), "--token", "p.nope.nope"), 1, "HTTP 403")

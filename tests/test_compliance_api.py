@@ -11,7 +11,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -26,7 +26,7 @@ TOKEN_VALUE = re.compile(r"p\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
 def future_clock() -> FakeClock:
     """A fake clock a day ahead of the real one: the workspace fixtures wrote with the real clock,
     and effective time never goes back in log order."""
-    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(days=1)
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(days=1)
     return FakeClock(start)
 
 
@@ -81,7 +81,7 @@ def story(client, ws) -> Story:
     ok(client.delete(url(f"/v0/tokens/{reader['id']}", ws.admin)))
     marks["deleted"] = fake.now
     fake.advance(10)
-    files = {"datasources/events.datasource": "SCHEMA >\n    `id` Int32\n\nTOKEN \"ingest\" APPEND\n"}
+    files = {"datasources/events.datasource": 'SCHEMA >\n    `id` Int32\n\nTOKEN "ingest" APPEND\n'}
     deployed = ok(client.post(url("/v0/deployments", ws.admin), content=json.dumps(files).encode()))
     marks["deployed"] = fake.now
     fake.advance(10)
@@ -96,8 +96,20 @@ def test_the_audit_trail_lists_the_workspaces_events_in_log_order_in_the_spec_sh
     positions = [e["position"] for e in events]
     assert positions == sorted(positions) and len(set(positions)) == len(positions)
     assert {e["workspace_id"] for e in events} == {story.ws.id}
-    for key in ("position", "at", "type", "workspace_id", "token_id", "token_name", "actor", "request_id",
-                "origin", "scopes_before", "scopes_after", "hash"):
+    for key in (
+        "position",
+        "at",
+        "type",
+        "workspace_id",
+        "token_id",
+        "token_name",
+        "actor",
+        "request_id",
+        "origin",
+        "scopes_before",
+        "scopes_after",
+        "hash",
+    ):
         assert all(key in e for e in events), key
     reader = [e for e in events if e["token_id"] == story.reader_id]
     assert [e["type"] for e in reader][0] == "Created" and reader[-1]["type"] == "Deleted"
@@ -113,7 +125,9 @@ def test_the_audit_time_range_is_from_inclusive_to_exclusive(client, story) -> N
     whole = audit(client, story.ws.admin)
     inside = [e for e in whole if at(m["rescoped"]) <= e["at"] < at(m["deleted"])]
     assert events == inside
-    unix = audit(client, story.ws.admin, **{"from": f"{m['rescoped'].timestamp():.6f}", "to": f"{m['deleted'].timestamp():.6f}"})
+    unix = audit(
+        client, story.ws.admin, **{"from": f"{m['rescoped'].timestamp():.6f}", "to": f"{m['deleted'].timestamp():.6f}"}
+    )
     assert unix == events
 
 
@@ -156,8 +170,9 @@ def test_the_audit_filters_by_deployment(client, story) -> None:
 
 
 def test_audit_filters_combine(client, story) -> None:
-    events = audit(client, story.ws.admin, token_id=story.reader_id, event="Renamed",
-                   **{"from": at(story.instants["writer"])})
+    events = audit(
+        client, story.ws.admin, token_id=story.reader_id, event="Renamed", **{"from": at(story.instants["writer"])}
+    )
     assert [(e["type"], e["token_name"]) for e in events] == [("Renamed", "reader2")]
 
 
@@ -187,8 +202,12 @@ def test_cursor_pages_have_no_duplicates_and_no_gaps(client, story) -> None:
 def test_cursor_pages_are_stable_under_concurrent_appends(client, story) -> None:
     """Events appended while a client pages come after everything it already saw, once each."""
     count = iter(range(100))
-    walked = pages(client, story.ws.admin, limit=4,
-                   between=lambda: create(client, story.ws.admin, f"late-{next(count)}", "PIPES:READ:top"))
+    walked = pages(
+        client,
+        story.ws.admin,
+        limit=4,
+        between=lambda: create(client, story.ws.admin, f"late-{next(count)}", "PIPES:READ:top"),
+    )
     flat = [e["position"] for p in walked for e in p]
     assert len(flat) == len(set(flat)) and flat == sorted(flat)
     assert [e["position"] for e in audit(client, story.ws.admin)] == flat  # nothing skipped
@@ -268,7 +287,9 @@ def test_the_token_table_as_of_an_instant_shows_each_token_as_it_stood(client, s
     listed = ok(client.get(url("/v0/tokens", story.ws.admin, as_of=at(m["created"]))))
     by_name = {t["name"]: t for t in listed["tokens"]}
     assert "writer" not in by_name and "reader2" not in by_name
-    assert by_name["reader"]["scopes"] == [{"type": "DATASOURCES:READ", "resource": "events", "filter": "country = 'ES'"}]
+    assert by_name["reader"]["scopes"] == [
+        {"type": "DATASOURCES:READ", "resource": "events", "filter": "country = 'ES'"}
+    ]
     assert all("token" not in t for t in listed["tokens"])  # never a value
     later = {t["name"]: t for t in ok(client.get(url("/v0/tokens", story.ws.admin, as_of=at(m["rescoped"]))))["tokens"]}
     assert later["reader2"]["id"] == story.reader_id and "reader" not in later
@@ -321,11 +342,24 @@ def test_access_names_each_holder_with_the_scope_and_filter_that_granted_it(clie
     create(client, ws.admin, "direct", "DATASOURCES:READ:events:org = 'a'")
     create(client, ws.admin, "all", "WORKSPACE:READ_ALL")
     create(client, ws.admin, "elsewhere", "DATASOURCES:READ:other")
-    assert create_jwt(client, ws.admin, "embed", [{"type": "DATASOURCES:READ", "resource": "events",
-                                                   "filter": "org = 'b'"}], ttl=3 * 86_400).status_code == 200
+    assert (
+        create_jwt(
+            client,
+            ws.admin,
+            "embed",
+            [{"type": "DATASOURCES:READ", "resource": "events", "filter": "org = 'b'"}],
+            ttl=3 * 86_400,
+        ).status_code
+        == 200
+    )
     grants = access(client, ws.admin, resource="events", kind="datasource", permission="READ")
-    assert grants["direct"] == {"token_id": grants["direct"]["token_id"], "name": "direct",
-                                "via": "DATASOURCES:READ:events:org = 'a'", "filter": "org = 'a'", "jwt": False}
+    assert grants["direct"] == {
+        "token_id": grants["direct"]["token_id"],
+        "name": "direct",
+        "via": "DATASOURCES:READ:events:org = 'a'",
+        "filter": "org = 'a'",
+        "jwt": False,
+    }
     assert grants["all"]["via"] == "WORKSPACE:READ_ALL" and grants["all"]["filter"] == ""
     assert grants["admin token"]["via"] == "ADMIN"
     assert grants["embed"]["jwt"] is True and grants["embed"]["filter"] == "org = 'b'"
@@ -350,7 +384,9 @@ def test_access_to_append_and_drop(client, ws) -> None:
     assert "dropper" not in appenders
     droppers = access(client, ws.admin, resource="events", kind="datasource", permission="DROP")
     assert droppers["dropper"]["via"] == "DATASOURCES:DROP:events" and "appender" not in droppers
-    assert access(client, ws.admin, resource="top", kind="pipe", permission="DROP")["dropper"]["via"] == "PIPES:DROP:top"
+    assert (
+        access(client, ws.admin, resource="top", kind="pipe", permission="DROP")["dropper"]["via"] == "PIPES:DROP:top"
+    )
 
 
 def test_access_as_of_an_instant_is_what_was_held_then(client, story) -> None:
@@ -367,8 +403,18 @@ def test_access_as_of_an_instant_is_what_was_held_then(client, story) -> None:
 
 def test_access_diff_names_what_was_gained_lost_and_changed(client, story) -> None:
     m = story.instants
-    body = ok(client.get(url("/v0/access/diff", story.ws.admin, resource="events", kind="datasource",
-                             permission="READ", **{"from": at(m["created"]), "to": at(m["rescoped"])})))
+    body = ok(
+        client.get(
+            url(
+                "/v0/access/diff",
+                story.ws.admin,
+                resource="events",
+                kind="datasource",
+                permission="READ",
+                **{"from": at(m["created"]), "to": at(m["rescoped"])},
+            )
+        )
+    )
     assert body["gained"] == [] and body["lost"] == []
     [change] = body["changed"]
     assert change["before"]["filter"] == "country = 'ES'" and change["after"]["filter"] == ""
@@ -454,7 +500,8 @@ def test_another_workspaces_data_never_leaks(client, story, other) -> None:
     assert audit(client, story.ws.admin, token_id=secret["id"]) == []
     assert audit(client, story.ws.admin, actor=other.admin_id) == []
     assert audit(client, story.ws.admin, resource="top") and secret["id"] not in {
-        e["token_id"] for e in audit(client, story.ws.admin, resource="top")}
+        e["token_id"] for e in audit(client, story.ws.admin, resource="top")
+    }
     now = "4000000000"
     listed = ok(client.get(url("/v0/tokens", story.ws.admin, as_of=now)))["tokens"]
     assert secret["id"] not in {t["id"] for t in listed} and "secret" not in {t["name"] for t in listed}

@@ -111,10 +111,17 @@ def test_parse_instant_is_total(raw: str) -> None:
     format_instant(micros)
 
 
-@given(st.one_of(st.text(max_size=100), st.binary(max_size=80).map(b64),
-                 st.recursive(st.integers() | st.floats() | st.text(max_size=5) | st.none(),
-                              lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.just("p"), inner),
-                              max_leaves=5).map(lambda d: b64(json.dumps(d).encode()))))
+@given(
+    st.one_of(
+        st.text(max_size=100),
+        st.binary(max_size=80).map(b64),
+        st.recursive(
+            st.integers() | st.floats() | st.text(max_size=5) | st.none(),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.just("p"), inner),
+            max_leaves=5,
+        ).map(lambda d: b64(json.dumps(d).encode())),
+    )
+)
 def test_decode_cursor_is_total(cursor: str) -> None:
     try:
         position = decode_cursor(cursor)
@@ -156,9 +163,14 @@ def test_a_hostile_instant_is_400_on_every_route_that_reads_one(client, system, 
 
 def console_instant_urls(raw: str) -> list[str]:
     q = quote_plus(raw)
-    return [f"/ui/access?resource=events&at={q}", f"/ui/access?resource=events&compare={q}",
-            f"/ui/audit?from={q}", f"/ui/audit?to={q}", f"/ui/audit/export.csv?from={q}",
-            f"/ui/audit/export.ndjson?to={q}"]
+    return [
+        f"/ui/access?resource=events&at={q}",
+        f"/ui/access?resource=events&compare={q}",
+        f"/ui/audit?from={q}",
+        f"/ui/audit?to={q}",
+        f"/ui/audit/export.csv?from={q}",
+        f"/ui/audit/export.ndjson?to={q}",
+    ]
 
 
 def signed_in_console(system: System, realm: Realm) -> Console:
@@ -185,14 +197,19 @@ instants = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True).map(str),
     st.integers(min_value=-(10**30), max_value=10**30).map(str),
     st.datetimes().map(lambda d: d.isoformat()),
-    st.builds(lambda d, h, m: f"{d.isoformat()}{'+' if h >= 0 else '-'}{abs(h):02d}:{m:02d}",
-              st.datetimes(), st.integers(-23, 23), st.integers(0, 59)),
+    st.builds(
+        lambda d, h, m: f"{d.isoformat()}{'+' if h >= 0 else '-'}{abs(h):02d}:{m:02d}",
+        st.datetimes(),
+        st.integers(-23, 23),
+        st.integers(0, 59),
+    ),
 )
 cursors = st.one_of(
     st.text(max_size=80),
     st.binary(max_size=60).map(b64),
-    st.one_of(st.integers(min_value=-(10**40), max_value=10**40), st.floats(), st.text(max_size=4),
-              st.booleans(), st.none()).map(lambda p: b64(json.dumps({"p": p}).encode())),
+    st.one_of(
+        st.integers(min_value=-(10**40), max_value=10**40), st.floats(), st.text(max_size=4), st.booleans(), st.none()
+    ).map(lambda p: b64(json.dumps({"p": p}).encode())),
     st.integers(0, 6000).map(lambda n: b64(b"[" * n)),
 )
 

@@ -62,8 +62,15 @@ class ClientLog:
     failures: list[str] = field(default_factory=list)  # non-2xx answers: none are expected
 
 
-def _client(base: str, admin: str, index: int, owned: list[dict[str, Any]], log: ClientLog,
-            acks: list[int], lock: threading.Lock) -> None:
+def _client(
+    base: str,
+    admin: str,
+    index: int,
+    owned: list[dict[str, Any]],
+    log: ClientLog,
+    acks: list[int],
+    lock: threading.Lock,
+) -> None:
     rng = random.Random(index)
     live = [t["id"] for t in owned]
     for t in owned:
@@ -125,8 +132,11 @@ def _store_aggregates(system: System) -> tuple[list[Token], list[TokenName], int
                 ids[note.topic].add(note.originator_id)
         position = notes[-1].id
     get = system.ledger.repository.get
-    return ([get(i) for i in ids["tokentrail.token.Created.v1"]],
-            [get(i) for i in ids["tokentrail.token_name.Created.v1"]], count)
+    return (
+        [get(i) for i in ids["tokentrail.token.Created.v1"]],
+        [get(i) for i in ids["tokentrail.token_name.Created.v1"]],
+        count,
+    )
 
 
 def test_kill_9_mid_burst_loses_no_acknowledged_change(database_url: str, backend: str, tmp_path: Path) -> None:
@@ -173,8 +183,10 @@ def test_kill_9_mid_burst_loses_no_acknowledged_change(database_url: str, backen
     assert killed_at >= MIN_ACKS, f"only {killed_at} changes acknowledged in {MAX_BURST_SECONDS} s"
     in_flight = [log.pending for log in logs if log.pending is not None]
     assert in_flight, "the kill landed while no request was in flight: it proved nothing"
-    print(f"\n{backend}: killed after {killed_at} acknowledged changes, {len(in_flight)} in flight: "
-          f"{sorted(p.op for p in in_flight)}")
+    print(
+        f"\n{backend}: killed after {killed_at} acknowledged changes, {len(in_flight)} in flight: "
+        f"{sorted(p.op for p in in_flight)}"
+    )
 
     # -- restart on the same store and check every acknowledged change through the API ----------
     restarted = serve(database_url, data, TEST_SECRET, log_file)
@@ -227,8 +239,11 @@ def test_kill_9_mid_burst_loses_no_acknowledged_change(database_url: str, backen
                 assert not token.deleted and token.name == index.name, f"name index {index.name!r} is stale"
         for log in logs:
             for token_id, values in log.refreshed.items():
-                generations = {e.generation for e in system.ledger.repository.event_store.get(by_id[token_id].id)
-                               if isinstance(e, Token.Refreshed)}
+                generations = {
+                    e.generation
+                    for e in system.ledger.repository.event_store.get(by_id[token_id].id)
+                    if isinstance(e, Token.Refreshed)
+                }
                 for value in values:
                     claims = system.signer.read(value)
                     assert claims is not None and claims.generation in generations, "acknowledged refresh lost"
@@ -244,7 +259,9 @@ def test_kill_9_mid_burst_loses_no_acknowledged_change(database_url: str, backen
         chain = verify_chain(system)
         assert chain.ok, chain.reason
         assert chain.events_checked == events
-        print(f"{backend}: {len(stored_tokens)} tokens in the store, rebuild equal ({sum(report.rows.values())} rows), "
-              f"chain verified over {chain.events_checked} events")
+        print(
+            f"{backend}: {len(stored_tokens)} tokens in the store, rebuild equal ({sum(report.rows.values())} rows), "
+            f"chain verified over {chain.events_checked} events"
+        )
     finally:
         system.close()

@@ -68,9 +68,7 @@ PROJECT = {
 }
 
 
-def decl(
-    name: str, kind: str, resource: str, permission: str, path: str, line: int
-) -> TokenDeclaration:
+def decl(name: str, kind: str, resource: str, permission: str, path: str, line: int) -> TokenDeclaration:
     return TokenDeclaration(name, kind, resource, permission, path, line)
 
 
@@ -113,9 +111,7 @@ def test_an_unindented_token_line_closes_a_block_as_in_forward() -> None:
 
 
 def test_an_indented_token_line_outside_a_block_counts() -> None:
-    assert [d.token_name for d in parse_datafile("e.datasource", "   TOKEN reader READ\n")] == [
-        "reader"
-    ]
+    assert [d.token_name for d in parse_datafile("e.datasource", "   TOKEN reader READ\n")] == ["reader"]
 
 
 def test_a_block_closed_by_an_engine_setting_lets_token_lines_follow() -> None:
@@ -130,7 +126,7 @@ def test_a_block_closed_by_an_engine_setting_lets_token_lines_follow() -> None:
         ("TOKEN 'read api token' READ", "read api token"),
         ("Token reader Read", "reader"),
         ('TOKEN "a#b" READ # the # inside quotes is part of the name', "a#b"),
-        ("TOKEN \"it's\" READ", "it's"),
+        ('TOKEN "it\'s" READ', "it's"),
         ("TOKEN it's READ", "it's"),  # a quote inside a word does not open a quotation
         ('TOKEN "  padded  " READ', "padded"),
         ("TOKEN\treader\tREAD", "reader"),
@@ -175,9 +171,7 @@ def test_a_byte_order_mark_does_not_hide_the_first_line() -> None:
         ("notes.txt", "TOKEN a READ", 0, "not a .datasource or .pipe"),
     ],
 )
-def test_lines_forward_refuses_are_refused_with_file_and_line(
-    path: str, text: str, line: int, message: str
-) -> None:
+def test_lines_forward_refuses_are_refused_with_file_and_line(path: str, text: str, line: int, message: str) -> None:
     with pytest.raises(DatafileError) as raised:
         parse_datafile(path, text)
     assert (raised.value.path, raised.value.line) == (path, line)
@@ -191,8 +185,16 @@ def test_the_error_is_an_invalid_input_for_the_api() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["reader", "read api token", "p.value", "0b1d2c3e-4f50-6172-8394-a5b6c7d8e9f0", "x" * 257,
-     "x" * 256, "a\x7fb", "dots.are.fine"],
+    [
+        "reader",
+        "read api token",
+        "p.value",
+        "0b1d2c3e-4f50-6172-8394-a5b6c7d8e9f0",
+        "x" * 257,
+        "x" * 256,
+        "a\x7fb",
+        "dots.are.fine",
+    ],
 )
 def test_token_names_follow_the_ledgers_own_rules(name: str) -> None:
     try:
@@ -255,9 +257,7 @@ def test_read_project_refuses_an_oversized_file_before_reading_it(tmp_path: Path
         read_project(tmp_path)
 
 
-def test_read_project_refuses_too_many_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_read_project_refuses_too_many_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(datafiles, "MAX_FILES", 3)
     for i in range(4):
         write(tmp_path, f"d{i}.datasource", "")
@@ -271,9 +271,37 @@ def test_read_project_refuses_a_missing_folder(tmp_path: Path) -> None:
 
 
 FRAGMENTS = st.sampled_from(
-    ["TOKEN", "token", "Token", " ", "\t", "\n", "\r\n", "\r", '"', "'", "#", ">", "READ",
-     "APPEND", "read", "DROP", "SQL", "NODE", "SCHEMA", "ENGINE_TTL", "a b", "p.", "\\", "\x00",
-     "\ufeff", "\x7f", "é", "\u2028", "\x0b"]
+    [
+        "TOKEN",
+        "token",
+        "Token",
+        " ",
+        "\t",
+        "\n",
+        "\r\n",
+        "\r",
+        '"',
+        "'",
+        "#",
+        ">",
+        "READ",
+        "APPEND",
+        "read",
+        "DROP",
+        "SQL",
+        "NODE",
+        "SCHEMA",
+        "ENGINE_TTL",
+        "a b",
+        "p.",
+        "\\",
+        "\x00",
+        "\ufeff",
+        "\x7f",
+        "é",
+        "\u2028",
+        "\x0b",
+    ]
 )
 DATAFILE_TEXT = st.one_of(st.text(), st.lists(FRAGMENTS | st.text(max_size=5)).map("".join))
 

@@ -21,9 +21,7 @@ from domain.errors import DatafileError, NameTaken
 
 PROJECT = {
     "datasources/events.datasource": (
-        "SCHEMA >\n    `token` String\n\n"
-        'TOKEN "tracker" APPEND\n'
-        'TOKEN "read api token" READ\n'
+        'SCHEMA >\n    `token` String\n\nTOKEN "tracker" APPEND\nTOKEN "read api token" READ\n'
     ),
     "datasources/users.datasource": "TOKEN 'read api token' READ\nTOKEN dashboard READ\n",
     "endpoints/top_events.pipe": (
@@ -52,9 +50,7 @@ def apply(plan: Plan, current: list[CurrentToken]) -> list[CurrentToken]:
             old = live[step.token_id]
             scopes = tuple(s for s in old.scopes if s not in step.remove) + step.add
             assert sorted(scopes) == sorted(step.scopes)
-            live[step.token_id] = CurrentToken(
-                old.token_id, old.name, scopes, old.origin_type, old.kind
-            )
+            live[step.token_id] = CurrentToken(old.token_id, old.name, scopes, old.origin_type, old.kind)
         else:
             del live[step.token_id]
     return list(live.values())
@@ -78,9 +74,7 @@ def test_a_first_deployment_creates_one_token_per_name_with_the_union_of_its_sco
             ("DATASOURCES:READ:events", "DATASOURCES:READ:users", "PIPES:READ:top_events"),
             {"type": "DS", "resource_id": "events"},
         ),
-        CreateToken(
-            "tracker", ("DATASOURCES:APPEND:events",), {"type": "DS", "resource_id": "events"}
-        ),
+        CreateToken("tracker", ("DATASOURCES:APPEND:events",), {"type": "DS", "resource_id": "events"}),
     )
 
 
@@ -115,9 +109,7 @@ def test_a_second_deployment_of_the_same_files_changes_nothing() -> None:
 def test_moving_a_line_within_its_file_changes_nothing() -> None:
     _, live = deploy(PROJECT, HAND_MADE)
     moved = dict(PROJECT)
-    moved["datasources/users.datasource"] = (
-        "TOKEN dashboard READ\n\n# moved\nTOKEN 'read api token' READ\n"
-    )
+    moved["datasources/users.datasource"] = "TOKEN dashboard READ\n\n# moved\nTOKEN 'read api token' READ\n"
     assert plan_deployment(parse_project(moved), live).empty
 
 
@@ -127,9 +119,7 @@ def test_renaming_a_token_line_deletes_the_old_token_and_creates_the_new_one() -
     plan = plan_deployment(parse_project(renamed), live)
     tracker = next(t for t in live if t.name == "tracker")
     assert plan.steps == (
-        CreateToken(
-            "ingest", ("DATASOURCES:APPEND:events",), {"type": "DS", "resource_id": "events"}
-        ),
+        CreateToken("ingest", ("DATASOURCES:APPEND:events",), {"type": "DS", "resource_id": "events"}),
         DeleteToken(tracker.token_id, "tracker", ("DATASOURCES:APPEND:events",)),
     )
     assert [(c["token_name"], c["change_type"]) for c in plan.token_changes] == [

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -97,7 +98,10 @@ PROJECT = {
 
 FIRST = {
     "dashboard": [
-        "DATASOURCES:READ:events", "DATASOURCES:READ:users", "PIPES:READ:sessions", "PIPES:READ:top_pages",
+        "DATASOURCES:READ:events",
+        "DATASOURCES:READ:users",
+        "PIPES:READ:sessions",
+        "PIPES:READ:top_pages",
     ],
     "events reader": ["DATASOURCES:READ:events", "PIPES:READ:top_pages"],
     "ingest": ["DATASOURCES:APPEND:events"],
@@ -170,12 +174,17 @@ def all_tokens(system: System, workspace_id: str) -> dict[str, tuple[str, list[s
 
 def changes(answer: dict[str, Any]) -> list[tuple[str, str, list[str], list[str]]]:
     """token_changes as (name, change, added, removed), permissions as `kind:resource:PERM`."""
+
     def flat(items: list[dict[str, str]]) -> list[str]:
         return [f"{p['resource_type']}:{p['resource_name']}:{p['permission']}" for p in items]
 
     return [
-        (c["token_name"], c["change_type"], flat(c["permission_changes"]["added_permissions"]),
-         flat(c["permission_changes"]["removed_permissions"]))
+        (
+            c["token_name"],
+            c["change_type"],
+            flat(c["permission_changes"]["added_permissions"]),
+            flat(c["permission_changes"]["removed_permissions"]),
+        )
         for c in answer["deployment"]["token_changes"]
     ]
 
@@ -209,8 +218,12 @@ def test_a_first_deployment_creates_the_declared_tokens_and_a_second_changes_not
     answer = ok(deploy(client, ws.admin, files))
     assert answer["result"] == "success" and answer["deployment"]["status"] == "data_ready"
     assert changes(answer) == [
-        ("dashboard", "new", ["datasource:events:READ", "datasource:users:READ", "pipe:sessions:READ",
-                              "pipe:top_pages:READ"], []),
+        (
+            "dashboard",
+            "new",
+            ["datasource:events:READ", "datasource:users:READ", "pipe:sessions:READ", "pipe:top_pages:READ"],
+            [],
+        ),
         ("events reader", "new", ["datasource:events:READ", "pipe:top_pages:READ"], []),
         ("ingest", "new", ["datasource:events:APPEND"], []),
         ("users ingest", "new", ["datasource:users:APPEND"], []),
@@ -229,8 +242,7 @@ def test_a_first_deployment_creates_the_declared_tokens_and_a_second_changes_not
 
     before, tokens_before = head(system), all_tokens(system, ws.id)
     again = ok(deploy(client, ws.admin, files))
-    assert again == {"result": "no_changes",
-                     "deployment": {"id": None, "status": "no_changes", "token_changes": []}}
+    assert again == {"result": "no_changes", "deployment": {"id": None, "status": "no_changes", "token_changes": []}}
     assert head(system) == before and all_tokens(system, ws.id) == tokens_before
     assert ok(forward_deploy(client, ws.admin, files))["result"] == "no_changes"
     assert head(system) == before
@@ -264,16 +276,29 @@ def test_renamed_moved_and_removed_lines_change_exactly_those_scopes(client, sys
     # The audit trail holds exactly these changes, one event per scope, nothing else.
     events = [e for e in audit(client, ws.admin, deployment=answer["deployment"]["id"]) if e["type"] != "Deployed"]
     assert all(e["position"] > before for e in events)
-    summary = sorted((e["type"], e["token_name"], json.dumps(e["scopes_before"]), json.dumps(e["scopes_after"]))
-                     for e in events)
-    assert summary == sorted([
-        ("ScopeRemoved", "dashboard", json.dumps(FIRST["dashboard"]), json.dumps(SECOND["dashboard"])),
-        ("Created", "events ingest", json.dumps([]), json.dumps(["DATASOURCES:APPEND:events"])),
-        ("ScopeRemoved", "events reader", json.dumps(FIRST["events reader"]), json.dumps(["DATASOURCES:READ:events"])),
-        ("ScopeAdded", "events reader", json.dumps(["DATASOURCES:READ:events"]), json.dumps(SECOND["events reader"])),
-        ("Deleted", "ingest", json.dumps(["DATASOURCES:APPEND:events"]), json.dumps([])),
-        ("Deleted", "users ingest", json.dumps(["DATASOURCES:APPEND:users"]), json.dumps([])),
-    ]), summary
+    summary = sorted(
+        (e["type"], e["token_name"], json.dumps(e["scopes_before"]), json.dumps(e["scopes_after"])) for e in events
+    )
+    assert summary == sorted(
+        [
+            ("ScopeRemoved", "dashboard", json.dumps(FIRST["dashboard"]), json.dumps(SECOND["dashboard"])),
+            ("Created", "events ingest", json.dumps([]), json.dumps(["DATASOURCES:APPEND:events"])),
+            (
+                "ScopeRemoved",
+                "events reader",
+                json.dumps(FIRST["events reader"]),
+                json.dumps(["DATASOURCES:READ:events"]),
+            ),
+            (
+                "ScopeAdded",
+                "events reader",
+                json.dumps(["DATASOURCES:READ:events"]),
+                json.dumps(SECOND["events reader"]),
+            ),
+            ("Deleted", "ingest", json.dumps(["DATASOURCES:APPEND:events"]), json.dumps([])),
+            ("Deleted", "users ingest", json.dumps(["DATASOURCES:APPEND:users"]), json.dumps([])),
+        ]
+    ), summary
 
     # And back: the first version again restores the first token table (with new ids for the
     # re-created tokens).
@@ -370,8 +395,14 @@ def test_multipart_as_forward_sends_it_and_json_give_the_same_answer(client, sys
 def test_a_multipart_body_is_not_read_as_form_parameters(client, system, ws, tmp_path) -> None:
     """A file whose SQL happens to contain `&check=true&token=…` neither turns the deployment into
     a check nor authenticates it."""
-    sneaky = dict(PROJECT, **{"pipes/top_pages.pipe": TOP_PAGES.replace(
-        "GROUP BY session_id", "GROUP BY session_id -- &check=true&token=nope&")})
+    sneaky = dict(
+        PROJECT,
+        **{
+            "pipes/top_pages.pipe": TOP_PAGES.replace(
+                "GROUP BY session_id", "GROUP BY session_id -- &check=true&token=nope&"
+            )
+        },
+    )
     files = project(tmp_path, sneaky)
     answer = ok(forward_deploy(client, ws.admin, files))
     assert answer["result"] == "success" and datafile_tokens(system, ws.id) == FIRST
@@ -429,7 +460,12 @@ def test_the_audit_trail_shows_a_deployment_as_a_unit(client, system, ws, tmp_pa
     assert {e["actor"]["token_id"] for e in events} == {ws.admin_id}
     assert len({e["request_id"] for e in events}) == 1
     assert {e["token_name"] for e in events if e["type"] != "Deployed"} == {
-        "dashboard", "events ingest", "events reader", "ingest", "users ingest"}
+        "dashboard",
+        "events ingest",
+        "events reader",
+        "ingest",
+        "users ingest",
+    }
     deployed = [e for e in events if e["type"] == "Deployed"]
     assert len(deployed) == 1 and deployed[0]["details"]["token_changes"] == answer["deployment"]["token_changes"]
     # One transaction: every event of the log in that span, hidden ones included, is the deployment's,
@@ -449,7 +485,7 @@ def test_the_audit_trail_shows_a_deployment_as_a_unit(client, system, ws, tmp_pa
 
 
 def test_point_in_time_before_and_after_a_deployment(client, system, ws, tmp_path) -> None:
-    clock = FakeClock(datetime.now(timezone.utc))
+    clock = FakeClock(datetime.now(UTC))
     clock.advance(1)
     start = clock.now.timestamp()
     ok(deploy(client, ws.admin, project(tmp_path)))
@@ -462,7 +498,8 @@ def test_point_in_time_before_and_after_a_deployment(client, system, ws, tmp_pat
         assert all("token" not in t for t in answer["tokens"])
         return {
             t["name"]: sorted(":".join(filter(None, (s["type"], s.get("resource")))) for s in t["scopes"])
-            for t in answer["tokens"] if t["origin"]["type"] in ("DS", "P")
+            for t in answer["tokens"]
+            if t["origin"]["type"] in ("DS", "P")
         }
 
     ingest = ok(client.get(url("/v0/tokens/ingest", ws.admin, as_of=f"{start + 5:.6f}")))
@@ -471,14 +508,27 @@ def test_point_in_time_before_and_after_a_deployment(client, system, ws, tmp_pat
     assert as_of(start - 0.5) == {}
     assert as_of(start + 5) == FIRST
     assert as_of(start + 15) == SECOND
-    access = ok(client.get(url("/v0/access", ws.admin, resource="users", kind="datasource",
-                               permission="APPEND", as_of=f"{start + 5:.6f}")))
+    access = ok(
+        client.get(
+            url(
+                "/v0/access",
+                ws.admin,
+                resource="users",
+                kind="datasource",
+                permission="APPEND",
+                as_of=f"{start + 5:.6f}",
+            )
+        )
+    )
     assert [g["name"] for g in access["grants"] if g["via"].startswith("DATASOURCES:APPEND")] == ["users ingest"]
     diff = ok(client.get(url("/v0/access/diff", ws.admin, **{"from": f"{start + 5:.6f}", "to": f"{start + 15:.6f}"})))
     lost = {(g["name"], g["resource"], g["permission"]) for g in diff["lost"]}
     gained = {(g["name"], g["resource"], g["permission"]) for g in diff["gained"]}
-    assert {("users ingest", "users", "APPEND"), ("ingest", "events", "APPEND"),
-            ("events reader", "top_pages", "READ")} <= lost
+    assert {
+        ("users ingest", "users", "APPEND"),
+        ("ingest", "events", "APPEND"),
+        ("events reader", "top_pages", "READ"),
+    } <= lost
     assert {("events ingest", "events", "APPEND"), ("events reader", "sessions", "READ")} <= gained
 
 
@@ -596,10 +646,12 @@ def test_two_servers_on_one_database_deploying_at_once_never_mix(database_url, t
         callers = admin_caller(system, ws), admin_caller(other, ws)
         barrier = threading.Barrier(2)
         results = run_concurrently(
-            lambda: system.command(lambda: system.ledger.deploy(
-                callers[0], SET_A, barrier_planner(system, ws.id, barrier))),
-            lambda: other.command(lambda: other.ledger.deploy(
-                callers[1], SET_B, barrier_planner(other, ws.id, barrier))),
+            lambda: system.command(
+                lambda: system.ledger.deploy(callers[0], SET_A, barrier_planner(system, ws.id, barrier))
+            ),
+            lambda: other.command(
+                lambda: other.ledger.deploy(callers[1], SET_B, barrier_planner(other, ws.id, barrier))
+            ),
         )
         assert_never_a_mix(system, ws, dict(zip("AB", results)))
         assert datafile_tokens(other, ws.id) == datafile_tokens(system, ws.id)
@@ -629,7 +681,11 @@ def test_a_change_slipping_in_between_plan_and_save_makes_the_deployment_re_plan
     # A datafile token deleted by hand: the plan's "modify" becomes a "new".
     result = system.ledger.deploy(caller, SET_B, then(lambda: system.ledger.delete_token(caller, "shared")))
     assert [(c["token_name"], c["change_type"]) for c in result.plan.token_changes] == [
-        ("a reader", "deleted"), ("only a", "deleted"), ("only b", "new"), ("shared", "new")]
+        ("a reader", "deleted"),
+        ("only a", "deleted"),
+        ("only b", "new"),
+        ("shared", "new"),
+    ]
     assert datafile_tokens(system, ws.id) == OUTCOME["B"]
 
     # A hand-made token takes a name the deployment was about to create: a clear clash, nothing written.
@@ -722,11 +778,18 @@ def test_garbage_bad_paths_non_utf8_and_huge_files_are_4xx_and_write_nothing(cli
     for body in GARBAGE:
         assert_error(client.post(url("/v0/deployments", ws.admin), content=body), 400)
     for broken in (b"--x\r\nbroken", b"", b"--x--\r\n", b"no boundary at all"):
-        response = client.post(url("/v0/deployments", ws.admin), content=broken,
-                               headers={"content-type": "multipart/form-data; boundary=x"})
+        response = client.post(
+            url("/v0/deployments", ws.admin),
+            content=broken,
+            headers={"content-type": "multipart/form-data; boundary=x"},
+        )
         assert_error(response, 400)
-    assert_error(client.post(url("/v0/deployments", ws.admin), content=b"--x\r\n",
-                             headers={"content-type": "multipart/form-data"}), 400)  # no boundary
+    assert_error(
+        client.post(
+            url("/v0/deployments", ws.admin), content=b"--x\r\n", headers={"content-type": "multipart/form-data"}
+        ),
+        400,
+    )  # no boundary
     for path in BAD_PATHS:
         body = json.dumps({**files, path: "TOKEN evil READ\n"}).encode()
         assert_error(client.post(url("/v0/deployments", ws.admin), content=body), 400)
@@ -740,8 +803,9 @@ def test_garbage_bad_paths_non_utf8_and_huge_files_are_4xx_and_write_nothing(cli
     assert_error(client.post("/v0/deployments", files=twice, headers={"Authorization": f"Bearer {ws.admin}"}), 400)
     # A file that is not UTF-8.
     latin = [("data_project://", ("pipes/x.pipe", "TOKEN 'lectura diseño' READ\n".encode("latin-1"), "text/plain"))]
-    error = assert_error(client.post("/v0/deployments", files=latin, headers={"Authorization": f"Bearer {ws.admin}"}),
-                         400)
+    error = assert_error(
+        client.post("/v0/deployments", files=latin, headers={"Authorization": f"Bearer {ws.admin}"}), 400
+    )
     assert "pipes/x.pipe" in error
     # A datafile over 1 MiB, and a body over the server's limit.
     huge = "TOKEN big READ\n" + "# padding\n" * 110_000

@@ -128,20 +128,28 @@ def run_doc(path: Path, root: Path, tinybird_clis: dict[str, str]) -> Run:
     try:
         skipped = root / "tb-skipped.txt"
         (root / ".home").mkdir(exist_ok=True)
-        env = tbcli.cli_env(root / ".home", {
-            "PATH": f"{shim_dir(root)}:{os.environ.get('PATH', '')}",
-            "TOKENTRAIL_DATA_DIR": str(server.data_dir),
-            "TOKENTRAIL_HOST": server.url,
-            "TOKENTRAIL_TOKEN": server.admin,
-            "T": server.admin,
-            "TB_CLASSIC": tinybird_clis["classic"],
-            "TB_FORWARD": tinybird_clis["forward"],
-            "TB_SKIPPED": str(skipped),
-            "COLUMNS": "160",
-        })
+        env = tbcli.cli_env(
+            root / ".home",
+            {
+                "PATH": f"{shim_dir(root)}:{os.environ.get('PATH', '')}",
+                "TOKENTRAIL_DATA_DIR": str(server.data_dir),
+                "TOKENTRAIL_HOST": server.url,
+                "TOKENTRAIL_TOKEN": server.admin,
+                "T": server.admin,
+                "TB_CLASSIC": tinybird_clis["classic"],
+                "TB_FORWARD": tinybird_clis["forward"],
+                "TB_SKIPPED": str(skipped),
+                "COLUMNS": "160",
+            },
+        )
         result = subprocess.run(
-            ["bash", "-c", script_for(path, server.url)], cwd=root, env=env, capture_output=True, text=True,
-            timeout=240, stdin=subprocess.DEVNULL,
+            ["bash", "-c", script_for(path, server.url)],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            stdin=subprocess.DEVNULL,
         )
         return Run(server, result, skipped.read_text() if skipped.exists() else "")
     finally:
@@ -243,5 +251,11 @@ def test_api_reference_documents_every_route_of_the_schema() -> None:
         f"docs/api.md is stale (run python docs/generate_api_reference.py): "
         f"missing {sorted(routes - documented)}, gone {sorted(documented - routes)}"
     )
-    assert routes >= {"GET /v0/tokens", "POST /v0/tokens", "GET /v0/audit", "GET /v0/access/diff",
-                      "POST /v0/deployments", "GET /v0/audit/checkpoint"}
+    assert routes >= {
+        "GET /v0/tokens",
+        "POST /v0/tokens",
+        "GET /v0/audit",
+        "GET /v0/access/diff",
+        "POST /v0/deployments",
+        "GET /v0/audit/checkpoint",
+    }

@@ -8,12 +8,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from domain.errors import Unauthenticated
 from projections.rebuild import rebuild
 from projections.system import System
 from tests.helpers import value_of
-
-import pytest
 
 
 def _fresh_within(system: System, seconds: float) -> bool:

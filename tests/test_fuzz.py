@@ -24,8 +24,9 @@ import json
 import os
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import schemathesis
@@ -193,14 +194,78 @@ def test_every_operation_answers_as_documented_and_never_5xx(case, fuzz_target: 
 # these add mutations of valid input, structured noise and the entry points they leave out.
 
 PROPERTY = settings(max_examples=max(200, EXAMPLES), deadline=None, derandomize=SEED is None, database=None)
-SCOPE_TYPES = ["ADMIN", "TOKENS", "AUTH", "ADMIN_USER", "WORKSPACE:READ_ALL", "WORKSPACE:DEPLOY",
-               "ORG_DATASOURCES:READ", "DATASOURCES:CREATE", "DATASOURCES:APPEND", "DATASOURCES:DROP",
-               "DATASOURCES:READ", "PIPES:CREATE", "PIPES:DROP", "PIPES:READ"]
-VALID_SCOPES = ["ADMIN", "TOKENS", "DATASOURCES:READ:events", "PIPES:READ:top:a > 1", "DATASOURCES:APPEND:e",
-                "ADMIN_USER:someone@example.com", "DATASOURCES:READ:t:org = 'a:b' AND x IN (1, 2)"]
-SQL_WORDS = ["a", "b", "1", "'x'", "'", '"', "`", "=", ">", "<>", "!=", "AND", "OR", "NOT", "IN", "(", ")", ",",
-             "IS", "NULL", "LIKE", "BETWEEN", "SELECT", "FROM", ";", "--", "/*", "*/", "#", "count(*)", "t.a",
-             "UNION", "DROP TABLE x", "\\", "\x00", "é", "0x1F", "1e309", "[1]", "{a}", "?", "$1", ":p", "::", " "]
+SCOPE_TYPES = [
+    "ADMIN",
+    "TOKENS",
+    "AUTH",
+    "ADMIN_USER",
+    "WORKSPACE:READ_ALL",
+    "WORKSPACE:DEPLOY",
+    "ORG_DATASOURCES:READ",
+    "DATASOURCES:CREATE",
+    "DATASOURCES:APPEND",
+    "DATASOURCES:DROP",
+    "DATASOURCES:READ",
+    "PIPES:CREATE",
+    "PIPES:DROP",
+    "PIPES:READ",
+]
+VALID_SCOPES = [
+    "ADMIN",
+    "TOKENS",
+    "DATASOURCES:READ:events",
+    "PIPES:READ:top:a > 1",
+    "DATASOURCES:APPEND:e",
+    "ADMIN_USER:someone@example.com",
+    "DATASOURCES:READ:t:org = 'a:b' AND x IN (1, 2)",
+]
+SQL_WORDS = [
+    "a",
+    "b",
+    "1",
+    "'x'",
+    "'",
+    '"',
+    "`",
+    "=",
+    ">",
+    "<>",
+    "!=",
+    "AND",
+    "OR",
+    "NOT",
+    "IN",
+    "(",
+    ")",
+    ",",
+    "IS",
+    "NULL",
+    "LIKE",
+    "BETWEEN",
+    "SELECT",
+    "FROM",
+    ";",
+    "--",
+    "/*",
+    "*/",
+    "#",
+    "count(*)",
+    "t.a",
+    "UNION",
+    "DROP TABLE x",
+    "\\",
+    "\x00",
+    "é",
+    "0x1F",
+    "1e309",
+    "[1]",
+    "{a}",
+    "?",
+    "$1",
+    ":p",
+    "::",
+    " ",
+]
 
 
 def _mutate(text: str, data: st.DataObject) -> str:
@@ -276,8 +341,9 @@ def test_sql_shaped_noise_raises_only_filter_error(text: str) -> None:
 
 
 @PROPERTY
-@given(base=st.sampled_from(["a > 1", "org = 'acme'", "x IN (1, 2) AND NOT y IS NULL", "c LIKE '%a+b%'"]),
-       data=st.data())
+@given(
+    base=st.sampled_from(["a > 1", "org = 'acme'", "x IN (1, 2) AND NOT y IS NULL", "c LIKE '%a+b%'"]), data=st.data()
+)
 def test_mutated_filters_raise_only_filter_error(base: str, data: st.DataObject) -> None:
     try:
         normal = normalize_filter(_mutate(base, data))
@@ -288,10 +354,30 @@ def test_mutated_filters_raise_only_filter_error(base: str, data: st.DataObject)
 
 @pytest.mark.parametrize(
     "text",
-    ["(" * 1000 + "a = 1" + ")" * 1000, "NOT " * 500 + "a", "a = " + "-" * 2000 + "1", "a IN (" + "1," * 900 + "1)",
-     "a = 1 AND " * 200 + "b = 2", "'" * 2047, "a = '\\'", "a = 1; DROP TABLE t", "a = 1 -- x", "a = (SELECT 1)"],
-    ids=["deep parentheses", "deep NOT", "deep negation", "long IN list", "long AND chain", "quotes",
-         "escaped quote", "second statement", "comment", "subquery"],
+    [
+        "(" * 1000 + "a = 1" + ")" * 1000,
+        "NOT " * 500 + "a",
+        "a = " + "-" * 2000 + "1",
+        "a IN (" + "1," * 900 + "1)",
+        "a = 1 AND " * 200 + "b = 2",
+        "'" * 2047,
+        "a = '\\'",
+        "a = 1; DROP TABLE t",
+        "a = 1 -- x",
+        "a = (SELECT 1)",
+    ],
+    ids=[
+        "deep parentheses",
+        "deep NOT",
+        "deep negation",
+        "long IN list",
+        "long AND chain",
+        "quotes",
+        "escaped quote",
+        "second statement",
+        "comment",
+        "subquery",
+    ],
 )
 def test_pathological_filters_raise_only_filter_error(text: str) -> None:
     try:
@@ -302,7 +388,9 @@ def test_pathological_filters_raise_only_filter_error(text: str) -> None:
 
 SIGNER = TokenSigner(TEST_SECRET.encode())
 OTHER_SIGNER = TokenSigner(b"another-server-key-0123456789abcd")
-GENUINE = SIGNER.make("7f9a653c-b564-45a0-94f1-844df59d7a14", "92179b67-6e65-497f-8111-88a13290e061", "Ru-QIGFCMNYm57ET")
+GENUINE = SIGNER.make(
+    "7f9a653c-b564-45a0-94f1-844df59d7a14", "92179b67-6e65-497f-8111-88a13290e061", "Ru-QIGFCMNYm57ET"
+)
 VALUE_PIECES = ["p.", ".", "p", "=", "-", "_", "eyJ1Ijo", "AAAA", "\x00", "é", "\U0001f600", " ", "%2E"]
 
 
@@ -326,16 +414,21 @@ def test_mutated_genuine_values_never_verify(data: st.DataObject | None) -> None
     # else that still verifies would be a forgery.
     if claims is not None:
         _, payload, signature = mutated.split(".")
-        assert payload == GENUINE.split(".")[1] and base64.urlsafe_b64decode(signature + "=") == \
-            base64.urlsafe_b64decode(GENUINE.split(".")[2] + "=")
+        assert payload == GENUINE.split(".")[1] and base64.urlsafe_b64decode(
+            signature + "="
+        ) == base64.urlsafe_b64decode(GENUINE.split(".")[2] + "=")
 
 
 @PROPERTY
-@given(payload=st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["u", "id", "g", "host", "x"]), inner),
-    max_leaves=8,
-))
+@given(
+    payload=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["u", "id", "g", "host", "x"]), inner)
+        ),
+        max_leaves=8,
+    )
+)
 def test_well_signed_payloads_of_any_shape_give_claims_or_none(payload: Any) -> None:
     """Even a payload signed with our key (which only we can make) must not crash the reader."""
     encoded = b64url(json.dumps(payload).encode())
@@ -351,10 +444,14 @@ def test_values_that_are_not_plain_strings_read_as_none(value: Any) -> None:
     assert SIGNER.read(value) is None
 
 
-@settings(max_examples=max(60, EXAMPLES // 4), deadline=None, derandomize=SEED is None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(value=st.text(max_size=200) | st.lists(st.sampled_from(VALUE_PIECES + ["eyJhbGciOiJIUzI1NiJ9"]))
-       .map("".join))
+@settings(
+    max_examples=max(60, EXAMPLES // 4),
+    deadline=None,
+    derandomize=SEED is None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(value=st.text(max_size=200) | st.lists(st.sampled_from(VALUE_PIECES + ["eyJhbGciOiJIUzI1NiJ9"])).map("".join))
 def test_authentication_of_random_credentials_raises_only_unauthenticated(system: System, value: str) -> None:
     from domain.errors import Unauthenticated
 
@@ -364,15 +461,53 @@ def test_authentication_of_random_credentials_raises_only_unauthenticated(system
         system.auth.authenticate(value.replace("\x00", "") + ".x.y")
 
 
-DATAFILE_PIECES = ["TOKEN", "token", " ", "\t", "\n", "\r", '"', "'", "#", ">", "READ", "APPEND", "DROP", "SQL",
-                   "NODE", "SCHEMA", "a b", "p.", "\\", "\x00", "\ufeff", "é", "\udcff", "0" * 8 + "-0000"]
-PATHS = st.sampled_from(["e.datasource", "p.pipe", "a/b.pipe", "README.md", "1bad.pipe", ".pipe", "x.datasource.bak",
-                         "e.pipe", "../up.datasource", "a b.datasource", "ü.pipe"]) | st.text(max_size=20)
+DATAFILE_PIECES = [
+    "TOKEN",
+    "token",
+    " ",
+    "\t",
+    "\n",
+    "\r",
+    '"',
+    "'",
+    "#",
+    ">",
+    "READ",
+    "APPEND",
+    "DROP",
+    "SQL",
+    "NODE",
+    "SCHEMA",
+    "a b",
+    "p.",
+    "\\",
+    "\x00",
+    "\ufeff",
+    "é",
+    "\udcff",
+    "0" * 8 + "-0000",
+]
+PATHS = st.sampled_from(
+    [
+        "e.datasource",
+        "p.pipe",
+        "a/b.pipe",
+        "README.md",
+        "1bad.pipe",
+        ".pipe",
+        "x.datasource.bak",
+        "e.pipe",
+        "../up.datasource",
+        "a b.datasource",
+        "ü.pipe",
+    ]
+) | st.text(max_size=20)
 
 
 @PROPERTY
-@given(st.dictionaries(PATHS, st.lists(st.sampled_from(DATAFILE_PIECES) | st.text(max_size=6)).map("".join),
-                       max_size=5))
+@given(
+    st.dictionaries(PATHS, st.lists(st.sampled_from(DATAFILE_PIECES) | st.text(max_size=6)).map("".join), max_size=5)
+)
 def test_any_project_parses_or_raises_a_datafile_error(files: dict[str, str]) -> None:
     try:
         declarations = parse_project(files)
@@ -393,8 +528,13 @@ def test_arbitrary_bytes_decoded_any_way_parse_or_raise_a_datafile_error(path: s
             pass
 
 
-@settings(max_examples=40, deadline=None, derandomize=SEED is None, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=SEED is None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(raw=st.binary(max_size=100))
 def test_datafiles_on_disk_of_any_bytes_read_or_raise_a_datafile_error(tmp_path: Path, raw: bytes) -> None:
     from domain.datafiles import read_project

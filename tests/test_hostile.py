@@ -36,14 +36,36 @@ _FILTERS = st.one_of(
 )
 _NAMES = st.one_of(
     st.text(min_size=1, max_size=300),
-    st.sampled_from(["admin token", "admin\u200b token", "user token", "urn:uuid:00000000-0000-0000-0000-000000000000",
-                     "p.x.y", " ", "a\x00b", "ñ" * 256, "t"]),
+    st.sampled_from(
+        [
+            "admin token",
+            "admin\u200b token",
+            "user token",
+            "urn:uuid:00000000-0000-0000-0000-000000000000",
+            "p.x.y",
+            " ",
+            "a\x00b",
+            "ñ" * 256,
+            "t",
+        ]
+    ),
 )
 _SCOPES = st.one_of(
     _FILTERS.map(lambda f: f"DATASOURCES:READ:events:{f}"),
     _FILTERS.map(lambda f: f"PIPES:READ:top:{f}"),
-    st.sampled_from(["ADMIN", "TOKENS", "AUTH", "ADMIN_USER:x", "DATASOURCES:READ:", "PIPES:READ:top",
-                     "DATASOURCES:APPEND:events", "NOPE", ""]),
+    st.sampled_from(
+        [
+            "ADMIN",
+            "TOKENS",
+            "AUTH",
+            "ADMIN_USER:x",
+            "DATASOURCES:READ:",
+            "PIPES:READ:top",
+            "DATASOURCES:APPEND:events",
+            "NOPE",
+            "",
+        ]
+    ),
     st.text(max_size=100),
 )
 _STEP = st.one_of(

@@ -62,8 +62,14 @@ def test_a_non_utf8_environment_variable_is_refused_at_start(tmp_path: Path) -> 
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENTRAIL_DATA_DIR": str(tmp_path)}
     env_bytes = {k.encode(): v.encode() for k, v in env.items()}
     env_bytes[b"TOKENTRAIL_SECRET_KEY"] = b"\xff\xfe" * 20
-    result = subprocess.run([sys.executable, "-m", "api.cli", "init", "--quiet"], env=env_bytes,
-                            capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-m", "api.cli", "init", "--quiet"],
+        env=env_bytes,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "TOKENTRAIL_SECRET_KEY is not valid UTF-8" in result.stderr
     assert "Traceback" not in result.stderr
@@ -78,8 +84,9 @@ def test_the_store_records_the_key_fingerprint_never_the_key(system: System, dat
     assert [(r["name"], r["value"]) for r in rows] == [("key_fingerprint", fingerprint)]
 
 
-def test_a_server_with_another_key_refuses_to_start_unless_rotating(system: System, database_url: str,
-                                                                   tmp_path: Path, environ) -> None:
+def test_a_server_with_another_key_refuses_to_start_unless_rotating(
+    system: System, database_url: str, tmp_path: Path, environ
+) -> None:
     setup = system.command(lambda: system.ledger.setup_workspace("main", "o@example.com", Caller.system()))
     admin = setup.tokens[0]
     old_value = value_of(system, admin)
@@ -89,8 +96,11 @@ def test_a_server_with_another_key_refuses_to_start_unless_rotating(system: Syst
     # Same key: fine, any number of times.
     System(database_url, data=tmp_path, environ=environ).close()
     # Rotation, on purpose: the new fingerprint is recorded, every value changes.
-    rotated = System(database_url, data=tmp_path,
-                     environ={**environ, "TOKENTRAIL_SECRET_KEY": other_key, "TOKENTRAIL_ROTATE_KEY": "1"})
+    rotated = System(
+        database_url,
+        data=tmp_path,
+        environ={**environ, "TOKENTRAIL_SECRET_KEY": other_key, "TOKENTRAIL_ROTATE_KEY": "1"},
+    )
     try:
         assert rotated.key_fingerprint == keys.fingerprint(other_key.encode())
         rotated.sync()

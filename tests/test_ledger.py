@@ -34,7 +34,10 @@ def test_init_is_idempotent(system: System) -> None:
     assert first["created"] and not second["created"]
     assert [(t["id"], t["token"]) for t in first["tokens"]] == [(t["id"], t["token"]) for t in second["tokens"]]
     assert {t["name"] for t in second["tokens"]} == {
-        "admin token", "admin me@example.com", "create datasource token", "user token"
+        "admin token",
+        "admin me@example.com",
+        "create datasource token",
+        "user token",
     }
     assert len(system.queries.all_workspaces()) == 1
 
@@ -43,8 +46,11 @@ def test_create_update_refresh_delete_and_reuse_a_name(system: System, workspace
     _, admin = workspace
     token = system.command(lambda: system.ledger.create_token(admin, "reader", ["DATASOURCES:READ:events:a>1"])).token
     assert system.queries.token(str(token.id)).scopes == ("DATASOURCES:READ:events:a > 1",)
-    system.command(lambda: system.ledger.update_token(admin, "reader", scopes=["PIPES:READ:top"], name="top reader",
-                                                      description="for the dashboard"))
+    system.command(
+        lambda: system.ledger.update_token(
+            admin, "reader", scopes=["PIPES:READ:top"], name="top reader", description="for the dashboard"
+        )
+    )
     row = system.queries.token(str(token.id))
     assert (row.name, row.scopes, row.description) == ("top reader", ("PIPES:READ:top",), "for the dashboard")
     # The old name is free again; the new one is taken.
@@ -114,8 +120,11 @@ def test_control_characters_are_refused_in_emails_and_origins(system: System, wo
     with pytest.raises(InvalidInput):
         system.command(lambda: system.ledger.setup_workspace("ws2", "o\x00wner@example.com", Caller.system()))
     with pytest.raises(InvalidInput, match="control characters"):
-        system.command(lambda: system.ledger.create_token(
-            admin, "t", ["PIPES:READ:p"], origin={"type": "P", "resource_id": "p\nx"}))
+        system.command(
+            lambda: system.ledger.create_token(
+                admin, "t", ["PIPES:READ:p"], origin={"type": "P", "resource_id": "p\nx"}
+            )
+        )
 
 
 def test_tokens_scope_cannot_escalate(system: System, workspace) -> None:

@@ -8,8 +8,8 @@ must measure what another process's delete or refresh took to reach this process
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import quote
 
 import pytest
@@ -115,10 +115,16 @@ def test_no_token_value_or_name_in_metrics(system: System, client: TestClient) -
         assert secret not in text
     routes = {dict(labels).get("route") for (name, labels) in samples if name == "tokentrail_requests_total"}
     assert "/v0/tokens/{ref:path}" in routes
-    assert value(samples, "tokentrail_requests_total", route="/v0/tokens/{ref:path}", method="GET",
-                 status="200") == len(names) + len(values)
-    assert routes <= {"/v0/tokens", "/v0/tokens/{ref:path}", "/v0/tokens/{ref:path}/history", "(unmatched)",
-                      "/v0/tokens/{ref:path}/refresh"} | {r for r in routes if "{" not in r and r.count("/") <= 2}
+    assert value(
+        samples, "tokentrail_requests_total", route="/v0/tokens/{ref:path}", method="GET", status="200"
+    ) == len(names) + len(values)
+    assert routes <= {
+        "/v0/tokens",
+        "/v0/tokens/{ref:path}",
+        "/v0/tokens/{ref:path}/history",
+        "(unmatched)",
+        "/v0/tokens/{ref:path}/refresh",
+    } | {r for r in routes if "{" not in r and r.count("/") <= 2}
 
 
 def test_projection_lag_is_zero_after_a_command_and_measures_a_backlog(system: System, client: TestClient) -> None:
@@ -151,8 +157,10 @@ def test_auth_cache_and_events_written_counters_move(system: System, client: Tes
     for _ in range(5):
         client.get("/v0/auth", params={"token": admin})
     _, after = scrape(client)
-    assert value(after, "tokentrail_events_written_total", type="Token.Created") == \
-        value(before, "tokentrail_events_written_total", type="Token.Created") + 1
+    assert (
+        value(after, "tokentrail_events_written_total", type="Token.Created")
+        == value(before, "tokentrail_events_written_total", type="Token.Created") + 1
+    )
     assert value(after, "tokentrail_events_written_total", type="Token.Refreshed") == 1
     assert value(after, "tokentrail_events_written_total", type="Token.Deleted") == 1
     hits = value(after, "tokentrail_auth_cache_hits_total") - value(before, "tokentrail_auth_cache_hits_total")
@@ -163,7 +171,9 @@ def test_auth_cache_and_events_written_counters_move(system: System, client: Tes
 
 
 @pytest.fixture
-def two_systems(database_url: str, tmp_path: Path, environ: dict[str, str], system: System) -> Iterator[tuple[System, System]]:
+def two_systems(
+    database_url: str, tmp_path: Path, environ: dict[str, str], system: System
+) -> Iterator[tuple[System, System]]:
     """Two processes' worth of `System` on one database: A (the fixture's) and B."""
     other = System(database_url, data=tmp_path, environ=environ)
     yield system, other
@@ -174,7 +184,9 @@ def test_revocation_visibility_measures_another_systems_delete(two_systems: tupl
     a, b = two_systems
     admin = admin_value(a)
     with TestClient(create_app(a)) as client_a, TestClient(create_app(b)) as client_b:
-        assert client_a.post("/v0/tokens", params={"token": admin, "name": "victim", "scope": "ADMIN"}).status_code == 200
+        assert (
+            client_a.post("/v0/tokens", params={"token": admin, "name": "victim", "scope": "ADMIN"}).status_code == 200
+        )
         b.sync()
         _, before = scrape(client_b)
         assert value(before, "tokentrail_revocation_visibility_seconds_count") == 0

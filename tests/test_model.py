@@ -14,8 +14,14 @@ ACTOR = {"token_id": None, "name": "test", "request_id": None, "origin": "api", 
 
 def token(kind: str = "custom", scopes: tuple[str, ...] = ("PIPES:READ:top",)) -> Token:
     return Token.create(
-        actor=ACTOR, workspace_id="w", name="t", description="", scopes=list(scopes), origin={"type": "C"},
-        kind=kind, generation=new_generation(),
+        actor=ACTOR,
+        workspace_id="w",
+        name="t",
+        description="",
+        scopes=list(scopes),
+        origin={"type": "C"},
+        kind=kind,
+        generation=new_generation(),
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -26,24 +26,53 @@ from tests.helpers import caller_for
 from tests.oracle import Replayed
 
 NAMES = ["a", "b", "c", "d"]
-RESOURCES = [("datasource", "ds0"), ("datasource", "ds1"), ("datasource", "ds0_quarantine"), ("pipe", "p0"), ("pipe", "p1")]
+RESOURCES = [
+    ("datasource", "ds0"),
+    ("datasource", "ds1"),
+    ("datasource", "ds0_quarantine"),
+    ("pipe", "p0"),
+    ("pipe", "p1"),
+]
 SCOPES = [
-    "DATASOURCES:READ:ds0", "DATASOURCES:READ:ds0:x > 1", "DATASOURCES:READ:ds1:org = 'a'",
-    "DATASOURCES:APPEND:ds0", "DATASOURCES:DROP:ds1", "PIPES:READ:p0", "PIPES:READ:p1:y = 2",
-    "PIPES:DROP:p0", "WORKSPACE:READ_ALL", "DATASOURCES:CREATE", "TOKENS",
+    "DATASOURCES:READ:ds0",
+    "DATASOURCES:READ:ds0:x > 1",
+    "DATASOURCES:READ:ds1:org = 'a'",
+    "DATASOURCES:APPEND:ds0",
+    "DATASOURCES:DROP:ds1",
+    "PIPES:READ:p0",
+    "PIPES:READ:p1:y = 2",
+    "PIPES:DROP:p0",
+    "WORKSPACE:READ_ALL",
+    "DATASOURCES:CREATE",
+    "TOKENS",
 ]
 PERMISSIONS = {"datasource": ("READ", "APPEND", "DROP"), "pipe": ("READ", "DROP")}
 
 op = st.one_of(
-    st.tuples(st.just("create"), st.integers(0, 1), st.sampled_from(NAMES), st.lists(st.sampled_from(SCOPES), min_size=1, max_size=3)),
-    st.tuples(st.just("replace"), st.integers(0, 1), st.sampled_from(NAMES), st.lists(st.sampled_from(SCOPES), min_size=1, max_size=3)),
+    st.tuples(
+        st.just("create"),
+        st.integers(0, 1),
+        st.sampled_from(NAMES),
+        st.lists(st.sampled_from(SCOPES), min_size=1, max_size=3),
+    ),
+    st.tuples(
+        st.just("replace"),
+        st.integers(0, 1),
+        st.sampled_from(NAMES),
+        st.lists(st.sampled_from(SCOPES), min_size=1, max_size=3),
+    ),
     st.tuples(st.just("add"), st.integers(0, 1), st.sampled_from(NAMES), st.sampled_from(SCOPES)),
     st.tuples(st.just("remove"), st.integers(0, 1), st.sampled_from(NAMES), st.sampled_from(SCOPES)),
     st.tuples(st.just("rename"), st.integers(0, 1), st.sampled_from(NAMES), st.sampled_from(NAMES)),
     st.tuples(st.just("describe"), st.integers(0, 1), st.sampled_from(NAMES), st.sampled_from(["", "x", "y"])),
     st.tuples(st.just("refresh"), st.integers(0, 1), st.sampled_from(NAMES), st.sampled_from([0, 0, 5, 30])),
     st.tuples(st.just("delete"), st.integers(0, 1), st.sampled_from(NAMES), st.none()),
-    st.tuples(st.just("jwt"), st.integers(0, 1), st.sampled_from(["PIPES:READ:p0", "DATASOURCES:READ:ds0:x > 2"]), st.sampled_from([10, 60, 600])),
+    st.tuples(
+        st.just("jwt"),
+        st.integers(0, 1),
+        st.sampled_from(["PIPES:READ:p0", "DATASOURCES:READ:ds0:x > 2"]),
+        st.sampled_from([10, 60, 600]),
+    ),
     st.tuples(st.just("admin_refresh"), st.integers(0, 1), st.none(), st.sampled_from([0, 20])),
 )
 steps = st.lists(st.tuples(op, st.sampled_from([0, 0, 1, 3, 7, 20, -4])), min_size=5, max_size=30)
@@ -52,7 +81,7 @@ steps = st.lists(st.tuples(op, st.sampled_from([0, 0, 1, 3, 7, 20, -4])), min_si
 class Clock:
     """Shared across examples so that time keeps moving on, apart from deliberate skews."""
 
-    now = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 3, 1, tzinfo=UTC)
 
 
 def _run(system: System, history: list[Any]) -> list[str]:
@@ -150,7 +179,8 @@ def test_point_in_time_answers_equal_a_replay(system: System, history: list[Any]
                 assert sorted(map(repr, everything[key])) == sorted(map(repr, union[key])), f"whole diff {key}"
         for token_id in {e.originator_id for _, _, e in replayed.events if getattr(e, "workspace_id", None) == ws}:
             got_history = [
-                (e["position"], e["type"], e["scopes_before"], e["scopes_after"]) for e in reads.token_history(str(token_id))
+                (e["position"], e["type"], e["scopes_before"], e["scopes_after"])
+                for e in reads.token_history(str(token_id))
             ]
             want_history = replayed.history(str(token_id))
             if want_history:

@@ -16,8 +16,9 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import psycopg
@@ -50,7 +51,12 @@ def deploy(client: TestClient, token: str, files: dict[str, str]) -> Any:
 
 @pytest.mark.slow
 def test_ten_thousand_token_lines_deploy_while_another_server_keeps_creating(
-    system: System, client: TestClient, ws: Realm, database_url: str, tmp_path: Path, backend: str,
+    system: System,
+    client: TestClient,
+    ws: Realm,
+    database_url: str,
+    tmp_path: Path,
+    backend: str,
 ) -> None:
     other = serve(database_url, tmp_path, TEST_SECRET, tmp_path / "other.log")  # another process
     latencies: list[float] = []
@@ -86,13 +92,17 @@ def test_ten_thousand_token_lines_deploy_while_another_server_keeps_creating(
     assert took < 30, took
     assert not failures, failures[:3]
     assert latencies and max(latencies) < 15, max(latencies)
-    print(f"\n[{backend}] deploy of {BIG} TOKEN lines: {took:.1f} s; {len(latencies)} creates on "
-          f"another server meanwhile, slowest {max(latencies):.2f} s")
+    print(
+        f"\n[{backend}] deploy of {BIG} TOKEN lines: {took:.1f} s; {len(latencies)} creates on "
+        f"another server meanwhile, slowest {max(latencies):.2f} s"
+    )
     listed = client.get(url("/v0/tokens", ws.admin)).json()["tokens"]
     assert sum(1 for t in listed if t["name"].startswith("t")) == BIG
 
 
-def test_more_than_ten_thousand_token_lines_are_refused_naming_the_line(client: TestClient, ws: Realm, system: System) -> None:
+def test_more_than_ten_thousand_token_lines_are_refused_naming_the_line(
+    client: TestClient, ws: Realm, system: System
+) -> None:
     before = head(system)
     files = {"datasources/a.datasource": token_lines(BIG // 2, "a"), "pipes/b.pipe": token_lines(BIG // 2 + 1, "b")}
     error = assert_error(deploy(client, ws.admin, files), 400)
@@ -104,9 +114,19 @@ def test_more_than_ten_thousand_token_lines_are_refused_naming_the_line(client: 
 
 
 LOOK_ALIKES = [
-    "user token", "admin token", "create datasource token", "admin root@x", "Admin Token",
-    "ADMIN  token", "ａｄｍｉｎ ｔｏｋｅｎ", "\u0430dmin token", "user\u200b token", "user\u00a0token",
-    "create\u2003datasource token", "USER TOKEN\u200d", "admin anything at all",
+    "user token",
+    "admin token",
+    "create datasource token",
+    "admin root@x",
+    "Admin Token",
+    "ADMIN  token",
+    "ａｄｍｉｎ ｔｏｋｅｎ",
+    "\u0430dmin token",
+    "user\u200b token",
+    "user\u00a0token",
+    "create\u2003datasource token",
+    "USER TOKEN\u200d",
+    "admin anything at all",
 ]
 
 
@@ -120,7 +140,9 @@ def test_ordinary_names_are_not_reserved(name: str) -> None:
     assert not is_reserved_name(name)
 
 
-def test_datafile_tokens_cannot_take_default_names_or_look_alikes(client: TestClient, ws: Realm, system: System) -> None:
+def test_datafile_tokens_cannot_take_default_names_or_look_alikes(
+    client: TestClient, ws: Realm, system: System
+) -> None:
     before = head(system)
     for name in LOOK_ALIKES:
         text = "SCHEMA >\n    `a` String\nTOKEN fine READ\nTOKEN " + json.dumps(name, ensure_ascii=False) + " READ\n"
@@ -158,8 +180,11 @@ def test_cli_deploy_refuses_a_link_out_of_the_project(tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
     (project / "pw.datasource").symlink_to("/etc/passwd")
-    result = CliRunner().invoke(cli_app, ["deploy", str(project), "--database-url", f"sqlite:///{tmp_path / 'x.db'}"],
-                                env={"TOKENTRAIL_SECRET_KEY": TEST_SECRET})
+    result = CliRunner().invoke(
+        cli_app,
+        ["deploy", str(project), "--database-url", f"sqlite:///{tmp_path / 'x.db'}"],
+        env={"TOKENTRAIL_SECRET_KEY": TEST_SECRET},
+    )
     assert result.exit_code != 0
     assert "outside the project folder" in result.output, result.output
     assert "root:" not in result.output
@@ -218,7 +243,9 @@ def test_lock_waits_are_retried_within_the_budget_only(
         system.close()
 
 
-def test_every_connection_to_postgresql_carries_the_timeouts(pg_url: str, tmp_path: Path, environ: dict[str, str]) -> None:
+def test_every_connection_to_postgresql_carries_the_timeouts(
+    pg_url: str, tmp_path: Path, environ: dict[str, str]
+) -> None:
     from sqlalchemy import text
 
     system = System(pg_url, data=tmp_path, environ=environ)
@@ -384,7 +411,11 @@ def timed(call: Any) -> tuple[Any, float]:
 
 
 def test_an_outage_answers_503_with_retry_after_within_5_s_and_service_resumes(
-    pg_url: str, proxy: Proxy, tmp_path: Path, environ: dict[str, str], caplog: pytest.LogCaptureFixture,
+    pg_url: str,
+    proxy: Proxy,
+    tmp_path: Path,
+    environ: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     through_proxy = pg_url.replace(f":{PG_PORT}/", f":{proxy.port}/")
     system = System(through_proxy, data=tmp_path, environ=environ)
@@ -396,8 +427,12 @@ def test_an_outage_answers_503_with_retry_after_within_5_s_and_service_resumes(
 
         proxy.stop()
         caplog.set_level(logging.WARNING, logger="tokentrail.api")
-        concurrent = run_concurrently(8, lambda i: timed(lambda: client.post(
-            url("/v0/tokens", realm.admin, name=f"during {i}", scope="PIPES:READ:p"))))
+        concurrent = run_concurrently(
+            8,
+            lambda i: timed(
+                lambda: client.post(url("/v0/tokens", realm.admin, name=f"during {i}", scope="PIPES:READ:p"))
+            ),
+        )
         assert {a.status_code for a, _ in concurrent} == {503}
         slowest = max(took for _, took in concurrent)
         assert slowest < 5, sorted(took for _, took in concurrent)
@@ -438,7 +473,9 @@ def test_an_outage_answers_503_with_retry_after_within_5_s_and_service_resumes(
 
 
 def test_a_database_that_refuses_connections_answers_503_and_comes_back(
-    pg_url: str, tmp_path: Path, environ: dict[str, str],
+    pg_url: str,
+    tmp_path: Path,
+    environ: dict[str, str],
 ) -> None:
     """The other kind of outage: the server up, the database closed to connections."""
     system = System(pg_url, data=tmp_path, environ=environ)
@@ -456,7 +493,9 @@ def test_a_database_that_refuses_connections_answers_503_and_comes_back(
         assert "not currently accepting connections" in error, error
         admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
         started = time.monotonic()
-        while (answer := client.post(url("/v0/tokens", realm.admin, name="after", scope="PIPES:READ:p"))).status_code != 200:
+        while (
+            answer := client.post(url("/v0/tokens", realm.admin, name="after", scope="PIPES:READ:p"))
+        ).status_code != 200:
             assert time.monotonic() - started < 10, answer.text
             time.sleep(0.1)
     finally:
@@ -478,8 +517,9 @@ def test_a_database_restart_costs_no_request(pg_url: str, tmp_path: Path, enviro
             create(client, realm.admin, f"before {i}", "PIPES:READ:p")
             assert client.get(url("/v0/tokens", realm.admin)).status_code == 200
         with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True) as admin:
-            cut = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
-                                (dbname,)).fetchone()[0]
+            cut = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s", (dbname,)
+            ).fetchone()[0]
         assert cut >= 3
         for i in range(3):
             create(client, realm.admin, f"after {i}", "PIPES:READ:p")
@@ -498,7 +538,10 @@ def test_a_wrong_url_at_start_up_names_the_cause_within_5_s(
     case: str, postgres_available: bool, tmp_path: Path, environ: dict[str, str]
 ) -> None:
     if case == "database":
-        bad, expected = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/tt_no_such_db", 'database "tt_no_such_db" does not exist'
+        bad, expected = (
+            f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/tt_no_such_db",
+            'database "tt_no_such_db" does not exist',
+        )
     else:
         port = free_port()
         bad, expected = f"postgresql://{PG_USER}@127.0.0.1:{port}/x", "refused"
@@ -517,7 +560,8 @@ def test_cli_reports_a_wrong_url_in_one_line(postgres_available: bool, tmp_path:
     from api.cli import app as cli_app
 
     result = CliRunner().invoke(
-        cli_app, ["migrate", "--database-url", f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/tt_no_such_db"],
+        cli_app,
+        ["migrate", "--database-url", f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/tt_no_such_db"],
         env={"TOKENTRAIL_SECRET_KEY": TEST_SECRET, "TOKENTRAIL_DATA_DIR": str(tmp_path)},
     )
     assert result.exit_code != 0
@@ -533,7 +577,13 @@ def test_route_template_names_plain_starlette_routes(system: System) -> None:
     # FastAPI's routes record themselves in the scope (the outage test checks a logged one);
     # the plain Starlette route of /v0/auth does not, and is matched again.
     for path, template in (("/v0/auth", "/v0/auth"), ("/nowhere", "(no route)")):
-        scope = {"type": "http", "method": "GET", "path": path, "root_path": "", "query_string": b"",
-                 "headers": [], "app": app}
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": path,
+            "root_path": "",
+            "query_string": b"",
+            "headers": [],
+            "app": app,
+        }
         assert route_template(Request(scope)) == template
-

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -125,7 +126,8 @@ def request(s: Seat, op: Op, target: str | None) -> httpx.Response:
             content=json.dumps({"scopes": [{"type": "PIPES:READ", "resource": "top"}]}).encode(),
         ),
         Op.DEPLOY: lambda: c.post(
-            url("/v0/deployments", v, check="true"), content=json.dumps({"datasources/events.datasource": DATAFILE}).encode()
+            url("/v0/deployments", v, check="true"),
+            content=json.dumps({"datasources/events.datasource": DATAFILE}).encode(),
         ),
         Op.READ_AUDIT: lambda: c.get(url("/v0/audit", v)),
         Op.VERIFY: lambda: c.get(url("/v0/audit/verify", v)),
@@ -221,9 +223,7 @@ def console_request(s: Seat, browser: Any, op: Op, target: Target, token_id: str
     return answer.status_code == 303, answer.status_code
 
 
-@pytest.mark.parametrize(
-    "role", [r for r in Role if r not in (Role.SYSTEM, Role.USER)], ids=lambda r: r.name.lower()
-)
+@pytest.mark.parametrize("role", [r for r in Role if r not in (Role.SYSTEM, Role.USER)], ids=lambda r: r.name.lower())
 def test_every_cell_of_the_policy_table_holds_in_the_console(client, system, role) -> None:
     from tests.test_ui import Console
 

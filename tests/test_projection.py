@@ -140,7 +140,9 @@ def test_rebuild_equals_live_and_detects_a_drifted_read_model(system: System, wo
     assert fixed.ok
     assert rebuild(system, verify=True).ok
     with system.read_engine.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(s.tokens).where(s.tokens.c.name == "tampered")).scalar() == 0
+        assert (
+            conn.execute(select(func.count()).select_from(s.tokens).where(s.tokens.c.name == "tampered")).scalar() == 0
+        )
 
 
 def test_rebuild_in_place_keeps_serving_reads_and_writes(system: System, workspace) -> None:

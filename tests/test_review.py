@@ -29,8 +29,9 @@ def test_a_token_that_reads_only_itself_cannot_probe_names_by_get(client, system
     before = head(system)
     existing = [_owner_name(ws), "admin token", "create datasource token", ws.id_of(_owner_name(ws))]
     missing = ["admin nobody@example.com", "no such token", "00000000-0000-0000-0000-000000000000"]
-    answers = {ref: assert_error(client.get(url(f"/v0/tokens/{path_of(ref)}", reader)), 403)
-               for ref in existing + missing}
+    answers = {
+        ref: assert_error(client.get(url(f"/v0/tokens/{path_of(ref)}", reader)), 403) for ref in existing + missing
+    }
     assert len(set(answers.values())) == 1, answers
     assert head(system) == before
 
@@ -73,19 +74,24 @@ def test_a_jwt_signed_with_a_value_in_its_grace_window_opens_no_console_session(
     assert signed_out.status_code == 303 and signed_out.headers["location"].startswith("/ui/signin")
     # A JWT signed with the new admin value still signs in.
     fresh = create_jwt(client, refreshed.json()["token"], "reader2", [{"type": "PIPES:READ", "resource": "top"}])
-    assert Console(TestClient(create_app(system), raise_server_exceptions=False)).sign_in(
-        fresh.json()["token"]).status_code == 303
-
+    assert (
+        Console(TestClient(create_app(system), raise_server_exceptions=False))
+        .sign_in(fresh.json()["token"])
+        .status_code
+        == 303
+    )
 
 
 def test_an_api_caller_cannot_label_its_changes_as_made_in_the_console(client, system, ws) -> None:
     """`X-Tokentrail-Origin: ui` on an API request recorded the change with origin "ui", as if
     it had been made through the web console; the console sets that mark itself."""
-    created = client.post(url("/v0/tokens", ws.admin, name="spoof", scope="PIPES:READ:top"),
-                          headers={"X-Tokentrail-Origin": "ui"})
+    created = client.post(
+        url("/v0/tokens", ws.admin, name="spoof", scope="PIPES:READ:top"), headers={"X-Tokentrail-Origin": "ui"}
+    )
     assert created.status_code == 200, created.text
-    cli = client.post(url("/v0/tokens", ws.admin, name="from cli", scope="PIPES:READ:top"),
-                      headers={"X-Tokentrail-Origin": "cli"})
+    cli = client.post(
+        url("/v0/tokens", ws.admin, name="from cli", scope="PIPES:READ:top"), headers={"X-Tokentrail-Origin": "cli"}
+    )
     assert cli.status_code == 200, cli.text
     events = client.get(url("/v0/audit", ws.admin, event="Created")).json()["events"]
     origins = {e["token_name"]: e["origin"] for e in events}

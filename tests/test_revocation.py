@@ -136,8 +136,10 @@ def test_a_second_refresh_does_not_cut_the_first_ones_grace_short(system: System
     # The write side agrees with the read side, value by value (61 s after the first refresh).
     aggregate = system.ledger.repository.get(token.id)
     now = int(fake.now.timestamp() * 1_000_000)
-    assert [aggregate.accepts(g, now - 4_000_000) for g in (
-        system.signer.read(v).generation for v in (first, second, third, fourth))] == [False, True, False, True]
+    assert [
+        aggregate.accepts(g, now - 4_000_000)
+        for g in (system.signer.read(v).generation for v in (first, second, third, fourth))
+    ] == [False, True, False, True]
     # Ended windows are pruned at the next refresh, on both sides.
     system.command(lambda: system.ledger.refresh_token(admin, "t", grace_seconds=1))
     row = system.queries.token(str(token.id))
@@ -150,8 +152,12 @@ def test_jwts_live_exactly_as_long_as_the_admin_generation_that_signed_them(syst
     setup, admin = workspace
     admin_token = setup.tokens[0]
     exp = int(fake.now.timestamp()) + 3600
-    claims = {"workspace_id": admin.workspace_id, "name": "j", "exp": exp,
-              "scopes": [{"type": "PIPES:READ", "resource": "top"}]}
+    claims = {
+        "workspace_id": admin.workspace_id,
+        "name": "j",
+        "exp": exp,
+        "scopes": [{"type": "PIPES:READ", "resource": "top"}],
+    }
     first_value = value_of(system, admin_token)
     by_first = pyjwt.encode(claims, first_value, algorithm="HS256")
     system.command(lambda: system.ledger.refresh_token(admin, "admin token", grace_seconds=60))
@@ -179,8 +185,9 @@ def test_jwts_live_exactly_as_long_as_the_admin_generation_that_signed_them(syst
 # -- C: a write checks its caller against the store -------------------------------------------------
 
 
-def test_a_write_by_a_value_deleted_on_another_server_is_refused(system: System, workspace, database_url,
-                                                                 tmp_path, environ) -> None:
+def test_a_write_by_a_value_deleted_on_another_server_is_refused(
+    system: System, workspace, database_url, tmp_path, environ
+) -> None:
     _, admin = workspace
     token = _reader(system, admin)
     other = System(database_url, data=tmp_path, environ=environ)
@@ -198,8 +205,9 @@ def test_a_write_by_a_value_deleted_on_another_server_is_refused(system: System,
         other.close()
 
 
-def test_a_write_by_a_value_refreshed_out_on_another_server_is_refused(system: System, workspace, database_url,
-                                                                       tmp_path, environ) -> None:
+def test_a_write_by_a_value_refreshed_out_on_another_server_is_refused(
+    system: System, workspace, database_url, tmp_path, environ
+) -> None:
     _, admin = workspace
     token = _reader(system, admin)
     other = System(database_url, data=tmp_path, environ=environ)
@@ -214,8 +222,9 @@ def test_a_write_by_a_value_refreshed_out_on_another_server_is_refused(system: S
         other.close()
 
 
-def test_a_write_by_a_token_demoted_on_another_server_is_refused(system: System, workspace, database_url,
-                                                                 tmp_path, environ) -> None:
+def test_a_write_by_a_token_demoted_on_another_server_is_refused(
+    system: System, workspace, database_url, tmp_path, environ
+) -> None:
     """Authenticated as a TOKENS token, demoted to a read token before its write runs: the write
     is judged by the scopes the token holds now, not those it held when the request began."""
     _, admin = workspace
@@ -232,9 +241,9 @@ def test_a_write_by_a_token_demoted_on_another_server_is_refused(system: System,
         other.close()
 
 
-def test_a_deleted_value_stops_authenticating_on_another_server_within_the_bound(system: System, workspace,
-                                                                               database_url, tmp_path,
-                                                                               environ) -> None:
+def test_a_deleted_value_stops_authenticating_on_another_server_within_the_bound(
+    system: System, workspace, database_url, tmp_path, environ
+) -> None:
     """Two servers on one store: after a delete commits on one, the other refuses the value as a
     request would see it (`fresh()` or `sync()`, then authenticate) well inside 1 s."""
     _, admin = workspace
@@ -280,9 +289,14 @@ def test_a_stalled_listener_does_not_hide_a_delete(pg_url, tmp_path, environ) ->
     url = make_url(pg_url)
     proxy = FreezableProxy((url.host or "127.0.0.1", url.port or 5432))
     a = System(pg_url, data=tmp_path, environ=environ)
-    b = System(pg_url, data=tmp_path, environ={
-        **environ, "TOKENTRAIL_LISTEN_URL": url.set(host="127.0.0.1", port=proxy.port).render_as_string(False),
-    })
+    b = System(
+        pg_url,
+        data=tmp_path,
+        environ={
+            **environ,
+            "TOKENTRAIL_LISTEN_URL": url.set(host="127.0.0.1", port=proxy.port).render_as_string(False),
+        },
+    )
     try:
         setup = a.command(lambda: a.ledger.setup_workspace("main", "owner@example.com", Caller.system()))
         admin = a.auth.authenticate(value_of(a, setup.tokens[0]))
@@ -339,9 +353,14 @@ def test_a_listener_frozen_for_good_is_replaced(pg_url, tmp_path, environ) -> No
 
     url = make_url(pg_url)
     proxy = FreezableProxy((url.host or "127.0.0.1", url.port or 5432))
-    b = System(pg_url, data=tmp_path, environ={
-        **environ, "TOKENTRAIL_LISTEN_URL": url.set(host="127.0.0.1", port=proxy.port).render_as_string(False),
-    })
+    b = System(
+        pg_url,
+        data=tmp_path,
+        environ={
+            **environ,
+            "TOKENTRAIL_LISTEN_URL": url.set(host="127.0.0.1", port=proxy.port).render_as_string(False),
+        },
+    )
     try:
         deadline = time.monotonic() + 5
         while not b.fresh():

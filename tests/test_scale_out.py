@@ -22,8 +22,9 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -49,8 +50,7 @@ class Pair:
         self.admin, self.workspace_id = admin, workspace_id
 
     def client(self, served: Served, token: str | None = None) -> httpx.Client:
-        return httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {token or self.admin}"},
-                            timeout=30)
+        return httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {token or self.admin}"}, timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +118,23 @@ def test_names_stay_unique_across_two_servers_postgres(pair: Pair) -> None:
                     else:
                         unexpected.append(f"{label} {name}: {r.status_code} {r.text[:200]}")
 
-    _run([threading.Thread(target=racer, args=(served, f"{tag}{i}"))
-          for tag, served in (("a", pair.a), ("b", pair.b)) for i in range(RACERS_PER_SERVER)])
+    _run(
+        [
+            threading.Thread(target=racer, args=(served, f"{tag}{i}"))
+            for tag, served in (("a", pair.a), ("b", pair.b))
+            for i in range(RACERS_PER_SERVER)
+        ]
+    )
     assert not unexpected, unexpected
     racers = 2 * RACERS_PER_SERVER
     for name, won in wins.items():
         assert len(won) == 1, f"{name!r} was created {len(won)} times: {won}"
     assert len(refusals) == NAMES * (racers - 1)
     servers_won = {won[0][0][0] for won in wins.values()}
-    print(f"\n{NAMES} names raced by {racers} writers on 2 servers: {NAMES} created "
-          f"(won through {sorted(servers_won)}), {len(refusals)} refused as taken")
+    print(
+        f"\n{NAMES} names raced by {racers} writers on 2 servers: {NAMES} created "
+        f"(won through {sorted(servers_won)}), {len(refusals)} refused as taken"
+    )
 
     for served in (pair.a, pair.b):
         with pair.client(served) as http:
@@ -135,9 +142,11 @@ def test_names_stay_unique_across_two_servers_postgres(pair: Pair) -> None:
         live = [t for t in listed if t["name"] in wins]
         assert sorted(t["name"] for t in live) == sorted(names)
         for token in live:
-            (_, token_id, scope), = wins[token["name"]]
+            ((_, token_id, scope),) = wins[token["name"]]
             assert token["id"] == token_id
-            assert [f"{s['type']}:{s['resource']}:{s.get('filter', '')}".rstrip(":") for s in token["scopes"]] == [scope]
+            assert [f"{s['type']}:{s['resource']}:{s.get('filter', '')}".rstrip(":") for s in token["scopes"]] == [
+                scope
+            ]
     _check_store(pair).close()
 
 
@@ -175,12 +184,14 @@ def test_no_lost_updates_on_one_token_from_two_servers_postgres(pair: Pair) -> N
                         unexpected.append(f"{field}: {r.status_code} {r.text[:200]}")
                         return
 
-    _run([
-        threading.Thread(target=writer, args=(pair.a, "description")),
-        threading.Thread(target=writer, args=(pair.b, "scope")),
-        threading.Thread(target=writer, args=(pair.a, "refresh")),
-        threading.Thread(target=writer, args=(pair.b, "refresh")),
-    ])
+    _run(
+        [
+            threading.Thread(target=writer, args=(pair.a, "description")),
+            threading.Thread(target=writer, args=(pair.b, "scope")),
+            threading.Thread(target=writer, args=(pair.a, "refresh")),
+            threading.Thread(target=writer, args=(pair.b, "refresh")),
+        ]
+    )
     assert not unexpected, unexpected
     assert len(acked["description"]) == len(acked["scope"]) == UPDATES
     assert len(acked["refresh"]) == 2 * UPDATES
@@ -219,9 +230,11 @@ def test_no_lost_updates_on_one_token_from_two_servers_postgres(pair: Pair) -> N
                 with pair.client(served, stale) as http:
                     assert http.get(f"/v0/tokens/{token_id}").status_code == 403
                 break
-    print(f"\none token, 4 writers on 2 servers: {UPDATES} descriptions, {UPDATES} scope sets, "
-          f"{2 * UPDATES} refreshes acknowledged and all in the log ({own} answered with their own value, "
-          f"the others with a concurrent newer one); 409s retried: {conflicts}")
+    print(
+        f"\none token, 4 writers on 2 servers: {UPDATES} descriptions, {UPDATES} scope sets, "
+        f"{2 * UPDATES} refreshes acknowledged and all in the log ({own} answered with their own value, "
+        f"the others with a concurrent newer one); 409s retried: {conflicts}"
+    )
 
 
 def test_a_write_on_one_server_is_visible_on_the_other_postgres(pair: Pair) -> None:
@@ -248,8 +261,14 @@ def test_a_write_on_one_server_is_visible_on_the_other_postgres(pair: Pair) -> N
             refreshed = http.post(f"/v0/tokens/{token_id}/refresh")
             assert refreshed.status_code == 200
             value = refreshed.json()["token"]
-            lags["refresh"].append(until_seen(reader, lambda h: h.get(
-                f"/v0/tokens/{token_id}", headers={"Authorization": f"Bearer {value}"}).status_code == 200))
+            lags["refresh"].append(
+                until_seen(
+                    reader,
+                    lambda h: (
+                        h.get(f"/v0/tokens/{token_id}", headers={"Authorization": f"Bearer {value}"}).status_code == 200
+                    ),
+                )
+            )
             assert http.delete(f"/v0/tokens/{token_id}").status_code == 200
             lags["delete"].append(until_seen(reader, lambda h: h.get(f"/v0/tokens/{token_id}").status_code == 404))
     finally:
@@ -257,7 +276,8 @@ def test_a_write_on_one_server_is_visible_on_the_other_postgres(pair: Pair) -> N
             client.close()
 
     worst = max(max(v) for v in lags.values())
-    summary = ", ".join(f"{k} p50 {statistics.median(v) * 1000:.1f} ms max {max(v) * 1000:.1f} ms"
-                        for k, v in lags.items())
+    summary = ", ".join(
+        f"{k} p50 {statistics.median(v) * 1000:.1f} ms max {max(v) * 1000:.1f} ms" for k, v in lags.items()
+    )
     print(f"\nvisibility across servers (10 of each, both directions; bound {VISIBILITY_BOUND:.0f} s): {summary}")
     assert worst < VISIBILITY_BOUND, summary

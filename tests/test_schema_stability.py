@@ -23,8 +23,9 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from eventsourcing.domain import Aggregate

@@ -26,10 +26,19 @@ FILTERS = st.sampled_from(
 def valid_scopes(draw: st.DrawFn) -> str:
     kind = draw(st.sampled_from(["plain", "resource", "read"]))
     if kind == "plain":
-        return draw(st.sampled_from([
-            "ADMIN", "TOKENS", "DATASOURCES:CREATE", "PIPES:CREATE", "WORKSPACE:READ_ALL",
-            "WORKSPACE:DEPLOY", "ORG_DATASOURCES:READ",
-        ]))
+        return draw(
+            st.sampled_from(
+                [
+                    "ADMIN",
+                    "TOKENS",
+                    "DATASOURCES:CREATE",
+                    "PIPES:CREATE",
+                    "WORKSPACE:READ_ALL",
+                    "WORKSPACE:DEPLOY",
+                    "ORG_DATASOURCES:READ",
+                ]
+            )
+        )
     if kind == "resource":
         return f"{draw(st.sampled_from(['DATASOURCES:APPEND', 'DATASOURCES:DROP', 'PIPES:DROP']))}:{draw(NAMES)}"
     text = f"{draw(st.sampled_from(['DATASOURCES:READ', 'PIPES:READ']))}:{draw(NAMES)}"
@@ -135,7 +144,10 @@ class TestGrants:
         filtered = "DATASOURCES:READ:e:a = 1"
         assert grant_for(parse_scopes([filtered]), "datasource", "READ", "e").filter == "a = 1"
         assert grant_for(parse_scopes([filtered, "DATASOURCES:READ:e"]), "datasource", "READ", "e").filter == ""
-        assert grant_for(parse_scopes([filtered, "WORKSPACE:READ_ALL"]), "datasource", "READ", "e").via == "WORKSPACE:READ_ALL"
+        assert (
+            grant_for(parse_scopes([filtered, "WORKSPACE:READ_ALL"]), "datasource", "READ", "e").via
+            == "WORKSPACE:READ_ALL"
+        )
         assert grant_for(parse_scopes(["WORKSPACE:READ_ALL", "ADMIN"]), "datasource", "READ", "e").via == "ADMIN"
 
     def test_a_direct_quarantine_scope_beats_the_quarantine_rule(self) -> None:

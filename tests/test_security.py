@@ -82,8 +82,14 @@ def test_history_written_under_looser_rules_stays_readable(client, system, ws) -
     actor = Caller.system().actor()
     workspace_id = ws.id
     token = Token.create(
-        actor=actor, workspace_id=workspace_id, name="legacy", description="", scopes=legacy,
-        origin={"type": "C"}, kind="custom", generation=new_generation(),
+        actor=actor,
+        workspace_id=workspace_id,
+        name="legacy",
+        description="",
+        scopes=legacy,
+        origin={"type": "C"},
+        kind="custom",
+        generation=new_generation(),
     )
     index = TokenName.create(workspace_id, "legacy", str(token.id), actor)
     system.command(lambda: _Saved(system.ledger._save([token, index])))
@@ -106,8 +112,13 @@ class _Saved:
 
 @pytest.mark.parametrize(
     "sql_filter",
-    ["country IN secret_table", 'country GLOBAL IN "secret_table"', "country NOT IN db.secret",
-     "country IN (secret_table)", "country GLOBAL IN ('ES')"],
+    [
+        "country IN secret_table",
+        'country GLOBAL IN "secret_table"',
+        "country NOT IN db.secret",
+        "country IN (secret_table)",
+        "country GLOBAL IN ('ES')",
+    ],
 )
 def test_in_naming_a_table_is_refused(client, system, ws, sql_filter) -> None:
     before = head(system)
@@ -247,8 +258,15 @@ def test_a_delegated_admin_never_sees_nor_refreshes_the_owners_tokens(client, sy
 
 @pytest.mark.parametrize(
     "name",
-    ["admin\u200b token", "admin\u2060token", "admin\u00a0token", "admin  token", "\ufeffadmin token",
-     "ａdmin token", "admin\u202etoken"],
+    [
+        "admin\u200b token",
+        "admin\u2060token",
+        "admin\u00a0token",
+        "admin  token",
+        "\ufeffadmin token",
+        "ａdmin token",
+        "admin\u202etoken",
+    ],
 )
 def test_look_alike_names_are_refused(client, system, ws, name) -> None:
     before = head(system)
@@ -277,7 +295,14 @@ def test_get_and_put_of_one_reference_reach_one_token(client, ws) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["Admin Token", "user token", "admin someone@example.com", "\u0430dmin token", "create  datasource token".replace("  ", " ").upper()]
+    "name",
+    [
+        "Admin Token",
+        "user token",
+        "admin someone@example.com",
+        "\u0430dmin token",
+        "create  datasource token".replace("  ", " ").upper(),
+    ],
 )
 def test_names_that_imitate_the_default_tokens_are_reserved(client, system, ws, name) -> None:
     before = head(system)

@@ -7,7 +7,8 @@ access would make them, on both backends.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,7 +19,6 @@ from domain.policy import Caller
 from projections.chain import GENESIS, event_bytes, next_hash
 from projections.system import System
 from projections.verify import make_checkpoint, verify_chain, verify_checkpoint
-
 
 # -- a small ledger and raw access to its event table ---------------------------------------------
 
@@ -51,7 +51,11 @@ class Store:
     def put(self, position: int, row: dict[str, Any]) -> None:
         self.run(
             "INSERT INTO {t} ({p}, originator_id, originator_version, topic, state) VALUES (:n, :o, :v, :topic, :s)",
-            n=position, o=row["originator_id"], v=row["originator_version"], topic=row["topic"], s=row["state"],
+            n=position,
+            o=row["originator_id"],
+            v=row["originator_version"],
+            topic=row["topic"],
+            s=row["state"],
         )
 
     def delete(self, position: int) -> None:
@@ -141,8 +145,9 @@ def test_the_recorded_hashes_are_the_chain_over_the_stored_rows(ledger) -> None:
     digest = GENESIS
     for position in range(1, head + 1):
         row = store.row(position)
-        digest = next_hash(digest, event_bytes(position, row["originator_id"], row["originator_version"],
-                                               row["topic"], row["state"]))
+        digest = next_hash(
+            digest, event_bytes(position, row["originator_id"], row["originator_version"], row["topic"], row["state"])
+        )
     assert digest == checkpoint["head"] == verify_chain(system).head
 
 
@@ -294,8 +299,9 @@ def _rechain(system: System) -> None:
         positions = [p for (p,) in conn.execute(text("SELECT position FROM tt_audit ORDER BY position"))]
     for position in positions:
         row = store.row(position)
-        digest = next_hash(digest, event_bytes(position, row["originator_id"], row["originator_version"],
-                                               row["topic"], row["state"]))
+        digest = next_hash(
+            digest, event_bytes(position, row["originator_id"], row["originator_version"], row["topic"], row["state"])
+        )
         with system.write_engine.begin() as conn:
             conn.execute(text("UPDATE tt_audit SET hash = :h WHERE position = :p"), {"h": digest, "p": position})
     with system.write_engine.begin() as conn:

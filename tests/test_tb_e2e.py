@@ -24,9 +24,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -115,7 +116,12 @@ def _start(backend: str, data: Path, database_url: str | None) -> Server:
         env["TOKENTRAIL_DATABASE_URL"] = database_url
     init = subprocess.run(
         [sys.executable, "-m", "api.cli", "init", "--workspace", "main", "--email", "owner@example.com", "--json"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
     )
     assert init.returncode == 0, f"tokentrail init failed:\n{init.stdout}\n{init.stderr}"
     result = json.loads(init.stdout)
@@ -126,12 +132,35 @@ def _start(backend: str, data: Path, database_url: str | None) -> Server:
     with open(log, "w") as fh:
         # `tokentrail serve` runs uvicorn this way (with access_log=False: no ?token= in any log).
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "api.app:app_from_env", "--host", "127.0.0.1",
-             "--port", str(port), "--no-access-log"],
-            cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "api.app:app_from_env",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
-    server = Server(backend, f"http://127.0.0.1:{port}", admin["token"], admin["id"], owner["token"], admin["token"],
-                    result["workspace"]["id"], log, proc)
+    server = Server(
+        backend,
+        f"http://127.0.0.1:{port}",
+        admin["token"],
+        admin["id"],
+        owner["token"],
+        admin["token"],
+        result["workspace"]["id"],
+        log,
+        proc,
+    )
     deadline = time.monotonic() + 60
     while True:
         if proc.poll() is not None:
@@ -207,8 +236,10 @@ class Tb:
 
     def __call__(self, *args: str, ok: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         proc = run_tb(self.kind, self.path, self.server.url, self.server.admin_token, *args, timeout=60, env=env)
-        print(f"\n$ [{self.kind}/{self.server.backend}] tb {' '.join(args)} -> exit {proc.returncode}\n"
-              f"{proc.stdout}{proc.stderr}")
+        print(
+            f"\n$ [{self.kind}/{self.server.backend}] tb {' '.join(args)} -> exit {proc.returncode}\n"
+            f"{proc.stdout}{proc.stderr}"
+        )
         if ok:
             assert proc.returncode == 0, (
                 f"tb {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}\n"
@@ -280,11 +311,16 @@ def test_create_static_pipe_scope_and_copy(tb: Tb, server: Server, clipboard_bin
     assert_by_admin_from_cli(events, server)
 
     clip = tmp_path / "clipboard"
-    copied = tb("token", "copy", name, env={
-        "PATH": f"{clipboard_bin}{os.pathsep}{os.environ.get('PATH', '')}",
-        "WAYLAND_DISPLAY": "tokentrail-test",
-        "TT_CLIPBOARD": str(clip),
-    })
+    copied = tb(
+        "token",
+        "copy",
+        name,
+        env={
+            "PATH": f"{clipboard_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+            "WAYLAND_DISPLAY": "tokentrail-test",
+            "TT_CLIPBOARD": str(clip),
+        },
+    )
     assert "copied" in out(copied)
     assert clip.read_text() == token["token"]
     # the copied value is the token: it authenticates and may read its own token
@@ -348,8 +384,20 @@ def test_rm_deletes_but_history_keeps_it(tb: Tb, server: Server) -> None:
 def test_create_jwt(tb: Tb, server: Server) -> None:
     name = tb.name("my jwt")
     started = int(time.time())
-    proc = tb("token", "create", "jwt", name, "--ttl", "1h", "--scope", "PIPES:READ", "--resource", "top",
-              "--fixed-params", "k=v")
+    proc = tb(
+        "token",
+        "create",
+        "jwt",
+        name,
+        "--ttl",
+        "1h",
+        "--scope",
+        "PIPES:READ",
+        "--resource",
+        "top",
+        "--fixed-params",
+        "k=v",
+    )
     found = JWT_RE.findall(proc.stdout)
     assert len(found) == 1, proc.stdout
     value = found[0]
@@ -384,13 +432,15 @@ def test_duplicate_name(tb: Tb, server: Server) -> None:
     first = server.token(name)
     if tb.kind == "forward":
         # re-running the same command (GET, then PUT with the same scopes) changes nothing
-        again = tb("token", "create", "static", name, "--scope", "DATASOURCES:READ", "--resource", "events",
-                   "--filter", FILTER)
+        again = tb(
+            "token", "create", "static", name, "--scope", "DATASOURCES:READ", "--resource", "events", "--filter", FILTER
+        )
         assert "updated" in out(again)
         assert server.token(name) == first
         assert types(server.history(name)) == ["Created"]
-    second = tb("token", "create", "static", name, "--scope", "PIPES:READ", "--resource", "top",
-                ok=tb.kind == "forward")
+    second = tb(
+        "token", "create", "static", name, "--scope", "PIPES:READ", "--resource", "top", ok=tb.kind == "forward"
+    )
     if tb.kind == "classic":
         assert second.returncode != 0
         assert f'Auth token with name "{name}" already exists' in out(second)
@@ -419,8 +469,19 @@ def test_errors_come_through(tb: Tb, server: Server) -> None:
     assert default.returncode != 0
     assert "Forbidden" in out(default) and "default tokens cannot be deleted" in out(default)
 
-    bad = tb("token", "create", "static", tb.name("bad filter"), "--scope", "DATASOURCES:READ", "--resource",
-             "events", "--filter", "1; DROP TABLE events", ok=False)
+    bad = tb(
+        "token",
+        "create",
+        "static",
+        tb.name("bad filter"),
+        "--scope",
+        "DATASOURCES:READ",
+        "--resource",
+        "events",
+        "--filter",
+        "1; DROP TABLE events",
+        ok=False,
+    )
     assert bad.returncode != 0
     assert "sql_filter" in out(bad)
     assert tb.name("bad filter") not in server.tokens()
@@ -449,8 +510,20 @@ def test_refreshing_the_admin_token_invalidates_its_jwts(server: Server, clis: d
     send the same requests for `create jwt` and `refresh`, tested above.)"""
     tb = Tb("forward", clis["forward"], server)
     started_as = server.admin_token
-    issued = tb("token", "create", "jwt", tb.name("short jwt"), "--ttl", "1h", "--scope", "DATASOURCES:READ",
-                "--resource", "events", "--filter", FILTER)
+    issued = tb(
+        "token",
+        "create",
+        "jwt",
+        tb.name("short jwt"),
+        "--ttl",
+        "1h",
+        "--scope",
+        "DATASOURCES:READ",
+        "--resource",
+        "events",
+        "--filter",
+        FILTER,
+    )
     [value] = JWT_RE.findall(issued.stdout)
     auth = server.get("/v0/auth", token=value, permission="DATASOURCES:READ:events").json()
     assert auth["valid"] is True and auth["allowed"] is True

@@ -22,10 +22,10 @@ import subprocess
 import textwrap
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterator
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
@@ -165,9 +165,7 @@ class LogServer:
         with self.lock:
             overrides = list(self.overrides)
         for method, path, status, payload in overrides:
-            if req.method == method and (
-                req.path == path or (path.endswith("*") and req.path.startswith(path[:-1]))
-            ):
+            if req.method == method and (req.path == path or (path.endswith("*") and req.path.startswith(path[:-1]))):
                 return status, payload
         return default_route(req)
 
@@ -406,8 +404,18 @@ def test_token_ls(tb_run, log_server):
 
 
 def test_token_create_static_with_filter(tb_run, log_server):
-    run = tb_run("token", "create", "static", "my tok", "--scope", "DATASOURCES:READ", "--resource", "events",
-             "--filter", "a > 1 + 2")
+    run = tb_run(
+        "token",
+        "create",
+        "static",
+        "my tok",
+        "--scope",
+        "DATASOURCES:READ",
+        "--resource",
+        "events",
+        "--filter",
+        "a > 1 + 2",
+    )
     assert_clean(run, log_server)
     # The scope is appended raw and requests escapes only what is illegal in a URL:
     # spaces -> %20, '>' -> %3E, and the '+' stays a literal '+'.
@@ -436,8 +444,22 @@ def test_token_create_static_with_filter(tb_run, log_server):
 
 def test_token_create_static_new_name(tb_run, log_server):
     """Several scopes; Classic sends the scope's case as typed, Forward upper-cases it."""
-    run = tb_run("token", "create", "static", f"{MISSING_PREFIX} tok", "--scope", "PIPES:READ", "--resource", "p1",
-             "--scope", "datasources:append", "--resource", "ds", "--scope", "ADMIN")
+    run = tb_run(
+        "token",
+        "create",
+        "static",
+        f"{MISSING_PREFIX} tok",
+        "--scope",
+        "PIPES:READ",
+        "--resource",
+        "p1",
+        "--scope",
+        "datasources:append",
+        "--resource",
+        "ds",
+        "--scope",
+        "ADMIN",
+    )
     assert_clean(run, log_server)
     if run.kind == "classic":
         [post] = run.token_reqs
@@ -459,8 +481,18 @@ def test_token_create_static_without_scope_sends_empty_param(tb_run, log_server)
 
 
 def test_token_create_static_long_put_moves_scope_to_body(tb_run, log_server):
-    run = tb_run("token", "create", "static", "n", "--scope", "DATASOURCES:READ", "--resource", "t",
-             "--filter", "a = '" + "x" * 4100 + "'")
+    run = tb_run(
+        "token",
+        "create",
+        "static",
+        "n",
+        "--scope",
+        "DATASOURCES:READ",
+        "--resource",
+        "t",
+        "--filter",
+        "a = '" + "x" * 4100 + "'",
+    )
     assert_clean(run, log_server)
     if run.kind == "classic":
         [post] = run.token_reqs  # Classic never moves it: a >4096-char POST URL
@@ -543,8 +575,20 @@ def test_rm_without_yes_aborts_instead_of_hanging(tb_run, log_server):
 
 def test_token_create_jwt(tb_run, log_server):
     before = int(time.time())
-    run = tb_run("token", "create", "jwt", "my jwt", "--ttl", "1h", "--scope", "PIPES:READ", "--resource", "top",
-             "--fixed-params", "k=v")
+    run = tb_run(
+        "token",
+        "create",
+        "jwt",
+        "my jwt",
+        "--ttl",
+        "1h",
+        "--scope",
+        "PIPES:READ",
+        "--resource",
+        "top",
+        "--fixed-params",
+        "k=v",
+    )
     after = int(time.time())
     assert_clean(run, log_server)
     [r] = run.token_reqs
@@ -561,9 +605,28 @@ def test_token_create_jwt(tb_run, log_server):
 
 def test_token_create_jwt_two_scopes(tb_run, log_server):
     """--fixed-params/--filter are matched to scopes by position; PIPES get fixed_params, DATASOURCES filters."""
-    run = tb_run("token", "create", "jwt", "j", "--ttl", "30min", "--scope", "PIPES:READ", "--resource", "top",
-             "--fixed-params", "k=v,k2=v 2", "--scope", "DATASOURCES:READ", "--resource", "ev",
-             "--filter", "ignored", "--filter", "a > 1 + 2")
+    run = tb_run(
+        "token",
+        "create",
+        "jwt",
+        "j",
+        "--ttl",
+        "30min",
+        "--scope",
+        "PIPES:READ",
+        "--resource",
+        "top",
+        "--fixed-params",
+        "k=v,k2=v 2",
+        "--scope",
+        "DATASOURCES:READ",
+        "--resource",
+        "ev",
+        "--filter",
+        "ignored",
+        "--filter",
+        "a > 1 + 2",
+    )
     assert_clean(run, log_server)
     [r] = run.token_reqs
     assert json.loads(r.body) == {
@@ -603,8 +666,9 @@ def test_help_texts_differ(tb_cli, log_server):
 def test_workspace_errors_at_startup(tb_run, log_server):
     """Classic aborts every command when /v0/workspace fails (except 403); Forward ignores /v1/workspace."""
     for status in (404, 500):
-        with log_server.answering("GET", "/v0/workspace", status, {"error": f"ws {status}"}), log_server.answering(
-            "GET", "/v1/workspace", status, {"error": f"ws {status}"}
+        with (
+            log_server.answering("GET", "/v0/workspace", status, {"error": f"ws {status}"}),
+            log_server.answering("GET", "/v1/workspace", status, {"error": f"ws {status}"}),
         ):
             run = tb_run("token", "ls")
         if run.kind == "classic":
@@ -612,9 +676,11 @@ def test_workspace_errors_at_startup(tb_run, log_server):
             assert run.token_reqs == []
         else:
             assert run.proc.returncode == 0 and [r.path for r in run.token_reqs] == ["/v0/tokens"]
-    with log_server.answering("GET", "/v0/workspace", 403, {"error": "no"}), log_server.answering(
-        "GET", "/v1/workspace", 403, {"error": "no"}
-    ), log_server.answering("GET", "/v0/regions", 404, {"error": "nf"}):
+    with (
+        log_server.answering("GET", "/v0/workspace", 403, {"error": "no"}),
+        log_server.answering("GET", "/v1/workspace", 403, {"error": "no"}),
+        log_server.answering("GET", "/v0/regions", 404, {"error": "nf"}),
+    ):
         run = tb_run("token", "ls")
     assert run.proc.returncode == 0, run.out
 
@@ -666,13 +732,28 @@ def test_forward_without_cloud_goes_to_tinybird_local(tb_cli, log_server, net_gu
     log = tmp_path / "guard.log"
     home = tmp_path / "home"
     home.mkdir()
-    env = cli_env(home, {
-        "TB_HOST": log_server.url, "TB_TOKEN": TOKEN, "TB_LOCAL_HOST": "127.0.0.1", "TB_LOCAL_PORT": str(dead_port),
-        "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock", "PYTHONPATH": str(net_guard_dir), "TBGUARD_LOG": str(log),
-    })
+    env = cli_env(
+        home,
+        {
+            "TB_HOST": log_server.url,
+            "TB_TOKEN": TOKEN,
+            "TB_LOCAL_HOST": "127.0.0.1",
+            "TB_LOCAL_PORT": str(dead_port),
+            "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock",
+            "PYTHONPATH": str(net_guard_dir),
+            "TBGUARD_LOG": str(log),
+        },
+    )
     log_server.take()
-    proc = subprocess.run([str(tb_path), "token", "ls"], cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(tb_path), "token", "ls"],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     reqs = log_server.take()
     assert proc.returncode == 1
     assert "container runtime" in proc.stdout + proc.stderr

@@ -14,10 +14,11 @@ import io
 import json
 import logging
 import re
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from html import unescape
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -26,9 +27,9 @@ from api.app import create_app
 from api.setup import initialise
 from api.ui import session as sessions
 from domain.clock import format_instant, to_micros
+from domain.errors import Unauthenticated
 from domain.policy import Caller
 from projections.keys import checkpoint_key
-from domain.errors import Unauthenticated
 from projections.system import System
 from projections.verify import verify_checkpoint
 from tests.conftest import TEST_SECRET
@@ -54,8 +55,9 @@ class Console:
 
     def sign_in(self, value: str):  # noqa: ANN201
         token = self.csrf("/ui/signin")
-        return self.client.post("/ui/signin", data={"csrf": token, "token": value, "next": "/ui/tokens"},
-                                follow_redirects=False)
+        return self.client.post(
+            "/ui/signin", data={"csrf": token, "token": value, "next": "/ui/tokens"}, follow_redirects=False
+        )
 
     def post(self, path: str, data: dict[str, Any] | None = None, csrf_from: str = "/ui/tokens", **kwargs: Any):  # noqa: ANN201
         fields = {"csrf": self.csrf(csrf_from), **(data or {})}
@@ -106,7 +108,12 @@ def event_count(system: System) -> int:
 
 def test_every_page_sends_an_unsigned_browser_to_sign_in(system: System, seeded: dict[str, Any]) -> None:
     browser = new_console(system)
-    for path in ("/ui/tokens", "/ui/audit?actor=x", "/ui/access", f"/ui/tokens/{seeded['tokens']['admin token']['id']}"):
+    for path in (
+        "/ui/tokens",
+        "/ui/audit?actor=x",
+        "/ui/access",
+        f"/ui/tokens/{seeded['tokens']['admin token']['id']}",
+    ):
         answer = browser.get(path)
         assert answer.status_code == 303
         assert answer.headers["location"].startswith("/ui/signin?next=%2Fui%2F")
@@ -142,7 +149,7 @@ def test_a_tampered_or_foreign_cookie_is_no_session(system: System, seeded: dict
 
 
 def test_a_session_older_than_its_lifetime_is_refused(system: System, seeded: dict[str, Any]) -> None:
-    fake = FakeClock(datetime.now(timezone.utc))
+    fake = FakeClock(datetime.now(UTC))
     browser = new_console(system)
     assert browser.sign_in(seeded["tokens"]["admin token"]["token"]).status_code == 303
     for _ in range(12 * 2):  # busy all along: never idle, and yet the lifetime ends it
@@ -163,8 +170,9 @@ def test_an_invalid_token_is_refused_inline_and_signs_nobody_in(system: System, 
 
 def test_signing_in_needs_the_sign_in_forms_csrf_token(system: System, seeded: dict[str, Any]) -> None:
     browser = new_console(system)
-    answer = browser.client.post("/ui/signin", data={"token": seeded["tokens"]["admin token"]["token"]},
-                                 follow_redirects=False)
+    answer = browser.client.post(
+        "/ui/signin", data={"token": seeded["tokens"]["admin token"]["token"]}, follow_redirects=False
+    )
     assert answer.status_code == 403
     assert browser.get("/ui/tokens").status_code == 303
 
@@ -179,11 +187,13 @@ def test_sign_in_never_redirects_off_site(system: System, seeded: dict[str, Any]
 def test_signing_out_forgets_the_session(console: Console) -> None:
     answer = console.post("/ui/signout")
     assert answer.status_code == 303 and answer.headers["location"] == "/ui/signin?reason=signed_out"
-    assert 'Max-Age=0' in answer.headers["set-cookie"] or "expires=" in answer.headers["set-cookie"].lower()
+    assert "Max-Age=0" in answer.headers["set-cookie"] or "expires=" in answer.headers["set-cookie"].lower()
     assert console.get("/ui/tokens").status_code == 303
 
 
-def test_the_token_value_is_never_logged(system: System, seeded: dict[str, Any], caplog: pytest.LogCaptureFixture) -> None:
+def test_the_token_value_is_never_logged(
+    system: System, seeded: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
     value = seeded["tokens"]["admin token"]["token"]
     with caplog.at_level(logging.DEBUG):
         browser = new_console(system)
@@ -204,8 +214,9 @@ def test_a_session_ends_when_its_token_is_deleted(system: System, seeded: dict[s
     assert sessions.COOKIE in answer.headers.get("set-cookie", "")
 
 
-def test_refreshing_the_signed_in_token_keeps_the_browser_signed_in(system: System, seeded: dict[str, Any],
-                                                                      console: Console) -> None:
+def test_refreshing_the_signed_in_token_keeps_the_browser_signed_in(
+    system: System, seeded: dict[str, Any], console: Console
+) -> None:
     admin_id = seeded["tokens"]["admin token"]["id"]
     answer = console.post(f"/ui/tokens/{admin_id}/refresh", {"grace_seconds": ""})
     assert answer.status_code == 303
@@ -217,33 +228,38 @@ def test_refreshing_the_signed_in_token_keeps_the_browser_signed_in(system: Syst
 # -- forgery protection --------------------------------------------------------------------------
 
 
-def test_a_post_without_the_sessions_csrf_token_changes_nothing(system: System, seeded: dict[str, Any],
-                                                                console: Console) -> None:
+def test_a_post_without_the_sessions_csrf_token_changes_nothing(
+    system: System, seeded: dict[str, Any], console: Console
+) -> None:
     before = event_count(system)
     other = new_console(system)
     other.sign_in(seeded["tokens"]["admin token"]["token"])
     for fields in ({}, {"csrf": ""}, {"csrf": "forged"}, {"csrf": other.csrf()}):
-        answer = console.client.post("/ui/tokens/new", data={**fields, "name": "x", "scope": "TOKENS"},
-                                     follow_redirects=False)
+        answer = console.client.post(
+            "/ui/tokens/new", data={**fields, "name": "x", "scope": "TOKENS"}, follow_redirects=False
+        )
         assert answer.status_code == 403
         assert "did not come from this console" in unescape(answer.text)
     assert event_count(system) == before
     assert system.queries.token_by_name(seeded["workspace"]["id"], "x") is None
 
 
-def test_a_post_from_another_site_is_refused_even_with_a_valid_csrf_token(system: System, seeded: dict[str, Any],
-                                                                        console: Console) -> None:
+def test_a_post_from_another_site_is_refused_even_with_a_valid_csrf_token(
+    system: System, seeded: dict[str, Any], console: Console
+) -> None:
     before = event_count(system)
-    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"},
-                    {"Referer": "http://evil.example/page"}):
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Referer": "http://evil.example/page"}):
         answer = console.post("/ui/tokens/new", {"name": "x", "scope": "TOKENS"}, headers=headers)
         assert answer.status_code == 403 and "another site" in answer.text
     assert event_count(system) == before
     same = console.post("/ui/tokens/new", {"name": "x", "scope": "TOKENS"}, headers={"Origin": "http://testserver"})
     assert same.status_code == 303
     # X-Forwarded-Host counts only from a trusted proxy (none is configured here): see test_ui_sessions.
-    forged = console.post("/ui/tokens/new", {"name": "y", "scope": "TOKENS"},
-                          headers={"Origin": "https://evil.example", "X-Forwarded-Host": "evil.example"})
+    forged = console.post(
+        "/ui/tokens/new",
+        {"name": "y", "scope": "TOKENS"},
+        headers={"Origin": "https://evil.example", "X-Forwarded-Host": "evil.example"},
+    )
     assert forged.status_code == 403 and "another site" in forged.text
     assert system.queries.token_by_name(seeded["workspace"]["id"], "y") is None
 
@@ -259,15 +275,31 @@ def test_pages_carry_the_security_headers(console: Console) -> None:
 # -- the Auth Tokens page --------------------------------------------------------------------------
 
 
-def test_creating_a_token_records_origin_ui_and_the_request_id(system: System, seeded: dict[str, Any],
-                                                               console: Console) -> None:
-    answer = console.post("/ui/tokens/new", {
-        "name": "events reader", "description": "dashboards", "scope": ["PIPES:CREATE"],
-        "r0-kind": "datasource", "r0-resource": "events", "r0-permission": "READ", "r0-filter": "country='ES'",
-        "r1-kind": "pipe", "r1-resource": "top_pages", "r1-permission": "READ", "r1-filter": "",
-        "r2-kind": "datasource", "r2-resource": "", "r2-permission": "APPEND", "r2-filter": "",  # blank: ignored
-        "action": "save",
-    }, csrf_from="/ui/tokens/new")
+def test_creating_a_token_records_origin_ui_and_the_request_id(
+    system: System, seeded: dict[str, Any], console: Console
+) -> None:
+    answer = console.post(
+        "/ui/tokens/new",
+        {
+            "name": "events reader",
+            "description": "dashboards",
+            "scope": ["PIPES:CREATE"],
+            "r0-kind": "datasource",
+            "r0-resource": "events",
+            "r0-permission": "READ",
+            "r0-filter": "country='ES'",
+            "r1-kind": "pipe",
+            "r1-resource": "top_pages",
+            "r1-permission": "READ",
+            "r1-filter": "",
+            "r2-kind": "datasource",
+            "r2-resource": "",
+            "r2-permission": "APPEND",
+            "r2-filter": "",  # blank: ignored
+            "action": "save",
+        },
+        csrf_from="/ui/tokens/new",
+    )
     assert answer.status_code == 303
     token_id = answer.headers["location"].split("/")[3].split("?")[0]
     row = system.queries.token(token_id)
@@ -282,40 +314,61 @@ def test_creating_a_token_records_origin_ui_and_the_request_id(system: System, s
 
 def test_save_replaces_the_scopes_in_one_update(system: System, seeded: dict[str, Any], console: Console) -> None:
     token = create(system, seeded["admin"], "reader", ["DATASOURCES:READ:events", "TOKENS"])
-    answer = console.post(f"/ui/tokens/{token['id']}", {
-        "scope": ["WORKSPACE:READ_ALL"], "description": "",
-        "r0-kind": "datasource", "r0-resource": "events", "r0-permission": "READ", "r0-filter": "a > 1",
-        "action": "save",
-    }, csrf_from=f"/ui/tokens/{token['id']}")
+    answer = console.post(
+        f"/ui/tokens/{token['id']}",
+        {
+            "scope": ["WORKSPACE:READ_ALL"],
+            "description": "",
+            "r0-kind": "datasource",
+            "r0-resource": "events",
+            "r0-permission": "READ",
+            "r0-filter": "a > 1",
+            "action": "save",
+        },
+        csrf_from=f"/ui/tokens/{token['id']}",
+    )
     assert answer.status_code == 303 and answer.headers["location"].endswith("?done=saved")
     assert system.queries.token(token["id"]).scopes == ("WORKSPACE:READ_ALL", "DATASOURCES:READ:events:a > 1")
     events = console.client.app.state.history.token_history(token["id"])[1:]
     assert {e["request_id"] for e in events} == {answer.headers["x-request-id"]}
     assert {e["origin"] for e in events} == {"ui"}
     page = console.client.get(f"/ui/tokens/{token['id']}").text
-    timeline = page[page.index('data-testid="timeline"'):]
+    timeline = page[page.index('data-testid="timeline"') :]
     first_entry = timeline[: timeline.index("</li>\n", timeline.index("entry-body"))]
     assert "removed: </span><del><code>TOKENS</code>" in first_entry
     assert "added: </span><ins><code>WORKSPACE:READ_ALL</code>" in first_entry
     assert answer.headers["x-request-id"] in first_entry
-    again = console.post(f"/ui/tokens/{token['id']}", {
-        "scope": ["WORKSPACE:READ_ALL"], "description": "",
-        "r0-kind": "datasource", "r0-resource": "events", "r0-permission": "READ", "r0-filter": "a > 1",
-    }, csrf_from=f"/ui/tokens/{token['id']}")
+    again = console.post(
+        f"/ui/tokens/{token['id']}",
+        {
+            "scope": ["WORKSPACE:READ_ALL"],
+            "description": "",
+            "r0-kind": "datasource",
+            "r0-resource": "events",
+            "r0-permission": "READ",
+            "r0-filter": "a > 1",
+        },
+        csrf_from=f"/ui/tokens/{token['id']}",
+    )
     assert again.headers["location"].endswith("?done=unchanged")
 
 
-def test_adding_and_removing_rows_without_javascript_saves_nothing(system: System, seeded: dict[str, Any],
-                                                                   console: Console) -> None:
+def test_adding_and_removing_rows_without_javascript_saves_nothing(
+    system: System, seeded: dict[str, Any], console: Console
+) -> None:
     before = event_count(system)
-    answer = console.post("/ui/tokens/new", {"name": "n", "action": "add-pipe",
-                                             "r0-kind": "datasource", "r0-resource": "events", "r0-permission": "DROP"},
-                          csrf_from="/ui/tokens/new")
+    answer = console.post(
+        "/ui/tokens/new",
+        {"name": "n", "action": "add-pipe", "r0-kind": "datasource", "r0-resource": "events", "r0-permission": "DROP"},
+        csrf_from="/ui/tokens/new",
+    )
     assert answer.status_code == 200
     assert 'name="r1-kind" value="pipe"' in answer.text and 'value="events"' in answer.text
-    removed = console.post("/ui/tokens/new", {"name": "n", "action": "remove-0",
-                                              "r0-kind": "datasource", "r0-resource": "events"},
-                           csrf_from="/ui/tokens/new")
+    removed = console.post(
+        "/ui/tokens/new",
+        {"name": "n", "action": "remove-0", "r0-kind": "datasource", "r0-resource": "events"},
+        csrf_from="/ui/tokens/new",
+    )
     assert removed.status_code == 200 and 'name="r0-kind"' not in removed.text.split("<template")[0]
     assert event_count(system) == before
 
@@ -323,16 +376,26 @@ def test_adding_and_removing_rows_without_javascript_saves_nothing(system: Syste
 @pytest.mark.parametrize(
     ("fields", "status", "message"),
     [
-        ({"name": "admin token", "scope": "TOKENS"}, 400,
-         "token name 'admin token' is reserved: it imitates a default token's name "
-         "('admin token', 'create datasource token', 'user token', 'admin <email>')"),
+        (
+            {"name": "admin token", "scope": "TOKENS"},
+            400,
+            "token name 'admin token' is reserved: it imitates a default token's name "
+            "('admin token', 'create datasource token', 'user token', 'admin <email>')",
+        ),
         ({"name": "", "scope": "TOKENS"}, 400, "token name is mandatory"),
         ({"name": "empty"}, 400, "scope is mandatory"),
-        ({"name": "f", "r0-kind": "datasource", "r0-resource": "events", "r0-filter": "1; DROP TABLE x"}, 400, "filter"),
+        (
+            {"name": "f", "r0-kind": "datasource", "r0-resource": "events", "r0-filter": "1; DROP TABLE x"},
+            400,
+            "filter",
+        ),
         ({"name": "f", "r0-kind": "datasource", "r0-resource": "bad name"}, 400, "Invalid resource name"),
         ({"name": "f", "r0-kind": "pipe", "r0-resource": "", "r0-filter": "a = 1"}, 400, "needs the name of a Pipe"),
-        ({"name": "f", "r0-kind": "datasource", "r0-resource": "e", "r0-permission": "APPEND", "r0-filter": "a=1"},
-         400, "Only READ scopes take a SQL filter"),
+        (
+            {"name": "f", "r0-kind": "datasource", "r0-resource": "e", "r0-permission": "APPEND", "r0-filter": "a=1"},
+            400,
+            "Only READ scopes take a SQL filter",
+        ),
     ],
 )
 def test_refusals_are_shown_inline_with_the_apis_message_and_write_nothing(
@@ -359,8 +422,9 @@ def test_rename_shows_a_taken_name_inline(system: System, seeded: dict[str, Any]
     assert system.queries.token(token["id"]).name == "second"
 
 
-def test_default_tokens_are_marked_and_can_only_be_refreshed(system: System, seeded: dict[str, Any],
-                                                             console: Console) -> None:
+def test_default_tokens_are_marked_and_can_only_be_refreshed(
+    system: System, seeded: dict[str, Any], console: Console
+) -> None:
     listing = console.client.get("/ui/tokens").text
     assert listing.count('class="badge badge-default">default</span>') == 3
     target = seeded["tokens"]["create datasource token"]["id"]
@@ -408,8 +472,11 @@ def test_a_tokens_token_sees_and_does_what_the_api_allows_it(system: System, see
     admin_page = browser.client.get(f"/ui/tokens/{admin_id}").text
     assert 'id="editor"' not in admin_page and "only a token with ADMIN scope can manage" in admin_page
     before = event_count(system)
-    for path, fields in ((f"/ui/tokens/{admin_id}", {"scope": "TOKENS"}), (f"/ui/tokens/{admin_id}/refresh", {}),
-                         (f"/ui/tokens/{admin_id}/delete", {})):
+    for path, fields in (
+        (f"/ui/tokens/{admin_id}", {"scope": "TOKENS"}),
+        (f"/ui/tokens/{admin_id}/refresh", {}),
+        (f"/ui/tokens/{admin_id}/delete", {}),
+    ):
         answer = browser.post(path, fields)
         assert answer.status_code == 403 and "only a token with ADMIN scope can manage this token" in answer.text
     escalate = browser.post("/ui/tokens/new", {"name": "root", "scope": "ADMIN"})
@@ -476,8 +543,9 @@ def test_a_token_never_reaches_another_workspace(system: System, seeded: dict[st
 # -- malformed input -------------------------------------------------------------------------------
 
 
-def test_garbage_form_posts_get_a_4xx_and_write_nothing(system: System, seeded: dict[str, Any],
-                                                        console: Console) -> None:
+def test_garbage_form_posts_get_a_4xx_and_write_nothing(
+    system: System, seeded: dict[str, Any], console: Console
+) -> None:
     token = create(system, seeded["admin"], "target", ["TOKENS"])
     base = f"/ui/tokens/{token['id']}"
     csrf = console.csrf(base)
@@ -485,7 +553,9 @@ def test_garbage_form_posts_get_a_4xx_and_write_nothing(system: System, seeded: 
     post = console.client.post
     answers = [
         post("/ui/tokens/new", content=b"\x00\xff\xfe", headers={"content-type": "application/x-www-form-urlencoded"}),
-        post("/ui/tokens/new", content=json.dumps({"csrf": csrf}).encode(), headers={"content-type": "application/json"}),
+        post(
+            "/ui/tokens/new", content=json.dumps({"csrf": csrf}).encode(), headers={"content-type": "application/json"}
+        ),
         post("/ui/tokens/new", content=b"csrf=" + csrf.encode()),
         post("/ui/tokens/new", data={"csrf": csrf}, files={"f": ("a.txt", b"x")}),
         post("/ui/tokens/new", content=b"--x\r\nbroken", headers={"content-type": "multipart/form-data; boundary=x"}),
@@ -494,8 +564,11 @@ def test_garbage_form_posts_get_a_4xx_and_write_nothing(system: System, seeded: 
         post("/ui/tokens/new", data={"csrf": csrf, "name": "n", "r0-kind": "table", "r0-resource": "x"}),
         post("/ui/tokens/new", data={"csrf": csrf, "name": "n", "r0-kind": "pipe", "r0-permission": "APPEND"}),
         post("/ui/tokens/new", data={"csrf": csrf, "name": "n", **{f"r{i}-kind": "pipe" for i in range(300)}}),
-        post("/ui/tokens/new", content=("&".join(f"k{i}=v" for i in range(5000)) + f"&csrf={csrf}").encode(),
-             headers={"content-type": "application/x-www-form-urlencoded"}),
+        post(
+            "/ui/tokens/new",
+            content=("&".join(f"k{i}=v" for i in range(5000)) + f"&csrf={csrf}").encode(),
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        ),
         post("/ui/tokens/new", data={"csrf": csrf, "name": "x" * 300, "scope": "TOKENS"}),
         post(f"{base}/refresh", data={"csrf": csrf, "grace_seconds": "-1"}),
         post(f"{base}/refresh", data={"csrf": csrf, "grace_seconds": "1e9"}),
@@ -549,12 +622,13 @@ def test_audit_exports_stream_the_filtered_trail(system: System, seeded: dict[st
     assert new_console(system).get("/ui/audit/export.csv").status_code == 303  # no session, no export
 
 
-def test_admins_verify_the_chain_and_download_a_checkpoint(system: System, seeded: dict[str, Any],
-                                                           console: Console, tmp_path: Path) -> None:
+def test_admins_verify_the_chain_and_download_a_checkpoint(
+    system: System, seeded: dict[str, Any], console: Console, tmp_path: Path
+) -> None:
     page = console.client.get("/ui/audit/verify")
     assert page.status_code == 200 and 'data-ok="true"' in page.text and "Intact." in page.text
     partial = console.client.get("/ui/audit/verify", params={"partial": "1"})
-    assert partial.text.lstrip().startswith("<div class=\"verify-result ok\"")
+    assert partial.text.lstrip().startswith('<div class="verify-result ok"')
     download = console.client.get("/ui/audit/checkpoint")
     assert "attachment" in download.headers["content-disposition"]
     checkpoint = download.json()
@@ -562,9 +636,10 @@ def test_admins_verify_the_chain_and_download_a_checkpoint(system: System, seede
     assert verify_checkpoint(system, checkpoint, key.public_key()).ok
 
 
-def test_the_access_page_answers_a_past_instant_and_a_difference(system: System, seeded: dict[str, Any],
-                                                                 console: Console) -> None:
-    clock = FakeClock(datetime.now(timezone.utc) + timedelta(days=1))  # after the seeding's real times
+def test_the_access_page_answers_a_past_instant_and_a_difference(
+    system: System, seeded: dict[str, Any], console: Console
+) -> None:
+    clock = FakeClock(datetime.now(UTC) + timedelta(days=1))  # after the seeding's real times
     assert console.sign_in(seeded["tokens"]["admin token"]["token"]).status_code == 303  # a day idle ended it
     admin = seeded["admin"]
     token = create(system, admin, "analyst", ["DATASOURCES:READ:events:country = 'ES'"])
@@ -579,20 +654,26 @@ def test_the_access_page_answers_a_past_instant_and_a_difference(system: System,
     clock.advance(60)
 
     then = console.client.get("/ui/access", params={"resource": "events", "at": during.strftime("%Y-%m-%dT%H:%M:%S")})
-    answer = then.text[then.text.index('data-testid="access-answer"'):]
+    answer = then.text[then.text.index('data-testid="access-answer"') :]
     assert "analyst" in answer and "DATASOURCES:READ:events:country = &#39;ES&#39;" in answer
     assert "country = &#39;ES&#39;</code>" in answer  # the filter column
     now = console.client.get("/ui/access", params={"resource": "events"}).text
-    assert "analyst" not in now[now.index('data-testid="access-answer"'):]
+    assert "analyst" not in now[now.index('data-testid="access-answer"') :]
     assert 'option value="events"' in now  # offered from the scopes ever held
-    diff = console.client.get("/ui/access", params={"at": format_instant(to_micros(later)),
-                                                    "compare": during.strftime("%Y-%m-%dT%H:%M:%S")}).text
-    section = diff[diff.index('data-testid="access-diff"'):]
+    diff = console.client.get(
+        "/ui/access", params={"at": format_instant(to_micros(later)), "compare": during.strftime("%Y-%m-%dT%H:%M:%S")}
+    ).text
+    section = diff[diff.index('data-testid="access-diff"') :]
     gained, rest = section.split("Lost", 1)
     lost, changed = rest.split("Changed", 1)
     assert "analyst" not in gained and "analyst" not in lost
     assert "analyst" in changed and "country = &#39;ES&#39;" in changed
-    after_delete = console.client.get("/ui/access", params={
-        "at": during.strftime("%Y-%m-%dT%H:%M:%S"), "compare": (clock.now + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S")})
+    after_delete = console.client.get(
+        "/ui/access",
+        params={
+            "at": during.strftime("%Y-%m-%dT%H:%M:%S"),
+            "compare": (clock.now + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S"),
+        },
+    )
     lost_section = after_delete.text.split("Lost", 1)[1].split("Changed", 1)[0]
     assert "analyst" in lost_section

@@ -16,9 +16,10 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -29,8 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "artifacts" / "screenshots"
 CHROMIUM = os.environ.get("TOKENTRAIL_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
 ]
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
@@ -67,16 +72,32 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     env.update(TOKENTRAIL_DATA_DIR=str(data), TOKENTRAIL_SECRET_KEY="browser-test-secret-0123456789abcdef")
     init = subprocess.run(
         [sys.executable, "-m", "api.cli", "init", "--workspace", "main", "--email", "owner@example.com", "--json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert init.returncode == 0, init.stderr
     tokens = {t["name"]: t for t in json.loads(init.stdout)["tokens"]}
     port = _free_port()
     log = open(data / "server.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "api.app:app_from_env", "--host", "127.0.0.1",
-         "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "api.app:app_from_env",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -148,8 +169,9 @@ def sign_in(page: Any, value: str) -> None:
 
 def api(server: dict[str, Any], method: str, path: str, value: str, **params: Any) -> httpx.Response:
     """The JSON API, with the value in a header (a `?token=` would land in the access log)."""
-    return httpx.request(method, server["base"] + path, params=params, timeout=10,
-                         headers={"Authorization": f"Bearer {value}"})
+    return httpx.request(
+        method, server["base"] + path, params=params, timeout=10, headers={"Authorization": f"Bearer {value}"}
+    )
 
 
 def flash(page: Any) -> str:
@@ -197,9 +219,11 @@ def lifecycle(server: dict[str, Any], chromium: Any) -> dict[str, Any]:
     assert page.get_by_label("Create Pipes").is_checked()
     scopes = api(server, "GET", f"/v0/tokens/{token_id}", admin).json()["scopes"]
     assert sorted((s["type"], s.get("resource"), s.get("filter")) for s in scopes) == [
-        ("DATASOURCES:READ", "events", "country = 'ES'"), ("PIPES:CREATE", None, None)]
+        ("DATASOURCES:READ", "events", "country = 'ES'"),
+        ("PIPES:CREATE", None, None),
+    ]
     time.sleep(1.1)  # the access test asks about a whole second after the save and before the delete
-    facts["filtered_at"] = datetime.now(timezone.utc).replace(microsecond=0)
+    facts["filtered_at"] = datetime.now(UTC).replace(microsecond=0)
 
     # Copy: the clipboard gets the value, which works against the API.
     copy = page.get_by_role("button", name="Copy the value of events reader")
@@ -261,8 +285,9 @@ def test_an_admin_manages_a_token_through_the_pages(lifecycle: dict[str, Any], s
     assert "Renamed from “events reader” to “events reader ES”" in texts[2]
     assert re.search(r"added:\s*PIPES:CREATE", texts[3]) and "removed" not in texts[3]
     assert re.search(r"removed:\s*DATASOURCES:READ:events:country = 'ES'", texts[0])
-    history = api(server, "GET", f"/v0/tokens/{lifecycle['token_id']}/history",
-                  server["tokens"]["admin token"]["token"]).json()["events"]
+    history = api(
+        server, "GET", f"/v0/tokens/{lifecycle['token_id']}/history", server["tokens"]["admin token"]["token"]
+    ).json()["events"]
     assert {e["origin"] for e in history} == {"ui"}
     assert len({e["request_id"] for e in history}) == 5  # one request per change
     assert lifecycle["js_errors"] == []
@@ -276,7 +301,12 @@ def test_the_audit_page_shows_the_changes_and_verifies_the_chain(lifecycle: dict
     page.wait_for_url("**/ui/audit?**")
     rows = page.get_by_test_id("audit-table").locator("tbody tr")
     assert [rows.nth(i).get_attribute("data-event-type") for i in range(rows.count())] == [
-        "Created", "ScopeAdded", "Renamed", "Refreshed", "Deleted"]
+        "Created",
+        "ScopeAdded",
+        "Renamed",
+        "Refreshed",
+        "Deleted",
+    ]
     assert all("UI" in rows.nth(i).inner_text().upper() for i in range(rows.count()))
     assert "country = 'ES'" in rows.nth(0).inner_text()
     page.get_by_label("Event type").select_option("Renamed")
@@ -312,7 +342,7 @@ def test_the_access_page_answers_a_past_instant(lifecycle: dict[str, Any]) -> No
     page.get_by_role("button", name="Show access").click()
     assert page.get_by_test_id("access-answer").locator("tr", has_text="events reader").count() == 0
     page.get_by_label("At (UTC; empty for now)").fill(lifecycle["filtered_at"].strftime("%Y-%m-%dT%H:%M:%S"))
-    page.get_by_label("Compare with").fill(datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"))
+    page.get_by_label("Compare with").fill(datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S"))
     page.get_by_label("Data Source or Pipe").fill("")
     page.get_by_role("button", name="Show access").click()
     diff = page.get_by_test_id("access-diff")

@@ -10,7 +10,7 @@ Only the owner's own `admin <email>` session sees the user token or that admin t
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +39,9 @@ def realm(system: System) -> dict[str, Any]:
 
 
 def browser(system: System, base_url: str = "http://testserver", peer: str = "testclient") -> Console:
-    return Console(TestClient(create_app(system), base_url=base_url, client=(peer, 50000),
-                              raise_server_exceptions=False))
+    return Console(
+        TestClient(create_app(system), base_url=base_url, client=(peer, 50000), raise_server_exceptions=False)
+    )
 
 
 def api(system: System) -> TestClient:
@@ -69,8 +70,9 @@ def session_rows(system: System) -> list[dict[str, Any]]:
 
 
 def create_form(console: Console, name: str, csrf: str) -> Any:
-    return console.client.post("/ui/tokens/new", data={"csrf": csrf, "name": name, "scope": "TOKENS"},
-                               follow_redirects=False)
+    return console.client.post(
+        "/ui/tokens/new", data={"csrf": csrf, "name": name, "scope": "TOKENS"}, follow_redirects=False
+    )
 
 
 # -- ending sessions ---------------------------------------------------------------------------------
@@ -141,7 +143,7 @@ def test_refreshing_the_workspace_admin_token_voids_a_jwt_session(system, realm)
 
 
 def test_an_idle_session_ends_and_a_busy_one_lives(system, realm) -> None:
-    fake = FakeClock(datetime.now(timezone.utc))
+    fake = FakeClock(datetime.now(UTC))
     busy, idle = signed_in(system, value(realm)), signed_in(system, value(realm))
     for _ in range(3):
         fake.advance(20 * 60)
@@ -155,7 +157,7 @@ def test_the_idle_timeout_is_configurable(system, realm, tmp_path: Path) -> None
     environ = {**system.environ, "TOKENTRAIL_SESSION_IDLE_SECONDS": "60"}
     other = System(system.database.url, data=tmp_path, environ=environ)
     try:
-        fake = FakeClock(datetime.now(timezone.utc))
+        fake = FakeClock(datetime.now(UTC))
         console = Console(TestClient(create_app(other), raise_server_exceptions=False))
         assert console.sign_in(value(realm)).status_code == 303
         fake.advance(59)
@@ -186,8 +188,9 @@ def test_sign_out_on_one_server_ends_the_session_on_another(system, realm, tmp_p
 
 
 def _new_token_from(console: Console, csrf: str, name: str, headers: dict[str, str]) -> Any:
-    return console.client.post("/ui/tokens/new", data={"csrf": csrf, "name": name, "scope": "TOKENS"},
-                               headers=headers, follow_redirects=False)
+    return console.client.post(
+        "/ui/tokens/new", data={"csrf": csrf, "name": name, "scope": "TOKENS"}, headers=headers, follow_redirects=False
+    )
 
 
 def _proxied_system(system: System, tmp_path: Path, proxies: str) -> System:
@@ -225,7 +228,9 @@ def test_the_cookie_is_secure_behind_a_trusted_https_proxy_only(system, realm, t
     proxied = _proxied_system(system, tmp_path, "10.0.0.1")
     try:
         for peer, secure in (("10.0.0.1", True), ("10.0.0.2", False)):
-            console = Console(TestClient(create_app(proxied), client=(peer, 4000), headers={"X-Forwarded-Proto": "https"}))
+            console = Console(
+                TestClient(create_app(proxied), client=(peer, 4000), headers={"X-Forwarded-Proto": "https"})
+            )
             answer = console.get("/ui/signin")  # the sign-in form's cookie, written like every other
             assert ("Secure" in answer.headers["set-cookie"]) is secure, peer
     finally:
@@ -234,14 +239,27 @@ def test_the_cookie_is_secure_behind_a_trusted_https_proxy_only(system, realm, t
 
 def _request(peer: str, headers: dict[str, str]) -> Request:
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    return Request({"type": "http", "method": "GET", "path": "/", "headers": raw, "client": (peer, 1),
-                    "scheme": "http", "server": ("internal", 80), "query_string": b""})
+    return Request(
+        {
+            "type": "http",
+            "method": "GET",
+            "path": "/",
+            "headers": raw,
+            "client": (peer, 1),
+            "scheme": "http",
+            "server": ("internal", 80),
+            "query_string": b"",
+        }
+    )
 
 
 def test_forwarded_for_names_the_client_only_through_trusted_proxies() -> None:
     proxies = TrustedProxies(parse_networks("10.0.0.0/8, ::1"))
-    chain = {"X-Forwarded-For": "198.51.100.7, 203.0.113.5, 10.0.0.9", "Host": "internal",
-             "X-Forwarded-Host": "public.example"}
+    chain = {
+        "X-Forwarded-For": "198.51.100.7, 203.0.113.5, 10.0.0.9",
+        "Host": "internal",
+        "X-Forwarded-Host": "public.example",
+    }
     assert proxies.client_address(_request("10.0.0.1", chain)) == "203.0.113.5"
     assert proxies.host(_request("10.0.0.1", chain)) == "public.example"
     assert proxies.client_address(_request("203.0.113.9", chain)) == "203.0.113.9"
@@ -283,4 +301,3 @@ def test_the_owners_own_admin_session_sees_the_user_token(system, realm) -> None
     console = signed_in(system, value(realm, "admin owner@example.com"))
     listing = console.get("/ui/tokens").text
     assert "Your user token" in listing and value(realm, "user token") in listing
-

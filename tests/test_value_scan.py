@@ -16,8 +16,9 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import jwt as pyjwt
@@ -82,32 +83,59 @@ def session(client: httpx.Client | TestClient, admin: str, issued: Issued, prefi
     """What an operator and a CI pipeline do in a day, with values in queries, headers and paths;
     returns the audit exports."""
     bearer = {"Authorization": f"Bearer {admin}"}
-    reader = _ok(client.post("/v0/tokens", params={"token": admin, "name": f"{prefix} reader",
-                                                   "scope": ["DATASOURCES:READ:events", "PIPES:READ:top"]}), issued)
-    manager = _ok(client.post("/v0/tokens", params={"name": f"{prefix} manager", "scope": "TOKENS",
-                                                    "description": "ci"}, headers=bearer), issued)
+    reader = _ok(
+        client.post(
+            "/v0/tokens",
+            params={"token": admin, "name": f"{prefix} reader", "scope": ["DATASOURCES:READ:events", "PIPES:READ:top"]},
+        ),
+        issued,
+    )
+    manager = _ok(
+        client.post(
+            "/v0/tokens", params={"name": f"{prefix} manager", "scope": "TOKENS", "description": "ci"}, headers=bearer
+        ),
+        issued,
+    )
     _ok(client.get("/v0/tokens", params={"token": admin}), issued)
     _ok(client.get("/v0/tokens", params={"token": manager["token"]}), issued)
     _ok(client.get(f"/v0/tokens/{reader['token']}", params={"token": admin}), issued)  # a value in the path
     _ok(client.get(f"/v0/tokens/{reader['token']}/history", params={"token": admin}), issued)
-    _ok(client.put(f"/v0/tokens/{reader['token']}", params={"token": manager["token"], "description": "x",
-                                                               "scope": "DATASOURCES:READ:events:a>1"}), issued)
+    _ok(
+        client.put(
+            f"/v0/tokens/{reader['token']}",
+            params={"token": manager["token"], "description": "x", "scope": "DATASOURCES:READ:events:a>1"},
+        ),
+        issued,
+    )
     _ok(client.post(f"/v0/tokens/{reader['token']}/refresh", params={"token": admin, "grace_seconds": 30}), issued)
     _ok(client.post(f"/v0/tokens/{prefix}%20reader/refresh", params={"token": admin}), issued)  # by name
     _ok(client.get("/v0/auth", params={"token": reader["token"], "permission": "PIPES:READ:top"}), issued)
     expires = int(time.time()) + 3600
-    jwt = _ok(client.post("/v0/tokens", params={"token": manager["token"], "name": f"{prefix} jwt",
-                                                "expiration_time": expires},
-                          content=json.dumps({"scopes": [{"type": "PIPES:READ", "resource": "top",
-                                                          "fixed_params": {"org": "acme"}}]})), issued)
+    jwt = _ok(
+        client.post(
+            "/v0/tokens",
+            params={"token": manager["token"], "name": f"{prefix} jwt", "expiration_time": expires},
+            content=json.dumps(
+                {"scopes": [{"type": "PIPES:READ", "resource": "top", "fixed_params": {"org": "acme"}}]}
+            ),
+        ),
+        issued,
+    )
     _ok(client.get("/v0/auth", params={"token": jwt["token"]}), issued)
-    _ok(client.post("/v0/deployments", params={"token": admin},
-                    json={"events.datasource": f'TOKEN "{prefix} feed" APPEND\n',
-                          "top.pipe": f'TOKEN "{prefix} dash" READ\n'}), issued)
+    _ok(
+        client.post(
+            "/v0/deployments",
+            params={"token": admin},
+            json={"events.datasource": f'TOKEN "{prefix} feed" APPEND\n', "top.pipe": f'TOKEN "{prefix} dash" READ\n'},
+        ),
+        issued,
+    )
     listing = _ok(client.get("/v0/tokens", params={"token": admin}), issued)
     feed = next(t for t in listing["tokens"] if t["name"] == f"{prefix} feed")
-    _ok(client.post("/v0/deployments", params={"token": admin}, json={"top.pipe": f'TOKEN "{prefix} dash" READ\n'}),
-        issued)
+    _ok(
+        client.post("/v0/deployments", params={"token": admin}, json={"top.pipe": f'TOKEN "{prefix} dash" READ\n'}),
+        issued,
+    )
     # Refused requests carrying values: bad ones, dead ones, values of other workspaces.
     for method, path, params in [
         ("GET", f"/v0/tokens/{feed['token']}", {"token": admin}),  # deleted by the deployment
@@ -136,8 +164,12 @@ def _sqlite_bytes(tmp_path: Path) -> Iterator[tuple[str, bytes]]:
 
 def _postgres_dump(database_url: str) -> Iterator[tuple[str, bytes]]:
     with psycopg.connect(database_url) as conn:
-        tables = [r[0] for r in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1")]
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1"
+            )
+        ]
         assert "tt_tokens" in tables and any("stored_events" in t or "events" in t for t in tables), tables
         for table in tables:
             cells = []
@@ -164,8 +196,12 @@ def test_no_token_value_is_stored_logged_or_exported(
         admin_id = next(t["id"] for t in info["tokens"] if t["name"] == "admin token")
         page = browser.get(f"/ui/tokens/{admin_id}")
         issued.values.update(m.decode() for m in VALUE_PATTERN.findall(page.content))  # values it showed
-        assert browser.post(f"/ui/tokens/{admin_id}/refresh", {"grace_seconds": "60"},
-                            csrf_from=f"/ui/tokens/{admin_id}").status_code == 303
+        assert (
+            browser.post(
+                f"/ui/tokens/{admin_id}/refresh", {"grace_seconds": "60"}, csrf_from=f"/ui/tokens/{admin_id}"
+            ).status_code
+            == 303
+        )
         issued.values.update(m.decode() for m in VALUE_PATTERN.findall(browser.get(f"/ui/tokens/{admin_id}").content))
         for fmt in ("csv", "ndjson"):
             answer = browser.get(f"/ui/audit/export.{fmt}")
@@ -173,18 +209,28 @@ def test_no_token_value_is_stored_logged_or_exported(
             exports[f"console audit.{fmt}"] = answer.content
         admin = system.signer.make(*_admin_claims(system, admin_id))
         # A JWT minted by a holder of the admin value, as Tinybird's clients do.
-        minted = pyjwt.encode({"workspace_id": info["workspace"]["id"], "name": "minted", "exp": int(time.time()) + 60,
-                               "scopes": [{"type": "PIPES:READ", "resource": "top"}]}, admin, algorithm="HS256")
+        minted = pyjwt.encode(
+            {
+                "workspace_id": info["workspace"]["id"],
+                "name": "minted",
+                "exp": int(time.time()) + 60,
+                "scopes": [{"type": "PIPES:READ", "resource": "top"}],
+            },
+            admin,
+            algorithm="HS256",
+        )
         issued.jwts.add(minted)
         assert client.get("/v0/auth", params={"token": minted}).json()["valid"]
+
         # A bug in a handler (injected here) is logged with its traceback: never with the value that
         # was in the path, the query or the header of the request.
         def bug(*_: Any) -> None:
             raise RuntimeError("injected bug")
 
         app.state.ledger_views.token_as_of = bug
-        answer = client.get(f"/v0/tokens/{admin}", params={"as_of": "1", "token": admin},
-                            headers={"Authorization": f"Bearer {minted}"})
+        answer = client.get(
+            f"/v0/tokens/{admin}", params={"as_of": "1", "token": admin}, headers={"Authorization": f"Bearer {minted}"}
+        )
         assert answer.status_code == 500
 
     # Part of the session through `tokentrail serve`, whose stderr (and stdout) is kept.
@@ -239,8 +285,12 @@ def test_the_scan_finds_a_value_where_there_is_one() -> None:
     # Minted here with a throwaway key, so that no value-shaped string is committed.
     value = TokenSigner(secrets.token_bytes(32)).make("abc", "def", "xyz")
     issued.take({"tokens": [{"token": value}, {"token": "eyJhbGciOiJIUzI1NiJ9.e30.sig-of-the-jwt-0123"}]})
-    for blob in (b"x " + value.encode() + b" y", b'{"s":"' + value.rsplit(".", 1)[1].encode() + b'"}',
-                 b"...eyJhbGciOiJIUzI1NiJ9.e30.sig-of-the-jwt-0123...", b"p.AAAAAAAAAAAAAAAAAAAAAAAA.b"):
+    for blob in (
+        b"x " + value.encode() + b" y",
+        b'{"s":"' + value.rsplit(".", 1)[1].encode() + b'"}',
+        b"...eyJhbGciOiJIUzI1NiJ9.e30.sig-of-the-jwt-0123...",
+        b"p.AAAAAAAAAAAAAAAAAAAAAAAA.b",
+    ):
         with pytest.raises(AssertionError):
             scan("blob", blob, issued)
     scan("clean", b"p.short.x and nothing else", issued)

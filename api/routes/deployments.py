@@ -26,8 +26,11 @@ _DEPLOYED = {
         "deployment": {
             "type": "object",
             "required": ["id", "status", "token_changes"],
-            "properties": {"id": {"type": ["string", "null"]}, "status": {"type": "string"},
-                           "token_changes": {"type": "array"}},
+            "properties": {
+                "id": {"type": ["string", "null"]},
+                "status": {"type": "string"},
+                "token_changes": {"type": "array"},
+            },
         },
     },
 }

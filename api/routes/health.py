@@ -32,8 +32,12 @@ async def healthz() -> JSONResponse:
     "hits and misses, events written by type, revocation visibility. No label holds a token value "
     "or a token name.",
     response_class=Response,
-    responses={200: {"description": "The metrics, in Prometheus text format",
-                     "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    responses={
+        200: {
+            "description": "The metrics, in Prometheus text format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
 )
 async def metrics(request: Request) -> Response:
     body = await run_in_threadpool(request.app.state.metrics.render)  # reads the store
@@ -47,8 +51,10 @@ async def metrics(request: Request) -> Response:
     "read models include.",
     response_model=None,
     responses=responses(
-        {"type": "object", "properties": {"ready": {"type": "boolean"}, "head": {"type": "integer"},
-                                          "projected": {"type": "integer"}}},
+        {
+            "type": "object",
+            "properties": {"ready": {"type": "boolean"}, "head": {"type": "integer"}, "projected": {"type": "integer"}},
+        },
         503,
     ),
 )
@@ -56,6 +62,7 @@ async def readyz(request: Request) -> JSONResponse:
     try:
         state = await run_in_threadpool(get_system(request).readiness)
     except StoreUnavailable as error:
-        return JSONResponse({"error": error.message}, status_code=503,
-                            headers={"Retry-After": str(StoreUnavailable.retry_after)})
+        return JSONResponse(
+            {"error": error.message}, status_code=503, headers={"Retry-After": str(StoreUnavailable.retry_after)}
+        )
     return JSONResponse({"ready": True, **state})

@@ -6,19 +6,20 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.heavy import RenderedInThread
 from api.deps import caller, get_system, params
+from api.heavy import RenderedInThread
 from api.schemas import path_param, query_param, responses
 from api.wire import Params
 from domain.clock import format_instant, now, parse_instant, to_micros
 from domain.errors import InvalidInput, NotFound
-from domain.refs import parse_ref
 from domain.policy import Caller, Op, authorize
+from domain.refs import parse_ref
 from domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME
 from projections.history import AuditQuery, History
 from projections.queries import TokenRow
@@ -27,8 +28,20 @@ from projections.verify import make_checkpoint, verify_chain, workspace_view
 
 router = APIRouter(tags=["ledger"], route_class=RenderedInThread)
 CSV_COLUMNS = (
-    "position", "at", "type", "workspace_id", "token_id", "token_name", "actor_token_id", "actor_name",
-    "request_id", "origin", "deployment_id", "scopes_before", "scopes_after", "hash",
+    "position",
+    "at",
+    "type",
+    "workspace_id",
+    "token_id",
+    "token_name",
+    "actor_token_id",
+    "actor_name",
+    "request_id",
+    "origin",
+    "deployment_id",
+    "scopes_before",
+    "scopes_after",
+    "hash",
 )
 
 
@@ -38,19 +51,32 @@ _AUDIT_EVENT = {
     "type": "object",
     "required": ["position", "at", "type", "actor", "hash"],
     "properties": {
-        "position": {"type": "integer"}, "at": {"type": "string"}, "type": {"type": "string"},
-        "workspace_id": _NULLABLE_STRING, "token_id": _NULLABLE_STRING, "token_name": _NULLABLE_STRING,
+        "position": {"type": "integer"},
+        "at": {"type": "string"},
+        "type": {"type": "string"},
+        "workspace_id": _NULLABLE_STRING,
+        "token_id": _NULLABLE_STRING,
+        "token_name": _NULLABLE_STRING,
         "actor": {"type": "object", "properties": {"token_id": _NULLABLE_STRING, "name": _NULLABLE_STRING}},
-        "request_id": _NULLABLE_STRING, "origin": _NULLABLE_STRING, "deployment_id": _NULLABLE_STRING,
-        "scopes_before": {"type": ["array", "null"]}, "scopes_after": {"type": ["array", "null"]},
-        "details": {"type": ["object", "null"]}, "hash": {"type": "string"},
+        "request_id": _NULLABLE_STRING,
+        "origin": _NULLABLE_STRING,
+        "deployment_id": _NULLABLE_STRING,
+        "scopes_before": {"type": ["array", "null"]},
+        "scopes_after": {"type": ["array", "null"]},
+        "details": {"type": ["object", "null"]},
+        "hash": {"type": "string"},
     },
 }
 _GRANT = {
     "type": "object",
     "required": ["token_id", "name", "via", "filter", "jwt"],
-    "properties": {"token_id": {"type": "string"}, "name": {"type": "string"}, "via": {"type": "string"},
-                   "filter": {"type": "string"}, "jwt": {"type": "boolean"}},
+    "properties": {
+        "token_id": {"type": "string"},
+        "name": {"type": "string"},
+        "via": {"type": "string"},
+        "filter": {"type": "string"},
+        "jwt": {"type": "boolean"},
+    },
 }
 _AUDIT_PARAMS = [
     query_param("from", "Events at or after this instant (ISO 8601 with an offset, or Unix seconds)"),
@@ -66,9 +92,13 @@ _AUDIT_PARAMS = [
     query_param("format", "`json` (default, paginated), `ndjson` or `csv` (the whole result, streamed)"),
 ]
 _AUDIT_RESPONSES = responses(
-    {"type": "object", "required": ["events", "next_cursor"],
-     "properties": {"events": {"type": "array", "items": _AUDIT_EVENT}, "next_cursor": _NULLABLE_STRING}},
-    400, 403,
+    {
+        "type": "object",
+        "required": ["events", "next_cursor"],
+        "properties": {"events": {"type": "array", "items": _AUDIT_EVENT}, "next_cursor": _NULLABLE_STRING},
+    },
+    400,
+    403,
 )
 _AUDIT_RESPONSES[200]["content"].update(
     {"application/x-ndjson": {"schema": {"type": "string"}}, "text/csv": {"schema": {"type": "string"}}}
@@ -82,15 +112,24 @@ _CHANGE = {"type": "object", "properties": {"before": _GRANT, "after": _GRANT}}
 _CHAIN = {
     "type": "object",
     "required": ["ok", "events_checked", "head"],
-    "properties": {"ok": {"type": "boolean"}, "events_checked": {"type": "integer"},
-                   "first_bad_position": {"type": ["integer", "null"]}, "head": _NULLABLE_STRING,
-                   "reason": _NULLABLE_STRING},
+    "properties": {
+        "ok": {"type": "boolean"},
+        "events_checked": {"type": "integer"},
+        "first_bad_position": {"type": ["integer", "null"]},
+        "head": _NULLABLE_STRING,
+        "reason": _NULLABLE_STRING,
+    },
 }
 _CHECKPOINT = {
     "type": "object",
     "required": ["position", "head", "at", "key_id", "signature"],
-    "properties": {"position": {"type": "integer"}, "head": {"type": "string"}, "at": {"type": "string"},
-                   "key_id": {"type": "string"}, "signature": {"type": "string"}},
+    "properties": {
+        "position": {"type": "integer"},
+        "head": {"type": "string"},
+        "at": {"type": "string"},
+        "key_id": {"type": "string"},
+        "signature": {"type": "string"},
+    },
 }
 
 
@@ -169,9 +208,14 @@ def resolve_any(system: System, hist: History, who: Caller, ref: str, at: int | 
     response_model=None,
     openapi_extra={"parameters": [path_param("ref", "The token's id, value or (past or present) name")]},
     responses=responses(
-        {"type": "object", "required": ["token_id", "events"],
-         "properties": {"token_id": {"type": "string"}, "events": {"type": "array", "items": _AUDIT_EVENT}}},
-        400, 403, 404,
+        {
+            "type": "object",
+            "required": ["token_id", "events"],
+            "properties": {"token_id": {"type": "string"}, "events": {"type": "array", "items": _AUDIT_EVENT}},
+        },
+        400,
+        403,
+        404,
     ),
 )
 def token_history(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
@@ -226,11 +270,17 @@ def audit(request: Request, who: Caller = Depends(caller), p: Params = Depends(p
         return {"events": events, "next_cursor": cursor}
     if fmt == "ndjson":
         lines = (json.dumps(e, separators=(",", ":")) + "\n" for e in hist.audit_stream(query))
-        return StreamingResponse(lines, media_type="application/x-ndjson",
-                                 headers={"Content-Disposition": 'attachment; filename="audit.ndjson"'})
+        return StreamingResponse(
+            lines,
+            media_type="application/x-ndjson",
+            headers={"Content-Disposition": 'attachment; filename="audit.ndjson"'},
+        )
     if fmt == "csv":
-        return StreamingResponse(audit_csv(hist.audit_stream(query)), media_type="text/csv; charset=utf-8",
-                                 headers={"Content-Disposition": 'attachment; filename="audit.csv"'})
+        return StreamingResponse(
+            audit_csv(hist.audit_stream(query)),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="audit.csv"'},
+        )
     raise InvalidInput("format must be json, ndjson or csv")
 
 
@@ -272,15 +322,21 @@ def _access_params(p: Params) -> tuple[str, str, str]:
     "/v0/access",
     summary="Who held a permission on a datasource or pipe at an instant",
     response_model=None,
-    openapi_extra={
-        "parameters": [*_ACCESS_FILTERS, query_param("as_of", "The instant asked about (default: now)")]
-    },
+    openapi_extra={"parameters": [*_ACCESS_FILTERS, query_param("as_of", "The instant asked about (default: now)")]},
     responses=responses(
-        {"type": "object", "required": ["resource", "kind", "permission", "as_of", "grants"],
-         "properties": {"resource": {"type": "string"}, "kind": {"type": "string"},
-                        "permission": {"type": "string"}, "as_of": {"type": "string"},
-                        "grants": {"type": "array", "items": _GRANT}}},
-        400, 403,
+        {
+            "type": "object",
+            "required": ["resource", "kind", "permission", "as_of", "grants"],
+            "properties": {
+                "resource": {"type": "string"},
+                "kind": {"type": "string"},
+                "permission": {"type": "string"},
+                "as_of": {"type": "string"},
+                "grants": {"type": "array", "items": _GRANT},
+            },
+        },
+        400,
+        403,
     ),
 )
 def access(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
@@ -304,11 +360,19 @@ def access(request: Request, who: Caller = Depends(caller), p: Params = Depends(
         ]
     },
     responses=responses(
-        {"type": "object", "required": ["from", "to", "gained", "lost", "changed"],
-         "properties": {"from": {"type": "string"}, "to": {"type": "string"},
-                        "gained": {"type": "array", "items": _GRANT}, "lost": {"type": "array", "items": _GRANT},
-                        "changed": {"type": "array", "items": _CHANGE}}},
-        400, 403,
+        {
+            "type": "object",
+            "required": ["from", "to", "gained", "lost", "changed"],
+            "properties": {
+                "from": {"type": "string"},
+                "to": {"type": "string"},
+                "gained": {"type": "array", "items": _GRANT},
+                "lost": {"type": "array", "items": _GRANT},
+                "changed": {"type": "array", "items": _CHANGE},
+            },
+        },
+        400,
+        403,
     ),
 )
 def access_diff(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:

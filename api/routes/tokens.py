@@ -11,8 +11,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from api import present
-from api.heavy import RenderedInThread
 from api.deps import caller, get_system, params, read_body
+from api.heavy import RenderedInThread
 from api.schemas import (
     JwtRequestSchema,
     JwtResponseSchema,
@@ -27,8 +27,8 @@ from api.schemas import (
     responses,
 )
 from api.wire import Params, json_body
-from domain.errors import Forbidden, InvalidInput, MethodNotAllowed, NotFound
 from domain import clock
+from domain.errors import Forbidden, InvalidInput, MethodNotAllowed, NotFound
 from domain.policy import Caller, Op, Target, authorize, require_token_manager, target_of
 from domain.refs import parse_ref
 from domain.scopes import scope_from_parts
@@ -69,9 +69,7 @@ _UPDATE_PARAMS = [
     openapi_extra={"parameters": [_AS_OF]},
     responses=responses(TokenListSchema(), 400, 403),
 )
-def list_tokens(
-    request: Request, who: Caller = Depends(caller), p: Params = Depends(params)
-) -> dict[str, Any]:
+def list_tokens(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
     system = get_system(request)
     require_token_manager(who)
     if p.get("as_of"):
@@ -87,8 +85,8 @@ def list_tokens(
     summary="Create a static token, or a JWT when expiration_time is given",
     description=(
         "A static token takes `name` and one or more `scope` (query or form body). A JWT takes `name`, "
-        "`expiration_time` and a JSON body `{\"scopes\": [...], \"limits\": {\"rps\": N}}` of any "
-        "Content-Type, and answers `{\"token\": \"<jwt>\", ...}`."
+        '`expiration_time` and a JSON body `{"scopes": [...], "limits": {"rps": N}}` of any '
+        'Content-Type, and answers `{"token": "<jwt>", ...}`.'
     ),
     response_model=None,
     openapi_extra={
@@ -102,7 +100,11 @@ def list_tokens(
         },
     },
     responses=responses(
-        {"oneOf": [json_schema(TokenSchema()), json_schema(JwtResponseSchema())]}, 400, 403, 409, 413,
+        {"oneOf": [json_schema(TokenSchema()), json_schema(JwtResponseSchema())]},
+        400,
+        403,
+        409,
+        413,
         ok_description="The token object (static) or the JWT",
     ),
 )
@@ -146,9 +148,7 @@ def _create_jwt(system: System, who: Caller, p: Params, body: bytes) -> dict[str
         scopes.append(obj)
     limits = data.get("limits")
     _check_jwt_length(who, p.get("name") or "", expires, scopes, limits)
-    issue = system.command(
-        lambda: system.ledger.issue_jwt(who, p.get("name") or "", expires, scopes, limits)
-    )
+    issue = system.command(lambda: system.ledger.issue_jwt(who, p.get("name") or "", expires, scopes, limits))
     jwt_, admin = issue.jwt, issue.admin
     claims: dict[str, Any] = {
         "workspace_id": who.workspace_id,
@@ -162,8 +162,14 @@ def _create_jwt(system: System, who: Caller, p: Params, body: bytes) -> dict[str
     secret = system.signer.make(admin.workspace_id, str(admin.id), admin.generation)
     value = pyjwt.encode(claims, secret, algorithm="HS256")
     return JwtResponseSchema().dump(
-        {"id": str(jwt_.id), "token": value, "name": jwt_.name, "expiration_time": expires, "scopes": scopes,
-         **({"limits": limits} if limits else {})}
+        {
+            "id": str(jwt_.id),
+            "token": value,
+            "name": jwt_.name,
+            "expiration_time": expires,
+            "scopes": scopes,
+            **({"limits": limits} if limits else {}),
+        }
     )
 
 
@@ -178,7 +184,11 @@ def _check_jwt_length(
 ) -> None:
     """Refuse, before anything is recorded, a JWT too long for authentication ever to accept."""
     claims: dict[str, Any] = {
-        "workspace_id": who.workspace_id, "name": name, "exp": expires, "scopes": scopes, "jti": str(uuid.UUID(int=0))
+        "workspace_id": who.workspace_id,
+        "name": name,
+        "exp": expires,
+        "scopes": scopes,
+        "jti": str(uuid.UUID(int=0)),
     }
     if limits:
         claims["limits"] = limits
@@ -305,7 +315,8 @@ def resolve(system: System, who: Caller, ref: str) -> TokenRow:
     if row.workspace_id != who.workspace_id and target_of(who, row.facts, Op.REFRESH) is not Target.OWN_USER_BOUND:
         raise NotFound("Token not found")  # never another realm's, but its user's own user token
     if parsed.kind == "value" and (
-        parsed.workspace_id != row.workspace_id or not row.accepts(parsed.generation or "", clock.to_micros(clock.now()))
+        parsed.workspace_id != row.workspace_id
+        or not row.accepts(parsed.generation or "", clock.to_micros(clock.now()))
     ):
         raise NotFound("Token not found")
     return row

@@ -113,9 +113,7 @@ def regions() -> dict[str, Any]:
     openapi_extra={"parameters": [query_param("name", "The new workspace's name", required=True)]},
     responses=responses(NewWorkspaceSchema(), 400, 403, 409),
 )
-def create_workspace(
-    request: Request, who: Caller = Depends(caller), p: Params = Depends(params)
-) -> dict[str, Any]:
+def create_workspace(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
     system = get_system(request)
     authorize(who, Op.WORKSPACES)
     user = system.queries.user(who.workspace_id)

@@ -21,14 +21,22 @@ router = APIRouter(route_class=UiRoute)
 def access_page(page: Page = Depends(viewer)) -> Response:
     authorize(page.caller, Op.READ_AUDIT)
     params = page.request.query_params
-    form = {name: (params.get(name) or "").strip()[:256] for name in ("resource", "kind", "permission", "at", "compare")}
+    form = {
+        name: (params.get(name) or "").strip()[:256] for name in ("resource", "kind", "permission", "at", "compare")
+    }
     form["kind"] = form["kind"] or "datasource"
     form["permission"] = form["permission"] or "READ"
     current = to_micros(now())
     workspace_id = page.caller.workspace_id
     known = sorted(page.history.known_resources(workspace_id, 0, current), key=lambda kr: (kr[1], kr[0]))
-    context: dict[str, Any] = {"form": form, "known": known, "kinds": KINDS, "permissions": PERMISSIONS,
-                               "grants": None, "diff": None}
+    context: dict[str, Any] = {
+        "form": form,
+        "known": known,
+        "kinds": KINDS,
+        "permissions": PERMISSIONS,
+        "grants": None,
+        "diff": None,
+    }
     submitted = any(form[name] for name in ("resource", "at", "compare"))
     if submitted:
         try:
@@ -51,8 +59,12 @@ def _answer(page: Page, form: dict[str, str], current: int) -> dict[str, Any]:
         return {"grants": grants, "at": format_time(at, precise=True)}
     start, end = sorted((at, compare))
     diff = page.history.access_diff(
-        workspace_id, start, end, resource,
-        form["kind"] if resource else None, form["permission"] if resource else None,
+        workspace_id,
+        start,
+        end,
+        resource,
+        form["kind"] if resource else None,
+        form["permission"] if resource else None,
     )
     return {"diff": diff, "start": format_time(start, precise=True), "end": format_time(end, precise=True)}
 

@@ -22,8 +22,17 @@ from projections.verify import make_checkpoint, verify_chain, workspace_view
 
 router = APIRouter(route_class=UiRoute)
 
-EVENT_TYPES = ("Created", "ScopeAdded", "ScopeRemoved", "Renamed", "DescriptionChanged", "Refreshed", "Deleted",
-               "Issued", "Deployed")
+EVENT_TYPES = (
+    "Created",
+    "ScopeAdded",
+    "ScopeRemoved",
+    "Renamed",
+    "DescriptionChanged",
+    "Refreshed",
+    "Deleted",
+    "Issued",
+    "Deployed",
+)
 FILTERS = ("from", "to", "actor", "token", "resource", "event", "deployment")
 PAGE_SIZES = (25, 50, 100, 250)
 
@@ -36,7 +45,7 @@ class AuditFilters:
     limit: int
 
     @classmethod
-    def from_query(cls, params: Any) -> "AuditFilters":
+    def from_query(cls, params: Any) -> AuditFilters:
         values = {name: (params.get(name) or "").strip()[:256] for name in FILTERS}
         raw_limit = params.get("limit") or "50"
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
@@ -84,8 +93,13 @@ def audit_page(page: Page = Depends(viewer)) -> Response:
     filters = AuditFilters.from_query(params)
     cursor = params.get("cursor") or None
     context: dict[str, Any] = {
-        "filters": filters, "event_types": EVENT_TYPES, "page_sizes": PAGE_SIZES, "export_query": filters.link(),
-        "can_verify": allows(page.caller, Op.VERIFY), "rows": [], "next_link": None,
+        "filters": filters,
+        "event_types": EVENT_TYPES,
+        "page_sizes": PAGE_SIZES,
+        "export_query": filters.link(),
+        "can_verify": allows(page.caller, Op.VERIFY),
+        "rows": [],
+        "next_link": None,
         "first_link": f"/ui/audit?{filters.link()}" if cursor else None,
     }
     try:
@@ -106,11 +120,17 @@ def audit_export(fmt: str, page: Page = Depends(viewer)) -> Response:
     stream = page.history.audit_stream(query)
     if fmt == "ndjson":
         lines = (json.dumps(e, separators=(",", ":")) + "\n" for e in stream)
-        return StreamingResponse(lines, media_type="application/x-ndjson",
-                                 headers={"Content-Disposition": 'attachment; filename="audit.ndjson"'})
+        return StreamingResponse(
+            lines,
+            media_type="application/x-ndjson",
+            headers={"Content-Disposition": 'attachment; filename="audit.ndjson"'},
+        )
     if fmt == "csv":
-        return StreamingResponse(audit_csv(stream), media_type="text/csv; charset=utf-8",
-                                 headers={"Content-Disposition": 'attachment; filename="audit.csv"'})
+        return StreamingResponse(
+            audit_csv(stream),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="audit.csv"'},
+        )
     raise InvalidInput("export format must be csv or ndjson")
 
 

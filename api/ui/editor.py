@@ -8,11 +8,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from api.ui.pages import Form
 from domain.errors import InvalidInput
 from domain.ledger import MAX_SCOPES
 from domain.scopes import Scope
-
-from api.ui.pages import Form
 
 # (scope, label, what it lets a token do): the checkboxes, in the order Tinybird's page shows them.
 WORKSPACE_SCOPES: tuple[tuple[str, str, str], ...] = (
@@ -66,7 +65,7 @@ class Editor:
     others: list[str] = field(default_factory=list)  # scopes this editor cannot show as controls
 
     @classmethod
-    def from_scopes(cls, name: str, description: str, scopes: tuple[Scope, ...]) -> "Editor":
+    def from_scopes(cls, name: str, description: str, scopes: tuple[Scope, ...]) -> Editor:
         editor = cls(name=name, description=description)
         for scope in scopes:
             if scope.type in WORKSPACE_SCOPE_TYPES:
@@ -79,7 +78,7 @@ class Editor:
         return editor
 
     @classmethod
-    def from_form(cls, form: Form) -> "Editor":
+    def from_form(cls, form: Form) -> Editor:
         """The editor as the browser last showed it. Values no page offers are refused (400)."""
         checked = set(form.getlist("scope"))
         unknown = checked - WORKSPACE_SCOPE_TYPES

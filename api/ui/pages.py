@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 from urllib.parse import quote
 
 from fastapi import Request
@@ -94,7 +95,9 @@ def _to_sign_in(request: Request, refusal: SignInRequired) -> Response:
     target = "/ui/signin"
     query = []
     if request.method == "GET":
-        query.append("next=" + quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""), safe=""))
+        query.append(
+            "next=" + quote(request.url.path + (f"?{request.url.query}" if request.url.query else ""), safe="")
+        )
     if refusal.message:
         query.append("reason=expired")
     response = RedirectResponse(target + ("?" + "&".join(query) if query else ""), status_code=303)
@@ -105,7 +108,9 @@ def _to_sign_in(request: Request, refusal: SignInRequired) -> Response:
 
 def error_page(request: Request, status: int, message: str) -> HTMLResponse:
     page = getattr(request.state, "ui_page", None)  # signed in: keep the header and navigation
-    return render(request, "error.html", status=status, page=page, title=_TITLES.get(status, "Refused"), message=message)
+    return render(
+        request, "error.html", status=status, page=page, title=_TITLES.get(status, "Refused"), message=message
+    )
 
 
 _TITLES = {400: "That did not work", 403: "Not allowed", 404: "Not found", 405: "Not allowed", 409: "Conflict"}
@@ -213,7 +218,9 @@ async def checked_form(request: Request) -> tuple[sessions.Session | None, Form]
     form = await read_form(request)
     session = sessions.read(request)
     if not sessions.csrf_matches(session, form.get("csrf")):
-        raise FormRefused(403, "This form has expired or did not come from this console. Reload the page and try again.")
+        raise FormRefused(
+            403, "This form has expired or did not come from this console. Reload the page and try again."
+        )
     return session, form
 
 
@@ -273,7 +280,9 @@ _env.filters["iso"] = iso_time
 _env.globals["asset_version"] = _asset_version()
 
 
-def render(request: Request, template: str, status: int = 200, page: Page | None = None, **context: Any) -> HTMLResponse:
+def render(
+    request: Request, template: str, status: int = 200, page: Page | None = None, **context: Any
+) -> HTMLResponse:
     base: dict[str, Any] = {
         "page": page,
         "me": page.caller if page else None,

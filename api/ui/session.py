@@ -60,7 +60,7 @@ class Session:
     sid: str | None = None
 
     @classmethod
-    def anonymous(cls) -> "Session":
+    def anonymous(cls) -> Session:
         return cls(csrf=secrets.token_urlsafe(32))
 
 
@@ -164,9 +164,13 @@ def authenticate(request: Request, session: Session) -> Caller:
         store(request).end(session.sid)
         raise
     signing = system.auth.tokens.get(record.token_id)
-    if (signing is None or signing.deleted or not record.opened_with(signing.generation)
-            or caller.workspace_id != record.workspace_id
-            or (not caller.is_jwt and caller.token_id != record.token_id)):
+    if (
+        signing is None
+        or signing.deleted
+        or not record.opened_with(signing.generation)
+        or caller.workspace_id != record.workspace_id
+        or (not caller.is_jwt and caller.token_id != record.token_id)
+    ):
         store(request).end(session.sid)
         raise Unauthenticated("the session has ended")
     return caller
@@ -189,7 +193,10 @@ def write(request: Request, response: Response, session: Session) -> None:
 
 def clear(request: Request, response: Response) -> None:
     response.delete_cookie(
-        COOKIE, path=COOKIE_PATH, httponly=True, samesite="strict",
+        COOKIE,
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="strict",
         secure=proxies(request).scheme(request) == "https",
     )
 

@@ -18,7 +18,7 @@ class ScopeDiff:
     kept: list[str] = field(default_factory=list)
 
     @classmethod
-    def between(cls, before: list[str] | None, after: list[str] | None) -> "ScopeDiff":
+    def between(cls, before: list[str] | None, after: list[str] | None) -> ScopeDiff:
         old, new = list(before or []), list(after or [])
         return cls(
             removed=[s for s in old if s not in new],
@@ -91,8 +91,17 @@ def _notes(event: dict[str, Any]) -> list[str]:
     if kind == "Renamed":
         return [f"Renamed from \u201c{details.get('from', '')}\u201d to \u201c{details.get('to', '')}\u201d"]
     if kind == "DescriptionChanged":
-        return [f"Description set to \u201c{details.get('to', '')}\u201d" if details.get("to") else "Description cleared"]
+        return [
+            f"Description set to \u201c{details.get('to', '')}\u201d" if details.get("to") else "Description cleared"
+        ]
     if kind == "Refreshed":
         grace = int(details.get("grace_seconds") or 0)
-        return ["New value; " + (f"a grace period of {grace} s for the previous one" if grace else "the previous one stopped working at once")]
+        return [
+            "New value; "
+            + (
+                f"a grace period of {grace} s for the previous one"
+                if grace
+                else "the previous one stopped working at once"
+            )
+        ]
     return []

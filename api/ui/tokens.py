@@ -154,8 +154,15 @@ def list_tokens(page: Page = Depends(viewer), done: str = "") -> Response:
 # -- create -------------------------------------------------------------------------------------
 
 
-def _editor_page(page: Page, editor: Editor, status: int = 200, error: str | None = None, view: TokenView | None = None,
-                 rename_error: str | None = None, flash: str | None = None) -> Response:
+def _editor_page(
+    page: Page,
+    editor: Editor,
+    status: int = 200,
+    error: str | None = None,
+    view: TokenView | None = None,
+    rename_error: str | None = None,
+    flash: str | None = None,
+) -> Response:
     entries = timeline(page.history.token_history(view.row.id)) if view is not None else []
     return page.render(
         "token.html" if view is not None else "token_new.html",
@@ -202,7 +209,9 @@ def create_token(page: Page = Depends(poster)) -> Response:
 def show_token(token_id: str, page: Page = Depends(viewer), done: str = "") -> Response:
     row = find_token(page, token_id)
     view = token_view(page, row)
-    return _editor_page(page, Editor.from_scopes(row.name, row.description, view.scopes), view=view, flash=DONE.get(done))
+    return _editor_page(
+        page, Editor.from_scopes(row.name, row.description, view.scopes), view=view, flash=DONE.get(done)
+    )
 
 
 @router.post("/tokens/{token_id}")
