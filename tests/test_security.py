@@ -330,3 +330,17 @@ def test_the_owner_rotates_their_own_user_token_and_nobody_else_can(client, syst
     assert answer.status_code == 200, answer.text
     assert answer.json()["token"] != old and authenticates(client, answer.json()["token"])
     assert not authenticates(client, old)
+
+
+def test_introspection_parses_no_permission_for_an_anonymous_caller(client, ws) -> None:
+    from domain.scopes import _parse_scope
+
+    before = _parse_scope.cache_info()
+    for i in range(20):
+        permission = f"DATASOURCES:READ:events:a = {i} AND " + " AND ".join(["b = 1"] * 200)
+        answer = client.get(url("/v0/auth", "p.not.valid", permission=permission))
+        assert answer.status_code == 200 and answer.json()["valid"] is False
+    after = _parse_scope.cache_info()
+    assert (after.hits, after.misses) == (before.hits, before.misses)  # nothing parsed, nothing cached
+    too_long = client.get(url("/v0/auth", ws.admin, permission="PIPES:READ:p:" + "a" * 5000))
+    assert_error(too_long, 400)
