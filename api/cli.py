@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,24 @@ app = typer.Typer(
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        try:
+            print(f"tokentrail {metadata.version('tokentrail')}")
+        except metadata.PackageNotFoundError:
+            print("tokentrail (not installed: running from a source tree)")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the installed version and exit."
+    ),
+) -> None:
+    """Options of `tokentrail` itself (the app's help text, above, is the one shown)."""
 
 
 # -- local commands ------------------------------------------------------------------------------
