@@ -131,6 +131,25 @@ _MANAGERS = frozenset({Role.OWNER, Role.ADMIN, Role.TOKENS})
 _ADMINS = frozenset({Role.OWNER, Role.ADMIN})
 _NOBODY: frozenset[Role] = frozenset()
 
+# Re-scoping, renaming and deleting: never a default or user-bound token.
+_CHANGE: dict[Target, frozenset[Role]] = {
+    Target.ORDINARY: _MANAGERS,
+    Target.PRIVILEGED: _ADMINS,
+    Target.DEFAULT: _NOBODY,
+    Target.DEFAULT_ADMIN: _NOBODY,
+    Target.OWN_USER_BOUND: _NOBODY,
+    Target.USER_BOUND: _NOBODY,
+}
+# Refreshing and describing: default tokens too; a user-bound token only by its own user.
+_MAINTAIN: dict[Target, frozenset[Role]] = {
+    Target.ORDINARY: _MANAGERS,
+    Target.PRIVILEGED: _ADMINS,
+    Target.DEFAULT: _MANAGERS,
+    Target.DEFAULT_ADMIN: _ADMINS,
+    Target.OWN_USER_BOUND: frozenset({Role.OWNER}),
+    Target.USER_BOUND: _NOBODY,
+}
+
 # op -> target -> the roles allowed. A (op, target) pair absent from the table does not arise.
 RULES: dict[Op, dict[Target, frozenset[Role]]] = {
     Op.INTROSPECT: {Target.NONE: _EVERYONE},
@@ -154,38 +173,10 @@ RULES: dict[Op, dict[Target, frozenset[Role]]] = {
         Target.USER_BOUND: _NOBODY,
     },
     Op.CREATE: {Target.ORDINARY: _MANAGERS, Target.PRIVILEGED: _ADMINS},
-    Op.UPDATE: {
-        Target.ORDINARY: _MANAGERS,
-        Target.PRIVILEGED: _ADMINS,
-        Target.DEFAULT: _NOBODY,
-        Target.DEFAULT_ADMIN: _NOBODY,
-        Target.OWN_USER_BOUND: _NOBODY,
-        Target.USER_BOUND: _NOBODY,
-    },
-    Op.DESCRIBE: {
-        Target.ORDINARY: _MANAGERS,
-        Target.PRIVILEGED: _ADMINS,
-        Target.DEFAULT: _MANAGERS,
-        Target.DEFAULT_ADMIN: _ADMINS,
-        Target.OWN_USER_BOUND: frozenset({Role.OWNER}),
-        Target.USER_BOUND: _NOBODY,
-    },
-    Op.REFRESH: {
-        Target.ORDINARY: _MANAGERS,
-        Target.PRIVILEGED: _ADMINS,
-        Target.DEFAULT: _MANAGERS,
-        Target.DEFAULT_ADMIN: _ADMINS,
-        Target.OWN_USER_BOUND: frozenset({Role.OWNER}),
-        Target.USER_BOUND: _NOBODY,
-    },
-    Op.DELETE: {
-        Target.ORDINARY: _MANAGERS,
-        Target.PRIVILEGED: _ADMINS,
-        Target.DEFAULT: _NOBODY,
-        Target.DEFAULT_ADMIN: _NOBODY,
-        Target.OWN_USER_BOUND: _NOBODY,
-        Target.USER_BOUND: _NOBODY,
-    },
+    Op.UPDATE: _CHANGE,
+    Op.DESCRIBE: _MAINTAIN,
+    Op.REFRESH: _MAINTAIN,
+    Op.DELETE: _CHANGE,
     Op.ISSUE_JWT: {Target.NONE: _MANAGERS},
     # A deployment changes datafile tokens: one that holds ADMIN (added by hand) needs an admin.
     Op.DEPLOY: {
