@@ -18,17 +18,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import ui
-from api.deps import MAX_BODY
-from api.heavy import HeavyReadGate, heavy_concurrency
-from api.metrics import Metrics, MetricsMiddleware
-from api.proxies import TrustedProxies
-from api.routes import deployments, health, ledger, tokens, workspaces
-from api.wire import request_id
-from domain.errors import LedgerError, StoreUnavailable
-from projections.console_sessions import ConsoleSessions, SessionSettings
-from projections.history import History
-from projections.system import System
+from tokentrail.api import ui
+from tokentrail.api.deps import MAX_BODY
+from tokentrail.api.heavy import HeavyReadGate, heavy_concurrency
+from tokentrail.api.metrics import Metrics, MetricsMiddleware
+from tokentrail.api.proxies import TrustedProxies
+from tokentrail.api.routes import deployments, health, ledger, tokens, workspaces
+from tokentrail.api.wire import request_id
+from tokentrail.domain.errors import LedgerError, StoreUnavailable
+from tokentrail.projections.console_sessions import ConsoleSessions, SessionSettings
+from tokentrail.projections.history import History
+from tokentrail.projections.system import System
 
 log = logging.getLogger("tokentrail.api")
 SWITCH_INTERVAL = 0.001  # seconds; Python's default is 0.005
@@ -227,7 +227,7 @@ class _TooLarge(Exception):
 
 
 def app_from_env() -> Any:
-    """Uvicorn factory: `uvicorn --factory api.app:app_from_env`.
+    """Uvicorn factory: `uvicorn --factory tokentrail.api.app:app_from_env`.
 
     The server hands the GIL over every millisecond rather than every 5: with heavy reads running
     in worker threads, the event loop that answers `/v0/auth` otherwise waits up to a whole

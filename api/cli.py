@@ -13,8 +13,8 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from api.cli_audit import access_app, audit_app
-from api.cli_common import (
+from tokentrail.api.cli_audit import access_app, audit_app
+from tokentrail.api.cli_common import (
     ERROR,
     FAILED,
     AsJson,
@@ -30,9 +30,9 @@ from api.cli_common import (
     scope_text,
     table,
 )
-from api.cli_deploy import deploy
-from api.cli_tokens import token_app, workspace_app
-from domain.errors import LedgerError
+from tokentrail.api.cli_deploy import deploy
+from tokentrail.api.cli_tokens import token_app, workspace_app
+from tokentrail.domain.errors import LedgerError
 
 app = typer.Typer(
     name="tokentrail",
@@ -83,7 +83,7 @@ def init(
 
     Example: [bold]export TOKENTRAIL_TOKEN=$(tokentrail init --quiet)[/]
     """
-    from api.setup import initialise
+    from tokentrail.api.setup import initialise
 
     system = open_system(database_url, data_dir)
     try:
@@ -132,7 +132,7 @@ def serve(
     """
     import uvicorn
 
-    from api.setup import initialise
+    from tokentrail.api.setup import initialise
 
     _check_port(host, port)
     if data_dir is not None:
@@ -149,7 +149,7 @@ def serve(
         err.print(f"Initialised an empty store: workspace [bold]default[/], admin token:\n{admin['token']}")
     system.close()
     uvicorn.run(
-        "api.app:app_from_env",
+        "tokentrail.api.app:app_from_env",
         factory=True,
         host=host,
         port=port,
@@ -185,7 +185,7 @@ def migrate(as_json: bool = AsJson, database_url: str | None = DatabaseUrl, data
 
     Example: [bold]tokentrail migrate --data-dir ./tokentrail-data[/]
     """
-    from projections.migrate import current, head
+    from tokentrail.projections.migrate import current, head
 
     system = open_system(database_url, data_dir, migrate=True)
     revision, latest = current(system.write_engine), head()
@@ -207,7 +207,7 @@ def rebuild(
 
     Example: [bold]tokentrail rebuild --verify[/]
     """
-    from projections.rebuild import rebuild as run_rebuild
+    from tokentrail.projections.rebuild import rebuild as run_rebuild
 
     system = open_system(database_url, data_dir)
     with progress_bar("rebuilding") as bar:

@@ -15,8 +15,8 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from api.cli_client import client, remote_client
-from api.cli_common import (
+from tokentrail.api.cli_client import client, remote_client
+from tokentrail.api.cli_common import (
     FAILED,
     AsJson,
     DatabaseUrl,
@@ -242,8 +242,8 @@ def audit_verify(
             fail("--checkpoint is checked against the store itself: run without --host/--token")
         report = api.get("/v0/audit/verify")
         return _chain_verdict(report, None, as_json)
-    from projections.keys import checkpoint_key
-    from projections.verify import verify_chain, verify_checkpoint
+    from tokentrail.projections.keys import checkpoint_key
+    from tokentrail.projections.verify import verify_chain, verify_checkpoint
 
     system = open_system(database_url, data_dir)
     with progress_bar("verifying") as bar:
@@ -252,7 +252,7 @@ def audit_verify(
     checked = None
     if checkpoint_data is not None:
         key = _public_key(public_key) if public_key else checkpoint_key(system.data_dir, system.environ).public_key()
-        from domain.errors import LedgerError
+        from tokentrail.domain.errors import LedgerError
 
         try:
             checked = verify_checkpoint(system, checkpoint_data, key).wire()
@@ -328,7 +328,7 @@ def audit_checkpoint(
     if api is not None:
         body = api.get("/v0/audit/checkpoint")
     else:
-        from projections.verify import make_checkpoint
+        from tokentrail.projections.verify import make_checkpoint
 
         system = open_system(database_url, data_dir)
         body = make_checkpoint(system, system.checkpoint_key())

@@ -124,8 +124,8 @@ def progress_bar(description: str, *, total_known: bool = True) -> Progress:
 
 def open_system(database_url: str | None, data_dir: Path | None, migrate: bool = True) -> Any:
     """The ledger opened directly on its database (local commands)."""
-    from domain.errors import LedgerError
-    from projections.system import System
+    from tokentrail.domain.errors import LedgerError
+    from tokentrail.projections.system import System
 
     env = dict(os.environ)
     if data_dir is not None:

@@ -13,8 +13,8 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from api.cli_client import remote_client
-from api.cli_common import (
+from tokentrail.api.cli_client import remote_client
+from tokentrail.api.cli_common import (
     AsJson,
     DatabaseUrl,
     DataDir,
@@ -49,8 +49,8 @@ def deploy(
 
     Example: [bold]tokentrail deploy ./my-project --check[/]
     """
-    from domain.datafiles import read_project
-    from domain.errors import LedgerError
+    from tokentrail.domain.datafiles import read_project
+    from tokentrail.domain.errors import LedgerError
 
     if not path.is_dir():
         fail(f"{path} is not a folder (give the project folder holding the .datasource/.pipe files)")
@@ -85,9 +85,9 @@ def _deploy_locally(
     data_dir: Path | None,
     opened: Any,
 ) -> dict[str, Any]:
-    from domain.errors import LedgerError
-    from domain.policy import Caller
-    from projections.deployments import deploy as run_deploy
+    from tokentrail.domain.errors import LedgerError
+    from tokentrail.domain.policy import Caller
+    from tokentrail.projections.deployments import deploy as run_deploy
 
     system = open_system(database_url, data_dir)
     opened()

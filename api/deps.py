@@ -8,10 +8,10 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyQuery, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from api.wire import Params, request_id
-from domain.errors import Unauthenticated
-from domain.policy import Caller
-from projections.system import System
+from tokentrail.api.wire import Params, request_id
+from tokentrail.domain.errors import Unauthenticated
+from tokentrail.domain.policy import Caller
+from tokentrail.projections.system import System
 
 # Token requests carry a few parameters or a JWT's scopes; a deployment carries datafiles of at most
 # 1 MiB each. Anything larger is refused with 413 before it is read.

@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import BaseRoute, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from projections.system import System
+from tokentrail.projections.system import System
 
 log = logging.getLogger("tokentrail.metrics")
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.schemas import TokenSchema, WorkspaceSchema
-from domain.policy import Caller, may_see_value
-from domain.scopes import read_scope
-from projections.queries import TokenRow, WorkspaceRow
-from projections.system import System
+from tokentrail.api.schemas import TokenSchema, WorkspaceSchema
+from tokentrail.domain.policy import Caller, may_see_value
+from tokentrail.domain.scopes import read_scope
+from tokentrail.projections.queries import TokenRow, WorkspaceRow
+from tokentrail.projections.system import System
 
 _token_schema = TokenSchema()
 _workspace_schema = WorkspaceSchema()

@@ -14,7 +14,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from domain.errors import InvalidInput
+from tokentrail.domain.errors import InvalidInput
 
 
 class ErrorSchema(Schema):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from api import present
-from domain.policy import Caller
-from projections.system import System
+from tokentrail.api import present
+from tokentrail.domain.policy import Caller
+from tokentrail.projections.system import System
 
 
 def initialise(system: System, workspace: str, email: str, origin: str = "cli") -> dict[str, Any]:

@@ -13,7 +13,7 @@ import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from domain.errors import InvalidInput
+from tokentrail.domain.errors import InvalidInput
 
 RAW_PARAMS = frozenset({"scope"})  # values whose '+' is a literal plus
 MAX_PARAMS = 1000

@@ -4,7 +4,7 @@ In-process: `system.auth.authenticate(value)` on one thread (one core) with a wa
 against a bare HMAC-SHA256 check + JSON decode of the same value (the least any verifier does).
 Target: >= 50,000 verifications/s.
 HTTP: `GET /v0/auth?permission=PIPES:READ:top&token=<value>` on `uvicorn --factory
-api.app:app_from_env` (1 worker, 127.0.0.1, no access log) against a bare FastAPI app with one
+tokentrail.api.app:app_from_env` (1 worker, 127.0.0.1, no access log) against a bare FastAPI app with one
 route returning a constant (`bench/bare_app.py`, same uvicorn settings), same run, interleaved.
 Load: `wrk -t1 -c8` when installed (`apt-get install -y wrk`), else a small asyncio client; both
 keep-alive, loopback only, bounded in time. Target: >= 0.7x the bare app's requests/s.
@@ -27,7 +27,7 @@ if __package__ in (None, ""):
 import httpx  # noqa: E402
 
 from bench import common  # noqa: E402
-from domain.scopes import check_permission, parse_scope  # noqa: E402
+from tokentrail.domain.scopes import check_permission, parse_scope  # noqa: E402
 
 TARGET_VERIFY_PER_SECOND = 50_000
 TARGET_HTTP_RATIO = 0.7
@@ -85,7 +85,7 @@ def over_http(
     env = common.environ(data, url)
     path = f"/v0/auth?permission={PERMISSION}&token={value}"
     with (
-        common.Uvicorn("api.app:app_from_env", env=env, factory=True) as product,
+        common.Uvicorn("tokentrail.api.app:app_from_env", env=env, factory=True) as product,
         common.Uvicorn("bench.bare_app:app") as bare,
     ):
         answer = httpx.get(product.base + path).json()

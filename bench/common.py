@@ -35,11 +35,11 @@ if str(REPO_ROOT) not in sys.path:  # `python bench/x.py` puts bench/ first, not
 
 import psycopg  # noqa: E402
 
-from domain.model import Token, TokenName  # noqa: E402
-from domain.policy import Caller  # noqa: E402
-from domain.values import new_generation  # noqa: E402
-from projections.database import Database  # noqa: E402
-from projections.system import System  # noqa: E402
+from tokentrail.domain.model import Token, TokenName  # noqa: E402
+from tokentrail.domain.policy import Caller  # noqa: E402
+from tokentrail.domain.values import new_generation  # noqa: E402
+from tokentrail.projections.database import Database  # noqa: E402
+from tokentrail.projections.system import System  # noqa: E402
 
 SECRET = "bench-secret-key-0123456789abcdef"
 PG_HOST = os.environ.get("TOKENTRAIL_BENCH_PG_HOST", "127.0.0.1")

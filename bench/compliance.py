@@ -42,15 +42,15 @@ if __package__ in (None, ""):
 import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
-from api.app import create_app  # noqa: E402
 from bench import common  # noqa: E402
-from domain import clock  # noqa: E402
-from domain.model import Jwt, Token, TokenName, Workspace  # noqa: E402
-from domain.policy import Caller  # noqa: E402
-from domain.scopes import grant_for, parse_scope  # noqa: E402
-from domain.values import new_generation  # noqa: E402
-from projections.system import System  # noqa: E402
-from projections.verify import verify_chain  # noqa: E402
+from tokentrail.api.app import create_app  # noqa: E402
+from tokentrail.domain import clock  # noqa: E402
+from tokentrail.domain.model import Jwt, Token, TokenName, Workspace  # noqa: E402
+from tokentrail.domain.policy import Caller  # noqa: E402
+from tokentrail.domain.scopes import grant_for, parse_scope  # noqa: E402
+from tokentrail.domain.values import new_generation  # noqa: E402
+from tokentrail.projections.system import System  # noqa: E402
+from tokentrail.projections.verify import verify_chain  # noqa: E402
 
 TARGET_P99_MS = 50.0
 TARGET_VERIFY_PER_S = 100_000
@@ -442,7 +442,7 @@ def measure_verify(system: System, results: common.Results, repeats: int) -> Non
 
 def measure_export(url: str, data: Path, workspace: dict[str, Any], results: common.Results) -> None:
     env = common.environ(data, url)
-    with common.Uvicorn("api.app:app_from_env", env=env, factory=True) as server:
+    with common.Uvicorn("tokentrail.api.app:app_from_env", env=env, factory=True) as server:
         assert server.process is not None
         pid = server.process.pid
         with httpx.Client(timeout=600) as client:

@@ -1,7 +1,7 @@
 """Request latency (p50 / p99) of create, refresh and list with 10,000 tokens in the workspace.
 
 Seeds 10,000 custom tokens in-process (the aggregates `create_token` saves, 500 per transaction),
-projects them, then starts `uvicorn --factory api.app:app_from_env` (1 worker, 127.0.0.1) on the
+projects them, then starts `uvicorn --factory tokentrail.api.app:app_from_env` (1 worker, 127.0.0.1) on the
 same database and sends requests one at a time over one keep-alive httpx connection from this
 process: POST /v0/tokens (create), POST /v0/tokens/{id}/refresh, GET /v0/tokens (list, ~10,000
 tokens in the answer). Baseline, same run, interleaved: GET on a bare FastAPI app returning a
@@ -23,8 +23,8 @@ if __package__ in (None, ""):
 
 import httpx  # noqa: E402
 
-from api import present  # noqa: E402
 from bench import common  # noqa: E402
+from tokentrail.api import present  # noqa: E402
 
 SCOPE = "PIPES:READ:top"
 
@@ -67,7 +67,7 @@ def run_backend(
     samples: dict[str, list[float]] = {"bare": [], "create": [], "refresh": [], "list": []}
     list_bytes = 0
     with (
-        common.Uvicorn("api.app:app_from_env", env=common.environ(data, url), factory=True) as product,
+        common.Uvicorn("tokentrail.api.app:app_from_env", env=common.environ(data, url), factory=True) as product,
         common.Uvicorn("bench.bare_app:app") as bare,
         httpx.Client(base_url=product.base, timeout=60) as client,
         httpx.Client(base_url=bare.base, timeout=60) as bare_client,

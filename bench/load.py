@@ -38,11 +38,11 @@ if __package__ in (None, ""):
 
 import httpx  # noqa: E402
 
-from api.setup import initialise  # noqa: E402
 from bench import common  # noqa: E402
-from projections.rebuild import rebuild  # noqa: E402
-from projections.system import System  # noqa: E402
-from projections.verify import verify_chain  # noqa: E402
+from tokentrail.api.setup import initialise  # noqa: E402
+from tokentrail.projections.rebuild import rebuild  # noqa: E402
+from tokentrail.projections.system import System  # noqa: E402
+from tokentrail.projections.verify import verify_chain  # noqa: E402
 
 MIX = {"list": 10, "get": 20, "auth": 35, "create": 12, "update": 10, "refresh": 8, "delete": 5}
 SCOPE = "PIPES:READ:top"
@@ -81,7 +81,7 @@ def _serve(url: str, data: Path) -> tuple[subprocess.Popen, str, Path]:
     env = {**os.environ, **common.environ(data, url), "PYTHONPATH": str(common.REPO_ROOT)}
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "tokentrail.api.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
             cwd=common.REPO_ROOT,
             env=env,
             stdout=out,

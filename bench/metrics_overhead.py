@@ -25,10 +25,10 @@ if __package__ in (None, ""):
 
 import httpx  # noqa: E402
 
-from api.app import SWITCH_INTERVAL, create_app  # noqa: E402
-from api.metrics import MetricsMiddleware  # noqa: E402
 from bench import common  # noqa: E402
-from projections.system import System  # noqa: E402
+from tokentrail.api.app import SWITCH_INTERVAL, create_app  # noqa: E402
+from tokentrail.api.metrics import MetricsMiddleware  # noqa: E402
+from tokentrail.projections.system import System  # noqa: E402
 
 PERMISSION = "PIPES:READ:top"
 TARGET_RATIO = 0.9
@@ -42,7 +42,7 @@ def without_metrics(app: Any) -> Any:
 
 
 def app_without_metrics() -> Any:
-    """Uvicorn factory: `api.app:app_from_env` minus the metrics middleware."""
+    """Uvicorn factory: `tokentrail.api.app:app_from_env` minus the metrics middleware."""
     sys.setswitchinterval(SWITCH_INTERVAL)
     return without_metrics(create_app(System()))
 
@@ -149,7 +149,7 @@ def main() -> None:
         env = common.environ(data, url)
         path = f"/v0/auth?permission={PERMISSION}&token={value}"
         with (
-            common.Uvicorn("api.app:app_from_env", env=env, factory=True) as with_server,
+            common.Uvicorn("tokentrail.api.app:app_from_env", env=env, factory=True) as with_server,
             common.Uvicorn("bench.metrics_overhead:app_without_metrics", env=env, factory=True) as without_server,
         ):
             targets = {"with": with_server.base + path, "without": without_server.base + path}

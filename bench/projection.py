@@ -23,8 +23,8 @@ if __package__ in (None, ""):
 from sqlalchemy import delete  # noqa: E402
 
 from bench import common  # noqa: E402
-from projections.rebuild import TABLES, rebuild  # noqa: E402
-from projections.system import System  # noqa: E402
+from tokentrail.projections.rebuild import TABLES, rebuild  # noqa: E402
+from tokentrail.projections.system import System  # noqa: E402
 
 TARGET_EVENTS_PER_SECOND = {"sqlite": 20_000}
 # eventsourcing's baseline, "projection, 500 events per commit", upper end of the min–max range.

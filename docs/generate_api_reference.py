@@ -57,8 +57,8 @@ UNDECLARED: dict[tuple[str, str], list[tuple[str, str]]] = {
 def openapi() -> dict[str, Any]:
     """The schema of the app `tokentrail serve` runs, built on a temporary store."""
     sys.path.insert(0, str(ROOT))
-    from api.app import create_app
-    from projections.system import System
+    from tokentrail.api.app import create_app
+    from tokentrail.projections.system import System
 
     with tempfile.TemporaryDirectory(prefix="tokentrail-openapi-") as tmp:
         environ = {"TOKENTRAIL_DATA_DIR": tmp, "TOKENTRAIL_SECRET_KEY": "openapi-reference-key-0123456789"}

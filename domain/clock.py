@@ -63,7 +63,7 @@ def parse_instant(text: str) -> int:
     Unix seconds must be finite and from 0 (no NaN, Infinity or 1e400); an ISO instant whose UTC
     form leaves years 1..9999 (`9999-12-31T23:59:59-14:00`, `0001-01-01T00:00:00+14:00`) is
     refused here rather than failing later when a page or an answer formats it."""
-    from domain.errors import InvalidInput
+    from tokentrail.domain.errors import InvalidInput
 
     raw = (text or "").strip() if isinstance(text, str) else ""
     if not raw:

@@ -24,10 +24,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from domain.errors import DatafileError
-from domain.names import is_reserved_name
-from domain.refs import looks_like_reference
-from domain.scopes import RESOURCE_NAME
+from tokentrail.domain.errors import DatafileError
+from tokentrail.domain.names import is_reserved_name
+from tokentrail.domain.refs import looks_like_reference
+from tokentrail.domain.scopes import RESOURCE_NAME
 
 KIND_BY_SUFFIX = {".datasource": "datasource", ".pipe": "pipe"}
 PERMISSIONS_BY_KIND = {"datasource": ("READ", "APPEND"), "pipe": ("READ",)}

@@ -20,9 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from domain.datafiles import TokenDeclaration
-from domain.errors import NameTaken
-from domain.scopes import KINDS, read_scope
+from tokentrail.domain.datafiles import TokenDeclaration
+from tokentrail.domain.errors import NameTaken
+from tokentrail.domain.scopes import KINDS, read_scope
 
 DATAFILE_KIND = "datafile"
 ORIGIN_TYPE = {"datasource": "DS", "pipe": "P"}

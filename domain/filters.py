@@ -15,7 +15,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import SqlglotError
 
-from domain.errors import FilterError
+from tokentrail.domain.errors import FilterError
 
 MAX_FILTER_LENGTH = 2048
 DIALECT = "clickhouse"

@@ -23,10 +23,10 @@ from eventsourcing.application import AggregateNotFoundError, Application, proje
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 
-from domain import clock
-from domain.datafiles import parse_project
-from domain.deploy import CreateToken, CurrentToken, DeleteToken, ModifyToken, Plan, plan_deployment
-from domain.errors import (
+from tokentrail.domain import clock
+from tokentrail.domain.datafiles import parse_project
+from tokentrail.domain.deploy import CreateToken, CurrentToken, DeleteToken, ModifyToken, Plan, plan_deployment
+from tokentrail.domain.errors import (
     Conflict,
     Forbidden,
     InvalidInput,
@@ -36,7 +36,7 @@ from domain.errors import (
     StoreUnavailable,
     Unauthenticated,
 )
-from domain.model import (
+from tokentrail.domain.model import (
     DeploymentLog,
     Jwt,
     Token,
@@ -49,8 +49,8 @@ from domain.model import (
     user_id_for,
     workspace_name_id,
 )
-from domain.names import MAX_NAME_LENGTH, validate_custom_name, validate_name
-from domain.policy import (
+from tokentrail.domain.names import MAX_NAME_LENGTH, validate_custom_name, validate_name
+from tokentrail.domain.policy import (
     GRACE_REFUSAL,
     Caller,
     Op,
@@ -61,9 +61,9 @@ from domain.policy import (
     require_may_grant,
     require_workspace,
 )
-from domain.refs import parse_ref
-from domain.scopes import ADMIN, AUTH, Scope, parse_scope, parse_scopes, read_scope
-from domain.values import TokenSigner, new_generation
+from tokentrail.domain.refs import parse_ref
+from tokentrail.domain.scopes import ADMIN, AUTH, Scope, parse_scope, parse_scopes, read_scope
+from tokentrail.domain.values import TokenSigner, new_generation
 
 MAX_DESCRIPTION_LENGTH = 2048
 MAX_SCOPES = 256

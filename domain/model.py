@@ -14,8 +14,8 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate
 
-from domain import clock
-from domain.errors import Forbidden, InvalidInput
+from tokentrail.domain import clock
+from tokentrail.domain.errors import Forbidden, InvalidInput
 
 NAMESPACE = uuid5(NAMESPACE_URL, "https://tokentrail.dev/ns")
 

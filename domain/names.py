@@ -13,8 +13,8 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-from domain.errors import InvalidInput
-from domain.refs import looks_like_reference
+from tokentrail.domain.errors import InvalidInput
+from tokentrail.domain.refs import looks_like_reference
 
 MAX_NAME_LENGTH = 256
 

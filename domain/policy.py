@@ -3,7 +3,7 @@ each kind of token.
 
 Every entrypoint (HTTP routes, the console, the CLI through the API, the ledger's use cases) asks
 `authorize(caller, op, target)`. The table `RULES` is plain data, so a test walks every cell over
-HTTP and the console, and `docs/security.md` prints it (`python -m domain.policy` renders it).
+HTTP and the console, and `docs/security.md` prints it (`python -m tokentrail.domain.policy` renders it).
 
 A caller is classified into exactly one `Role`, a token into exactly one `Target` relative to
 that caller. Two rules sit before the table: a token never reaches another workspace (404, see
@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from domain.errors import Forbidden, InvalidInput, NotFound
-from domain.scopes import ADMIN, ADMIN_USER, AUTH, TOKENS, Scope, is_admin
+from tokentrail.domain.errors import Forbidden, InvalidInput, NotFound
+from tokentrail.domain.scopes import ADMIN, ADMIN_USER, AUTH, TOKENS, Scope, is_admin
 
 ORIGINS = frozenset({"api", "cli", "ui", "deployment", "system"})
 

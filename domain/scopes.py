@@ -13,8 +13,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from domain.errors import ScopeError
-from domain.filters import normalize_filter
+from tokentrail.domain.errors import ScopeError
+from tokentrail.domain.filters import normalize_filter
 
 ADMIN = "ADMIN"
 ADMIN_USER = "ADMIN_USER"

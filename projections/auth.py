@@ -16,12 +16,12 @@ from typing import Any
 
 import jwt as pyjwt
 
-from domain import clock
-from domain.errors import LedgerError, Unauthenticated
-from domain.policy import Caller
-from domain.scopes import Scope, scope_from_parts
-from domain.values import TokenSigner, ValueClaims
-from projections.queries import Queries, TokenRow, WorkspaceRow
+from tokentrail.domain import clock
+from tokentrail.domain.errors import LedgerError, Unauthenticated
+from tokentrail.domain.policy import Caller
+from tokentrail.domain.scopes import Scope, scope_from_parts
+from tokentrail.domain.values import TokenSigner, ValueClaims
+from tokentrail.projections.queries import Queries, TokenRow, WorkspaceRow
 
 CACHE_SIZE = 100_000
 MAX_JWT_LENGTH = 16_384

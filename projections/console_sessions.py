@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, delete, or_, select, update
 
-from domain import clock
-from projections import schema as s
+from tokentrail.domain import clock
+from tokentrail.projections import schema as s
 
 DEFAULT_IDLE_SECONDS = 30 * 60
 DEFAULT_MAX_SECONDS = 12 * 3600

@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from domain.errors import InvalidInput, StoreUnavailable
-from projections import pgstore
+from tokentrail.domain.errors import InvalidInput, StoreUnavailable
+from tokentrail.projections import pgstore
 
 DEFAULT_DATA_DIR = "tokentrail-data"
 SQLITE_BUSY_MS = 15_000
@@ -67,7 +67,7 @@ class Database:
         return {
             # eventsourcing's PostgreSQL recorder without pipeline mode, with bounded waits and
             # retries, creating its tables under a lock (see projections/pgstore.py).
-            "PERSISTENCE_MODULE": "projections.pgstore:Factory",
+            "PERSISTENCE_MODULE": "tokentrail.projections.pgstore:Factory",
             "POSTGRES_DBNAME": url.database or "postgres",
             "POSTGRES_HOST": url.host or "127.0.0.1",
             "POSTGRES_PORT": str(url.port or 5432),

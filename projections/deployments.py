@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from domain.deploy import CurrentToken
-from domain.ledger import Deployed
-from domain.policy import Caller
-from projections.system import System
+from tokentrail.domain.deploy import CurrentToken
+from tokentrail.domain.ledger import Deployed
+from tokentrail.domain.policy import Caller
+from tokentrail.projections.system import System
 
 
 def current_tokens(system: System, workspace_id: str) -> list[CurrentToken]:

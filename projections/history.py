@@ -17,11 +17,11 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, or_, select
 
-from domain.clock import format_instant
-from domain.errors import InvalidInput
-from domain.scopes import Grant, grant_for, read_scope
-from projections import schema as s
-from projections.queries import TokenRow, origin_of
+from tokentrail.domain.clock import format_instant
+from tokentrail.domain.errors import InvalidInput
+from tokentrail.domain.scopes import Grant, grant_for, read_scope
+from tokentrail.projections import schema as s
+from tokentrail.projections.queries import TokenRow, origin_of
 
 MAX_PAGE = 1000
 AUDIT_FILTERS = ("from", "to", "actor", "token_id", "token_name", "resource", "event", "deployment")

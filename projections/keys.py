@@ -20,8 +20,8 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 
-from domain.errors import ConfigurationError
-from projections import schema as s
+from tokentrail.domain.errors import ConfigurationError
+from tokentrail.projections import schema as s
 
 SECRET_FILE = "secret.key"
 CHECKPOINT_FILE = "checkpoint-ed25519.pem"

@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
-import migrations
+import tokentrail.migrations as migrations
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 _LOCK_KEY = 0x6D696772  # "migr"

@@ -18,12 +18,21 @@ from typing import Any
 from eventsourcing.persistence import Notification
 from sqlalchemy import Engine, select
 
-from domain import clock
-from domain.ledger import Ledger
-from domain.model import DeploymentLog, Jwt, Token, TokenName, User, Workspace, WorkspaceName, grace_after_refresh
-from domain.scopes import read_scope
-from projections import schema as s
-from projections.chain import GENESIS, event_bytes, next_hash
+from tokentrail.domain import clock
+from tokentrail.domain.ledger import Ledger
+from tokentrail.domain.model import (
+    DeploymentLog,
+    Jwt,
+    Token,
+    TokenName,
+    User,
+    Workspace,
+    WorkspaceName,
+    grace_after_refresh,
+)
+from tokentrail.domain.scopes import read_scope
+from tokentrail.projections import schema as s
+from tokentrail.projections.chain import GENESIS, event_bytes, next_hash
 
 TRACKING_NAME = "ledger"
 BATCH_SIZE = 1000

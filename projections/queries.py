@@ -9,10 +9,10 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, select
 
-from domain.model import accepts
-from domain.policy import TokenFacts
-from domain.scopes import Scope, read_scope
-from projections import schema as s
+from tokentrail.domain.model import accepts
+from tokentrail.domain.policy import TokenFacts
+from tokentrail.domain.scopes import Scope, read_scope
+from tokentrail.projections import schema as s
 
 
 def origin_of(row: Any) -> dict[str, Any]:

@@ -15,11 +15,11 @@ from typing import Any
 
 from sqlalchemy import Engine, Table, delete, insert, select, text
 
-from projections import schema as s
-from projections.database import Database
-from projections.migrate import upgrade
-from projections.projector import Projector
-from projections.system import System
+from tokentrail.projections import schema as s
+from tokentrail.projections.database import Database
+from tokentrail.projections.migrate import upgrade
+from tokentrail.projections.projector import Projector
+from tokentrail.projections.system import System
 
 TABLES: tuple[Table, ...] = (s.tracking, *s.READ_MODEL_TABLES)
 

@@ -30,18 +30,18 @@ from sqlalchemy.exc import InterfaceError as SQLInterfaceError
 from sqlalchemy.exc import OperationalError as SQLOperationalError
 from sqlalchemy.exc import SQLAlchemyError
 
-from domain import clock
-from domain.errors import LedgerError, ProjectionFailed, StoreUnavailable
-from domain.ledger import Change, Ledger
-from domain.model import Token
-from domain.values import TokenSigner
-from projections import keys, pgstore
-from projections.auth import Authenticator
-from projections.database import Database, data_dir, database_url
-from projections.migrate import upgrade
-from projections.projector import Projector
-from projections.queries import Queries
-from projections.stats import ProcessStats
+from tokentrail.domain import clock
+from tokentrail.domain.errors import LedgerError, ProjectionFailed, StoreUnavailable
+from tokentrail.domain.ledger import Change, Ledger
+from tokentrail.domain.model import Token
+from tokentrail.domain.values import TokenSigner
+from tokentrail.projections import keys, pgstore
+from tokentrail.projections.auth import Authenticator
+from tokentrail.projections.database import Database, data_dir, database_url
+from tokentrail.projections.migrate import upgrade
+from tokentrail.projections.projector import Projector
+from tokentrail.projections.queries import Queries
+from tokentrail.projections.stats import ProcessStats
 
 T = TypeVar("T")
 

@@ -36,13 +36,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from sqlalchemy import func, select
 
-from domain import clock
-from domain.errors import InvalidInput
-from projections import schema as s
-from projections.chain import GENESIS
-from projections.keys import key_id
-from projections.projector import TRACKING_NAME
-from projections.system import System
+from tokentrail.domain import clock
+from tokentrail.domain.errors import InvalidInput
+from tokentrail.projections import schema as s
+from tokentrail.projections.chain import GENESIS
+from tokentrail.projections.keys import key_id
+from tokentrail.projections.projector import TRACKING_NAME
+from tokentrail.projections.system import System
 
 CHUNK = 5000
 STORED_CHUNK = 20_000

@@ -14,8 +14,8 @@ import httpx
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from api.setup import initialise
-from projections.system import System
+from tokentrail.api.setup import initialise
+from tokentrail.projections.system import System
 
 OWNER = "owner@example.com"
 # What `requests` leaves alone when it re-quotes a URL: the CLIs' raw `scope=` values pass through it.

@@ -17,11 +17,11 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from domain import clock
-from domain.policy import Caller
-from projections.system import System
 from tests.api_helpers import OWNER, Realm, create, make_realm
+from tokentrail.api.app import create_app
+from tokentrail.domain import clock
+from tokentrail.domain.policy import Caller
+from tokentrail.projections.system import System
 
 PG_HOST = os.environ.get("TOKENTRAIL_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TOKENTRAIL_TEST_PG_PORT", "5432"))

@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from projections import projector as projector_module  # noqa: E402
-from projections.system import System  # noqa: E402
+from tokentrail.projections import projector as projector_module  # noqa: E402
+from tokentrail.projections.system import System  # noqa: E402
 
 
 def main() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from domain import clock
-from domain.policy import Caller
-from projections.system import System
+from tokentrail.domain import clock
+from tokentrail.domain.policy import Caller
+from tokentrail.projections.system import System
 
 
 class FakeClock:

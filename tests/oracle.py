@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from domain import clock
-from domain.model import Jwt, Token, Workspace
-from domain.scopes import grant_for, parse_scope
-from projections.system import System
+from tokentrail.domain import clock
+from tokentrail.domain.model import Jwt, Token, Workspace
+from tokentrail.domain.scopes import grant_for, parse_scope
+from tokentrail.projections.system import System
 
 
 @dataclass

@@ -44,8 +44,8 @@ def server_env(database_url: str, data_dir: Path, secret: str) -> dict[str, str]
 
 def initialise_store(database_url: str, data_dir: Path, secret: str) -> dict[str, Any]:
     """Create the store and workspace `main`; answers {"admin", "admin_id", "workspace_id"}."""
-    from api.setup import initialise
-    from projections.system import System
+    from tokentrail.api.setup import initialise
+    from tokentrail.projections.system import System
 
     system = System(database_url, data=data_dir, environ=server_env(database_url, data_dir, secret))
     try:
@@ -95,7 +95,17 @@ def serve(
     url = f"http://127.0.0.1:{port}"
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *(extra or [])],
+            [
+                sys.executable,
+                "-m",
+                "tokentrail.api.cli",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *(extra or []),
+            ],
             cwd=ROOT,
             env={**server_env(database_url, data_dir, secret), **(env or {})},
             stdout=out,

@@ -21,7 +21,6 @@ import pytest
 from fastapi.testclient import TestClient
 from jwt.utils import base64url_encode
 
-from api.app import create_app
 from tests.api_helpers import (  # noqa: F401 - re-exported: other test files import them from here
     _REQUOTE_SAFE,
     OWNER,
@@ -38,6 +37,7 @@ from tests.api_helpers import (  # noqa: F401 - re-exported: other test files im
     url,
 )
 from tests.helpers import FakeClock
+from tokentrail.api.app import create_app
 
 # -- GET /v0/tokens ------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The API served by a real `uvicorn --factory api.app:app_from_env` process, over real HTTP.
+"""The API served by a real `uvicorn --factory tokentrail.api.app:app_from_env` process, over real HTTP.
 
 One server per backend for the whole module (SQLite file and a PostgreSQL database), configured
 only through TOKENTRAIL_DATABASE_URL, TOKENTRAIL_DATA_DIR and TOKENTRAIL_SECRET_KEY. The workspace
@@ -26,9 +26,9 @@ import httpx
 import jwt as pyjwt
 import pytest
 
-from api.setup import initialise
-from projections.system import System
 from tests.conftest import BACKENDS, PG_HOST, PG_PORT, PG_USER, TEST_SECRET, _pg_admin
+from tokentrail.api.setup import initialise
+from tokentrail.projections.system import System
 
 pytestmark = pytest.mark.e2e
 
@@ -131,7 +131,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
                 "-m",
                 "uvicorn",
                 "--factory",
-                "api.app:app_from_env",
+                "tokentrail.api.app:app_from_env",
                 "--host",
                 "127.0.0.1",
                 "--port",

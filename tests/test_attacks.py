@@ -28,9 +28,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from domain.values import b64url
-from projections.system import System
 from tests.helpers import FakeClock
 from tests.test_api import (
     JWT_SCOPES,
@@ -45,6 +42,9 @@ from tests.test_api import (
     url,
 )
 from tests.test_ui import CSRF, Console
+from tokentrail.api.app import create_app
+from tokentrail.domain.values import b64url
+from tokentrail.projections.system import System
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -342,7 +342,7 @@ def _tamper(ws: Realm, other: Realm, kind: str) -> str:
     if kind == "signature empty":
         return f"p.{payload}."
     if kind == "signed with another key":
-        from domain.values import TokenSigner
+        from tokentrail.domain.values import TokenSigner
 
         return TokenSigner(b"not-the-server-key-0123456789abcdef").make(ws.id, ws.admin_id, claims["g"])
     if kind == "old generation re-signed cannot be made":
@@ -730,8 +730,8 @@ def test_secret_checks_are_constant_time_by_inspection() -> None:
     suspicious = [line for path in SOURCES for line in _secret_equalities(path) if not NOT_SECRETS.search(line)]
     assert not suspicious, "non-constant-time comparisons of secrets:\n" + "\n".join(suspicious)
 
-    from api.ui import session
-    from domain import values
+    from tokentrail.api.ui import session
+    from tokentrail.domain import values
 
     assert "hmac.compare_digest(self._sign(encoded), signature)" in inspect.getsource(values.TokenSigner.read)
     assert "hmac.compare_digest(" in inspect.getsource(session.csrf_matches)
@@ -740,7 +740,7 @@ def test_secret_checks_are_constant_time_by_inspection() -> None:
 
     assert "compare_digest" in inspect.getsource(HMACAlgorithm.verify)
     # A value's generation is compared only after its HMAC verified: it is no secret by then.
-    auth_source = inspect.getsource(__import__("projections.auth", fromlist=["x"]).Authenticator._valid)
+    auth_source = inspect.getsource(__import__("tokentrail.projections.auth", fromlist=["x"]).Authenticator._valid)
     assert auth_source.index("self.signer.read(value)") < auth_source.index("row.accepts(")
 
 

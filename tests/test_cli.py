@@ -24,8 +24,8 @@ import httpx
 import pytest
 import typer
 
-from api.cli_common import parse_time
-from api.cli_tokens import scope_groups
+from tokentrail.api.cli_common import parse_time
+from tokentrail.api.cli_tokens import scope_groups
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +55,7 @@ def base_env(data_dir: Path, secret: bool = True, **extra: str) -> dict[str, str
 
 def run(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
+        [sys.executable, "-m", "tokentrail.api.cli", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -110,7 +110,7 @@ def start_server(data_dir: Path, secret: bool = True) -> Server:
     env = base_env(data_dir, secret)
     log = open(data_dir.parent / f"serve-{port}.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "tokentrail.api.cli", "serve", "--port", str(port)],
         cwd=REPO,
         env=env,
         stdout=log,
@@ -206,7 +206,7 @@ def test_resource_and_filter_pair_with_the_scope_they_follow() -> None:
 def test_every_command_has_help_with_an_example(local: dict[str, str]) -> None:
     from typer.main import get_command
 
-    from api.cli import app
+    from tokentrail.api.cli import app
 
     def walk(command, path):  # noqa: ANN001, ANN202
         yield path, command

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from api.routes.ledger import CSV_COLUMNS
 from tests.helpers import FakeClock
 from tests.test_api import Realm, assert_error, create, create_jwt, head, path_of, url
+from tokentrail.api.routes.ledger import CSV_COLUMNS
 
 TOKEN_VALUE = re.compile(r"p\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")
 

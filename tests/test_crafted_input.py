@@ -18,13 +18,13 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from api.app import create_app
-from domain.clock import MAX_MICROS, MIN_MICROS, format_instant, parse_instant
-from domain.errors import InvalidInput
-from projections.history import MAX_POSITION, decode_cursor, encode_cursor
-from projections.system import System
 from tests.test_api import Realm, assert_error, head, url
 from tests.test_ui import Console
+from tokentrail.api.app import create_app
+from tokentrail.domain.clock import MAX_MICROS, MIN_MICROS, format_instant, parse_instant
+from tokentrail.domain.errors import InvalidInput
+from tokentrail.projections.history import MAX_POSITION, decode_cursor, encode_cursor
+from tokentrail.projections.system import System
 
 
 def b64(raw: bytes) -> str:

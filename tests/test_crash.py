@@ -27,12 +27,12 @@ from typing import Any
 import httpx
 import pytest
 
-from domain.model import Token, TokenName, token_name_id
-from projections.rebuild import rebuild
-from projections.system import System
-from projections.verify import verify_chain
 from tests.conftest import TEST_SECRET
 from tests.serve_process import initialise_store, serve, server_env
+from tokentrail.domain.model import Token, TokenName, token_name_id
+from tokentrail.projections.rebuild import rebuild
+from tokentrail.projections.system import System
+from tokentrail.projections.verify import verify_chain
 
 pytestmark = pytest.mark.e2e
 

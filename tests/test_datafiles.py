@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain import datafiles
-from domain.datafiles import TokenDeclaration, parse_datafile, parse_project, read_project
-from domain.errors import DatafileError, InvalidInput
-from domain.ledger import validate_name
+from tokentrail.domain import datafiles
+from tokentrail.domain.datafiles import TokenDeclaration, parse_datafile, parse_project, read_project
+from tokentrail.domain.errors import DatafileError, InvalidInput
+from tokentrail.domain.ledger import validate_name
 
 EVENTS = """\
 DESCRIPTION >

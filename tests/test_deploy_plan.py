@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from domain.datafiles import parse_project
-from domain.deploy import (
+from tokentrail.domain.datafiles import parse_project
+from tokentrail.domain.deploy import (
     CreateToken,
     CurrentToken,
     DeleteToken,
@@ -17,7 +17,7 @@ from domain.deploy import (
     desired_tokens,
     plan_deployment,
 )
-from domain.errors import DatafileError, NameTaken
+from tokentrail.domain.errors import DatafileError, NameTaken
 
 PROJECT = {
     "datasources/events.datasource": (

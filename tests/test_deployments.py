@@ -21,14 +21,14 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from domain.datafiles import parse_project, read_project
-from domain.deploy import CurrentToken, desired_tokens, plan_deployment
-from domain.errors import Conflict, NameTaken
-from domain.policy import Caller
-from projections.deployments import current_tokens
-from projections.system import System
 from tests.helpers import FakeClock
 from tests.test_api import Realm, assert_error, create, create_jwt, head, make_realm, url
+from tokentrail.domain.datafiles import parse_project, read_project
+from tokentrail.domain.deploy import CurrentToken, desired_tokens, plan_deployment
+from tokentrail.domain.errors import Conflict, NameTaken
+from tokentrail.domain.policy import Caller
+from tokentrail.projections.deployments import current_tokens
+from tokentrail.projections.system import System
 
 # -- the project --------------------------------------------------------------------------------
 

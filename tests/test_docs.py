@@ -171,7 +171,7 @@ def shim_dir(root: Path) -> Path:
     bin_dir = root / "bin"
     bin_dir.mkdir(exist_ok=True)
     shim = bin_dir / "tokentrail"
-    shim.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" -m api.cli "$@"\n')
+    shim.write_text(f'#!/bin/sh\nPYTHONPATH="{REPO}" exec "{sys.executable}" -m tokentrail.api.cli "$@"\n')
     shim.chmod(0o755)
     return bin_dir
 
@@ -193,7 +193,7 @@ def test_readme_opens_with_the_two_install_commands() -> None:
     readme = (REPO / "README.md").read_text()
     assert readme.index("```bash") == readme.index("```"), "no code block may come before the install block"
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'tokentrail = "api.cli:main"' in pyproject  # `.venv/bin/tokentrail` exists after `pip install .`
+    assert 'tokentrail = "tokentrail.api.cli:main"' in pyproject  # `.venv/bin/tokentrail` exists after `pip install .`
     assert re.search(r"^test = \[", pyproject, re.M)  # the '.[test]' extra
     test_command = INSTALL_BLOCK.strip().splitlines()[-1]
     ci_lines = (REPO / ".ci" / "run").read_text().splitlines()
@@ -219,7 +219,7 @@ def test_every_bash_block_runs(path: Path, doc_runs: dict[Path, Run], tinybird_c
 def test_cli_md_shows_the_help_example_of_every_command() -> None:
     from typer.main import get_command
 
-    from api.cli import app
+    from tokentrail.api.cli import app
 
     shown = "".join(b.text for b in code_blocks(REPO / "docs" / "cli.md") if b.language == "bash")
     missing = []

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain.errors import FilterError
-from domain.filters import normalize_filter
+from tokentrail.domain.errors import FilterError
+from tokentrail.domain.filters import normalize_filter
 
 ACCEPTED = [
     ("a > 1", "a > 1"),

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from domain.errors import Unauthenticated
-from projections.rebuild import rebuild
-from projections.system import System
 from tests.helpers import value_of
+from tokentrail.domain.errors import Unauthenticated
+from tokentrail.projections.rebuild import rebuild
+from tokentrail.projections.system import System
 
 
 def _fresh_within(system: System, seconds: float) -> bool:

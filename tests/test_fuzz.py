@@ -41,15 +41,15 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from api.app import create_app
-from api.setup import initialise
-from domain.datafiles import parse_datafile, parse_project
-from domain.errors import DatafileError, FilterError, ScopeError
-from domain.filters import normalize_filter
-from domain.scopes import check_permission, parse_scope, parse_scopes, scope_from_parts
-from domain.values import TokenSigner, b64url
-from projections.system import System
 from tests.conftest import BACKENDS, PG_HOST, PG_PORT, PG_USER, TEST_SECRET, _pg_admin
+from tokentrail.api.app import create_app
+from tokentrail.api.setup import initialise
+from tokentrail.domain.datafiles import parse_datafile, parse_project
+from tokentrail.domain.errors import DatafileError, FilterError, ScopeError
+from tokentrail.domain.filters import normalize_filter
+from tokentrail.domain.scopes import check_permission, parse_scope, parse_scopes, scope_from_parts
+from tokentrail.domain.values import TokenSigner, b64url
+from tokentrail.projections.system import System
 
 EXAMPLES = int(os.environ.get("TOKENTRAIL_FUZZ_EXAMPLES", "20"))
 SEED = os.environ.get("TOKENTRAIL_FUZZ_SEED")
@@ -453,7 +453,7 @@ def test_values_that_are_not_plain_strings_read_as_none(value: Any) -> None:
 )
 @given(value=st.text(max_size=200) | st.lists(st.sampled_from(VALUE_PIECES + ["eyJhbGciOiJIUzI1NiJ9"])).map("".join))
 def test_authentication_of_random_credentials_raises_only_unauthenticated(system: System, value: str) -> None:
-    from domain.errors import Unauthenticated
+    from tokentrail.domain.errors import Unauthenticated
 
     with pytest.raises(Unauthenticated):
         system.auth.authenticate(value)
@@ -537,7 +537,7 @@ def test_arbitrary_bytes_decoded_any_way_parse_or_raise_a_datafile_error(path: s
 )
 @given(raw=st.binary(max_size=100))
 def test_datafiles_on_disk_of_any_bytes_read_or_raise_a_datafile_error(tmp_path: Path, raw: bytes) -> None:
-    from domain.datafiles import read_project
+    from tokentrail.domain.datafiles import read_project
 
     (tmp_path / "e.datasource").write_bytes(b"TOKEN t READ\n" + raw)
     try:
@@ -549,8 +549,8 @@ def test_datafiles_on_disk_of_any_bytes_read_or_raise_a_datafile_error(tmp_path:
 @PROPERTY
 @given(query=st.binary(max_size=120), body=st.binary(max_size=120))
 def test_wire_parameters_of_any_bytes_parse_or_raise_invalid_input(query: bytes, body: bytes) -> None:
-    from api.wire import Params, json_body
-    from domain.errors import InvalidInput
+    from tokentrail.api.wire import Params, json_body
+    from tokentrail.domain.errors import InvalidInput
 
     try:
         params = Params.parse(query, body)
@@ -565,8 +565,8 @@ def test_wire_parameters_of_any_bytes_parse_or_raise_invalid_input(query: bytes,
 
 
 def test_deeply_nested_json_bodies_raise_invalid_input() -> None:
-    from api.wire import json_body
-    from domain.errors import InvalidInput
+    from tokentrail.api.wire import json_body
+    from tokentrail.domain.errors import InvalidInput
 
     for body in (b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000, b'"\\ud800"', b"NaN"):
         with pytest.raises(InvalidInput):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from api.heavy import HeavyReadGate, heavy_concurrency, is_heavy
+from tokentrail.api.heavy import HeavyReadGate, heavy_concurrency, is_heavy
 
 
 def _scope(path: str, query: bytes = b"", method: str = "GET") -> dict:

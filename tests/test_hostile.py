@@ -18,11 +18,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from api.app import create_app
-from projections.rebuild import rebuild
-from projections.system import System
-from projections.verify import verify_chain
 from tests.test_api import make_realm, path_of, url
+from tokentrail.api.app import create_app
+from tokentrail.projections.rebuild import rebuild
+from tokentrail.projections.system import System
+from tokentrail.projections.verify import verify_chain
 
 # Filters that grow when normalised, nest deeply, or are plain garbage.
 _FILTERS = st.one_of(

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from domain.errors import ConfigurationError, Unauthenticated
-from domain.policy import Caller
-from projections import keys
-from projections.system import System
 from tests.conftest import TEST_SECRET
 from tests.helpers import value_of
+from tokentrail.domain.errors import ConfigurationError, Unauthenticated
+from tokentrail.domain.policy import Caller
+from tokentrail.projections import keys
+from tokentrail.projections.system import System
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def test_a_non_utf8_environment_variable_is_refused_at_start(tmp_path: Path) -> 
     env_bytes = {k.encode(): v.encode() for k, v in env.items()}
     env_bytes[b"TOKENTRAIL_SECRET_KEY"] = b"\xff\xfe" * 20
     result = subprocess.run(
-        [sys.executable, "-m", "api.cli", "init", "--quiet"],
+        [sys.executable, "-m", "tokentrail.api.cli", "init", "--quiet"],
         env=env_bytes,
         capture_output=True,
         text=True,

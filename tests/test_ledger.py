@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from api.setup import initialise
-from domain.errors import Forbidden, InvalidInput, NameTaken, NotFound, Unauthenticated
-from domain.policy import Caller
-from projections.system import System
 from tests.helpers import FakeClock, caller_for, value_of
+from tokentrail.api.setup import initialise
+from tokentrail.domain.errors import Forbidden, InvalidInput, NameTaken, NotFound, Unauthenticated
+from tokentrail.domain.policy import Caller
+from tokentrail.projections.system import System
 
 
 def test_a_workspace_starts_with_its_default_tokens(system: System, workspace) -> None:

@@ -16,12 +16,12 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.app import create_app
-from api.setup import initialise
-from domain.policy import Caller
-from projections.system import System
 from tests.conftest import _pg_admin
 from tests.helpers import FakeClock
+from tokentrail.api.app import create_app
+from tokentrail.api.setup import initialise
+from tokentrail.domain.policy import Caller
+from tokentrail.projections.system import System
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from domain.errors import Forbidden, InvalidInput
-from domain.model import Token, TokenKind, accepts
-from domain.values import new_generation
+from tokentrail.domain.errors import Forbidden, InvalidInput
+from tokentrail.domain.model import Token, TokenKind, accepts
+from tokentrail.domain.values import new_generation
 
 ACTOR = {"token_id": None, "name": "test", "request_id": None, "origin": "api", "deployment_id": None}
 

@@ -17,13 +17,13 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from domain import clock
-from domain.errors import LedgerError
-from domain.policy import Caller
-from projections.history import History
-from projections.system import System
 from tests.helpers import caller_for
 from tests.oracle import Replayed
+from tokentrail.domain import clock
+from tokentrail.domain.errors import LedgerError
+from tokentrail.domain.policy import Caller
+from tokentrail.projections.history import History
+from tokentrail.projections.system import System
 
 NAMES = ["a", "b", "c", "d"]
 RESOURCES = [

@@ -25,15 +25,15 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from domain import ledger as ledger_module
-from domain.datafiles import MAX_TOKEN_LINES, is_reserved_name, read_project
-from domain.errors import DatafileError, StoreUnavailable
-from projections import pgstore
-from projections.system import System
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, TEST_SECRET
 from tests.serve_process import free_port, serve
 from tests.test_api import Realm, assert_error, create, head, make_realm, url
+from tokentrail.api.app import create_app
+from tokentrail.domain import ledger as ledger_module
+from tokentrail.domain.datafiles import MAX_TOKEN_LINES, is_reserved_name, read_project
+from tokentrail.domain.errors import DatafileError, StoreUnavailable
+from tokentrail.projections import pgstore
+from tokentrail.projections.system import System
 
 BIG = MAX_TOKEN_LINES
 
@@ -175,7 +175,7 @@ def test_read_project_refuses_a_link_out_of_the_project(tmp_path: Path) -> None:
 def test_cli_deploy_refuses_a_link_out_of_the_project(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from api.cli import app as cli_app
+    from tokentrail.api.cli import app as cli_app
 
     project = tmp_path / "project"
     project.mkdir()
@@ -557,7 +557,7 @@ def test_a_wrong_url_at_start_up_names_the_cause_within_5_s(
 def test_cli_reports_a_wrong_url_in_one_line(postgres_available: bool, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from api.cli import app as cli_app
+    from tokentrail.api.cli import app as cli_app
 
     result = CliRunner().invoke(
         cli_app,
@@ -571,7 +571,7 @@ def test_cli_reports_a_wrong_url_in_one_line(postgres_available: bool, tmp_path:
 def test_route_template_names_plain_starlette_routes(system: System) -> None:
     from starlette.requests import Request
 
-    from api.app import route_template
+    from tokentrail.api.app import route_template
 
     app = create_app(system)
     # FastAPI's routes record themselves in the scope (the outage test checks a logged one);

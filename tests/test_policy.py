@@ -18,9 +18,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from domain.policy import RULES, Op, Role, Target, markdown
-from projections.system import System
 from tests.test_api import create, head, make_realm, path_of, url
+from tokentrail.domain.policy import RULES, Op, Role, Target, markdown
+from tokentrail.projections.system import System
 
 ROLE_SCOPES = {
     Role.ADMIN: "ADMIN",
@@ -184,7 +184,7 @@ def test_the_table_in_the_docs_is_the_table_in_the_code() -> None:
     from pathlib import Path
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
-    assert markdown() in docs, "docs/security.md is stale: paste `python -m domain.policy` into it"
+    assert markdown() in docs, "docs/security.md is stale: paste `python -m tokentrail.domain.policy` into it"
 
 
 # -- the same table, through the web console ----------------------------------------------------

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from domain.errors import Unauthenticated
-from projections import schema as s
-from projections.rebuild import rebuild
-from projections.system import System
-from projections.verify import verify_chain
 from tests.helpers import FakeClock, caller_for
+from tokentrail.domain.errors import Unauthenticated
+from tokentrail.projections import schema as s
+from tokentrail.projections.rebuild import rebuild
+from tokentrail.projections.system import System
+from tokentrail.projections.verify import verify_chain
 
 HERE = Path(__file__).resolve().parent
 

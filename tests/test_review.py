@@ -10,10 +10,10 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from domain.errors import Unauthenticated
 from tests.test_api import assert_error, authenticates, create, create_jwt, head, path_of, url
 from tests.test_ui import Console
+from tokentrail.api.app import create_app
+from tokentrail.domain.errors import Unauthenticated
 
 
 def _owner_name(ws) -> str:  # noqa: ANN001 - the Realm fixture

@@ -16,12 +16,12 @@ import time
 import jwt as pyjwt
 import pytest
 
-from domain.errors import Forbidden, Unauthenticated
-from domain.policy import Caller
-from projections.system import System
 from tests.helpers import FakeClock, caller_for, value_of
 from tests.pg_proxy import FreezableProxy
 from tests.test_api import JWT_SCOPES, authenticates, create, create_jwt, head, url
+from tokentrail.domain.errors import Forbidden, Unauthenticated
+from tokentrail.domain.policy import Caller
+from tokentrail.projections.system import System
 
 GRACE = "grace window after a refresh only authenticates"
 
@@ -395,8 +395,8 @@ def test_the_migration_carries_an_open_grace_window_over(system: System, workspa
     after the upgrade, and the migrated read model equals a rebuild."""
     from alembic import command
 
-    from projections.migrate import alembic_config
-    from projections.rebuild import rebuild
+    from tokentrail.projections.migrate import alembic_config
+    from tokentrail.projections.rebuild import rebuild
 
     FakeClock()
     _, admin = workspace

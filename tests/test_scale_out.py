@@ -29,12 +29,12 @@ from typing import Any
 import httpx
 import pytest
 
-from domain.model import Token
-from projections.rebuild import rebuild
-from projections.system import System
-from projections.verify import verify_chain
 from tests.conftest import PG_HOST, PG_PORT, PG_USER, TEST_SECRET, _pg_admin
 from tests.serve_process import Served, initialise_store, serve, server_env
+from tokentrail.domain.model import Token
+from tokentrail.projections.rebuild import rebuild
+from tokentrail.projections.system import System
+from tokentrail.projections.verify import verify_chain
 
 pytestmark = pytest.mark.e2e
 

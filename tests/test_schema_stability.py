@@ -31,11 +31,11 @@ import pytest
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import StoredEvent
 
-from domain import model
-from projections.rebuild import rebuild
-from projections.system import System
-from projections.verify import verify_chain
 from tests.fixtures.make_ledger_fixture import SECRET, dump_tables
+from tokentrail.domain import model
+from tokentrail.projections.rebuild import rebuild
+from tokentrail.projections.system import System
+from tokentrail.projections.verify import verify_chain
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LEDGERS = sorted(FIXTURES.glob("ledger-v*.db"))

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain.errors import ScopeError
-from domain.scopes import (
+from tokentrail.domain.errors import ScopeError
+from tokentrail.domain.scopes import (
     Scope,
     check_permission,
     grant_for,

@@ -13,13 +13,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from domain.model import Token, TokenName
-from domain.policy import Caller
-from domain.values import new_generation
-from projections.rebuild import rebuild
-from projections.system import System
-from projections.verify import verify_chain, verify_checkpoint
 from tests.test_api import assert_error, authenticates, create, create_jwt, head, path_of, url
+from tokentrail.domain.model import Token, TokenName
+from tokentrail.domain.policy import Caller
+from tokentrail.domain.values import new_generation
+from tokentrail.projections.rebuild import rebuild
+from tokentrail.projections.system import System
+from tokentrail.projections.verify import verify_chain, verify_checkpoint
 
 LONG_SUM = "a = " + "+".join(["1"] * 600)  # ~1,200 characters as sent, ~2,400 once normalised
 LONG_IN = "a IN (" + ",".join(["1"] * 1000) + ")"
@@ -333,7 +333,7 @@ def test_the_owner_rotates_their_own_user_token_and_nobody_else_can(client, syst
 
 
 def test_introspection_parses_no_permission_for_an_anonymous_caller(client, ws) -> None:
-    from domain.scopes import _parse_scope
+    from tokentrail.domain.scopes import _parse_scope
 
     before = _parse_scope.cache_info()
     for i in range(20):

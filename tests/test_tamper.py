@@ -14,11 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from api.app import create_app
-from domain.policy import Caller
-from projections.chain import GENESIS, event_bytes, next_hash
-from projections.system import System
-from projections.verify import make_checkpoint, verify_chain, verify_checkpoint
+from tokentrail.api.app import create_app
+from tokentrail.domain.policy import Caller
+from tokentrail.projections.chain import GENESIS, event_bytes, next_hash
+from tokentrail.projections.system import System
+from tokentrail.projections.verify import make_checkpoint, verify_chain, verify_checkpoint
 
 # -- a small ledger and raw access to its event table ---------------------------------------------
 

@@ -1,7 +1,7 @@
 """Tinybird's real CLIs (Classic ``tinybird-cli`` 6.5.5 and Forward ``tinybird`` 5.0.3) against a
 real tokentrail server, on SQLite and on PostgreSQL.
 
-One uvicorn process per backend (module scope) serves a store made with ``python -m api.cli init``.
+One uvicorn process per backend (module scope) serves a store made with ``python -m tokentrail.api.cli init``.
 Every ``tb token …`` command must exit as Tinybird's server would make it exit, and its effect is
 then checked through the JSON API: the token table, one token, its history and the audit trail
 (actor = the admin token, origin ``cli`` because the CLIs send ``cli_version=``).
@@ -35,8 +35,8 @@ import jwt as pyjwt
 import psycopg
 import pytest
 
-from domain.filters import normalize_filter
 from tests.tbcli import ensure_cli, run_tb
+from tokentrail.domain.filters import normalize_filter
 
 pytestmark = pytest.mark.e2e
 
@@ -115,7 +115,17 @@ def _start(backend: str, data: Path, database_url: str | None) -> Server:
     if database_url:
         env["TOKENTRAIL_DATABASE_URL"] = database_url
     init = subprocess.run(
-        [sys.executable, "-m", "api.cli", "init", "--workspace", "main", "--email", "owner@example.com", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "tokentrail.api.cli",
+            "init",
+            "--workspace",
+            "main",
+            "--email",
+            "owner@example.com",
+            "--json",
+        ],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -137,7 +147,7 @@ def _start(backend: str, data: Path, database_url: str | None) -> Server:
                 "-m",
                 "uvicorn",
                 "--factory",
-                "api.app:app_from_env",
+                "tokentrail.api.app:app_from_env",
                 "--host",
                 "127.0.0.1",
                 "--port",

@@ -23,17 +23,17 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.setup import initialise
-from api.ui import session as sessions
-from domain.clock import format_instant, to_micros
-from domain.errors import Unauthenticated
-from domain.policy import Caller
-from projections.keys import checkpoint_key
-from projections.system import System
-from projections.verify import verify_checkpoint
 from tests.conftest import TEST_SECRET
 from tests.helpers import FakeClock
+from tokentrail.api.app import create_app
+from tokentrail.api.setup import initialise
+from tokentrail.api.ui import session as sessions
+from tokentrail.domain.clock import format_instant, to_micros
+from tokentrail.domain.errors import Unauthenticated
+from tokentrail.domain.policy import Caller
+from tokentrail.projections.keys import checkpoint_key
+from tokentrail.projections.system import System
+from tokentrail.projections.verify import verify_checkpoint
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 

@@ -1,5 +1,5 @@
 """The web console in a real browser: Playwright drives Debian's headless Chromium against a real
-`uvicorn --factory api.app:app_from_env`, seeded by `python -m api.cli init`, as a user would.
+`uvicorn --factory tokentrail.api.app:app_from_env`, seeded by `python -m tokentrail.api.cli init`, as a user would.
 
 Screenshots of every page, at a laptop's and a phone's width, go to artifacts/screenshots/ (kept
 out of git) for a person to look at. With CI=true a missing Chromium or Playwright fails the run;
@@ -71,7 +71,17 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENTRAIL_")}
     env.update(TOKENTRAIL_DATA_DIR=str(data), TOKENTRAIL_SECRET_KEY="browser-test-secret-0123456789abcdef")
     init = subprocess.run(
-        [sys.executable, "-m", "api.cli", "init", "--workspace", "main", "--email", "owner@example.com", "--json"],
+        [
+            sys.executable,
+            "-m",
+            "tokentrail.api.cli",
+            "init",
+            "--workspace",
+            "main",
+            "--email",
+            "owner@example.com",
+            "--json",
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -88,7 +98,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             "-m",
             "uvicorn",
             "--factory",
-            "api.app:app_from_env",
+            "tokentrail.api.app:app_from_env",
             "--host",
             "127.0.0.1",
             "--port",

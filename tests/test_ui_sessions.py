@@ -19,17 +19,17 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 from starlette.requests import Request
 
-from api.app import create_app
-from api.proxies import TrustedProxies, parse_networks
-from api.setup import initialise
-from api.ui import session as sessions
-from projections import schema as s
-from projections.console_sessions import SessionSettings
-from projections.system import System
 from tests.conftest import TEST_SECRET
 from tests.helpers import FakeClock
 from tests.test_api import create_jwt, url
 from tests.test_ui import Console
+from tokentrail.api.app import create_app
+from tokentrail.api.proxies import TrustedProxies, parse_networks
+from tokentrail.api.setup import initialise
+from tokentrail.api.ui import session as sessions
+from tokentrail.projections import schema as s
+from tokentrail.projections.console_sessions import SessionSettings
+from tokentrail.projections.system import System
 
 
 @pytest.fixture

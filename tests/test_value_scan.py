@@ -26,13 +26,13 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from api.app import create_app
-from api.setup import initialise
-from domain.values import TokenSigner
-from projections.system import System
 from tests.conftest import TEST_SECRET
 from tests.serve_process import serve
 from tests.test_ui import Console
+from tokentrail.api.app import create_app
+from tokentrail.api.setup import initialise
+from tokentrail.domain.values import TokenSigner
+from tokentrail.projections.system import System
 
 VALUE_PATTERN = re.compile(rb"p\.[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]+")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 def test_the_cli_prints_the_installed_version(capsys) -> None:
     from importlib import metadata
 
-    from api.cli import main
+    from tokentrail.api.cli import main
 
     try:
         main(["--version"])

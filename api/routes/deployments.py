@@ -7,12 +7,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from api.deps import caller, get_system, params, read_body
-from api.schemas import query_param, responses
-from api.wire import Params
-from domain.errors import InvalidInput
-from domain.policy import Caller
-from projections.deployments import deploy
+from tokentrail.api.deps import caller, get_system, params, read_body
+from tokentrail.api.schemas import query_param, responses
+from tokentrail.api.wire import Params
+from tokentrail.domain.errors import InvalidInput
+from tokentrail.domain.policy import Caller
+from tokentrail.projections.deployments import deploy
 
 router = APIRouter(tags=["deployments"])
 MAX_FILES = 10_000

@@ -7,9 +7,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import get_system
-from api.schemas import responses
-from domain.errors import StoreUnavailable
+from tokentrail.api.deps import get_system
+from tokentrail.api.schemas import responses
+from tokentrail.domain.errors import StoreUnavailable
 
 router = APIRouter(tags=["operations"])
 

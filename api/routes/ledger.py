@@ -12,19 +12,19 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from api.deps import caller, get_system, params
-from api.heavy import RenderedInThread
-from api.schemas import path_param, query_param, responses
-from api.wire import Params
-from domain.clock import format_instant, now, parse_instant, to_micros
-from domain.errors import InvalidInput, NotFound
-from domain.policy import Caller, Op, authorize
-from domain.refs import parse_ref
-from domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME
-from projections.history import AuditQuery, History
-from projections.queries import TokenRow
-from projections.system import System
-from projections.verify import make_checkpoint, verify_chain, workspace_view
+from tokentrail.api.deps import caller, get_system, params
+from tokentrail.api.heavy import RenderedInThread
+from tokentrail.api.schemas import path_param, query_param, responses
+from tokentrail.api.wire import Params
+from tokentrail.domain.clock import format_instant, now, parse_instant, to_micros
+from tokentrail.domain.errors import InvalidInput, NotFound
+from tokentrail.domain.policy import Caller, Op, authorize
+from tokentrail.domain.refs import parse_ref
+from tokentrail.domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME
+from tokentrail.projections.history import AuditQuery, History
+from tokentrail.projections.queries import TokenRow
+from tokentrail.projections.system import System
+from tokentrail.projections.verify import make_checkpoint, verify_chain, workspace_view
 
 router = APIRouter(tags=["ledger"], route_class=RenderedInThread)
 CSV_COLUMNS = (
@@ -172,7 +172,7 @@ class LedgerViews:
 
 def as_of_object(row: TokenRow) -> dict[str, Any]:
     """A token object as it stood at an instant: never with a value."""
-    from domain.scopes import read_scope
+    from tokentrail.domain.scopes import read_scope
 
     return {
         "id": row.id,

@@ -10,10 +10,10 @@ import jwt as pyjwt
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from api import present
-from api.deps import caller, get_system, params, read_body
-from api.heavy import RenderedInThread
-from api.schemas import (
+from tokentrail.api import present
+from tokentrail.api.deps import caller, get_system, params, read_body
+from tokentrail.api.heavy import RenderedInThread
+from tokentrail.api.schemas import (
     JwtRequestSchema,
     JwtResponseSchema,
     OkSchema,
@@ -26,15 +26,15 @@ from api.schemas import (
     query_param,
     responses,
 )
-from api.wire import Params, json_body
-from domain import clock
-from domain.errors import Forbidden, InvalidInput, MethodNotAllowed, NotFound
-from domain.policy import Caller, Op, Target, authorize, require_token_manager, target_of
-from domain.refs import parse_ref
-from domain.scopes import scope_from_parts
-from projections.auth import MAX_JWT_LENGTH
-from projections.queries import TokenRow
-from projections.system import System
+from tokentrail.api.wire import Params, json_body
+from tokentrail.domain import clock
+from tokentrail.domain.errors import Forbidden, InvalidInput, MethodNotAllowed, NotFound
+from tokentrail.domain.policy import Caller, Op, Target, authorize, require_token_manager, target_of
+from tokentrail.domain.refs import parse_ref
+from tokentrail.domain.scopes import scope_from_parts
+from tokentrail.projections.auth import MAX_JWT_LENGTH
+from tokentrail.projections.queries import TokenRow
+from tokentrail.projections.system import System
 
 router = APIRouter(tags=["tokens"], route_class=RenderedInThread)
 MAX_JWT_TTL = 10 * 365 * 86_400

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from api import present
-from api.deps import caller, get_system, params, request_context, token_value
-from api.schemas import (
+from tokentrail.api import present
+from tokentrail.api.deps import caller, get_system, params, request_context, token_value
+from tokentrail.api.schemas import (
     IntrospectionSchema,
     NewWorkspaceSchema,
     RegionsSchema,
@@ -19,10 +19,10 @@ from api.schemas import (
     query_param,
     responses,
 )
-from api.wire import Params
-from domain.errors import InvalidInput, LedgerError, NotFound, StoreUnavailable
-from domain.policy import Caller, Op, authorize
-from domain.scopes import MAX_SCOPE_LENGTH, check_permission, parse_scope
+from tokentrail.api.wire import Params
+from tokentrail.domain.errors import InvalidInput, LedgerError, NotFound, StoreUnavailable
+from tokentrail.domain.policy import Caller, Op, authorize
+from tokentrail.domain.scopes import MAX_SCOPE_LENGTH, check_permission, parse_scope
 
 router = APIRouter(tags=["workspaces"])
 _INTROSPECTION = IntrospectionSchema()  # one instance: building a schema costs more than a dump

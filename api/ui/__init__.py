@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.ui import access, audit, signin, tokens
-from api.ui.pages import STATIC_DIR
+from tokentrail.api.ui import access, audit, signin, tokens
+from tokentrail.api.ui.pages import STATIC_DIR
 
 router = APIRouter(include_in_schema=False)
 for pages in (signin.router, tokens.router, audit.router, access.router):

@@ -8,11 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
-from api.ui.pages import Page, UiRoute, format_time, ui_instant, viewer
-from domain.clock import now, to_micros
-from domain.errors import InvalidInput, LedgerError
-from domain.policy import Op, authorize
-from domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME
+from tokentrail.api.ui.pages import Page, UiRoute, format_time, ui_instant, viewer
+from tokentrail.domain.clock import now, to_micros
+from tokentrail.domain.errors import InvalidInput, LedgerError
+from tokentrail.domain.policy import Op, authorize
+from tokentrail.domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME
 
 router = APIRouter(route_class=UiRoute)
 

@@ -12,13 +12,13 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Depends
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from api.routes.ledger import audit_csv
-from api.ui.pages import Page, UiRoute, ui_instant, viewer
-from api.ui.timeline import ScopeDiff
-from domain.errors import InvalidInput, LedgerError
-from domain.policy import Op, allows, authorize
-from projections.history import MAX_PAGE, AuditQuery
-from projections.verify import make_checkpoint, verify_chain, workspace_view
+from tokentrail.api.routes.ledger import audit_csv
+from tokentrail.api.ui.pages import Page, UiRoute, ui_instant, viewer
+from tokentrail.api.ui.timeline import ScopeDiff
+from tokentrail.domain.errors import InvalidInput, LedgerError
+from tokentrail.domain.policy import Op, allows, authorize
+from tokentrail.projections.history import MAX_PAGE, AuditQuery
+from tokentrail.projections.verify import make_checkpoint, verify_chain, workspace_view
 
 router = APIRouter(route_class=UiRoute)
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from api.ui.pages import Form
-from domain.errors import InvalidInput
-from domain.ledger import MAX_SCOPES
-from domain.scopes import Scope
+from tokentrail.api.ui.pages import Form
+from tokentrail.domain.errors import InvalidInput
+from tokentrail.domain.ledger import MAX_SCOPES
+from tokentrail.domain.scopes import Scope
 
 # (scope, label, what it lets a token do): the checkboxes, in the order Tinybird's page shows them.
 WORKSPACE_SCOPES: tuple[tuple[str, str, str], ...] = (

@@ -24,12 +24,12 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from api.ui import session as sessions
-from domain.clock import from_micros, parse_instant
-from domain.errors import InvalidInput, LedgerError, Unauthenticated
-from domain.policy import Caller, require_token_manager
-from projections.history import History
-from projections.system import System
+from tokentrail.api.ui import session as sessions
+from tokentrail.domain.clock import from_micros, parse_instant
+from tokentrail.domain.errors import InvalidInput, LedgerError, Unauthenticated
+from tokentrail.domain.policy import Caller, require_token_manager
+from tokentrail.projections.history import History
+from tokentrail.projections.system import System
 
 API_DIR = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = API_DIR / "templates"

@@ -35,12 +35,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from fastapi import Request
 from starlette.responses import Response
 
-from api.proxies import proxies
-from domain.errors import Unauthenticated
-from domain.policy import Caller
-from projections import keys
-from projections.console_sessions import ConsoleSessions, SessionSettings
-from projections.system import System
+from tokentrail.api.proxies import proxies
+from tokentrail.domain.errors import Unauthenticated
+from tokentrail.domain.policy import Caller
+from tokentrail.projections import keys
+from tokentrail.projections.console_sessions import ConsoleSessions, SessionSettings
+from tokentrail.projections.system import System
 
 COOKIE = "tokentrail_ui"
 COOKIE_PATH = "/ui"

@@ -7,10 +7,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import RedirectResponse, Response
 
-from api.ui import session as sessions
-from api.ui.pages import Form, UiRoute, checked_form, render
-from domain.errors import Unauthenticated
-from projections.system import System
+from tokentrail.api.ui import session as sessions
+from tokentrail.api.ui.pages import Form, UiRoute, checked_form, render
+from tokentrail.domain.errors import Unauthenticated
+from tokentrail.projections.system import System
 
 router = APIRouter(route_class=UiRoute)
 

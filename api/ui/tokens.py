@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from fastapi import APIRouter, Depends
 from starlette.responses import RedirectResponse, Response
 
-from api.ui import session as sessions
-from api.ui.editor import PERMISSIONS_BY_KIND, WORKSPACE_SCOPES, Editor
-from api.ui.pages import Page, SignInRequired, UiRoute, poster, viewer
-from api.ui.timeline import timeline
-from domain.errors import InvalidInput, LedgerError, NotFound
-from domain.ledger import MAX_GRACE_SECONDS
-from domain.policy import Op, Target, allows, may_see_value, own_user_id, require_token_manager, target_of
-from domain.scopes import Scope
-from projections.queries import TokenRow
+from tokentrail.api.ui import session as sessions
+from tokentrail.api.ui.editor import PERMISSIONS_BY_KIND, WORKSPACE_SCOPES, Editor
+from tokentrail.api.ui.pages import Page, SignInRequired, UiRoute, poster, viewer
+from tokentrail.api.ui.timeline import timeline
+from tokentrail.domain.errors import InvalidInput, LedgerError, NotFound
+from tokentrail.domain.ledger import MAX_GRACE_SECONDS
+from tokentrail.domain.policy import Op, Target, allows, may_see_value, own_user_id, require_token_manager, target_of
+from tokentrail.domain.scopes import Scope
+from tokentrail.projections.queries import TokenRow
 
 router = APIRouter(route_class=UiRoute)
 
