@@ -56,10 +56,8 @@ from tokentrail.domain.policy import (
     Op,
     TokenFacts,
     authorize,
-    bound_user,
-    own_user_id,
     require_may_grant,
-    require_workspace,
+    require_reach,
 )
 from tokentrail.domain.refs import parse_ref
 from tokentrail.domain.scopes import ADMIN, AUTH, Scope, parse_scope, parse_scopes, read_scope
@@ -161,13 +159,6 @@ def scopes_of(token: Token) -> tuple[Scope, ...]:
 def facts_of(token: Token) -> TokenFacts:
     """What the policy table needs to know of a token aggregate."""
     return TokenFacts(str(token.id), token.kind, token.workspace_id, scopes_of(token))
-
-
-def _own_user_bound(caller: Caller, token: Token) -> bool:
-    """Is `token` the caller's own user's user token? It lives in the user's realm, not the
-    workspace's, yet its user (through `admin <email>`) must be able to rotate it."""
-    facts = facts_of(token)
-    return bound_user(facts) is not None and bound_user(facts) == own_user_id(caller)
 
 
 def _any_token(caller: Caller) -> TokenFacts:
@@ -543,8 +534,7 @@ class Ledger(Application[UUID]):
             or not token.accepts(parsed.generation or "", clock.to_micros(clock.now()))
         ):
             raise NotFound("Token not found")
-        if not _own_user_bound(caller, token):
-            require_workspace(caller, token.workspace_id)
+        require_reach(caller, facts_of(token))
         return token
 
     def token_by_name(self, workspace_id: str, name: str) -> Token | None:

@@ -7,7 +7,7 @@ HTTP and the console, and `docs/security.md` prints it (`python -m tokentrail.do
 
 A caller is classified into exactly one `Role`, a token into exactly one `Target` relative to
 that caller. Two rules sit before the table: a token never reaches another workspace (404, see
-`require_workspace`), and the ledger itself (`Role.SYSTEM`, bootstrap) may do everything.
+`in_reach`), and the ledger itself (`Role.SYSTEM`, bootstrap) may do everything.
 """
 
 from __future__ import annotations
@@ -309,9 +309,19 @@ def refusal(role: Role, op: Op, target: Target) -> str:
 # -- the rules as the entrypoints use them ----------------------------------------------------
 
 
-def require_workspace(caller: Caller, workspace_id: str) -> None:
-    """A token never reaches another workspace: there, everything is 'not found'."""
-    if not caller.is_system and caller.workspace_id != workspace_id:
+def in_reach(caller: Caller, token: TokenFacts) -> bool:
+    """A token never reaches another realm (workspace, or a user's own realm), with one exception:
+    its own user reaches a user-bound token (the user token lives in the user's realm, yet the
+    owner's `admin <email>` must be able to see and rotate it)."""
+    if caller.is_system or caller.workspace_id == token.workspace_id:
+        return True
+    bound = bound_user(token)
+    return bound is not None and bound == own_user_id(caller)
+
+
+def require_reach(caller: Caller, token: TokenFacts) -> None:
+    """Out of reach, a token is 'not found', whatever it is: nothing to learn about it."""
+    if not in_reach(caller, token):
         raise NotFound("Token not found")
 
 
@@ -332,10 +342,7 @@ def require_may_grant(caller: Caller, scopes: Iterable[Scope]) -> None:
 def may_see_value(caller: Caller, token: TokenFacts) -> bool:
     """Values reach the token itself and callers entitled to manage it; a user-bound token's value
     reaches only its own user (whose user token lives in the user's realm, not the workspace)."""
-    if not allows(caller, Op.SEE_VALUE, token):
-        return False
-    same_realm = caller.workspace_id == token.workspace_id
-    return same_realm or target_of(caller, token, Op.SEE_VALUE) is Target.OWN_USER_BOUND
+    return in_reach(caller, token) and allows(caller, Op.SEE_VALUE, token)
 
 
 def table() -> list[tuple[Op, Target, list[Role]]]:

@@ -29,7 +29,7 @@ from tokentrail.api.schemas import (
 from tokentrail.api.wire import Params, json_body
 from tokentrail.domain import clock
 from tokentrail.domain.errors import Forbidden, InvalidInput, MethodNotAllowed, NotFound
-from tokentrail.domain.policy import Caller, Op, Target, authorize, require_token_manager, target_of
+from tokentrail.domain.policy import Caller, Op, authorize, require_reach, require_token_manager
 from tokentrail.domain.refs import parse_ref
 from tokentrail.domain.scopes import scope_from_parts
 from tokentrail.projections.auth import MAX_JWT_LENGTH
@@ -312,8 +312,7 @@ def resolve(system: System, who: Caller, ref: str) -> TokenRow:
         row = system.queries.token(parsed.text)
     if row is None or row.deleted:
         raise NotFound("Token not found")
-    if row.workspace_id != who.workspace_id and target_of(who, row.facts, Op.REFRESH) is not Target.OWN_USER_BOUND:
-        raise NotFound("Token not found")  # never another realm's, but its user's own user token
+    require_reach(who, row.facts)
     if parsed.kind == "value" and (
         parsed.workspace_id != row.workspace_id
         or not row.accepts(parsed.generation or "", clock.to_micros(clock.now()))

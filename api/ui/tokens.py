@@ -15,7 +15,16 @@ from tokentrail.api.ui.pages import Page, SignInRequired, UiRoute, poster, viewe
 from tokentrail.api.ui.timeline import timeline
 from tokentrail.domain.errors import InvalidInput, LedgerError, NotFound
 from tokentrail.domain.ledger import MAX_GRACE_SECONDS
-from tokentrail.domain.policy import Op, Target, allows, may_see_value, own_user_id, require_token_manager, target_of
+from tokentrail.domain.policy import (
+    Op,
+    allows,
+    authorize,
+    in_reach,
+    may_see_value,
+    own_user_id,
+    require_reach,
+    require_token_manager,
+)
 from tokentrail.domain.scopes import Scope
 from tokentrail.projections.queries import TokenRow
 
@@ -63,9 +72,7 @@ def token_view(page: Page, row: TokenRow) -> TokenView:
     own = row.id == caller.token_id
     in_realm = row.workspace_id == caller.workspace_id
     facts = row.facts
-    # The signed-in owner's own user token lives in the user's realm and is theirs to rotate.
-    own_user_bound = target_of(caller, facts, Op.REFRESH) is Target.OWN_USER_BOUND
-    live = (in_realm or own_user_bound) and not row.deleted
+    live = in_reach(caller, facts) and not row.deleted
     # `manageable`: the caller's rights reach this token at all (the wording of the page's notes).
     manages = in_realm and (allows(caller, Op.DESCRIBE, facts) or allows(caller, Op.UPDATE, facts))
     protected = row.kind in PROTECTED_KINDS
@@ -114,13 +121,8 @@ def find_token(page: Page, token_id: str) -> TokenRow:
     row = page.system.queries.token(key)
     if row is None:
         raise NotFound("Token not found")
-    if row.workspace_id != page.caller.workspace_id:
-        own_user = owned_user_token(page)
-        if own_user is None or own_user.id != row.id:
-            raise NotFound("Token not found")  # a token never reaches another workspace
-        return row
-    if row.id != page.caller.token_id:
-        require_token_manager(page.caller)
+    require_reach(page.caller, row.facts)
+    authorize(page.caller, Op.READ, row.facts)
     return row
 
 
