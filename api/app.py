@@ -24,17 +24,17 @@ from tokentrail.api.heavy import HeavyReadGate, heavy_concurrency
 from tokentrail.api.metrics import Metrics, MetricsMiddleware
 from tokentrail.api.proxies import TrustedProxies
 from tokentrail.api.routes import deployments, health, ledger, tokens, workspaces
+from tokentrail.api.ui.session_store import ConsoleSessions, SessionSettings
 from tokentrail.api.wire import request_id
 from tokentrail.domain.errors import LedgerError, StoreUnavailable
-from tokentrail.projections.console_sessions import ConsoleSessions, SessionSettings
 from tokentrail.projections.history import History
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 log = logging.getLogger("tokentrail.api")
 SWITCH_INTERVAL = 0.001  # seconds; Python's default is 0.005
 
 
-def create_app(system: System) -> FastAPI:
+def create_app(service: Service) -> FastAPI:
     app = FastAPI(
         title="tokentrail",
         version="0.1.0",
@@ -43,14 +43,14 @@ def create_app(system: System) -> FastAPI:
             '`Authorization: Bearer <value>`. Every error is JSON `{"error": "…"}`.'
         ),
     )
-    app.state.system = system
-    app.state.metrics = Metrics(system)
-    app.state.history = History(system.read_engine)
-    app.state.ledger_views = ledger.LedgerViews(system, app.state.history)
+    app.state.service = service
+    app.state.metrics = Metrics(service)
+    app.state.history = History(service.read_engine)
+    app.state.ledger_views = ledger.LedgerViews(service, app.state.history)
     # Read once here so that a malformed setting stops the server at start.
-    app.state.proxies = TrustedProxies.from_environ(system.environ)
+    app.state.proxies = TrustedProxies.from_environ(service.environ)
     app.state.console_sessions = ConsoleSessions(
-        system.write_engine, system.read_engine, SessionSettings.from_environ(system.environ)
+        service.write_engine, service.read_engine, SessionSettings.from_environ(service.environ)
     )
     # Introspection (/v0/auth) is the hottest route: its router is matched first.
     app.include_router(workspaces.router)
@@ -100,7 +100,7 @@ def create_app(system: System) -> FastAPI:
         )
         return _error(request, 500, "internal error; the request id identifies it in the server log")
 
-    app.add_middleware(HeavyReadGate, concurrency=heavy_concurrency(system.environ))
+    app.add_middleware(HeavyReadGate, concurrency=heavy_concurrency(service.environ))
     app.add_middleware(RequestIdMiddleware)
     # Outermost: counts every answer, the 413s of RequestIdMiddleware included.
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics, routes=app.router.routes)
@@ -233,4 +233,4 @@ def app_from_env() -> Any:
     in worker threads, the event loop that answers `/v0/auth` otherwise waits up to a whole
     interval at every hand-over (bench/heavy_reads.py: p99 under 30 heavy clients 91 -> 30 ms)."""
     sys.setswitchinterval(SWITCH_INTERVAL)
-    return create_app(System())
+    return create_app(Service())

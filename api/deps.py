@@ -1,4 +1,4 @@
-"""Request plumbing shared by the routes: the system, the caller, the parameters, the body."""
+"""Request plumbing shared by the routes: the service, the caller, the parameters, the body."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from tokentrail.api.wire import Params, request_id
 from tokentrail.domain.errors import Unauthenticated
 from tokentrail.domain.policy import Caller
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 # Token requests carry a few parameters or a JWT's scopes; a deployment carries datafiles of at most
 # 1 MiB each. Anything larger is refused with 413 before it is read.
@@ -36,8 +36,8 @@ async def documented_credentials(
     dependency costs a trip through the thread pool on every request."""
 
 
-def get_system(request: Request) -> System:
-    return request.app.state.system
+def get_service(request: Request) -> Service:
+    return request.app.state.service
 
 
 def request_context(request: Request) -> dict[str, str | None]:
@@ -78,11 +78,11 @@ async def read_body(request: Request) -> bytes:
 
 async def caller(request: Request, _: None = Depends(documented_credentials)) -> Caller:
     """Authenticate the request: `?token=` (what Tinybird's CLIs send) or a Bearer header."""
-    system = get_system(request)
+    service = get_service(request)
     p = await params(request)
     value = token_value(request, p)
     if not value:
         raise Unauthenticated("a token is required: pass ?token= or Authorization: Bearer")
-    if not system.fresh():  # only a log that may have moved costs a thread-pool trip
-        await run_in_threadpool(system.sync)
-    return system.auth.authenticate(value, **request_context(request))
+    if not service.fresh():  # only a log that may have moved costs a thread-pool trip
+        await run_in_threadpool(service.sync)
+    return service.auth.authenticate(value, **request_context(request))

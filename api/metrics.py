@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import BaseRoute, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 log = logging.getLogger("tokentrail.metrics")
 
@@ -39,7 +39,7 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 class Metrics:
     """The registry of one app, and the request metrics the middleware updates."""
 
-    def __init__(self, system: System) -> None:
+    def __init__(self, service: Service) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "tokentrail_requests",
@@ -54,7 +54,7 @@ class Metrics:
             buckets=REQUEST_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(SystemCollector(system))
+        self.registry.register(SystemCollector(service))
         # Label children by key: `.labels()` costs more than the increment itself.
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._timers: dict[tuple[str, str], Any] = {}
@@ -77,16 +77,16 @@ class Metrics:
 class SystemCollector(Collector):
     """Reads the ledger's own counts at scrape time."""
 
-    def __init__(self, system: System) -> None:
-        self.system = system
+    def __init__(self, service: Service) -> None:
+        self.service = service
 
     def describe(self) -> list[Metric]:
         return []  # families depend on the store's state: do not run a scrape at registration
 
     def collect(self) -> Iterator[Metric]:
-        system = self.system
+        service = self.service
         try:
-            events, seconds = system.projection_lag()
+            events, seconds = service.projection_lag()
         except Exception as error:  # noqa: BLE001 - a store that does not answer must not break the scrape
             log.warning("metrics: projection lag unavailable: %s", type(error).__name__)
             yield GaugeMetricFamily("tokentrail_store_up", "1 when the store answered this scrape, else 0.", value=0)
@@ -102,7 +102,7 @@ class SystemCollector(Collector):
                 "Age of the oldest event not yet applied to the read models; 0 when caught up.",
                 value=seconds,
             )
-        cache = system.auth.tokens
+        cache = service.auth.tokens
         yield CounterMetricFamily(
             "tokentrail_auth_cache_hits", "Token lookups answered from the auth cache.", value=cache.hits
         )
@@ -112,10 +112,10 @@ class SystemCollector(Collector):
         written = CounterMetricFamily(
             "tokentrail_events_written", "Events this process wrote, by event type.", labels=("type",)
         )
-        for event_type, count in sorted(system.stats.events_written().items()):
+        for event_type, count in sorted(service.stats.events_written().items()):
             written.add_metric((event_type,), count)
         yield written
-        buckets, total = system.stats.revocation_visibility.snapshot()
+        buckets, total = service.stats.revocation_visibility.snapshot()
         yield HistogramMetricFamily(
             "tokentrail_revocation_visibility_seconds",
             "For each token refresh or delete written by another process: seconds from the event's "
@@ -123,7 +123,7 @@ class SystemCollector(Collector):
             buckets=buckets,
             sum_value=total,
         )
-        live = system.listener_live
+        live = service.listener_live
         if live is not None:
             yield GaugeMetricFamily(
                 "tokentrail_listener_alive",

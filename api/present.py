@@ -8,13 +8,13 @@ from tokentrail.api.schemas import TokenSchema, WorkspaceSchema
 from tokentrail.domain.policy import Caller, may_see_value
 from tokentrail.domain.scopes import read_scope
 from tokentrail.projections.queries import TokenRow, WorkspaceRow
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 _token_schema = TokenSchema()
 _workspace_schema = WorkspaceSchema()
 
 
-def _data(system: System, row: TokenRow, caller: Caller | None) -> dict[str, Any]:
+def _data(service: Service, row: TokenRow, caller: Caller | None) -> dict[str, Any]:
     scopes = row.parsed_scopes
     data: dict[str, Any] = {
         "id": row.id,
@@ -22,20 +22,20 @@ def _data(system: System, row: TokenRow, caller: Caller | None) -> dict[str, Any
         "description": row.description,
         "scopes": [s.wire() for s in scopes],
         "origin": row.origin,
-        "host": system.signer.host,
+        "host": service.signer.host,
     }
     if caller is None or may_see_value(caller, row.facts):
-        data["token"] = system.signer.make(row.workspace_id, row.id, row.generation)
+        data["token"] = service.signer.make(row.workspace_id, row.id, row.generation)
     return data
 
 
-def token_object(system: System, row: TokenRow, caller: Caller | None) -> dict[str, Any]:
-    return _token_schema.dump(_data(system, row, caller))
+def token_object(service: Service, row: TokenRow, caller: Caller | None) -> dict[str, Any]:
+    return _token_schema.dump(_data(service, row, caller))
 
 
-def token_objects(system: System, rows: list[TokenRow], caller: Caller | None) -> list[dict[str, Any]]:
+def token_objects(service: Service, rows: list[TokenRow], caller: Caller | None) -> list[dict[str, Any]]:
     """`token_object` of every row, dumped in one `many=True` pass of the same schema."""
-    return _token_schema.dump([_data(system, row, caller) for row in rows], many=True)
+    return _token_schema.dump([_data(service, row, caller) for row in rows], many=True)
 
 
 def workspace_object(workspace: WorkspaceRow, caller: Caller) -> dict[str, Any]:

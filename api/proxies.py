@@ -88,8 +88,8 @@ class TrustedProxies:
 
 
 def proxies(request: Request) -> TrustedProxies:
-    """The app's TrustedProxies (made from the system's environment by create_app)."""
+    """The app's TrustedProxies (made from the service's environment by create_app)."""
     found = getattr(request.app.state, "proxies", None)
     if found is None:
-        found = request.app.state.proxies = TrustedProxies.from_environ(request.app.state.system.environ)
+        found = request.app.state.proxies = TrustedProxies.from_environ(request.app.state.service.environ)
     return found

@@ -1,6 +1,6 @@
 """Token verification speed: in-process, and `GET /v0/auth` through a real uvicorn process.
 
-In-process: `system.auth.authenticate(value)` on one thread (one core) with a warm token cache,
+In-process: `service.auth.authenticate(value)` on one thread (one core) with a warm token cache,
 against a bare HMAC-SHA256 check + JSON decode of the same value (the least any verifier does).
 Target: >= 50,000 verifications/s.
 HTTP: `GET /v0/auth?permission=PIPES:READ:top&token=<value>` on `uvicorn --factory
@@ -47,7 +47,7 @@ def bare_check(key: bytes, value: str) -> dict:
 def in_process(
     backend: str, ws: common.Workspace, value: str, results: common.Results, count: int, repeats: int, profile: bool
 ) -> None:
-    auth = ws.system.auth
+    auth = ws.service.auth
     key = common.SECRET.encode()
     requested = parse_scope(PERMISSION)
     auth.authenticate(value)  # warm the cache
@@ -145,14 +145,14 @@ def main() -> None:
     results = common.Results("token verification")
     for backend in common.backends(args.backend):
         url, data = scratch.database_url(backend)
-        system = common.System(url, data=data, environ=common.environ(data))
-        ws = common.workspace(system)
-        token = system.command(lambda: system.ledger.create_token(ws.admin, "reader", [PERMISSION])).token
-        row = system.queries.token(str(token.id))
-        value = system.signer.make(row.workspace_id, row.id, row.generation)
+        service = common.Service(url, data=data, environ=common.environ(data))
+        ws = common.workspace(service)
+        token = service.command(lambda: service.ledger.create_token(ws.admin, "reader", [PERMISSION])).token
+        row = service.queries.token(str(token.id))
+        value = service.signer.make(row.workspace_id, row.id, row.generation)
         print(f"[{backend}] in-process: {repeats} x {count:,} verifications ...", flush=True)
         in_process(backend, ws, value, results, count, repeats, args.profile)
-        system.close()
+        service.close()
         print(f"[{backend}] HTTP: {rounds} round(s) of {seconds:g} s per app ...", flush=True)
         over_http(backend, url, data, value, results, seconds, rounds)
     results.print()

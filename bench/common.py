@@ -1,4 +1,4 @@
-"""Shared plumbing for the benchmarks: scratch databases, systems, timing, servers, results.
+"""Shared plumbing for the benchmarks: scratch databases, services, timing, servers, results.
 
 Every benchmark measures its baseline in the same run, on the same backend kind and the same disk,
 and prints ours / baseline as a ratio with PASS/FAIL against its target. Scratch SQLite files live
@@ -38,8 +38,8 @@ import psycopg  # noqa: E402
 from tokentrail.domain.model import Token, TokenName  # noqa: E402
 from tokentrail.domain.policy import Caller  # noqa: E402
 from tokentrail.domain.values import new_generation  # noqa: E402
-from tokentrail.projections.database import Database  # noqa: E402
-from tokentrail.projections.system import System  # noqa: E402
+from tokentrail.service import Service  # noqa: E402
+from tokentrail.storage.database import Database  # noqa: E402
 
 SECRET = "bench-secret-key-0123456789abcdef"
 PG_HOST = os.environ.get("TOKENTRAIL_BENCH_PG_HOST", "127.0.0.1")
@@ -125,9 +125,9 @@ def environ(data: Path, url: str | None = None) -> dict[str, str]:
     return env
 
 
-def make_system(scratch: Scratch, backend: str) -> System:
+def make_service(scratch: Scratch, backend: str) -> Service:
     url, data = scratch.database_url(backend)
-    return System(url, data=data, environ=environ(data))
+    return Service(url, data=data, environ=environ(data))
 
 
 def eventsourcing_env(scratch: Scratch, backend: str) -> dict[str, str]:
@@ -139,18 +139,18 @@ def eventsourcing_env(scratch: Scratch, backend: str) -> dict[str, str]:
 
 @dataclass
 class Workspace:
-    system: System
+    service: Service
     workspace_id: str
     admin: Caller
     admin_value: str
 
 
-def workspace(system: System, name: str = "bench") -> Workspace:
+def workspace(service: Service, name: str = "bench") -> Workspace:
     """A workspace with its default tokens and an authenticated admin caller (as tests/conftest.py)."""
-    setup = system.command(lambda: system.ledger.setup_workspace(name, "owner@example.com", Caller.system()))
+    setup = service.command(lambda: service.ledger.setup_workspace(name, "owner@example.com", Caller.system()))
     admin = setup.tokens[0]
-    value = system.signer.make(admin.workspace_id, str(admin.id), admin.generation)
-    return Workspace(system, admin.workspace_id, system.auth.authenticate(value), value)
+    value = service.signer.make(admin.workspace_id, str(admin.id), admin.generation)
+    return Workspace(service, admin.workspace_id, service.auth.authenticate(value), value)
 
 
 def seed_tokens(
@@ -158,7 +158,7 @@ def seed_tokens(
 ) -> list[str]:
     """Add `count` custom tokens fast: the same Token + TokenName aggregates `Ledger.create_token`
     saves, but `per_save` tokens per transaction and without the per-create checks. Not projected."""
-    ledger = ws.system.ledger
+    ledger = ws.service.ledger
     actor = ws.admin.actor()
     ids: list[str] = []
     for start in range(0, count, per_save):

@@ -49,8 +49,8 @@ from tokentrail.domain.model import Jwt, Token, TokenName, Workspace  # noqa: E4
 from tokentrail.domain.policy import Caller  # noqa: E402
 from tokentrail.domain.scopes import grant_for, parse_scope  # noqa: E402
 from tokentrail.domain.values import new_generation  # noqa: E402
-from tokentrail.projections.system import System  # noqa: E402
-from tokentrail.projections.verify import verify_chain  # noqa: E402
+from tokentrail.service import Service  # noqa: E402
+from tokentrail.verify import verify_chain  # noqa: E402
 
 TARGET_P99_MS = 50.0
 TARGET_VERIFY_PER_S = 100_000
@@ -105,13 +105,13 @@ class TickingClock:
 
 
 def generate(
-    system: System, tokens: int, events: int, per_workspace: int, big_share: float, per_save: int = 200, seed: int = 7
+    service: Service, tokens: int, events: int, per_workspace: int, big_share: float, per_save: int = 200, seed: int = 7
 ) -> dict[str, Any]:
     """Write the ledger; returns the workspaces with their admin values and the time span."""
     rng = random.Random(seed)
     ticking = TickingClock()
     clock.set_clock(ticking)
-    ledger = system.ledger
+    ledger = service.ledger
     big_tokens = int(tokens * big_share)
     typical = max(1, (tokens - big_tokens) // per_workspace)
     workspaces = []
@@ -125,7 +125,7 @@ def generate(
             scopes=(parse_scope("ADMIN"),),
             origin="cli",
         )
-        value = system.signer.make(admin.workspace_id, str(admin.id), admin.generation)
+        value = service.signer.make(admin.workspace_id, str(admin.id), admin.generation)
         workspaces.append(
             {
                 "id": admin.workspace_id,
@@ -220,9 +220,9 @@ def generate(
 # -- brute force --------------------------------------------------------------------------------
 
 
-def replay(system: System, workspace_id: str, until: int) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+def replay(service: Service, workspace_id: str, until: int) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Decode every stored event with effective time <= until; fold one workspace's tokens and JWTs."""
-    recorder, mapper = system.ledger.recorder, system.ledger.mapper
+    recorder, mapper = service.ledger.recorder, service.ledger.mapper
     tokens: dict[str, dict[str, Any]] = {}
     admin_of: dict[str, str] = {}
     jwts: list[dict[str, Any]] = []
@@ -272,13 +272,15 @@ def replay(system: System, workspace_id: str, until: int) -> tuple[dict[str, dic
     return tokens, jwts
 
 
-def replay_tokens(system: System, workspace_id: str, at: int) -> list[tuple[str, str]]:
-    tokens, _ = replay(system, workspace_id, at)
+def replay_tokens(service: Service, workspace_id: str, at: int) -> list[tuple[str, str]]:
+    tokens, _ = replay(service, workspace_id, at)
     return sorted((t["id"], t["name"]) for t in tokens.values() if not t["deleted"])
 
 
-def replay_access(system: System, workspace_id: str, resource: str, kind: str, permission: str, at: int) -> list[tuple]:
-    tokens, jwts = replay(system, workspace_id, at)
+def replay_access(
+    service: Service, workspace_id: str, resource: str, kind: str, permission: str, at: int
+) -> list[tuple]:
+    tokens, jwts = replay(service, workspace_id, at)
     out = []
     for t in tokens.values():
         if not t["deleted"]:
@@ -327,7 +329,7 @@ def access_query(rng: random.Random) -> tuple[str, str, str]:
 
 
 def measure_routes(
-    system: System,
+    service: Service,
     span: dict[str, Any],
     results: common.Results,
     samples: int,
@@ -336,7 +338,7 @@ def measure_routes(
     pick: Any,
 ) -> None:
     rng = random.Random(11)
-    app = create_app(system)
+    app = create_app(service)
     with TestClient(app, raise_server_exceptions=True) as client:
         for _ in range(5):  # warm-up: imports, caches, first connections
             ws = pick(rng)
@@ -377,13 +379,13 @@ def measure_routes(
                 (g.get("jwt", False), g["token_id"], g["name"], g["via"], g["filter"]) for g in body["grants"]
             )
             started = time.perf_counter()
-            expected = replay_access(system, ws["id"], resource, kind, permission, at)
+            expected = replay_access(service, ws["id"], resource, kind, permission, at)
             brute_access.add((time.perf_counter() - started) * 1000)
             mismatches += ours != expected
             ms, body = latency_ms(client, f"/v0/tokens?as_of={at // 1_000_000}&token={ws['admin_value']}")
             ours_tokens = sorted((t["id"], t["name"]) for t in body["tokens"])
             started = time.perf_counter()
-            expected_tokens = replay_tokens(system, ws["id"], at)
+            expected_tokens = replay_tokens(service, ws["id"], at)
             brute_as_of.add((time.perf_counter() - started) * 1000)
             mismatches += ours_tokens != expected_tokens
     for name, ours, brute in (("GET /v0/access", access, brute_access), ("GET /v0/tokens?as_of=", as_of, brute_as_of)):
@@ -415,11 +417,11 @@ def measure_routes(
         print(f"  !! {mismatches} answers differ from the brute-force replay", flush=True)
 
 
-def measure_verify(system: System, results: common.Results, repeats: int) -> None:
+def measure_verify(service: Service, results: common.Results, repeats: int) -> None:
     rates, cpu_rates = common.Samples(), common.Samples()
     for _ in range(repeats):
         cpu = time.process_time()
-        seconds, report = common.timed(lambda: verify_chain(system))
+        seconds, report = common.timed(lambda: verify_chain(service))
         cpu = time.process_time() - cpu
         assert report.ok, report
         rates.add(report.events_checked / seconds)
@@ -504,7 +506,7 @@ def main() -> None:
         url = f"sqlite:///{args.db}"
         meta = json.loads((data / "bench-meta.json").read_text())
         span = {"start": datetime.fromisoformat(meta["start"]), "end": datetime.fromisoformat(meta["end"])}
-        system = System(url, data=data, environ=common.environ(data))
+        service = Service(url, data=data, environ=common.environ(data))
     else:
         data = (
             Path(scratch.directory())
@@ -512,13 +514,13 @@ def main() -> None:
             else Path(__import__("tempfile").mkdtemp(prefix="tt-compliance-", dir=args.tmpdir))
         )
         url = f"sqlite:///{data / 'tokentrail.db'}"
-        system = System(url, data=data, environ=common.environ(data))
+        service = Service(url, data=data, environ=common.environ(data))
         print(f"generating {args.tokens:,} tokens / {args.events:,} events in {data}", flush=True)
         gen_s, meta = common.timed(
-            lambda: generate(system, args.tokens, args.events, args.per_workspace, args.big_share)
+            lambda: generate(service, args.tokens, args.events, args.per_workspace, args.big_share)
         )
         print(f"  written {meta['events']:,} events in {gen_s:.0f} s", flush=True)
-        proj_s, _ = common.timed(lambda: system.sync())
+        proj_s, _ = common.timed(lambda: service.sync())
         print(f"  projected in {proj_s:.0f} s ({meta['events'] / proj_s:,.0f} events/s)", flush=True)
         results.note(
             f"generation: {meta['events']:,} events written in {gen_s:.0f} s, projected in {proj_s:.0f} s; "
@@ -541,13 +543,13 @@ def main() -> None:
     typical = [w for w in meta["workspaces"] if w is not meta["big"] and w != meta["big"]]
     print("measuring routes", flush=True)
     measure_routes(
-        system, span, results, args.samples, args.baseline_samples, "typical", lambda rng: rng.choice(typical)
+        service, span, results, args.samples, args.baseline_samples, "typical", lambda rng: rng.choice(typical)
     )
     if meta["big"]:
-        measure_routes(system, span, results, max(20, args.samples // 5), 1, "big", lambda rng: meta["big"])
+        measure_routes(service, span, results, max(20, args.samples // 5), 1, "big", lambda rng: meta["big"])
     print("measuring verify", flush=True)
-    measure_verify(system, results, 1 if args.quick else 3)
-    system.close()
+    measure_verify(service, results, 1 if args.quick else 3)
+    service.close()
     if meta["big"]:
         print("measuring export", flush=True)
         measure_export(url, data, meta["big"], results)

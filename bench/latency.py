@@ -48,21 +48,21 @@ def run_backend(
     rounds: int,
 ) -> None:
     url, data = scratch.database_url(backend)
-    system = common.System(url, data=data, environ=common.environ(data))
-    ws = common.workspace(system)
+    service = common.Service(url, data=data, environ=common.environ(data))
+    ws = common.workspace(service)
     seconds, ids = common.timed(lambda: common.seed_tokens(ws, tokens, scopes=[SCOPE]))
-    seed_seconds, _ = common.timed(system.sync)
+    seed_seconds, _ = common.timed(service.sync)
     print(f"[{backend}] seeded {tokens:,} tokens in {seconds:.1f} s, projected in {seed_seconds:.1f} s", flush=True)
 
     # In-process halves of list, for the record: the query, then the wire objects.
-    query_seconds, rows = common.timed(lambda: system.queries.tokens(ws.workspace_id))
-    present_seconds, _ = common.timed(lambda: [present.token_object(system, r, ws.admin) for r in rows])
+    query_seconds, rows = common.timed(lambda: service.queries.tokens(ws.workspace_id))
+    present_seconds, _ = common.timed(lambda: [present.token_object(service, r, ws.admin) for r in rows])
     results.note(
         f"{backend}: list in-process: queries.tokens() {query_seconds * 1000:.0f} ms for {len(rows):,} "
         f"rows, present.token_object() over them {present_seconds * 1000:.0f} ms"
     )
     admin_value = ws.admin_value
-    system.close()
+    service.close()
 
     samples: dict[str, list[float]] = {"bare": [], "create": [], "refresh": [], "list": []}
     list_bytes = 0

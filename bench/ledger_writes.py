@@ -2,7 +2,7 @@
 
 Ours: `Ledger.create_token` (one name-index read, then Token + TokenName saved in one transaction:
 2 events), `refresh_token` (one token read, 1 event) and `update_token(scopes=...)` replacing one
-scope by another (one read, 2 events), each alone and through `System.command` (which also projects
+scope by another (one read, 2 events), each alone and through `Service.command` (which also projects
 the events and evicts the authentication cache before returning).
 Baselines: a fresh eventsourcing `Application` on a fresh database of the same kind, with the
 ledger's own persistence settings, saving a trivial aggregate: one new aggregate (1 event) per
@@ -45,15 +45,15 @@ def run_backend(
     backend: str, scratch: common.Scratch, results: common.Results, counts: dict[str, int], rounds: int, profile: bool
 ) -> None:
     raw = Application(env=common.eventsourcing_env(scratch, backend))
-    system = common.make_system(scratch, backend)
-    ws = common.workspace(system)
-    ledger, admin = system.ledger, ws.admin
+    service = common.make_service(scratch, backend)
+    ws = common.workspace(service)
+    ledger, admin = service.ledger, ws.admin
     n_create, n_update, n_command = counts["create"], counts["update"], counts["command"]
 
     # Tokens to refresh and re-scope: seeded in bulk, projected once, so `command` finds them.
     refresh_pool = common.seed_tokens(ws, n_update + n_command, prefix="refresh")
     scope_pool = common.seed_tokens(ws, n_update + n_command, prefix="scopes")
-    system.sync()
+    service.sync()
     raw_ids = []
     for i in range(n_update):
         counter = Counter(f"seed-{i}")
@@ -86,13 +86,13 @@ def run_backend(
         samples["create"].add(common.rate(n_create, lambda i: ledger.create_token(admin, f"w{r}-{i}", SCOPE_SETS[0])))
         samples["command_create"].add(
             common.rate(
-                n_command, lambda i: system.command(lambda: ledger.create_token(admin, f"c{r}-{i}", SCOPE_SETS[0]))
+                n_command, lambda i: service.command(lambda: ledger.create_token(admin, f"c{r}-{i}", SCOPE_SETS[0]))
             )
         )
         samples["refresh"].add(common.rate(n_update, lambda i: ledger.refresh_token(admin, refresh_pool[i])))
         samples["command_refresh"].add(
             common.rate(
-                n_command, lambda i: system.command(lambda: ledger.refresh_token(admin, refresh_pool[n_update + i]))
+                n_command, lambda i: service.command(lambda: ledger.refresh_token(admin, refresh_pool[n_update + i]))
             )
         )
         scopes = SCOPE_SETS[(r + 1) % 2]
@@ -102,7 +102,7 @@ def run_backend(
         samples["command_replace"].add(
             common.rate(
                 n_command,
-                lambda i: system.command(lambda: ledger.update_token(admin, scope_pool[n_update + i], scopes=scopes)),
+                lambda i: service.command(lambda: ledger.update_token(admin, scope_pool[n_update + i], scopes=scopes)),
             )
         )
 
@@ -110,17 +110,17 @@ def run_backend(
     rows = [
         ("create: ledger.create_token", "create", "raw save, new aggregate", raw_create, TARGET_CREATE_RATIO),
         (
-            "create: system.command(create_token)",
+            "create: service.command(create_token)",
             "command_create",
             "raw save, new aggregate",
             raw_create,
             TARGET_CREATE_RATIO,
         ),
         ("refresh: ledger.refresh_token", "refresh", "raw get + 1 event + save", raw_update, None),
-        ("refresh: system.command(refresh_token)", "command_refresh", "raw get + 1 event + save", raw_update, None),
+        ("refresh: service.command(refresh_token)", "command_refresh", "raw get + 1 event + save", raw_update, None),
         ("replace scopes: ledger.update_token", "replace", "raw get + 1 event + save", raw_update, None),
         (
-            "replace scopes: system.command(update_token)",
+            "replace scopes: service.command(update_token)",
             "command_replace",
             "raw get + 1 event + save",
             raw_update,
@@ -150,13 +150,13 @@ def run_backend(
             lambda: [ledger.create_token(admin, f"p{base}-{i}", SCOPE_SETS[0]) for i in range(n_create)],
         )
         common.profile(
-            f"system.command(create_token) x{n_command} on {backend}",
+            f"service.command(create_token) x{n_command} on {backend}",
             lambda: [
-                system.command(lambda: ledger.create_token(admin, f"pc{base}-{i}", SCOPE_SETS[0]))
+                service.command(lambda: ledger.create_token(admin, f"pc{base}-{i}", SCOPE_SETS[0]))
                 for i in range(n_command)
             ],
         )
-    system.close()
+    service.close()
     raw.close()
 
 

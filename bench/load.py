@@ -41,8 +41,8 @@ import httpx  # noqa: E402
 from bench import common  # noqa: E402
 from tokentrail.api.setup import initialise  # noqa: E402
 from tokentrail.projections.rebuild import rebuild  # noqa: E402
-from tokentrail.projections.system import System  # noqa: E402
-from tokentrail.projections.verify import verify_chain  # noqa: E402
+from tokentrail.service import Service  # noqa: E402
+from tokentrail.verify import verify_chain  # noqa: E402
 
 MIX = {"list": 10, "get": 20, "auth": 35, "create": 12, "update": 10, "refresh": 8, "delete": 5}
 SCOPE = "PIPES:READ:top"
@@ -171,20 +171,20 @@ def _worker(
 
 def run(backend: str, scratch: common.Scratch, seconds: float, threads: int, tokens: int) -> dict[str, Any]:
     url, data = scratch.database_url(backend)
-    system = System(url, data=data, environ=common.environ(data))
+    service = Service(url, data=data, environ=common.environ(data))
     try:
-        info = initialise(system, "load", "owner@example.com")
+        info = initialise(service, "load", "owner@example.com")
         admin_value = next(t["token"] for t in info["tokens"] if t["name"] == "admin token")
-        admin = system.auth.authenticate(admin_value)
+        admin = service.auth.authenticate(admin_value)
         ids, readers = [], []
         for i in range(tokens):
-            change = system.command(lambda: system.ledger.create_token(admin, f"seed {i}", [SCOPE]))
+            change = service.command(lambda: service.ledger.create_token(admin, f"seed {i}", [SCOPE]))
             token = change.token
             ids.append(str(token.id))
             if i < 20:
-                readers.append(system.signer.make(token.workspace_id, str(token.id), token.generation))
+                readers.append(service.signer.make(token.workspace_id, str(token.id), token.generation))
     finally:
-        system.close()
+        service.close()
 
     process, base, log = _serve(url, data)
     shared, stop = Shared(ids), threading.Event()
@@ -211,14 +211,14 @@ def run(backend: str, scratch: common.Scratch, seconds: float, threads: int, tok
         stats.merge(s)
     server_errors = [line for line in log.read_text(errors="replace").splitlines() if "Traceback" in line]
 
-    system = System(url, data=data, environ=common.environ(data))
+    service = Service(url, data=data, environ=common.environ(data))
     try:
-        system.sync()
-        report = rebuild(system, verify=True)
-        chain = verify_chain(system)
-        events = system.ledger.recorder.max_notification_id() or 0
+        service.sync()
+        report = rebuild(service, verify=True)
+        chain = verify_chain(service)
+        events = service.ledger.recorder.max_notification_id() or 0
     finally:
-        system.close()
+        service.close()
 
     total = sum(len(v) for v in stats.latencies.values())
     result: dict[str, Any] = {

@@ -28,7 +28,7 @@ import httpx  # noqa: E402
 from bench import common  # noqa: E402
 from tokentrail.api.app import SWITCH_INTERVAL, create_app  # noqa: E402
 from tokentrail.api.metrics import MetricsMiddleware  # noqa: E402
-from tokentrail.projections.system import System  # noqa: E402
+from tokentrail.service import Service  # noqa: E402
 
 PERMISSION = "PIPES:READ:top"
 TARGET_RATIO = 0.9
@@ -44,13 +44,13 @@ def without_metrics(app: Any) -> Any:
 def app_without_metrics() -> Any:
     """Uvicorn factory: `tokentrail.api.app:app_from_env` minus the metrics middleware."""
     sys.setswitchinterval(SWITCH_INTERVAL)
-    return without_metrics(create_app(System()))
+    return without_metrics(create_app(Service()))
 
 
-def middleware_cost_us(count: int, system: System) -> float:
+def middleware_cost_us(count: int, service: Service) -> float:
     """Microseconds the middleware adds to one request, around an app that does nothing."""
-    metrics = create_app(system).state.metrics
-    route = create_app(system).router.routes[0]  # /v0/auth, a plain Starlette route
+    metrics = create_app(service).state.metrics
+    route = create_app(service).router.routes[0]  # /v0/auth, a plain Starlette route
 
     async def bare(scope: Any, receive: Any, send: Any) -> None:
         scope["endpoint"] = route.endpoint
@@ -118,14 +118,14 @@ def main() -> None:
     results = common.Results("metrics middleware overhead on GET /v0/auth")
     for backend in common.backends(args.backend):
         url, data = scratch.database_url(backend)
-        system = System(url, data=data, environ=common.environ(data))
-        ws = common.workspace(system)
-        token = system.command(lambda: system.ledger.create_token(ws.admin, "reader", [PERMISSION])).token
-        row = system.queries.token(str(token.id))
-        value = system.signer.make(row.workspace_id, row.id, row.generation)
-        cost = middleware_cost_us(count * 10, system)
+        service = Service(url, data=data, environ=common.environ(data))
+        ws = common.workspace(service)
+        token = service.command(lambda: service.ledger.create_token(ws.admin, "reader", [PERMISSION])).token
+        row = service.queries.token(str(token.id))
+        value = service.signer.make(row.workspace_id, row.id, row.generation)
+        cost = middleware_cost_us(count * 10, service)
         results.add("metrics middleware alone, per request", backend, cost, "µs", higher_is_better=False)
-        with_app, without_app = create_app(system), without_metrics(create_app(system))
+        with_app, without_app = create_app(service), without_metrics(create_app(service))
         on, off = common.Samples(), common.Samples()
         print(f"[{backend}] in-process: {rounds} x {count:,} requests per app ...", flush=True)
         for app in (with_app, without_app):
@@ -144,7 +144,7 @@ def main() -> None:
             spread=on.spread(),
         )
         results.note(f"{backend}: in-process without metrics {off.spread()} req/s")
-        system.close()
+        service.close()
         print(f"[{backend}] HTTP: {rounds} round(s) of {seconds:g} s per app ...", flush=True)
         env = common.environ(data, url)
         path = f"/v0/auth?permission={PERMISSION}&token={value}"

@@ -1,12 +1,12 @@
 """Projection catch-up speed: every read model from an empty start, in events per second.
 
-Writes a mixed history through `system.ledger.*` directly (creates, refreshes, scope replacements,
-deletes; nothing projected), then times `system.projector.catch_up()` from position zero (the read
+Writes a mixed history through `service.ledger.*` directly (creates, refreshes, scope replacements,
+deletes; nothing projected), then times `service.projector.catch_up()` from position zero (the read
 models are emptied before each repeat). Baselines, same run: a brute-force replay that reads the
 notification log in pages of 1,000 and decodes every notification with
 `ledger.mapper.to_domain_event` and does nothing else (the floor of any projection), and the figure
 in the eventsourcing library's published baselines for eventsourcing's own projection at 500 events per
-commit (quoted, not re-measured). Also times `projections.rebuild.rebuild(system, verify=True)`.
+commit (quoted, not re-measured). Also times `projections.rebuild.rebuild(service, verify=True)`.
 Target: catch-up >= 20,000 events/s on SQLite.
 
     python -m bench.projection [--backend sqlite|postgres|both] [--quick] [--profile]
@@ -24,7 +24,7 @@ from sqlalchemy import delete  # noqa: E402
 
 from bench import common  # noqa: E402
 from tokentrail.projections.rebuild import TABLES, rebuild  # noqa: E402
-from tokentrail.projections.system import System  # noqa: E402
+from tokentrail.service import Service  # noqa: E402
 
 TARGET_EVENTS_PER_SECOND = {"sqlite": 20_000}
 # eventsourcing's baseline, "projection, 500 events per commit", upper end of the min–max range.
@@ -32,9 +32,9 @@ NOTES_PROJECTION = {"sqlite": 8_600, "postgres": 8_800}
 SCOPE_SETS = (["PIPES:READ:top"], ["DATASOURCES:READ:events", "PIPES:READ:top"])
 
 
-def write_history(system: System, ws: common.Workspace, creates: int) -> int:
+def write_history(service: Service, ws: common.Workspace, creates: int) -> int:
     """Creates (2 events each), then refresh half, re-scope a third, delete a tenth of them."""
-    ledger, admin = system.ledger, ws.admin
+    ledger, admin = service.ledger, ws.admin
     ids = [str(ledger.create_token(admin, f"t-{i}", SCOPE_SETS[0]).token.id) for i in range(creates)]
     for token_id in ids[::2]:
         ledger.refresh_token(admin, token_id, grace_seconds=60)
@@ -42,20 +42,20 @@ def write_history(system: System, ws: common.Workspace, creates: int) -> int:
         ledger.update_token(admin, token_id, scopes=SCOPE_SETS[1])
     for token_id in ids[::10]:
         ledger.delete_token(admin, token_id)
-    return system.ledger.recorder.max_notification_id() or 0
+    return service.ledger.recorder.max_notification_id() or 0
 
 
-def reset_read_models(system: System) -> None:
-    with system.write_engine.begin() as conn:
+def reset_read_models(service: Service) -> None:
+    with service.write_engine.begin() as conn:
         for table in reversed(TABLES):
             conn.execute(delete(table))
-    system.projector.position = 0
-    system.auth.tokens.clear()
+    service.projector.position = 0
+    service.auth.tokens.clear()
 
 
-def brute_force(system: System) -> int:
+def brute_force(service: Service) -> int:
     """Read and decode every stored event; nothing else."""
-    recorder, mapper = system.ledger.recorder, system.ledger.mapper
+    recorder, mapper = service.ledger.recorder, service.ledger.mapper
     start, count = 1, 0
     while True:
         notes = recorder.select_notifications(start=start, limit=1000)
@@ -70,21 +70,21 @@ def brute_force(system: System) -> int:
 def run_backend(
     backend: str, scratch: common.Scratch, results: common.Results, creates: int, repeats: int, profile: bool
 ) -> None:
-    system = common.make_system(scratch, backend)
-    ws = common.workspace(system)
-    system.sync()
-    seconds, head = common.timed(lambda: write_history(system, ws, creates))
+    service = common.make_service(scratch, backend)
+    ws = common.workspace(service)
+    service.sync()
+    seconds, head = common.timed(lambda: write_history(service, ws, creates))
     print(f"[{backend}] wrote {head:,} events through ledger.* in {seconds:.1f} s", flush=True)
 
     catch_up, floor, rebuilt = common.Samples(), common.Samples(), common.Samples()
     for _ in range(repeats):
-        seconds, count = common.timed(lambda: brute_force(system))
+        seconds, count = common.timed(lambda: brute_force(service))
         floor.add(count / seconds)
-        reset_read_models(system)
-        seconds, position = common.timed(system.projector.catch_up)
+        reset_read_models(service)
+        seconds, position = common.timed(service.projector.catch_up)
         assert position == head, (position, head)
         catch_up.add(head / seconds)
-        seconds, report = common.timed(lambda: rebuild(system, verify=True))
+        seconds, report = common.timed(lambda: rebuild(service, verify=True))
         if not report.ok:
             results.note(f"{backend}: rebuild(verify=True) found differences: {report.differences[:3]}")
         rebuilt.add(report.events / seconds)
@@ -120,9 +120,9 @@ def run_backend(
         f"{backend}: {head:,} events; decode-only replay {floor.spread()} events/s; median of {repeats} repeat(s)"
     )
     if profile:
-        reset_read_models(system)
-        common.profile(f"projector.catch_up() of {head:,} events on {backend}", system.projector.catch_up)
-    system.close()
+        reset_read_models(service)
+        common.profile(f"projector.catch_up() of {head:,} events on {backend}", service.projector.catch_up)
+    service.close()
 
 
 def main() -> None:

@@ -58,15 +58,15 @@ def openapi() -> dict[str, Any]:
     """The schema of the app `tokentrail serve` runs, built on a temporary store."""
     sys.path.insert(0, str(ROOT))
     from tokentrail.api.app import create_app
-    from tokentrail.projections.system import System
+    from tokentrail.service import Service
 
     with tempfile.TemporaryDirectory(prefix="tokentrail-openapi-") as tmp:
         environ = {"TOKENTRAIL_DATA_DIR": tmp, "TOKENTRAIL_SECRET_KEY": "openapi-reference-key-0123456789"}
-        system = System(f"sqlite:///{Path(tmp) / 'openapi.db'}", data=Path(tmp), environ=environ)
+        service = Service(f"sqlite:///{Path(tmp) / 'openapi.db'}", data=Path(tmp), environ=environ)
         try:
-            return create_app(system).openapi()
+            return create_app(service).openapi()
         finally:
-            system.close()
+            service.close()
 
 
 def _type(schema: dict[str, Any]) -> str:

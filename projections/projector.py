@@ -19,6 +19,7 @@ from eventsourcing.persistence import Notification
 from sqlalchemy import Engine, select
 
 from tokentrail.domain import clock
+from tokentrail.domain.chain import GENESIS, event_bytes, next_hash
 from tokentrail.domain.ledger import Ledger
 from tokentrail.domain.model import (
     DeploymentLog,
@@ -32,7 +33,6 @@ from tokentrail.domain.model import (
 )
 from tokentrail.domain.scopes import read_scope
 from tokentrail.projections import schema as s
-from tokentrail.projections.chain import GENESIS, event_bytes, next_hash
 
 TRACKING_NAME = "ledger"
 BATCH_SIZE = 1000

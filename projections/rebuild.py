@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import Engine, Table, delete, insert, select, text
 
 from tokentrail.projections import schema as s
-from tokentrail.projections.database import Database
-from tokentrail.projections.migrate import upgrade
 from tokentrail.projections.projector import Projector
-from tokentrail.projections.system import System
+from tokentrail.service import Service
+from tokentrail.storage.database import Database
+from tokentrail.storage.migrate import upgrade
 
 TABLES: tuple[Table, ...] = (s.tracking, *s.READ_MODEL_TABLES)
 
@@ -45,7 +45,7 @@ class RebuildReport:
 
 
 def rebuild(
-    system: System,
+    service: Service,
     *,
     verify: bool = False,
     progress: Callable[[int, int], None] | None = None,
@@ -57,8 +57,8 @@ def rebuild(
         scratch = scratch_db.engine(writer=True)
         try:
             upgrade(scratch)
-            projector = Projector(system.ledger, scratch, "sqlite")
-            head = system.ledger.recorder.max_notification_id() or 0
+            projector = Projector(service.ledger, scratch, "sqlite")
+            head = service.ledger.recorder.max_notification_id() or 0
             done = 0
 
             def step(n: int) -> None:
@@ -68,8 +68,8 @@ def rebuild(
                     progress(done, head)
 
             projector.catch_up(until=head, progress=step)
-            with system.write_engine.begin() as live:
-                _lock(live, system.backend)
+            with service.write_engine.begin() as live:
+                _lock(live, service.backend)
                 live_position = _tracked(live)
                 if live_position > projector.position:
                     projector.catch_up(until=live_position, progress=step)
@@ -78,7 +78,7 @@ def rebuild(
                     if verify:
                         if live_position < projector.position:
                             # The live side is behind the log: catching up is not a difference.
-                            system.projector.position = 0
+                            service.projector.position = 0
                         for table in TABLES:
                             report.rows[table.name] = _compare(
                                 table, live, rebuilt, report.differences, max_differences
@@ -89,8 +89,8 @@ def rebuild(
                         for table in TABLES:
                             report.rows[table.name] = _copy(table, rebuilt, live)
             if not verify:
-                system.projector.position = 0
-                system.auth.tokens.clear()
+                service.projector.position = 0
+                service.auth.tokens.clear()
             return report
         finally:
             scratch.dispose()

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from tokentrail.api.setup import initialise
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 OWNER = "owner@example.com"
 # What `requests` leaves alone when it re-quotes a URL: the CLIs' raw `scope=` values pass through it.
@@ -52,8 +52,8 @@ class Realm:
         return self.value("user token")
 
 
-def make_realm(system: System, name: str, email: str) -> Realm:
-    info = initialise(system, name, email)
+def make_realm(service: Service, name: str, email: str) -> Realm:
+    info = initialise(service, name, email)
     return Realm(info["workspace"]["id"], name, {t["name"]: t for t in info["tokens"]})
 
 
@@ -86,9 +86,9 @@ def create_jwt(
     return client.post(url("/v0/tokens", token, name=name, expiration_time=expires), content=content)
 
 
-def head(system: System) -> int:
+def head(service: Service) -> int:
     """The last position of the event log: unchanged means nothing was written."""
-    return system.ledger.recorder.max_notification_id() or 0
+    return service.ledger.recorder.max_notification_id() or 0
 
 
 def assert_error(response: httpx.Response, status: int, message: str | None = None) -> str:
@@ -107,8 +107,8 @@ def names(response: httpx.Response) -> list[str]:
     return [t["name"] for t in response.json()["tokens"]]
 
 
-def audit_rows(system: System, after: int) -> list[dict[str, Any]]:
-    with system.read_engine.connect() as conn:
+def audit_rows(service: Service, after: int) -> list[dict[str, Any]]:
+    with service.read_engine.connect() as conn:
         rows = conn.execute(
             text(
                 "SELECT position, type, token_id, token_name, request_id, actor_token_id, actor_name "

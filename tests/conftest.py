@@ -21,7 +21,7 @@ from tests.api_helpers import OWNER, Realm, create, make_realm
 from tokentrail.api.app import create_app
 from tokentrail.domain import clock
 from tokentrail.domain.policy import Caller
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 PG_HOST = os.environ.get("TOKENTRAIL_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TOKENTRAIL_TEST_PG_PORT", "5432"))
@@ -90,8 +90,8 @@ def environ(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def system(database_url: str, tmp_path: Path, environ: dict[str, str]) -> Iterator[System]:
-    sys_ = System(database_url, data=tmp_path, environ=environ)
+def service(database_url: str, tmp_path: Path, environ: dict[str, str]) -> Iterator[Service]:
+    sys_ = Service(database_url, data=tmp_path, environ=environ)
     yield sys_
     sys_.close()
 
@@ -100,20 +100,20 @@ def system(database_url: str, tmp_path: Path, environ: dict[str, str]) -> Iterat
 
 
 @pytest.fixture
-def client(system: System) -> Iterator[TestClient]:
-    with TestClient(create_app(system), raise_server_exceptions=False) as test_client:
+def client(service: Service) -> Iterator[TestClient]:
+    with TestClient(create_app(service), raise_server_exceptions=False) as test_client:
         yield test_client
 
 
 @pytest.fixture
-def ws(system: System) -> Realm:
-    return make_realm(system, "main", OWNER)
+def ws(service: Service) -> Realm:
+    return make_realm(service, "main", OWNER)
 
 
 @pytest.fixture
-def other(system: System, client: TestClient) -> Realm:
+def other(service: Service, client: TestClient) -> Realm:
     """A second workspace of another user, holding a custom token named `secret`."""
-    realm = make_realm(system, "other", "someone@example.com")
+    realm = make_realm(service, "other", "someone@example.com")
     secret = create(client, realm.admin, "secret", "PIPES:READ:top")
     realm.tokens["secret"] = secret
     return realm
@@ -126,12 +126,12 @@ def _restore_clock() -> Iterator[None]:
 
 
 @pytest.fixture
-def workspace(system: System):
+def workspace(service: Service):
     """A workspace with its default tokens; returns (setup, admin caller)."""
-    setup = system.command(lambda: system.ledger.setup_workspace("main", "owner@example.com", Caller.system()))
+    setup = service.command(lambda: service.ledger.setup_workspace("main", "owner@example.com", Caller.system()))
     admin = setup.tokens[0]
-    value = system.signer.make(admin.workspace_id, str(admin.id), admin.generation)
-    return setup, system.auth.authenticate(value)
+    value = service.signer.make(admin.workspace_id, str(admin.id), admin.generation)
+    return setup, service.auth.authenticate(value)
 
 
 # -- test tiers ---------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ def workspace(system: System):
 #   e2e          drives real processes (uvicorn, Tinybird's CLIs, a browser): marked in its file;
 #   integration  uses a real database (SQLite file and PostgreSQL): any storage fixture;
 #   unit         everything else: pure functions and aggregates in memory.
-_STORAGE_FIXTURES = {"backend", "database_url", "system", "make_pg_database", "postgres_available", "tmp_path"}
+_STORAGE_FIXTURES = {"backend", "database_url", "service", "make_pg_database", "postgres_available", "tmp_path"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -13,22 +13,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tokentrail.projections import projector as projector_module  # noqa: E402
-from tokentrail.projections.system import System  # noqa: E402
+from tokentrail.service import Service  # noqa: E402
 
 
 def main() -> None:
     url, data_dir = sys.argv[1], sys.argv[2]
     projector_module.BATCH_SIZE = int(os.environ.get("CRASH_BATCH", "25"))
-    system = System(url, data=Path(data_dir), environ=json.loads(os.environ["CRASH_ENVIRON"]))
-    original = system.projector._flush
+    service = Service(url, data=Path(data_dir), environ=json.loads(os.environ["CRASH_ENVIRON"]))
+    original = service.projector._flush
 
     def slow_flush(batch):  # noqa: ANN001
         original(batch)
         print("flushed-uncommitted", flush=True)
         time.sleep(float(os.environ.get("CRASH_PAUSE", "0.3")))
 
-    system.projector._flush = slow_flush  # type: ignore[method-assign]
-    system.projector.catch_up()
+    service.projector._flush = slow_flush  # type: ignore[method-assign]
+    service.projector.catch_up()
     print("done", flush=True)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from tokentrail.domain import clock
 from tokentrail.domain.policy import Caller
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 
 class FakeClock:
@@ -22,14 +22,14 @@ class FakeClock:
         return self.now
 
 
-def value_of(system: System, token: Any) -> str:
+def value_of(service: Service, token: Any) -> str:
     """The current value of a token aggregate or row."""
     token_id = str(token.id)
-    row = system.queries.token(token_id)
+    row = service.queries.token(token_id)
     assert row is not None
-    return system.signer.make(row.workspace_id, row.id, row.generation)
+    return service.signer.make(row.workspace_id, row.id, row.generation)
 
 
-def caller_for(system: System, token: Any, **context: Any) -> Caller:
-    system.sync()
-    return system.auth.authenticate(value_of(system, token), **context)
+def caller_for(service: Service, token: Any, **context: Any) -> Caller:
+    service.sync()
+    return service.auth.authenticate(value_of(service, token), **context)

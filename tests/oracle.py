@@ -10,7 +10,7 @@ from typing import Any
 from tokentrail.domain import clock
 from tokentrail.domain.model import Jwt, Token, Workspace
 from tokentrail.domain.scopes import grant_for, parse_scope
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 
 @dataclass
@@ -30,11 +30,11 @@ class Replayed:
     events: list[tuple[int, int, Any]] = field(default_factory=list)  # (position, at, event)
 
     @classmethod
-    def load(cls, system: System) -> Replayed:
+    def load(cls, service: Service) -> Replayed:
         out = cls()
         at = 0
-        for n in system.ledger.recorder.select_notifications(start=1, limit=10_000_000):
-            event = system.ledger.mapper.to_domain_event(n)
+        for n in service.ledger.recorder.select_notifications(start=1, limit=10_000_000):
+            event = service.ledger.mapper.to_domain_event(n)
             at = max(at, clock.to_micros(event.timestamp))
             out.events.append((n.id, at, event))
         return out

@@ -45,13 +45,13 @@ def server_env(database_url: str, data_dir: Path, secret: str) -> dict[str, str]
 def initialise_store(database_url: str, data_dir: Path, secret: str) -> dict[str, Any]:
     """Create the store and workspace `main`; answers {"admin", "admin_id", "workspace_id"}."""
     from tokentrail.api.setup import initialise
-    from tokentrail.projections.system import System
+    from tokentrail.service import Service
 
-    system = System(database_url, data=data_dir, environ=server_env(database_url, data_dir, secret))
+    service = Service(database_url, data=data_dir, environ=server_env(database_url, data_dir, secret))
     try:
-        info = initialise(system, "main", "owner@example.com")
+        info = initialise(service, "main", "owner@example.com")
     finally:
-        system.close()
+        service.close()
     admin = next(t for t in info["tokens"] if t["name"] == "admin token")
     return {"admin": admin["token"], "admin_id": admin["id"], "workspace_id": info["workspace"]["id"]}
 

@@ -108,12 +108,12 @@ def test_a_missing_or_invalid_token_is_403(client, ws, token) -> None:
 # -- POST /v0/tokens (static) --------------------------------------------------------------------
 
 
-def test_create_answers_the_token_object_whose_value_authenticates(client, system, ws) -> None:
+def test_create_answers_the_token_object_whose_value_authenticates(client, service, ws) -> None:
     token = create(client, ws.admin, "reader", "PIPES:READ:top")
     assert token["name"] == "reader" and token["scopes"] == [{"type": "PIPES:READ", "resource": "top", "filter": ""}]
     auth = client.get(url("/v0/auth", token["token"], permission="PIPES:READ:top")).json()
     assert (auth["valid"], auth["token_id"], auth["allowed"]) == (True, token["id"], True)
-    assert system.queries.token(token["id"]).name == "reader"
+    assert service.queries.token(token["id"]).name == "reader"
 
 
 def test_a_name_in_the_query_is_form_decoded(client, ws) -> None:
@@ -165,52 +165,52 @@ def test_the_cli_version_and_from_parameters_are_ignored(client, ws) -> None:
     assert token["name"] == "t"
 
 
-def test_creating_without_a_scope_is_400_scope_is_mandatory(client, system, ws) -> None:
-    before = head(system)
+def test_creating_without_a_scope_is_400_scope_is_mandatory(client, service, ws) -> None:
+    before = head(service)
     assert_error(client.post(url("/v0/tokens", ws.admin, name="empty")), 400, "scope is mandatory")
-    assert head(system) == before
+    assert head(service) == before
 
 
-def test_an_unknown_scope_is_400_naming_it(client, system, ws) -> None:
-    before = head(system)
+def test_an_unknown_scope_is_400_naming_it(client, service, ws) -> None:
+    before = head(service)
     response = client.post(url("/v0/tokens", ws.admin, name="t", scope=["PIPES:READ:top", "FOO:BAR"]))
     assert_error(response, 400, "Unknown scope FOO:BAR")
-    assert head(system) == before
+    assert head(service) == before
 
 
-def test_a_duplicate_name_is_400_already_exists(client, system, ws) -> None:
+def test_a_duplicate_name_is_400_already_exists(client, service, ws) -> None:
     create(client, ws.admin, "read api token", "PIPES:READ:top")
-    before = head(system)
+    before = head(service)
     response = client.post(url("/v0/tokens", ws.admin, name="read api token", scope="PIPES:READ:other"))
     assert_error(response, 400, 'Auth token with name "read api token" already exists')
-    assert head(system) == before
+    assert head(service) == before
 
 
 @pytest.mark.parametrize(
     "sql_filter",
     ["a = 1; DROP TABLE x", "a IN (SELECT b FROM t)", "a = 1 -- comment", "DELETE FROM t", "a = ", "a = 1 /* c */"],
 )
-def test_a_bad_sql_filter_is_400_and_writes_nothing(client, system, ws, sql_filter) -> None:
-    before = head(system)
+def test_a_bad_sql_filter_is_400_and_writes_nothing(client, service, ws, sql_filter) -> None:
+    before = head(service)
     response = client.post(url("/v0/tokens", ws.admin, name="t", scope=f"DATASOURCES:READ:events:{sql_filter}"))
     assert_error(response, 400)
-    assert head(system) == before
+    assert head(service) == before
 
 
 @pytest.mark.parametrize("scope", ["AUTH", f"ADMIN_USER:{OWNER}"])
-def test_internal_scopes_are_refused_even_to_an_admin(client, system, ws, scope) -> None:
-    before = head(system)
+def test_internal_scopes_are_refused_even_to_an_admin(client, service, ws, scope) -> None:
+    before = head(service)
     assert_error(client.post(url("/v0/tokens", ws.admin, name="t", scope=scope)), 400)
-    assert head(system) == before
+    assert head(service) == before
 
 
-def test_a_tokens_caller_cannot_grant_admin(client, system, ws) -> None:
+def test_a_tokens_caller_cannot_grant_admin(client, service, ws) -> None:
     manager = create(client, ws.admin, "manager", "TOKENS")["token"]
-    before = head(system)
+    before = head(service)
     assert_error(client.post(url("/v0/tokens", manager, name="escalate", scope="ADMIN")), 403)
     assert_error(client.post(url("/v0/tokens", manager, name="escalate", scope="AUTH")), 400)
     assert_error(client.post(url("/v0/tokens", manager, name="escalate", scope=f"ADMIN_USER:{OWNER}")), 400)
-    assert head(system) == before
+    assert head(service) == before
 
 
 def test_a_tokens_caller_creates_ordinary_tokens(client, ws) -> None:
@@ -218,14 +218,14 @@ def test_a_tokens_caller_creates_ordinary_tokens(client, ws) -> None:
     assert create(client, manager, "reader", "PIPES:READ:top", "TOKENS")["name"] == "reader"
 
 
-def test_a_token_without_admin_or_tokens_cannot_create(client, system, ws) -> None:
-    before = head(system)
+def test_a_token_without_admin_or_tokens_cannot_create(client, service, ws) -> None:
+    before = head(service)
     response = client.post(url("/v0/tokens", ws.value("create datasource token"), name="t", scope="PIPES:READ:p"))
     assert_error(response, 403)
-    assert head(system) == before
+    assert head(service) == before
 
 
-def test_concurrent_creates_of_one_name_make_exactly_one_token(client, system, ws) -> None:
+def test_concurrent_creates_of_one_name_make_exactly_one_token(client, service, ws) -> None:
     results: list[httpx.Response] = []
     barrier = threading.Barrier(6)
 
@@ -335,45 +335,45 @@ def test_put_takes_the_scope_string_from_a_body_without_content_type(client, ws)
     }
 
 
-def test_put_with_an_empty_scope_is_400_scope_is_mandatory(client, system, ws) -> None:
+def test_put_with_an_empty_scope_is_400_scope_is_mandatory(client, service, ws) -> None:
     create(client, ws.admin, "t", "PIPES:READ:top")
-    before = head(system)
+    before = head(service)
     assert_error(client.put(url("/v0/tokens/t", ws.admin) + "&scope="), 400, "scope is mandatory")
-    assert head(system) == before
+    assert head(service) == before
 
 
-def test_put_with_an_unknown_scope_is_400_and_changes_nothing(client, system, ws) -> None:
+def test_put_with_an_unknown_scope_is_400_and_changes_nothing(client, service, ws) -> None:
     create(client, ws.admin, "t", "PIPES:READ:top")
-    before = head(system)
+    before = head(service)
     assert_error(
         client.put(url("/v0/tokens/t", ws.admin, scope=["PIPES:READ:x", "FOO:BAR"])), 400, "Unknown scope FOO:BAR"
     )
-    assert head(system) == before
+    assert head(service) == before
     assert client.get(url("/v0/tokens/t", ws.admin)).json()["scopes"][0]["resource"] == "top"
 
 
-def test_put_renaming_onto_a_taken_name_is_400(client, system, ws) -> None:
+def test_put_renaming_onto_a_taken_name_is_400(client, service, ws) -> None:
     create(client, ws.admin, "a", "PIPES:READ:top")
     create(client, ws.admin, "b", "PIPES:READ:top")
-    before = head(system)
+    before = head(service)
     assert_error(client.put(url("/v0/tokens/a", ws.admin, name="b")), 400, 'Auth token with name "b" already exists')
-    assert head(system) == before
+    assert head(service) == before
 
 
-def test_put_cannot_change_a_default_token(client, system, ws) -> None:
-    before = head(system)
+def test_put_cannot_change_a_default_token(client, service, ws) -> None:
+    before = head(service)
     assert_error(client.put(url("/v0/tokens/create%20datasource%20token", ws.admin, scope="ADMIN")), 403)
-    assert head(system) == before
+    assert head(service) == before
 
 
-def test_a_tokens_caller_cannot_put_admin_scope_or_touch_the_admin_token(client, system, ws) -> None:
+def test_a_tokens_caller_cannot_put_admin_scope_or_touch_the_admin_token(client, service, ws) -> None:
     manager = create(client, ws.admin, "manager", "TOKENS")["token"]
     create(client, ws.admin, "t", "PIPES:READ:top")
-    before = head(system)
+    before = head(service)
     assert_error(client.put(url("/v0/tokens/t", manager, scope="ADMIN")), 403)
     assert_error(client.put(url("/v0/tokens/manager", manager, scope=["TOKENS", "ADMIN"])), 403)
     assert_error(client.put(url("/v0/tokens/admin%20token", manager, description="mine")), 403)
-    assert head(system) == before
+    assert head(service) == before
 
 
 def test_forwards_upsert_posts_when_the_get_fails_and_puts_when_it_succeeds(client, ws) -> None:
@@ -424,26 +424,26 @@ def test_a_deleted_name_can_be_used_again(client, ws) -> None:
 
 
 @pytest.mark.parametrize("name", ["admin token", f"admin {OWNER}", "create datasource token"])
-def test_default_tokens_cannot_be_deleted(client, system, ws, name) -> None:
-    before = head(system)
+def test_default_tokens_cannot_be_deleted(client, service, ws, name) -> None:
+    before = head(service)
     assert_error(client.delete(url(f"/v0/tokens/{path_of(name)}", ws.admin)), 403)
-    assert head(system) == before
+    assert head(service) == before
     assert name in names(client.get(url("/v0/tokens", ws.admin)))
 
 
-def test_a_tokens_caller_cannot_delete_the_admin_token(client, system, ws) -> None:
+def test_a_tokens_caller_cannot_delete_the_admin_token(client, service, ws) -> None:
     manager = create(client, ws.admin, "manager", "TOKENS")["token"]
-    before = head(system)
+    before = head(service)
     assert_error(client.delete(url(f"/v0/tokens/{ws.admin_id}", manager)), 403)
     assert_error(client.delete(url(f"/v0/tokens/{path_of(f'admin {OWNER}')}", manager)), 403)
-    assert head(system) == before
+    assert head(service) == before
 
 
-def test_a_token_without_admin_or_tokens_cannot_delete(client, system, ws) -> None:
+def test_a_token_without_admin_or_tokens_cannot_delete(client, service, ws) -> None:
     create(client, ws.admin, "t", "PIPES:READ:top")
-    before = head(system)
+    before = head(service)
     assert_error(client.delete(url("/v0/tokens/t", ws.value("create datasource token"))), 403)
-    assert head(system) == before
+    assert head(service) == before
 
 
 # -- POST /v0/tokens/{x}/refresh ------------------------------------------------------------------
@@ -472,18 +472,18 @@ def test_refresh_with_grace_seconds_keeps_the_old_value_until_the_grace_ends(cli
     assert authenticates(client, refreshed["token"])
 
 
-def test_refresh_by_get_is_405_refresh_must_be_done_with_post(client, system, ws) -> None:
-    before = head(system)
+def test_refresh_by_get_is_405_refresh_must_be_done_with_post(client, service, ws) -> None:
+    before = head(service)
     assert_error(client.get(url("/v0/tokens/admin%20token/refresh", ws.admin)), 405, "refresh must be done with POST")
-    assert head(system) == before
+    assert head(service) == before
 
 
 @pytest.mark.parametrize("grace", ["-1", "abc", "1.5", "99999999999"])
-def test_a_bad_grace_seconds_is_400_and_refreshes_nothing(client, system, ws, grace) -> None:
+def test_a_bad_grace_seconds_is_400_and_refreshes_nothing(client, service, ws, grace) -> None:
     token = create(client, ws.admin, "t", "PIPES:READ:top")
-    before = head(system)
+    before = head(service)
     assert_error(client.post(url("/v0/tokens/t/refresh", ws.admin) + f"&grace_seconds={grace}"), 400)
-    assert head(system) == before and authenticates(client, token["token"])
+    assert head(service) == before and authenticates(client, token["token"])
 
 
 @pytest.mark.parametrize("name", ["admin token", f"admin {OWNER}", "create datasource token"])
@@ -495,11 +495,11 @@ def test_default_tokens_can_be_refreshed(client, ws, name) -> None:
     assert response.json()["token"] != ws.value(name) and not authenticates(client, ws.value(name))
 
 
-def test_a_tokens_caller_cannot_refresh_the_admin_token(client, system, ws) -> None:
+def test_a_tokens_caller_cannot_refresh_the_admin_token(client, service, ws) -> None:
     manager = create(client, ws.admin, "manager", "TOKENS")["token"]
-    before = head(system)
+    before = head(service)
     assert_error(client.post(url("/v0/tokens/admin%20token/refresh", manager)), 403)
-    assert head(system) == before and authenticates(client, ws.admin)
+    assert head(service) == before and authenticates(client, ws.admin)
 
 
 def test_a_tokens_caller_refreshes_ordinary_tokens(client, ws) -> None:
@@ -508,11 +508,11 @@ def test_a_tokens_caller_refreshes_ordinary_tokens(client, ws) -> None:
     assert client.post(url("/v0/tokens/t/refresh", manager)).status_code == 200
 
 
-def test_a_token_without_admin_or_tokens_cannot_refresh_another(client, system, ws) -> None:
+def test_a_token_without_admin_or_tokens_cannot_refresh_another(client, service, ws) -> None:
     create(client, ws.admin, "t", "PIPES:READ:top")
-    before = head(system)
+    before = head(service)
     assert_error(client.post(url("/v0/tokens/t/refresh", ws.value("create datasource token"))), 403)
-    assert head(system) == before
+    assert head(service) == before
 
 
 # -- JWTs ------------------------------------------------------------------------------------------
@@ -569,20 +569,20 @@ def test_a_jwt_authenticates_with_its_own_scopes_and_filters(client, ws) -> None
     assert client.get(url("/v0/auth", value, permission="DATASOURCES:APPEND:events")).json()["allowed"] is False
 
 
-def test_a_jwt_cannot_manage_tokens(client, system, ws) -> None:
+def test_a_jwt_cannot_manage_tokens(client, service, ws) -> None:
     value = create_jwt(client, ws.admin, "j", JWT_SCOPES).json()["token"]
-    before = head(system)
+    before = head(service)
     assert_error(client.get(url("/v0/tokens", value)), 403)
     assert_error(client.post(url("/v0/tokens", value, name="x", scope="PIPES:READ:top_pipe")), 403)
     assert_error(create_jwt(client, value, "again", JWT_SCOPES), 403)
-    assert head(system) == before
+    assert head(service) == before
 
 
-def test_a_jwt_is_not_listed_but_its_issuance_is_audited(client, system, ws) -> None:
-    before = head(system)
+def test_a_jwt_is_not_listed_but_its_issuance_is_audited(client, service, ws) -> None:
+    before = head(service)
     response = create_jwt(client, ws.admin, "dashboard", JWT_SCOPES)
     assert "dashboard" not in names(client.get(url("/v0/tokens", ws.admin)))
-    rows = [r for r in audit_rows(system, before) if r["type"] == "Issued"]
+    rows = [r for r in audit_rows(service, before) if r["type"] == "Issued"]
     assert len(rows) == 1 and rows[0]["token_name"] == "dashboard" and rows[0]["token_id"] == response.json()["id"]
     assert rows[0]["actor_token_id"] == ws.admin_id
 
@@ -601,24 +601,24 @@ def test_a_tokens_caller_issues_jwts_signed_with_the_admin_value(client, ws) -> 
     assert pyjwt.decode(value, ws.admin, algorithms=["HS256"])["name"] == "j"
 
 
-def test_a_jwt_too_long_to_authenticate_is_refused_before_it_is_recorded(client, system, ws) -> None:
+def test_a_jwt_too_long_to_authenticate_is_refused_before_it_is_recorded(client, service, ws) -> None:
     scopes = [
         {"type": "PIPES:READ", "resource": f"p{i}", "fixed_params": {f"k{j}": "v" * 1000 for j in range(20)}}
         for i in range(5)
     ]
-    before = head(system)
+    before = head(service)
     assert "characters long" in assert_error(create_jwt(client, ws.admin, "huge", scopes), 400)
-    assert head(system) == before
+    assert head(service) == before
 
 
 @pytest.mark.parametrize("expiration", ["", "abc", "1.5", "1e10", "-5", "0", "PAST", "NOW", "+3600"])
-def test_an_expiration_time_that_is_not_a_whole_future_number_is_400(client, system, ws, expiration) -> None:
+def test_an_expiration_time_that_is_not_a_whole_future_number_is_400(client, service, ws, expiration) -> None:
     expiration = {"PAST": str(int(time.time()) - 60), "NOW": str(int(time.time()))}.get(expiration, expiration)
-    before = head(system)
+    before = head(service)
     content = json.dumps({"scopes": JWT_SCOPES}).encode()
     response = client.post(url("/v0/tokens", ws.admin, name="j") + f"&expiration_time={expiration}", content=content)
     assert_error(response, 400)
-    assert head(system) == before
+    assert head(service) == before
 
 
 @pytest.mark.parametrize(
@@ -646,11 +646,11 @@ def test_an_expiration_time_that_is_not_a_whole_future_number_is_400(client, sys
     ],
     ids=lambda body: repr(body[:32]),
 )
-def test_a_malformed_jwt_body_is_400_and_writes_nothing(client, system, ws, body) -> None:
-    before = head(system)
+def test_a_malformed_jwt_body_is_400_and_writes_nothing(client, service, ws, body) -> None:
+    before = head(service)
     expires = int(time.time()) + 3600
     assert_error(client.post(url("/v0/tokens", ws.admin, name="j", expiration_time=expires), content=body), 400)
-    assert head(system) == before
+    assert head(service) == before
 
 
 def _forged(ws: Realm, other: Realm, kind: str) -> str:
@@ -767,7 +767,7 @@ def test_regions_are_an_empty_list(client) -> None:
     assert response.status_code == 200 and response.json() == {"regions": []}
 
 
-def test_the_user_token_creates_a_workspace_with_its_default_tokens(client, system, ws) -> None:
+def test_the_user_token_creates_a_workspace_with_its_default_tokens(client, service, ws) -> None:
     response = client.post(url("/v1/workspaces", ws.user, name="analytics"))
     assert response.status_code == 200, response.text
     created = response.json()
@@ -793,27 +793,27 @@ def test_the_user_token_sees_no_other_users_workspaces(client, ws, other) -> Non
     assert [w["name"] for w in listed] == ["other"]
 
 
-def test_only_the_user_token_creates_or_lists_workspaces(client, system, ws) -> None:
+def test_only_the_user_token_creates_or_lists_workspaces(client, service, ws) -> None:
     manager = create(client, ws.admin, "manager", "TOKENS")["token"]
-    before = head(system)
+    before = head(service)
     for value in (ws.admin, ws.value(f"admin {OWNER}"), manager, ws.value("create datasource token")):
         assert_error(client.post(url("/v1/workspaces", value, name="mine")), 403)
         assert_error(client.get(url("/v1/user/workspaces", value)), 403)
-    assert head(system) == before
+    assert head(service) == before
 
 
 @pytest.mark.parametrize("name", ["main", "", "x" * 5000, "bad\x01name"])
-def test_a_taken_empty_or_bad_workspace_name_is_400(client, system, ws, name) -> None:
-    before = head(system)
+def test_a_taken_empty_or_bad_workspace_name_is_400(client, service, ws, name) -> None:
+    before = head(service)
     assert_error(client.post(url("/v1/workspaces", ws.user, name=name)), 400)
-    assert head(system) == before
+    assert head(service) == before
 
 
-def test_the_user_token_manages_no_tokens(client, system, ws) -> None:
-    before = head(system)
+def test_the_user_token_manages_no_tokens(client, service, ws) -> None:
+    before = head(service)
     assert_error(client.post(url("/v0/tokens", ws.user, name="t", scope="PIPES:READ:top")), 403)
     assert_error(client.get(url("/v0/tokens/admin%20token", ws.user)), 403)
-    assert head(system) == before
+    assert head(service) == before
 
 
 # -- GET /v0/auth ----------------------------------------------------------------------------------
@@ -885,10 +885,10 @@ def test_auth_with_a_malformed_permission_is_400(client, ws, permission) -> None
 
 @pytest.mark.parametrize("how", ["id", "name", "value"])
 @pytest.mark.parametrize("method", ["GET", "PUT", "DELETE", "refresh"])
-def test_another_workspaces_token_is_404_and_untouched(client, system, ws, other, method, how) -> None:
+def test_another_workspaces_token_is_404_and_untouched(client, service, ws, other, method, how) -> None:
     secret = other.tokens["secret"]
     ref = path_of({"id": secret["id"], "name": "secret", "value": secret["token"]}[how])
-    before = head(system)
+    before = head(service)
     if method == "GET":
         response = client.get(url(f"/v0/tokens/{ref}", ws.admin))
     elif method == "PUT":
@@ -898,7 +898,7 @@ def test_another_workspaces_token_is_404_and_untouched(client, system, ws, other
     else:
         response = client.post(url(f"/v0/tokens/{ref}/refresh", ws.admin))
     assert_error(response, 404, "Token not found")
-    assert head(system) == before
+    assert head(service) == before
     assert authenticates(client, secret["token"])
     assert client.get(url("/v0/tokens/secret", other.admin)).json() == secret
 
@@ -942,33 +942,33 @@ def _change(client: TestClient, ws: Realm, kind: str, headers: dict[str, str]) -
 
 
 @pytest.mark.parametrize("kind", ["create", "put", "refresh", "delete", "jwt"])
-def test_every_change_records_its_request_id_and_actor_in_the_audit(client, system, ws, kind) -> None:
-    before = head(system)
+def test_every_change_records_its_request_id_and_actor_in_the_audit(client, service, ws, kind) -> None:
+    before = head(service)
     response = _change(client, ws, kind, headers={})
     assert response.status_code == 200, response.text
     request_id = response.headers["x-request-id"]
     assert request_id
-    rows = [r for r in audit_rows(system, before) if r["request_id"] == request_id]
-    assert rows, audit_rows(system, before)
+    rows = [r for r in audit_rows(service, before) if r["request_id"] == request_id]
+    assert rows, audit_rows(service, before)
     assert all(r["actor_token_id"] == ws.admin_id and r["actor_name"] == "admin token" for r in rows)
     # Every row the change wrote carries its request id (no other request ran meanwhile).
-    last = [r for r in audit_rows(system, before) if r["position"] >= rows[0]["position"]]
+    last = [r for r in audit_rows(service, before) if r["position"] >= rows[0]["position"]]
     assert {r["request_id"] for r in last} == {request_id}
 
 
-def test_a_plain_client_request_id_is_kept_and_recorded(client, system, ws) -> None:
-    before = head(system)
+def test_a_plain_client_request_id_is_kept_and_recorded(client, service, ws) -> None:
+    before = head(service)
     response = _change(client, ws, "create", headers={"X-Request-Id": "deploy-42.step:1"})
     assert response.headers["x-request-id"] == "deploy-42.step:1"
-    assert {r["request_id"] for r in audit_rows(system, before)} == {"deploy-42.step:1"}
+    assert {r["request_id"] for r in audit_rows(service, before)} == {"deploy-42.step:1"}
 
 
-def test_an_unsafe_client_request_id_is_replaced(client, system, ws) -> None:
-    before = head(system)
+def test_an_unsafe_client_request_id_is_replaced(client, service, ws) -> None:
+    before = head(service)
     response = _change(client, ws, "create", headers={"X-Request-Id": "x" * 200})
     request_id = response.headers["x-request-id"]
     assert request_id and request_id != "x" * 200
-    assert {r["request_id"] for r in audit_rows(system, before)} == {request_id}
+    assert {r["request_id"] for r in audit_rows(service, before)} == {request_id}
 
 
 def test_each_request_gets_its_own_request_id(client, ws) -> None:
@@ -982,10 +982,10 @@ def test_errors_carry_the_request_id_too(client, ws) -> None:
     assert response.headers["x-request-id"] == "lookup-1"
 
 
-def test_the_user_token_is_the_actor_of_a_new_workspace(client, system, ws) -> None:
-    before = head(system)
+def test_the_user_token_is_the_actor_of_a_new_workspace(client, service, ws) -> None:
+    before = head(service)
     response = client.post(url("/v1/workspaces", ws.user, name="analytics"))
-    rows = audit_rows(system, before)
+    rows = audit_rows(service, before)
     assert rows and {r["request_id"] for r in rows} == {response.headers["x-request-id"]}
     assert {r["actor_name"] for r in rows} == {"user token"}
 
@@ -1088,13 +1088,15 @@ BAD_REQUESTS: list[tuple[str, str, str, bytes, int]] = [
 
 
 @pytest.mark.parametrize("label, method, path, body, status", BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])
-def test_bad_requests_get_a_json_error_and_write_nothing(client, system, ws, label, method, path, body, status) -> None:
+def test_bad_requests_get_a_json_error_and_write_nothing(
+    client, service, ws, label, method, path, body, status
+) -> None:
     if "/v0/tokens/t" in path:
         create(client, ws.admin, "t", "PIPES:READ:top")
-    before = head(system)
+    before = head(service)
     response = client.request(method, path.format(admin=ws.admin, user=ws.user), content=body)
     assert_error(response, status)
-    assert head(system) == before
+    assert head(service) == before
     assert names(client.get(url("/v0/tokens", ws.admin)))[:3] == [
         "admin token",
         f"admin {OWNER}",
@@ -1135,21 +1137,21 @@ def _raw_asgi(app: Any, method: str, raw_path: bytes, query: bytes, body: bytes 
     "query",
     [b"name=\xff\xfe&scope=PIPES:READ:p", b"name=t&scope=PIPES:READ:p:a%3D'\xe2'", b"name=t&\xc3=1&scope=PIPES:READ:p"],
 )
-def test_raw_non_utf8_bytes_in_the_query_are_400(system, ws, query) -> None:
-    before = head(system)
-    status, body = _raw_asgi(create_app(system), "POST", b"/v0/tokens", f"token={ws.admin}&".encode() + query)
+def test_raw_non_utf8_bytes_in_the_query_are_400(service, ws, query) -> None:
+    before = head(service)
+    status, body = _raw_asgi(create_app(service), "POST", b"/v0/tokens", f"token={ws.admin}&".encode() + query)
     assert status == 400 and json.loads(body)["error"]
-    assert head(system) == before
+    assert head(service) == before
 
 
-def test_a_chunked_body_over_the_limit_is_413(client, system, ws) -> None:
+def test_a_chunked_body_over_the_limit_is_413(client, service, ws) -> None:
     def chunks() -> Iterator[bytes]:
         for _ in range(10):
             yield b"x" * (1024 * 1024)
 
-    before = head(system)
+    before = head(service)
     assert_error(client.post(url("/v0/tokens", ws.admin, name="t"), content=chunks()), 413)
-    assert head(system) == before
+    assert head(service) == before
 
 
 def test_a_wrong_method_is_405_whatever_the_token(client) -> None:

@@ -28,7 +28,7 @@ import pytest
 
 from tests.conftest import BACKENDS, PG_HOST, PG_PORT, PG_USER, TEST_SECRET, _pg_admin
 from tokentrail.api.setup import initialise
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 pytestmark = pytest.mark.e2e
 
@@ -115,7 +115,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         "TOKENTRAIL_SECRET_KEY": TEST_SECRET,
     }
 
-    setup = System(database_url, data=data, environ=env)
+    setup = Service(database_url, data=data, environ=env)
     try:
         info = initialise(setup, "main", OWNER)
     finally:

@@ -44,7 +44,7 @@ from tests.test_api import (
 from tests.test_ui import CSRF, Console
 from tokentrail.api.app import create_app
 from tokentrail.domain.values import b64url
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,8 +60,8 @@ def _deploy(client: TestClient, token: str, files: dict[str, str], **params: Any
     return client.post(url("/v0/deployments", token, **params), json=files)
 
 
-def _signed_in(system: System, value: str) -> Console:
-    browser = Console(TestClient(create_app(system), raise_server_exceptions=False))
+def _signed_in(service: Service, value: str) -> Console:
+    browser = Console(TestClient(create_app(service), raise_server_exceptions=False))
     assert browser.sign_in(value).status_code == 303
     return browser
 
@@ -70,19 +70,19 @@ def _signed_in(system: System, value: str) -> Console:
 
 
 @pytest.mark.parametrize("how", ["id", "name", "value"])
-def test_another_workspaces_token_has_no_history_and_no_past(client, system, ws, other, how) -> None:
+def test_another_workspaces_token_has_no_history_and_no_past(client, service, ws, other, how) -> None:
     secret = other.tokens["secret"]
     ref = path_of({"id": secret["id"], "name": "secret", "value": secret["token"]}[how])
-    before = head(system)
+    before = head(service)
     assert_error(client.get(url(f"/v0/tokens/{ref}/history", ws.admin)), 404)
     now = str(int(time.time()) + 1)
     assert_error(client.get(url(f"/v0/tokens/{ref}", ws.admin, as_of=now)), 404)
     listed = client.get(url("/v0/tokens", ws.admin, as_of=now)).json()["tokens"]
     assert secret["id"] not in {t["id"] for t in listed}
-    assert head(system) == before
+    assert head(service) == before
 
 
-def test_the_audit_trail_and_its_exports_hold_only_the_callers_workspace(client, system, ws, other) -> None:
+def test_the_audit_trail_and_its_exports_hold_only_the_callers_workspace(client, service, ws, other) -> None:
     secret = other.tokens["secret"]
     for params in (
         {},
@@ -114,7 +114,7 @@ def test_access_questions_answer_only_for_the_callers_workspace(client, ws, othe
     assert other.tokens["secret"]["id"] in {g["token_id"] for g in theirs}  # the question itself works
 
 
-def test_a_deployment_never_touches_another_workspaces_tokens(client, system, ws, other) -> None:
+def test_a_deployment_never_touches_another_workspaces_tokens(client, service, ws, other) -> None:
     theirs = _deploy(client, other.admin, {"events.datasource": 'TOKEN "feed" APPEND\n'})
     assert theirs.status_code == 200, theirs.text
     feed = client.get(url("/v0/tokens/feed", other.admin)).json()
@@ -128,10 +128,10 @@ def test_a_deployment_never_touches_another_workspaces_tokens(client, system, ws
     assert authenticates(client, feed["token"]) and authenticates(client, other.tokens["secret"]["token"])
 
 
-def test_the_console_never_shows_or_changes_another_workspaces_token(system, ws, other) -> None:
-    browser = _signed_in(system, ws.admin)
+def test_the_console_never_shows_or_changes_another_workspaces_token(service, ws, other) -> None:
+    browser = _signed_in(service, ws.admin)
     secret = other.tokens["secret"]
-    before = head(system)
+    before = head(service)
     assert browser.get(f"/ui/tokens/{secret['id']}").status_code == 404
     assert browser.get(f"/ui/tokens/{secret['id']}/delete").status_code == 404
     for action, data in [
@@ -142,7 +142,7 @@ def test_the_console_never_shows_or_changes_another_workspaces_token(system, ws,
     ]:
         answer = browser.post(f"/ui/tokens/{secret['id']}{action}", data)
         assert answer.status_code == 404, (action, answer.status_code)
-    assert head(system) == before
+    assert head(service) == before
     for page in (
         f"/ui/audit?token_id={secret['id']}",
         "/ui/audit?token_name=secret",
@@ -154,22 +154,22 @@ def test_the_console_never_shows_or_changes_another_workspaces_token(system, ws,
         answer = browser.get(page)
         assert answer.status_code == 200, page
         assert secret["id"] not in answer.text and secret["token"] not in answer.text, page
-    assert client_of(system).get(url("/v0/tokens/secret", other.admin)).json() == secret
+    assert client_of(service).get(url("/v0/tokens/secret", other.admin)).json() == secret
 
 
-def client_of(system: System) -> TestClient:
-    return TestClient(create_app(system), raise_server_exceptions=False)
+def client_of(service: Service) -> TestClient:
+    return TestClient(create_app(service), raise_server_exceptions=False)
 
 
 # -- API2: broken authentication --------------------------------------------------------------------
 
 
-def test_a_deleted_token_is_dead_everywhere_at_once(client, system, ws) -> None:
+def test_a_deleted_token_is_dead_everywhere_at_once(client, service, ws) -> None:
     victim = create(client, ws.admin, "victim", "TOKENS")
-    browser = _signed_in(system, victim["token"])
+    browser = _signed_in(service, victim["token"])
     assert browser.get("/ui/tokens").status_code == 200
     assert client.delete(url("/v0/tokens/victim", ws.admin)).json() == {"ok": True}
-    before = head(system)
+    before = head(service)
     assert not authenticates(client, victim["token"])
     for method, path in [
         ("GET", "/v0/tokens"),
@@ -180,11 +180,11 @@ def test_a_deleted_token_is_dead_everywhere_at_once(client, system, ws) -> None:
     ]:
         _json_error(client.request(method, path, headers={"Authorization": f"Bearer {victim['token']}"}), 403)
     assert browser.get("/ui/tokens").status_code == 303  # the console session ends with the token
-    assert Console(client_of(system)).sign_in(victim["token"]).status_code == 403
-    assert head(system) == before
+    assert Console(client_of(service)).sign_in(victim["token"]).status_code == 403
+    assert head(service) == before
 
 
-def test_a_refreshed_out_value_works_only_until_its_grace_ends(client, system, ws) -> None:
+def test_a_refreshed_out_value_works_only_until_its_grace_ends(client, service, ws) -> None:
     clock = FakeClock()
     old = create(client, ws.admin, "rotating", "TOKENS")["token"]
     fresh = client.post(url("/v0/tokens/rotating/refresh", ws.admin, grace_seconds=60)).json()["token"]
@@ -193,13 +193,13 @@ def test_a_refreshed_out_value_works_only_until_its_grace_ends(client, system, w
     assert authenticates(client, old)
     clock.advance(1)
     assert not authenticates(client, old) and authenticates(client, fresh)
-    before = head(system)
+    before = head(service)
     _json_error(client.get(url("/v0/tokens", old)), 403)
     _json_error(client.post(url("/v0/tokens/rotating/refresh", old)), 403)  # nor refresh itself back
-    assert head(system) == before
+    assert head(service) == before
 
 
-def test_a_jwt_expires_to_the_second_and_with_the_admin_value_that_signed_it(client, system, ws) -> None:
+def test_a_jwt_expires_to_the_second_and_with_the_admin_value_that_signed_it(client, service, ws) -> None:
     # Both the admin token's grace and `exp` run on the ledger's clock.
     clock = FakeClock(datetime.now(UTC).replace(microsecond=0))
     now = int(clock.now.timestamp())
@@ -211,10 +211,10 @@ def test_a_jwt_expires_to_the_second_and_with_the_admin_value_that_signed_it(cli
     assert client.post(url("/v0/tokens/admin%20token/refresh", ws.admin, grace_seconds=30)).status_code == 200
     assert authenticates(client, live) and authenticates(client, issued)  # the previous admin value, in grace
     clock.advance(30)
-    before = head(system)
+    before = head(service)
     assert not authenticates(client, live) and not authenticates(client, issued)
     _json_error(client.get(url("/v0/workspace", issued)), 403)
-    assert head(system) == before
+    assert head(service) == before
 
 
 def _forge(ws: Realm, other: Realm, kind: str) -> str:
@@ -277,8 +277,8 @@ FORGERIES = [
 ]
 
 
-def test_forged_jwts_are_refused_everywhere(client, system, ws, other) -> None:
-    before = head(system)
+def test_forged_jwts_are_refused_everywhere(client, service, ws, other) -> None:
+    before = head(service)
     for kind in FORGERIES:
         value = _forge(ws, other, kind)
         assert not authenticates(client, value), kind
@@ -289,11 +289,11 @@ def test_forged_jwts_are_refused_everywhere(client, system, ws, other) -> None:
             ("POST", "/v0/tokens?name=x&scope=ADMIN"),
         ]:
             _json_error(client.request(method, path, headers={"Authorization": f"Bearer {value}"}), 403)
-        assert Console(client_of(system)).sign_in(value).status_code == 403, kind
-    assert head(system) == before
+        assert Console(client_of(service)).sign_in(value).status_code == 403, kind
+    assert head(service) == before
 
 
-def test_a_jwt_claiming_admin_scopes_gets_none_of_them(client, system, ws) -> None:
+def test_a_jwt_claiming_admin_scopes_gets_none_of_them(client, service, ws) -> None:
     """Whoever holds the admin value mints JWTs (Tinybird's contract), but a JWT only ever reads."""
     claims = {
         "workspace_id": ws.id,
@@ -310,7 +310,7 @@ def test_a_jwt_claiming_admin_scopes_gets_none_of_them(client, system, ws) -> No
     auth = client.get(url("/v0/auth", value, permission="ADMIN")).json()
     assert auth["valid"] and auth["allowed"] is False
     assert client.get(url("/v0/auth", value, permission="DATASOURCES:APPEND:e")).json()["allowed"] is False
-    before = head(system)
+    before = head(service)
     for method, path in [
         ("GET", "/v0/tokens"),
         ("POST", "/v0/tokens?name=x&scope=PIPES:READ:p"),
@@ -322,7 +322,7 @@ def test_a_jwt_claiming_admin_scopes_gets_none_of_them(client, system, ws) -> No
     ]:
         _json_error(client.request(method, path, headers={"Authorization": f"Bearer {value}"}), 403)
     _json_error(_deploy(client, value, {"e.datasource": "TOKEN t READ\n"}), 403)
-    assert head(system) == before
+    assert head(service) == before
 
 
 def _tamper(ws: Realm, other: Realm, kind: str) -> str:
@@ -373,8 +373,8 @@ TAMPERINGS = [
 ]
 
 
-def test_tampered_values_are_refused(client, system, ws, other) -> None:
-    before = head(system)
+def test_tampered_values_are_refused(client, service, ws, other) -> None:
+    before = head(service)
     for kind in TAMPERINGS:
         value = _tamper(ws, other, kind)
         assert not authenticates(client, value), kind
@@ -382,13 +382,13 @@ def test_tampered_values_are_refused(client, system, ws, other) -> None:
         _json_error(client.delete(url("/v0/tokens/create%20datasource%20token", value)), 403)
         # As a ref, a tampered value designates nothing.
         _json_error(client.get(url(f"/v0/tokens/{path_of(value)}", ws.admin)), 404)
-    assert head(system) == before
+    assert head(service) == before
 
 
 # -- API3: object property level authorization (mass assignment, exposure) -------------------------
 
 
-def test_create_ignores_fields_the_caller_does_not_own(client, system, ws, other) -> None:
+def test_create_ignores_fields_the_caller_does_not_own(client, service, ws, other) -> None:
     forced = "00000000-0000-4000-8000-000000000001"
     token = create(
         client,
@@ -406,7 +406,7 @@ def test_create_ignores_fields_the_caller_does_not_own(client, system, ws, other
         position="1",
     )
     assert token["id"] != forced and token["host"] is None
-    row = system.queries.token(token["id"])
+    row = service.queries.token(token["id"])
     assert row.workspace_id == ws.id and row.kind == "custom" and row.generation != "chosen"
     assert "massive" not in names(client.get(url("/v0/tokens", other.admin)))
     history = client.get(url("/v0/tokens/massive/history", ws.admin)).json()["events"]
@@ -414,7 +414,7 @@ def test_create_ignores_fields_the_caller_does_not_own(client, system, ws, other
     assert client.delete(url("/v0/tokens/massive", ws.admin)).json() == {"ok": True}  # not made a default token
 
 
-def test_put_ignores_fields_the_caller_does_not_own(client, system, ws, other) -> None:
+def test_put_ignores_fields_the_caller_does_not_own(client, service, ws, other) -> None:
     token = create(client, ws.admin, "edited", "PIPES:READ:top")
     response = client.put(
         url(
@@ -430,11 +430,11 @@ def test_put_ignores_fields_the_caller_does_not_own(client, system, ws, other) -
     )
     assert response.status_code == 200, response.text
     assert response.json()["id"] == token["id"] and response.json()["origin"] == {"type": "C"}
-    assert system.queries.token(token["id"]).workspace_id == ws.id
+    assert service.queries.token(token["id"]).workspace_id == ws.id
     assert client.get(url("/v0/tokens/secret", other.admin)).json() == other.tokens["secret"]
 
 
-def test_a_jwt_body_cannot_choose_its_workspace_id_or_exp(client, system, ws, other) -> None:
+def test_a_jwt_body_cannot_choose_its_workspace_id_or_exp(client, service, ws, other) -> None:
     expires = int(time.time()) + 600
     body = {
         "scopes": JWT_SCOPES,
@@ -449,7 +449,7 @@ def test_a_jwt_body_cannot_choose_its_workspace_id_or_exp(client, system, ws, ot
     claims = pyjwt.decode(response.json()["token"], ws.admin, algorithms=["HS256"])
     assert claims["workspace_id"] == ws.id and claims["exp"] == expires and claims["name"] == "j"
     assert claims["jti"] != other.admin_id
-    before = head(system)
+    before = head(service)
     extra_in_scope = {"scopes": [{**JWT_SCOPES[0], "workspace_id": other.id}]}
     _json_error(
         client.post(
@@ -457,7 +457,7 @@ def test_a_jwt_body_cannot_choose_its_workspace_id_or_exp(client, system, ws, ot
         ),
         400,
     )
-    assert head(system) == before
+    assert head(service) == before
 
 
 def test_a_tokens_caller_never_sees_a_privileged_value(client, ws) -> None:
@@ -517,15 +517,15 @@ ESCALATIONS = [
 ]
 
 
-def test_a_tokens_caller_cannot_escalate(client, system, ws) -> None:
+def test_a_tokens_caller_cannot_escalate(client, service, ws) -> None:
     manager = create(client, ws.admin, "manager", "TOKENS")["token"]
     create(client, ws.admin, "plain", "PIPES:READ:top")
-    before = head(system)
+    before = head(service)
     for label, method, path, body, status in ESCALATIONS:
         path = path.format(exp=int(time.time()) + 600)
         response = client.request(method, path, content=body, headers={"Authorization": f"Bearer {manager}"})
         _json_error(response, status)
-        assert head(system) == before, label
+        assert head(service) == before, label
     mine = client.get(url("/v0/tokens/manager", manager)).json()
     assert [s["type"] for s in mine["scopes"]] == ["TOKENS"]
     assert authenticates(client, ws.admin)
@@ -548,21 +548,21 @@ READ_TOKEN_REFUSALS = [
 ]
 
 
-def test_a_read_token_reaches_no_management_or_compliance_route(client, system, ws) -> None:
+def test_a_read_token_reaches_no_management_or_compliance_route(client, service, ws) -> None:
     reader = create(client, ws.admin, "reader", "DATASOURCES:READ:events", "PIPES:READ:top")["token"]
     create(client, ws.admin, "plain", "PIPES:READ:top")
-    before = head(system)
+    before = head(service)
     for method, path in READ_TOKEN_REFUSALS:
         body = b'{"e.datasource": "TOKEN t READ\\n"}' if "deployments" in path else None
         _json_error(client.request(method, path, content=body, headers={"Authorization": f"Bearer {reader}"}), 403)
-    assert head(system) == before
+    assert head(service) == before
 
 
-def test_a_read_token_sees_no_console_page_but_its_own(system, ws) -> None:
-    client = client_of(system)
+def test_a_read_token_sees_no_console_page_but_its_own(service, ws) -> None:
+    client = client_of(service)
     reader = create(client, ws.admin, "reader", "PIPES:READ:top")
-    browser = _signed_in(system, reader["token"])
-    before = head(system)
+    browser = _signed_in(service, reader["token"])
+    before = head(service)
     for page in (
         "/ui/audit",
         "/ui/audit/export.csv",
@@ -575,7 +575,7 @@ def test_a_read_token_sees_no_console_page_but_its_own(system, ws) -> None:
     assert browser.post(
         "/ui/tokens/new", {"name": "x", "scopes": "ADMIN", "action": "save"}, csrf_from="/ui/tokens"
     ).status_code in (403, 404)
-    assert head(system) == before
+    assert head(service) == before
 
 
 # -- oversized and malformed input ------------------------------------------------------------------
@@ -648,9 +648,9 @@ MALFORMED = [
 ]
 
 
-def test_oversized_and_malformed_input_is_a_json_4xx_and_writes_nothing(client, system, ws) -> None:
+def test_oversized_and_malformed_input_is_a_json_4xx_and_writes_nothing(client, service, ws) -> None:
     create(client, ws.admin, "plain", "PIPES:READ:top")
-    before = head(system)
+    before = head(service)
     for label, method, path, body, headers, status in MALFORMED:
         path = path.format(exp=int(time.time()) + 600)
         joiner = "&" if "?" in path else "?"
@@ -659,15 +659,15 @@ def test_oversized_and_malformed_input_is_a_json_4xx_and_writes_nothing(client, 
             _json_error(response, status)
         except AssertionError as error:
             raise AssertionError(f"{label}: {error}") from None
-        assert head(system) == before, label
+        assert head(service) == before, label
     assert client.get(url("/v0/tokens/plain", ws.admin)).json()["scopes"] == [
         {"type": "PIPES:READ", "resource": "top", "filter": ""}
     ]
 
 
-def test_the_console_refuses_hostile_forms_without_writing(system, ws) -> None:
-    browser = _signed_in(system, ws.admin)
-    before = head(system)
+def test_the_console_refuses_hostile_forms_without_writing(service, ws) -> None:
+    browser = _signed_in(service, ws.admin)
+    before = head(service)
     for data in (
         {"name": HUGE_NAME, "scopes": "PIPES:READ:p", "action": "save"},
         {"name": "a\x00b", "scopes": "PIPES:READ:p", "action": "save"},
@@ -687,7 +687,7 @@ def test_the_console_refuses_hostile_forms_without_writing(system, ws) -> None:
         headers={"origin": "http://evil.example"},
     )
     assert cross_site.status_code == 403
-    assert head(system) == before
+    assert head(service) == before
     assert browser.get(f"/ui/tokens/{quote('a%00b')}").status_code == 404
 
 
@@ -740,7 +740,7 @@ def test_secret_checks_are_constant_time_by_inspection() -> None:
 
     assert "compare_digest" in inspect.getsource(HMACAlgorithm.verify)
     # A value's generation is compared only after its HMAC verified: it is no secret by then.
-    auth_source = inspect.getsource(__import__("tokentrail.projections.auth", fromlist=["x"]).Authenticator._valid)
+    auth_source = inspect.getsource(__import__("tokentrail.auth", fromlist=["x"]).Authenticator._valid)
     assert auth_source.index("self.signer.read(value)") < auth_source.index("row.accepts(")
 
 
@@ -755,8 +755,8 @@ def test_the_inspection_would_catch_a_plain_comparison(tmp_path: Path) -> None:
         ROOT = saved
 
 
-def test_the_csrf_field_is_random_per_session(system, ws) -> None:
-    first, second = _signed_in(system, ws.admin), _signed_in(system, ws.admin)
+def test_the_csrf_field_is_random_per_session(service, ws) -> None:
+    first, second = _signed_in(service, ws.admin), _signed_in(service, ws.admin)
     a = CSRF.search(first.client.get("/ui/tokens").text).group(1)
     b = CSRF.search(second.client.get("/ui/tokens").text).group(1)
     assert a != b and len(a) >= 32

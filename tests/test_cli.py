@@ -24,8 +24,8 @@ import httpx
 import pytest
 import typer
 
-from tokentrail.api.cli_common import parse_time
-from tokentrail.api.cli_tokens import scope_groups
+from tokentrail.api.cli.common import parse_time
+from tokentrail.api.cli.tokens import scope_groups
 
 pytestmark = pytest.mark.e2e
 

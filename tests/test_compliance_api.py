@@ -456,10 +456,10 @@ def test_access_diff_names_what_was_gained_lost_and_changed(client, story) -> No
         ("/v0/access/diff", {"from": "1000", "kind": "table"}, 400),
     ],
 )
-def test_bad_parameters_are_a_json_4xx_and_write_nothing(client, system, ws, path, params, status) -> None:
-    before = head(system)
+def test_bad_parameters_are_a_json_4xx_and_write_nothing(client, service, ws, path, params, status) -> None:
+    before = head(service)
     assert_error(client.get(url(path, ws.admin, **params)), status)
-    assert head(system) == before
+    assert head(service) == before
 
 
 # -- who may ask ---------------------------------------------------------------------------------

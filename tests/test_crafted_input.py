@@ -24,7 +24,7 @@ from tokentrail.api.app import create_app
 from tokentrail.domain.clock import MAX_MICROS, MIN_MICROS, format_instant, parse_instant
 from tokentrail.domain.errors import InvalidInput
 from tokentrail.projections.history import MAX_POSITION, decode_cursor, encode_cursor
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 
 def b64(raw: bytes) -> str:
@@ -134,10 +134,10 @@ def test_decode_cursor_is_total(cursor: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_CURSORS))
-def test_a_hostile_audit_cursor_is_400(client, system, ws, name) -> None:  # noqa: F811
-    before = head(system)
+def test_a_hostile_audit_cursor_is_400(client, service, ws, name) -> None:  # noqa: F811
+    before = head(service)
     assert_error(client.get(url("/v0/audit", ws.admin) + "&cursor=" + quote(HOSTILE_CURSORS[name], safe="")), 400)
-    assert head(system) == before
+    assert head(service) == before
 
 
 def instant_urls(token: str, raw: str) -> list[str]:
@@ -154,11 +154,11 @@ def instant_urls(token: str, raw: str) -> list[str]:
 
 
 @pytest.mark.parametrize("raw", HOSTILE_INSTANTS)
-def test_a_hostile_instant_is_400_on_every_route_that_reads_one(client, system, ws, raw) -> None:  # noqa: F811
-    before = head(system)
+def test_a_hostile_instant_is_400_on_every_route_that_reads_one(client, service, ws, raw) -> None:  # noqa: F811
+    before = head(service)
     for target in instant_urls(ws.admin, raw):
         assert_error(client.get(target), 400)
-    assert head(system) == before
+    assert head(service) == before
 
 
 def console_instant_urls(raw: str) -> list[str]:
@@ -173,15 +173,15 @@ def console_instant_urls(raw: str) -> list[str]:
     ]
 
 
-def signed_in_console(system: System, realm: Realm) -> Console:
-    browser = Console(TestClient(create_app(system), raise_server_exceptions=False))
+def signed_in_console(service: Service, realm: Realm) -> Console:
+    browser = Console(TestClient(create_app(service), raise_server_exceptions=False))
     assert browser.sign_in(realm.admin).status_code == 303
     return browser
 
 
 @pytest.mark.parametrize("raw", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "1e400", "nan"])
-def test_a_hostile_instant_is_400_on_every_console_page_that_reads_one(system, ws, raw) -> None:  # noqa: F811
-    browser = signed_in_console(system, ws)
+def test_a_hostile_instant_is_400_on_every_console_page_that_reads_one(service, ws, raw) -> None:  # noqa: F811
+    browser = signed_in_console(service, ws)
     for target in console_instant_urls(raw):
         answer = browser.get(target)
         assert answer.status_code == 400, (target, answer.status_code)
@@ -225,8 +225,8 @@ def _quoted(value: str) -> str:
 @example(instant="0001-01-01T00:00:00+14:00", cursor=HOSTILE_CURSORS["Infinity"])
 @example(instant="1e400", cursor=HOSTILE_CURSORS["10**29"])
 @example(instant="nan", cursor=HOSTILE_CURSORS["5000 nested ["])
-def test_random_cursors_and_instants_never_give_a_5xx(client, system, ws, instant: str, cursor: str) -> None:  # noqa: F811
-    before = head(system)
+def test_random_cursors_and_instants_never_give_a_5xx(client, service, ws, instant: str, cursor: str) -> None:  # noqa: F811
+    before = head(service)
     q = _quoted(instant)
     targets = [
         f"/v0/tokens?as_of={q}",
@@ -243,25 +243,25 @@ def test_random_cursors_and_instants_never_give_a_5xx(client, system, ws, instan
         assert answer.status_code < 500, (target, answer.status_code, answer.text[:200])
         if answer.status_code >= 400:
             assert answer.json()["error"]
-    assert head(system) == before
+    assert head(service) == before
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(instant=instants, cursor=cursors)
 @example(instant="9999-12-31T23:59:59-14:00", cursor=HOSTILE_CURSORS["5000 nested ["])
 @example(instant="0001-01-01T00:00:00+14:00", cursor=HOSTILE_CURSORS["1e400"])
-def test_random_instants_never_give_a_5xx_in_the_console(system, ws, instant: str, cursor: str) -> None:  # noqa: F811
-    browser = _console_for(system, ws)
+def test_random_instants_never_give_a_5xx_in_the_console(service, ws, instant: str, cursor: str) -> None:  # noqa: F811
+    browser = _console_for(service, ws)
     for target in [*console_instant_urls(instant), f"/ui/audit?cursor={_quoted(cursor)}"]:
         answer = browser.get(target)
         assert answer.status_code < 500, (target, answer.status_code)
 
 
-_console: list[tuple[System, Console]] = []
+_console: list[tuple[Service, Console]] = []
 
 
-def _console_for(system: System, realm: Realm) -> Console:
-    """One signed-in console per system: hypothesis runs the test body many times per fixture."""
-    if not _console or _console[0][0] is not system:
-        _console[:] = [(system, signed_in_console(system, realm))]
+def _console_for(service: Service, realm: Realm) -> Console:
+    """One signed-in console per service: hypothesis runs the test body many times per fixture."""
+    if not _console or _console[0][0] is not service:
+        _console[:] = [(service, signed_in_console(service, realm))]
     return _console[0][1]

@@ -31,8 +31,8 @@ from tests.conftest import TEST_SECRET
 from tests.serve_process import initialise_store, serve, server_env
 from tokentrail.domain.model import Token, TokenName, token_name_id
 from tokentrail.projections.rebuild import rebuild
-from tokentrail.projections.system import System
-from tokentrail.projections.verify import verify_chain
+from tokentrail.service import Service
+from tokentrail.verify import verify_chain
 
 pytestmark = pytest.mark.e2e
 
@@ -117,9 +117,9 @@ def _client(
         http.close()
 
 
-def _store_aggregates(system: System) -> tuple[list[Token], list[TokenName], int]:
+def _store_aggregates(service: Service) -> tuple[list[Token], list[TokenName], int]:
     """Every Token and TokenName in the event store, read through the write side's repository."""
-    recorder = system.ledger.recorder
+    recorder = service.ledger.recorder
     ids: dict[str, set] = {"tokentrail.token.Created.v1": set(), "tokentrail.token_name.Created.v1": set()}
     position = count = 0
     while True:
@@ -131,7 +131,7 @@ def _store_aggregates(system: System) -> tuple[list[Token], list[TokenName], int
             if note.topic in ids:
                 ids[note.topic].add(note.originator_id)
         position = notes[-1].id
-    get = system.ledger.repository.get
+    get = service.ledger.repository.get
     return (
         [get(i) for i in ids["tokentrail.token.Created.v1"]],
         [get(i) for i in ids["tokentrail.token_name.Created.v1"]],
@@ -222,13 +222,13 @@ def test_kill_9_mid_burst_loses_no_acknowledged_change(database_url: str, backen
         restarted.stop()
 
     # -- the store: nothing half applied; read models equal a rebuild; the chain verifies --------
-    system = System(database_url, data=data, environ=server_env(database_url, data, TEST_SECRET))
+    service = Service(database_url, data=data, environ=server_env(database_url, data, TEST_SECRET))
     try:
-        system.sync()
-        stored_tokens, indexes, events = _store_aggregates(system)
+        service.sync()
+        stored_tokens, indexes, events = _store_aggregates(service)
         by_id = {str(t.id): t for t in stored_tokens}
         for token in stored_tokens:
-            index = system.ledger.repository.get(token_name_id(token.workspace_id, token.name))
+            index = service.ledger.repository.get(token_name_id(token.workspace_id, token.name))
             if token.deleted:
                 assert index.token_id != str(token.id), f"deleted {token.name!r} still holds its name"
             else:
@@ -241,11 +241,11 @@ def test_kill_9_mid_burst_loses_no_acknowledged_change(database_url: str, backen
             for token_id, values in log.refreshed.items():
                 generations = {
                     e.generation
-                    for e in system.ledger.repository.event_store.get(by_id[token_id].id)
+                    for e in service.ledger.repository.event_store.get(by_id[token_id].id)
                     if isinstance(e, Token.Refreshed)
                 }
                 for value in values:
-                    claims = system.signer.read(value)
+                    claims = service.signer.read(value)
                     assert claims is not None and claims.generation in generations, "acknowledged refresh lost"
             for token_id in log.deleted:
                 assert by_id[token_id].deleted
@@ -254,9 +254,9 @@ def test_kill_9_mid_burst_loses_no_acknowledged_change(database_url: str, backen
                 same = [t for t in stored_tokens if t.name == pending.name and t.workspace_id == workspace_id]
                 assert len(same) <= 1
 
-        report = rebuild(system, verify=True)
+        report = rebuild(service, verify=True)
         assert report.ok, report.differences
-        chain = verify_chain(system)
+        chain = verify_chain(service)
         assert chain.ok, chain.reason
         assert chain.events_checked == events
         print(
@@ -264,4 +264,4 @@ def test_kill_9_mid_burst_loses_no_acknowledged_change(database_url: str, backen
             f"chain verified over {chain.events_checked} events"
         )
     finally:
-        system.close()
+        service.close()

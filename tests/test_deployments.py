@@ -28,7 +28,7 @@ from tokentrail.domain.deploy import CurrentToken, desired_tokens, plan_deployme
 from tokentrail.domain.errors import Conflict, NameTaken
 from tokentrail.domain.policy import Caller
 from tokentrail.projections.deployments import current_tokens
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 # -- the project --------------------------------------------------------------------------------
 
@@ -162,14 +162,14 @@ def ok(response: httpx.Response) -> dict[str, Any]:
     return response.json()
 
 
-def datafile_tokens(system: System, workspace_id: str) -> dict[str, list[str]]:
-    system.sync()
-    return {r.name: sorted(r.scopes) for r in system.queries.tokens(workspace_id) if r.kind == "datafile"}
+def datafile_tokens(service: Service, workspace_id: str) -> dict[str, list[str]]:
+    service.sync()
+    return {r.name: sorted(r.scopes) for r in service.queries.tokens(workspace_id) if r.kind == "datafile"}
 
 
-def all_tokens(system: System, workspace_id: str) -> dict[str, tuple[str, list[str]]]:
-    system.sync()
-    return {r.name: (r.id, sorted(r.scopes)) for r in system.queries.tokens(workspace_id)}
+def all_tokens(service: Service, workspace_id: str) -> dict[str, tuple[str, list[str]]]:
+    service.sync()
+    return {r.name: (r.id, sorted(r.scopes)) for r in service.queries.tokens(workspace_id)}
 
 
 def changes(answer: dict[str, Any]) -> list[tuple[str, str, list[str], list[str]]]:
@@ -202,17 +202,17 @@ def allowed(client: TestClient, value: str, permission: str) -> bool:
     return ok(client.get(url("/v0/auth", value, permission=permission)))["allowed"]
 
 
-def stored_events(system: System, start: int, stop: int) -> list[Any]:
+def stored_events(service: Service, start: int, stop: int) -> list[Any]:
     """The domain events at log positions start..stop, hidden ones (name index) included."""
-    notes = system.ledger.recorder.select_notifications(start=start, limit=stop - start + 1, stop=stop)
-    return [system.ledger.mapper.to_domain_event(n) for n in notes]
+    notes = service.ledger.recorder.select_notifications(start=start, limit=stop - start + 1, stop=stop)
+    return [service.ledger.mapper.to_domain_event(n) for n in notes]
 
 
 # -- first deployment, and a second one of the same files ----------------------------------------
 
 
 def test_a_first_deployment_creates_the_declared_tokens_and_a_second_changes_nothing(
-    client, system, ws, tmp_path
+    client, service, ws, tmp_path
 ) -> None:
     files = project(tmp_path)
     answer = ok(deploy(client, ws.admin, files))
@@ -228,7 +228,7 @@ def test_a_first_deployment_creates_the_declared_tokens_and_a_second_changes_not
         ("ingest", "new", ["datasource:events:APPEND"], []),
         ("users ingest", "new", ["datasource:users:APPEND"], []),
     ]
-    assert datafile_tokens(system, ws.id) == FIRST
+    assert datafile_tokens(service, ws.id) == FIRST
 
     # The tokens are real Tinybird tokens: listed with a DS/P origin, and their values work.
     listed = {t["name"]: t for t in ok(client.get(url("/v0/tokens", ws.admin)))["tokens"]}
@@ -240,22 +240,22 @@ def test_a_first_deployment_creates_the_declared_tokens_and_a_second_changes_not
     assert not allowed(client, reader, "PIPES:READ:sessions")
     assert "commented out" not in listed and "not a token line" not in listed and "readme" not in listed
 
-    before, tokens_before = head(system), all_tokens(system, ws.id)
+    before, tokens_before = head(service), all_tokens(service, ws.id)
     again = ok(deploy(client, ws.admin, files))
     assert again == {"result": "no_changes", "deployment": {"id": None, "status": "no_changes", "token_changes": []}}
-    assert head(system) == before and all_tokens(system, ws.id) == tokens_before
+    assert head(service) == before and all_tokens(service, ws.id) == tokens_before
     assert ok(forward_deploy(client, ws.admin, files))["result"] == "no_changes"
-    assert head(system) == before
+    assert head(service) == before
 
 
 # -- renamed, moved and removed lines ------------------------------------------------------------
 
 
-def test_renamed_moved_and_removed_lines_change_exactly_those_scopes(client, system, ws, tmp_path) -> None:
+def test_renamed_moved_and_removed_lines_change_exactly_those_scopes(client, service, ws, tmp_path) -> None:
     ok(deploy(client, ws.admin, project(tmp_path)))
-    ids = {name: token_id for name, (token_id, _) in all_tokens(system, ws.id).items()}
+    ids = {name: token_id for name, (token_id, _) in all_tokens(service, ws.id).items()}
     dashboard = value_of(client, ws.admin, "dashboard")
-    before = head(system)
+    before = head(service)
 
     answer = ok(deploy(client, ws.admin, project(tmp_path, SECOND_FILES, "v2")))
     assert changes(answer) == [
@@ -265,8 +265,8 @@ def test_renamed_moved_and_removed_lines_change_exactly_those_scopes(client, sys
         ("ingest", "deleted", [], ["datasource:events:APPEND"]),
         ("users ingest", "deleted", [], ["datasource:users:APPEND"]),
     ]
-    assert datafile_tokens(system, ws.id) == SECOND
-    now = all_tokens(system, ws.id)
+    assert datafile_tokens(service, ws.id) == SECOND
+    now = all_tokens(service, ws.id)
     # Modified tokens keep their id and value; a renamed line is a new token, the old one is gone.
     assert now["dashboard"][0] == ids["dashboard"] and now["events reader"][0] == ids["events reader"]
     assert now["events ingest"][0] not in ids.values()
@@ -304,7 +304,7 @@ def test_renamed_moved_and_removed_lines_change_exactly_those_scopes(client, sys
     # re-created tokens).
     files = project(tmp_path, PROJECT, "v3")
     ok(deploy(client, ws.admin, files))
-    assert datafile_tokens(system, ws.id) == FIRST
+    assert datafile_tokens(service, ws.id) == FIRST
 
     # Datafile tokens belong to the files: edits by hand are undone by the next deployment.
     scopes = "&".join(f"scope={s}" for s in FIRST["dashboard"] + ["PIPES:READ:extra"])
@@ -314,21 +314,21 @@ def test_renamed_moved_and_removed_lines_change_exactly_those_scopes(client, sys
         ("dashboard", "modified", [], ["pipe:extra:READ"]),
         ("ingest", "new", ["datasource:events:APPEND"], []),
     ]
-    assert datafile_tokens(system, ws.id) == FIRST
+    assert datafile_tokens(service, ws.id) == FIRST
 
 
 # -- hand-made tokens ----------------------------------------------------------------------------
 
 
-def test_hand_made_tokens_are_never_touched_and_a_name_clash_is_refused(client, system, ws, tmp_path) -> None:
+def test_hand_made_tokens_are_never_touched_and_a_name_clash_is_refused(client, service, ws, tmp_path) -> None:
     manual = create(client, ws.admin, "manual reader", "PIPES:READ:top_pages", "DATASOURCES:READ:users")
     # Made by hand with a datasource origin, as `tb token create` can: still hand-made.
     tracker = create(client, ws.admin, "tracker", "DATASOURCES:APPEND:events", origin="DS", resource_id="events")
     ok(deploy(client, ws.admin, project(tmp_path)))
     ok(deploy(client, ws.admin, project(tmp_path, SECOND_FILES, "v2")))  # users.datasource gone
     ok(deploy(client, ws.admin, {}))  # no datafiles at all: every datafile token goes
-    assert datafile_tokens(system, ws.id) == {}
-    tokens = all_tokens(system, ws.id)
+    assert datafile_tokens(service, ws.id) == {}
+    tokens = all_tokens(service, ws.id)
     assert tokens["manual reader"] == (manual["id"], ["DATASOURCES:READ:users", "PIPES:READ:top_pages"])
     assert {"admin token", "create datasource token"} <= set(tokens)
     assert tokens["tracker"] == (tracker["id"], ["DATASOURCES:APPEND:events"])
@@ -337,7 +337,7 @@ def test_hand_made_tokens_are_never_touched_and_a_name_clash_is_refused(client, 
     assert [e["type"] for e in manual_events] == ["Created"]
 
     ok(deploy(client, ws.admin, project(tmp_path, PROJECT, "v3")))
-    before, tokens_before = head(system), all_tokens(system, ws.id)
+    before, tokens_before = head(service), all_tokens(service, ws.id)
     clashing = dict(PROJECT, **{"pipes/endpoints/sessions.pipe": SESSIONS + 'TOKEN "manual reader" READ\n'})
     files = project(tmp_path, clashing, "clash")
     for check in (False, True):
@@ -347,33 +347,33 @@ def test_hand_made_tokens_are_never_touched_and_a_name_clash_is_refused(client, 
         assert "pipes/endpoints/sessions.pipe:7" in error
     default_clash = {"pipes/top_pages.pipe": "TOKEN 'admin token' READ\n"}
     assert "admin token" in assert_error(deploy(client, ws.admin, default_clash), 400)
-    assert head(system) == before and all_tokens(system, ws.id) == tokens_before
+    assert head(service) == before and all_tokens(service, ws.id) == tokens_before
 
 
 # -- check ---------------------------------------------------------------------------------------
 
 
-def test_check_shows_the_plan_and_writes_nothing(client, system, ws, tmp_path) -> None:
+def test_check_shows_the_plan_and_writes_nothing(client, service, ws, tmp_path) -> None:
     files, second = project(tmp_path), project(tmp_path, SECOND_FILES, "v2")
-    before = head(system)
+    before = head(service)
     plan = ok(deploy(client, ws.admin, files, check=True))
     assert plan["result"] == "check" and plan["deployment"]["id"] is None
     assert [c[:2] for c in changes(plan)] == [(n, "new") for n in sorted(FIRST)]
-    assert head(system) == before and datafile_tokens(system, ws.id) == {}
+    assert head(service) == before and datafile_tokens(service, ws.id) == {}
     assert changes(ok(deploy(client, ws.admin, files))) == changes(plan)
 
-    before = head(system)
+    before = head(service)
     plan = ok(forward_deploy(client, ws.admin, second, check=True))
-    assert head(system) == before and datafile_tokens(system, ws.id) == FIRST
+    assert head(service) == before and datafile_tokens(service, ws.id) == FIRST
     assert changes(ok(forward_deploy(client, ws.admin, second))) == changes(plan)
-    assert datafile_tokens(system, ws.id) == SECOND
+    assert datafile_tokens(service, ws.id) == SECOND
     assert ok(deploy(client, ws.admin, second, check=True))["result"] == "no_changes"
 
 
 # -- wire formats --------------------------------------------------------------------------------
 
 
-def test_multipart_as_forward_sends_it_and_json_give_the_same_answer(client, system, ws, tmp_path) -> None:
+def test_multipart_as_forward_sends_it_and_json_give_the_same_answer(client, service, ws, tmp_path) -> None:
     files = project(tmp_path)
     by_json = ok(deploy(client, ws.admin, files, check=True))
     by_multipart = ok(forward_deploy(client, ws.admin, files, check=True))
@@ -386,13 +386,13 @@ def test_multipart_as_forward_sends_it_and_json_give_the_same_answer(client, sys
         assert set(change["permission_changes"]) == {"added_permissions", "removed_permissions"}
         for permission in change["permission_changes"]["added_permissions"]:
             assert set(permission) == {"resource_name", "resource_type", "permission"}
-    assert datafile_tokens(system, ws.id) == FIRST
+    assert datafile_tokens(service, ws.id) == FIRST
     # Forward's context part is not a project file.
     recorded = [e for e in audit(client, ws.admin, deployment=answer["deployment"]["id"]) if e["type"] == "Deployed"]
     assert recorded[0]["details"]["files"] == sorted(files)
 
 
-def test_a_multipart_body_is_not_read_as_form_parameters(client, system, ws, tmp_path) -> None:
+def test_a_multipart_body_is_not_read_as_form_parameters(client, service, ws, tmp_path) -> None:
     """A file whose SQL happens to contain `&check=true&token=…` neither turns the deployment into
     a check nor authenticates it."""
     sneaky = dict(
@@ -405,11 +405,11 @@ def test_a_multipart_body_is_not_read_as_form_parameters(client, system, ws, tmp
     )
     files = project(tmp_path, sneaky)
     answer = ok(forward_deploy(client, ws.admin, files))
-    assert answer["result"] == "success" and datafile_tokens(system, ws.id) == FIRST
-    before = head(system)
+    assert answer["result"] == "success" and datafile_tokens(service, ws.id) == FIRST
+    before = head(service)
     parts = [("data_project://", (p, c.encode(), "text/plain")) for p, c in files.items()]
     assert_error(client.post("/v0/deployments", files=parts), 403)  # no token: the body holds none
-    assert head(system) == before
+    assert head(service) == before
 
 
 # -- parse errors --------------------------------------------------------------------------------
@@ -425,9 +425,9 @@ BAD_LINES = [
 ]
 
 
-def test_parse_errors_name_the_file_and_line_and_write_nothing(client, system, ws, tmp_path) -> None:
+def test_parse_errors_name_the_file_and_line_and_write_nothing(client, service, ws, tmp_path) -> None:
     ok(deploy(client, ws.admin, project(tmp_path)))
-    before, tokens_before = head(system), all_tokens(system, ws.id)
+    before, tokens_before = head(service), all_tokens(service, ws.id)
     for number, (path, line, message) in enumerate(BAD_LINES):
         files = dict(project(tmp_path, PROJECT, f"bad{number}"))
         files[path] += "\n" + line  # a blank line, then the bad one
@@ -440,18 +440,18 @@ def test_parse_errors_name_the_file_and_line_and_write_nothing(client, system, w
     assert "pipes/users.pipe" in error and "datasources/users.datasource" in error
     bad_name = {"datasources/1events.datasource": "TOKEN x READ\n"}
     assert assert_error(deploy(client, ws.admin, bad_name), 400).startswith("datasources/1events.datasource:0:")
-    assert head(system) == before and all_tokens(system, ws.id) == tokens_before
+    assert head(service) == before and all_tokens(service, ws.id) == tokens_before
 
 
 # -- the audit trail and point in time -----------------------------------------------------------
 
 
-def test_the_audit_trail_shows_a_deployment_as_a_unit(client, system, ws, tmp_path) -> None:
+def test_the_audit_trail_shows_a_deployment_as_a_unit(client, service, ws, tmp_path) -> None:
     first = ok(deploy(client, ws.admin, project(tmp_path)))["deployment"]["id"]
     create(client, ws.admin, "between", "PIPES:READ:top_pages")
-    start = head(system) + 1
+    start = head(service) + 1
     answer = ok(deploy(client, ws.admin, project(tmp_path, SECOND_FILES, "v2")))
-    second, stop = answer["deployment"]["id"], head(system)
+    second, stop = answer["deployment"]["id"], head(service)
     assert first != second
 
     events = audit(client, ws.admin, deployment=second)
@@ -470,7 +470,7 @@ def test_the_audit_trail_shows_a_deployment_as_a_unit(client, system, ws, tmp_pa
     assert len(deployed) == 1 and deployed[0]["details"]["token_changes"] == answer["deployment"]["token_changes"]
     # One transaction: every event of the log in that span, hidden ones included, is the deployment's,
     # and the unfiltered trail has nothing else in between.
-    stored = stored_events(system, start, stop)
+    stored = stored_events(service, start, stop)
     assert stored and {e.actor["deployment_id"] for e in stored} == {second}
     positions = [e["position"] for e in events]
     assert min(positions) == start and max(positions) == stop
@@ -484,7 +484,7 @@ def test_the_audit_trail_shows_a_deployment_as_a_unit(client, system, ws, tmp_pa
     assert [json.loads(line)["position"] for line in ndjson.text.splitlines()] == positions
 
 
-def test_point_in_time_before_and_after_a_deployment(client, system, ws, tmp_path) -> None:
+def test_point_in_time_before_and_after_a_deployment(client, service, ws, tmp_path) -> None:
     clock = FakeClock(datetime.now(UTC))
     clock.advance(1)
     start = clock.now.timestamp()
@@ -550,9 +550,9 @@ OUTCOME = {
 }
 
 
-def admin_caller(system: System, realm: Realm) -> Caller:
-    system.sync()
-    return system.auth.authenticate(realm.admin)
+def admin_caller(service: Service, realm: Realm) -> Caller:
+    service.sync()
+    return service.auth.authenticate(realm.admin)
 
 
 def run_concurrently(*jobs: Callable[[], Any]) -> list[Any]:
@@ -573,16 +573,16 @@ def run_concurrently(*jobs: Callable[[], Any]) -> list[Any]:
     return results
 
 
-def deployments_in_order(system: System, workspace_id: str) -> list[str]:
-    system.sync()
-    with system.read_engine.connect() as conn:
+def deployments_in_order(service: Service, workspace_id: str) -> list[str]:
+    service.sync()
+    with service.read_engine.connect() as conn:
         rows = conn.execute(
             text("SELECT id FROM tt_deployments WHERE workspace_id = :w ORDER BY position"), {"w": workspace_id}
         )
         return [r[0] for r in rows]
 
 
-def assert_never_a_mix(system: System, realm: Realm, results: dict[str, Any]) -> None:
+def assert_never_a_mix(service: Service, realm: Realm, results: dict[str, Any]) -> None:
     """Both deployments committed whole (the later re-planned) or one got 409 and wrote nothing;
     the token table is exactly what the last committed one declares."""
     committed = {k: r for k, r in results.items() if not isinstance(r, Exception)}
@@ -590,10 +590,10 @@ def assert_never_a_mix(system: System, realm: Realm, results: dict[str, Any]) ->
         if isinstance(r, Exception):
             assert isinstance(r, Conflict), repr(r)
     assert committed, results
-    order = deployments_in_order(system, realm.id)
+    order = deployments_in_order(service, realm.id)
     assert sorted(order) == sorted(r.deployment_id for r in committed.values())
     last = next(k for k, r in committed.items() if r.deployment_id == order[-1])
-    assert datafile_tokens(system, realm.id) == OUTCOME[last]
+    assert datafile_tokens(service, realm.id) == OUTCOME[last]
     if len(committed) == 2:  # the later one planned against the earlier one's result
         first = "A" if last == "B" else "B"
         earlier = [CurrentToken(f"id-{n}", n, tuple(s), "DS", "datafile") for n, s in OUTCOME[first].items()]
@@ -601,13 +601,15 @@ def assert_never_a_mix(system: System, realm: Realm, results: dict[str, Any]) ->
         assert committed[last].plan.token_changes == plan_deployment(parse_project(later_files), earlier).token_changes
 
 
-def barrier_planner(system: System, workspace_id: str, barrier: threading.Barrier) -> Callable[[], list[CurrentToken]]:
+def barrier_planner(
+    service: Service, workspace_id: str, barrier: threading.Barrier
+) -> Callable[[], list[CurrentToken]]:
     """The live tokens, but the first time only once both deployments have read them: both plan
     against the same state, so one of them must lose on save and re-plan."""
     calls = []
 
     def read() -> list[CurrentToken]:
-        tokens = current_tokens(system, workspace_id)
+        tokens = current_tokens(service, workspace_id)
         if not calls:
             calls.append(1)
             barrier.wait(timeout=10)
@@ -616,61 +618,61 @@ def barrier_planner(system: System, workspace_id: str, barrier: threading.Barrie
     return read
 
 
-def test_two_deployments_racing_in_one_process_never_mix(system, ws) -> None:
-    caller = admin_caller(system, ws)
+def test_two_deployments_racing_in_one_process_never_mix(service, ws) -> None:
+    caller = admin_caller(service, ws)
     barrier = threading.Barrier(2)
     results = run_concurrently(
-        lambda: system.ledger.deploy(caller, SET_A, barrier_planner(system, ws.id, barrier)),
-        lambda: system.ledger.deploy(caller, SET_B, barrier_planner(system, ws.id, barrier)),
+        lambda: service.ledger.deploy(caller, SET_A, barrier_planner(service, ws.id, barrier)),
+        lambda: service.ledger.deploy(caller, SET_B, barrier_planner(service, ws.id, barrier)),
     )
-    assert_never_a_mix(system, ws, dict(zip("AB", results)))
+    assert_never_a_mix(service, ws, dict(zip("AB", results)))
 
 
-def test_two_deployments_through_the_api_at_once_never_mix(client, system, ws) -> None:
+def test_two_deployments_through_the_api_at_once_never_mix(client, service, ws) -> None:
     for _ in range(3):
         answers = run_concurrently(lambda: deploy(client, ws.admin, SET_A), lambda: deploy(client, ws.admin, SET_B))
         assert {a.status_code for a in answers} <= {200, 409}, [a.text for a in answers]
         for a in answers:
             if a.status_code == 409:
                 assert_error(a, 409)
-        assert datafile_tokens(system, ws.id) in (OUTCOME["A"], OUTCOME["B"])
-        order = deployments_in_order(system, ws.id)
+        assert datafile_tokens(service, ws.id) in (OUTCOME["A"], OUTCOME["B"])
+        order = deployments_in_order(service, ws.id)
         committed = {a.json()["deployment"]["id"]: k for k, a in zip("AB", answers) if a.status_code == 200}
         last = committed[order[-1]]
-        assert datafile_tokens(system, ws.id) == OUTCOME[last]
+        assert datafile_tokens(service, ws.id) == OUTCOME[last]
 
 
-def test_two_servers_on_one_database_deploying_at_once_never_mix(database_url, tmp_path, environ, system, ws) -> None:
-    other = System(database_url, data=tmp_path, environ=environ)
+def test_two_servers_on_one_database_deploying_at_once_never_mix(database_url, tmp_path, environ, service, ws) -> None:
+    other = Service(database_url, data=tmp_path, environ=environ)
     try:
-        callers = admin_caller(system, ws), admin_caller(other, ws)
+        callers = admin_caller(service, ws), admin_caller(other, ws)
         barrier = threading.Barrier(2)
         results = run_concurrently(
-            lambda: system.command(
-                lambda: system.ledger.deploy(callers[0], SET_A, barrier_planner(system, ws.id, barrier))
+            lambda: service.command(
+                lambda: service.ledger.deploy(callers[0], SET_A, barrier_planner(service, ws.id, barrier))
             ),
             lambda: other.command(
                 lambda: other.ledger.deploy(callers[1], SET_B, barrier_planner(other, ws.id, barrier))
             ),
         )
-        assert_never_a_mix(system, ws, dict(zip("AB", results)))
-        assert datafile_tokens(other, ws.id) == datafile_tokens(system, ws.id)
+        assert_never_a_mix(service, ws, dict(zip("AB", results)))
+        assert datafile_tokens(other, ws.id) == datafile_tokens(service, ws.id)
     finally:
         other.close()
 
 
-def test_a_change_slipping_in_between_plan_and_save_makes_the_deployment_re_plan(system, ws) -> None:
+def test_a_change_slipping_in_between_plan_and_save_makes_the_deployment_re_plan(service, ws) -> None:
     """Deterministic interleavings: right after the deployment has read the live tokens, another
     request changes them. The deployment must re-plan against what is there now."""
-    caller = admin_caller(system, ws)
-    system.command(lambda: system.ledger.deploy(caller, SET_A, lambda: current_tokens(system, ws.id)))
-    assert datafile_tokens(system, ws.id) == OUTCOME["A"]
+    caller = admin_caller(service, ws)
+    service.command(lambda: service.ledger.deploy(caller, SET_A, lambda: current_tokens(service, ws.id)))
+    assert datafile_tokens(service, ws.id) == OUTCOME["A"]
 
     def then(change: Callable[[], Any]) -> Callable[[], list[CurrentToken]]:
         calls: list[int] = []
 
         def read() -> list[CurrentToken]:
-            tokens = current_tokens(system, ws.id)
+            tokens = current_tokens(service, ws.id)
             if not calls:
                 calls.append(1)
                 change()
@@ -679,53 +681,53 @@ def test_a_change_slipping_in_between_plan_and_save_makes_the_deployment_re_plan
         return read
 
     # A datafile token deleted by hand: the plan's "modify" becomes a "new".
-    result = system.ledger.deploy(caller, SET_B, then(lambda: system.ledger.delete_token(caller, "shared")))
+    result = service.ledger.deploy(caller, SET_B, then(lambda: service.ledger.delete_token(caller, "shared")))
     assert [(c["token_name"], c["change_type"]) for c in result.plan.token_changes] == [
         ("a reader", "deleted"),
         ("only a", "deleted"),
         ("only b", "new"),
         ("shared", "new"),
     ]
-    assert datafile_tokens(system, ws.id) == OUTCOME["B"]
+    assert datafile_tokens(service, ws.id) == OUTCOME["B"]
 
     # A hand-made token takes a name the deployment was about to create: a clear clash, nothing written.
-    before = head(system)
+    before = head(service)
     with pytest.raises(NameTaken) as refused:
-        system.ledger.deploy(caller, SET_A, then(lambda: system.ledger.create_token(caller, "a reader", ["TOKENS"])))
+        service.ledger.deploy(caller, SET_A, then(lambda: service.ledger.create_token(caller, "a reader", ["TOKENS"])))
     assert "pipes/top_pages.pipe:2" in refused.value.message
-    assert head(system) == before + 2  # the hand-made token and its name, nothing else
-    assert datafile_tokens(system, ws.id) == OUTCOME["B"]
+    assert head(service) == before + 2  # the hand-made token and its name, nothing else
+    assert datafile_tokens(service, ws.id) == OUTCOME["B"]
 
 
 # -- permissions ---------------------------------------------------------------------------------
 
 
-def test_only_admin_tokens_and_deploy_capable_tokens_may_deploy(client, system, ws, tmp_path) -> None:
+def test_only_admin_tokens_and_deploy_capable_tokens_may_deploy(client, service, ws, tmp_path) -> None:
     files = project(tmp_path)
     manager = create(client, ws.admin, "manager", "TOKENS")["token"]
     deployer = create(client, ws.admin, "deployer", "WORKSPACE:DEPLOY")["token"]
     reader = create(client, ws.admin, "reader", "PIPES:READ:top_pages")["token"]
     appender = create(client, ws.admin, "appender", "DATASOURCES:APPEND:events", "DATASOURCES:CREATE")["token"]
     jwt = create_jwt(client, ws.admin, "jwt", [{"type": "PIPES:READ", "resource": "top_pages"}]).json()["token"]
-    other = make_realm(system, "other", "someone@example.com")
-    before, tokens_before = head(system), all_tokens(system, ws.id)
+    other = make_realm(service, "other", "someone@example.com")
+    before, tokens_before = head(service), all_tokens(service, ws.id)
     for value in (reader, appender, ws.value("create datasource token"), ws.user, jwt, "p.nope.nope", None):
         for check in (False, True):
             assert_error(deploy(client, value, files, check=check), 403)
         if value:
             assert_error(forward_deploy(client, value, files), 403)
-    assert head(system) == before and all_tokens(system, ws.id) == tokens_before
+    assert head(service) == before and all_tokens(service, ws.id) == tokens_before
 
     assert ok(deploy(client, manager, files))["result"] == "success"
-    assert datafile_tokens(system, ws.id) == FIRST
+    assert datafile_tokens(service, ws.id) == FIRST
     assert ok(deploy(client, deployer, project(tmp_path, SECOND_FILES, "v2")))["result"] == "success"
-    assert datafile_tokens(system, ws.id) == SECOND
+    assert datafile_tokens(service, ws.id) == SECOND
     # Another workspace's admin deploys into its own workspace only.
     ok(deploy(client, other.admin, files))
-    assert datafile_tokens(system, other.id) == FIRST and datafile_tokens(system, ws.id) == SECOND
+    assert datafile_tokens(service, other.id) == FIRST and datafile_tokens(service, ws.id) == SECOND
 
 
-def test_a_non_admin_deployment_cannot_strip_or_delete_an_admin_capable_token(client, system, ws, tmp_path) -> None:
+def test_a_non_admin_deployment_cannot_strip_or_delete_an_admin_capable_token(client, service, ws, tmp_path) -> None:
     """An admin gave a datafile token ADMIN by hand: a TOKENS caller may not remove it through a
     deployment any more than through DELETE /v0/tokens."""
     manager = create(client, ws.admin, "manager", "TOKENS")["token"]
@@ -733,10 +735,10 @@ def test_a_non_admin_deployment_cannot_strip_or_delete_an_admin_capable_token(cl
     promoted = client.put(url("/v0/tokens/ingest", ws.admin, scope=["DATASOURCES:APPEND:events", "ADMIN"]))
     assert promoted.status_code == 200
     assert_error(client.delete(url("/v0/tokens/ingest", manager)), 403)
-    before = head(system)
+    before = head(service)
     assert_error(deploy(client, manager, project(tmp_path, SECOND_FILES, "v2")), 403)  # would delete it
     assert_error(deploy(client, manager, project(tmp_path)), 403)  # would remove ADMIN
-    assert head(system) == before
+    assert head(service) == before
     assert ok(deploy(client, ws.admin, project(tmp_path)))["deployment"]["token_changes"][0]["token_name"] == "ingest"
 
 
@@ -771,10 +773,10 @@ BAD_PATHS = [
 ]
 
 
-def test_garbage_bad_paths_non_utf8_and_huge_files_are_4xx_and_write_nothing(client, system, ws, tmp_path) -> None:
+def test_garbage_bad_paths_non_utf8_and_huge_files_are_4xx_and_write_nothing(client, service, ws, tmp_path) -> None:
     files = project(tmp_path)
     ok(deploy(client, ws.admin, files))
-    before, tokens_before = head(system), all_tokens(system, ws.id)
+    before, tokens_before = head(service), all_tokens(service, ws.id)
     for body in GARBAGE:
         assert_error(client.post(url("/v0/deployments", ws.admin), content=body), 400)
     for broken in (b"--x\r\nbroken", b"", b"--x--\r\n", b"no boundary at all"):
@@ -814,4 +816,4 @@ def test_garbage_bad_paths_non_utf8_and_huge_files_are_4xx_and_write_nothing(cli
     assert_error(forward_deploy(client, ws.admin, {**files, "pipes/big.pipe": huge}), 400)
     enormous = {f"pipes/p{i}.pipe": huge[:1_000_000] for i in range(9)}
     assert_error(deploy(client, ws.admin, enormous), 413)
-    assert head(system) == before and all_tokens(system, ws.id) == tokens_before
+    assert head(service) == before and all_tokens(service, ws.id) == tokens_before

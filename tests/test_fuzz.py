@@ -49,7 +49,7 @@ from tokentrail.domain.errors import DatafileError, FilterError, ScopeError
 from tokentrail.domain.filters import normalize_filter
 from tokentrail.domain.scopes import check_permission, parse_scope, parse_scopes, scope_from_parts
 from tokentrail.domain.values import TokenSigner, b64url
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 EXAMPLES = int(os.environ.get("TOKENTRAIL_FUZZ_EXAMPLES", "20"))
 SEED = os.environ.get("TOKENTRAIL_FUZZ_SEED")
@@ -63,11 +63,11 @@ def _openapi() -> dict[str, Any]:
     """The schema of the app as `tokentrail serve` builds it (it does not depend on the store)."""
     with tempfile.TemporaryDirectory(prefix="tokentrail-fuzz-") as tmp:
         environ = {"TOKENTRAIL_SECRET_KEY": TEST_SECRET, "TOKENTRAIL_DATA_DIR": tmp}
-        system = System(f"sqlite:///{Path(tmp) / 'schema.db'}", data=Path(tmp), environ=environ)
+        service = Service(f"sqlite:///{Path(tmp) / 'schema.db'}", data=Path(tmp), environ=environ)
         try:
-            return create_app(system).openapi()
+            return create_app(service).openapi()
         finally:
-            system.close()
+            service.close()
 
 
 # Values that mean something to the server, offered to schemathesis as examples of each parameter
@@ -128,12 +128,12 @@ class FuzzTarget:
     """A fresh app over a fresh ledger; the credentials are re-read before every request, so that a
     fuzzed refresh of the admin token does not leave the rest of the run unauthenticated."""
 
-    def __init__(self, system: System) -> None:
-        self.system = system
-        info = initialise(system, "main", "owner@example.com")
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        info = initialise(service, "main", "owner@example.com")
         ids = {t["name"]: t["id"] for t in info["tokens"]}
         self.admin_id, self.user_id = ids["admin token"], ids["user token"]
-        self.app = create_app(system)
+        self.app = create_app(service)
         with TestClient(self.app) as client:  # a little state for the reads to find
             admin = self.value(self.admin_id)
             for name, scope in [("reader", "DATASOURCES:READ:events:a>1"), ("pipe reader", "PIPES:READ:top")]:
@@ -142,10 +142,10 @@ class FuzzTarget:
             client.delete("/v0/tokens/pipe%20reader", params={"token": admin}).raise_for_status()
 
     def value(self, token_id: str) -> str:
-        self.system.sync()
-        row = self.system.queries.token(token_id)
+        self.service.sync()
+        row = self.service.queries.token(token_id)
         assert row is not None
-        return self.system.signer.make(row.workspace_id, row.id, row.generation)
+        return self.service.signer.make(row.workspace_id, row.id, row.generation)
 
     def headers(self, path: str) -> dict[str, str]:
         token_id = self.user_id if path in USER_ROUTES else self.admin_id
@@ -167,11 +167,11 @@ def fuzz_target(
         with _pg_admin() as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         url = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
-    system = System(url, data=tmp, environ={"TOKENTRAIL_SECRET_KEY": TEST_SECRET, "TOKENTRAIL_DATA_DIR": str(tmp)})
+    service = Service(url, data=tmp, environ={"TOKENTRAIL_SECRET_KEY": TEST_SECRET, "TOKENTRAIL_DATA_DIR": str(tmp)})
     try:
-        yield FuzzTarget(system)
+        yield FuzzTarget(service)
     finally:
-        system.close()
+        service.close()
         if request.param == "postgres":
             with _pg_admin() as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -452,13 +452,13 @@ def test_values_that_are_not_plain_strings_read_as_none(value: Any) -> None:
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(value=st.text(max_size=200) | st.lists(st.sampled_from(VALUE_PIECES + ["eyJhbGciOiJIUzI1NiJ9"])).map("".join))
-def test_authentication_of_random_credentials_raises_only_unauthenticated(system: System, value: str) -> None:
+def test_authentication_of_random_credentials_raises_only_unauthenticated(service: Service, value: str) -> None:
     from tokentrail.domain.errors import Unauthenticated
 
     with pytest.raises(Unauthenticated):
-        system.auth.authenticate(value)
+        service.auth.authenticate(value)
     with pytest.raises(Unauthenticated):
-        system.auth.authenticate(value.replace("\x00", "") + ".x.y")
+        service.auth.authenticate(value.replace("\x00", "") + ".x.y")
 
 
 DATAFILE_PIECES = [

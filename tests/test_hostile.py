@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from tests.test_api import make_realm, path_of, url
 from tokentrail.api.app import create_app
 from tokentrail.projections.rebuild import rebuild
-from tokentrail.projections.system import System
-from tokentrail.projections.verify import verify_chain
+from tokentrail.service import Service
+from tokentrail.verify import verify_chain
 
 # Filters that grow when normalised, nest deeply, or are plain garbage.
 _FILTERS = st.one_of(
@@ -103,10 +103,10 @@ def _send(client: TestClient, admin: str, step: tuple[str, Any, Any]) -> Any:
 
 
 @pytest.fixture
-def hostile(system: System):
-    realm = make_realm(system, "hostile", "hostile@example.com")
-    with TestClient(create_app(system), raise_server_exceptions=False) as client:
-        yield system, client, realm
+def hostile(service: Service):
+    realm = make_realm(service, "hostile", "hostile@example.com")
+    with TestClient(create_app(service), raise_server_exceptions=False) as client:
+        yield service, client, realm
 
 
 _SUM = "a = " + "+".join(["1"] * 600)
@@ -120,26 +120,26 @@ _SUM = "a = " + "+".join(["1"] * 600)
 @example(steps=[("jwt", "j", _SUM)])
 @example(steps=[("create", "p", ["DATASOURCES:READ:events:a IN (" + ",".join(["1"] * 1000) + ")"])])
 def test_no_sequence_of_hostile_commands_breaks_the_ledger(hostile, steps) -> None:
-    system, client, realm = hostile
-    admin = _current_admin(system, realm)
+    service, client, realm = hostile
+    admin = _current_admin(service, realm)
     for step in steps:
         response = _send(client, admin, step)
         assert response.status_code < 500, (step[0], response.status_code, response.text[:300])
         if response.status_code >= 400:
             assert response.headers["content-type"].startswith("application/json")
             assert response.json()["error"]
-        admin = _current_admin(system, realm)  # "admin token" may have been refreshed
+        admin = _current_admin(service, realm)  # "admin token" may have been refreshed
     auth = client.get(url("/v0/auth", admin))
     assert auth.status_code == 200 and auth.json()["valid"] is True
     for path in ("/v0/tokens", "/v0/audit", "/v0/access?resource=events"):
         assert client.get(url(path, admin) if "?" not in path else path + f"&token={admin}").status_code == 200
-    report = rebuild(system, verify=True)
+    report = rebuild(service, verify=True)
     assert report.ok, report.differences
-    assert verify_chain(system).ok
+    assert verify_chain(service).ok
 
 
-def _current_admin(system: System, realm: Any) -> str:
-    system.sync()
-    row = system.queries.token(realm.admin_id)
+def _current_admin(service: Service, realm: Any) -> str:
+    service.sync()
+    row = service.queries.token(realm.admin_id)
     assert row is not None
-    return system.signer.make(row.workspace_id, row.id, row.generation)
+    return service.signer.make(row.workspace_id, row.id, row.generation)

@@ -13,10 +13,10 @@ import pytest
 
 from tests.conftest import TEST_SECRET
 from tests.helpers import value_of
+from tokentrail import keys
 from tokentrail.domain.errors import ConfigurationError, Unauthenticated
 from tokentrail.domain.policy import Caller
-from tokentrail.projections import keys
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -75,28 +75,28 @@ def test_a_non_utf8_environment_variable_is_refused_at_start(tmp_path: Path) -> 
     assert "Traceback" not in result.stderr
 
 
-def test_the_store_records_the_key_fingerprint_never_the_key(system: System, database_url: str) -> None:
+def test_the_store_records_the_key_fingerprint_never_the_key(service: Service, database_url: str) -> None:
     fingerprint = keys.fingerprint(TEST_SECRET.encode())
-    assert system.key_fingerprint == fingerprint
+    assert service.key_fingerprint == fingerprint
     assert TEST_SECRET not in fingerprint and len(fingerprint) == 32
-    with system.read_engine.connect() as conn:
+    with service.read_engine.connect() as conn:
         rows = conn.execute(keys.s.meta.select()).mappings().all()
     assert [(r["name"], r["value"]) for r in rows] == [("key_fingerprint", fingerprint)]
 
 
 def test_a_server_with_another_key_refuses_to_start_unless_rotating(
-    system: System, database_url: str, tmp_path: Path, environ
+    service: Service, database_url: str, tmp_path: Path, environ
 ) -> None:
-    setup = system.command(lambda: system.ledger.setup_workspace("main", "o@example.com", Caller.system()))
+    setup = service.command(lambda: service.ledger.setup_workspace("main", "o@example.com", Caller.system()))
     admin = setup.tokens[0]
-    old_value = value_of(system, admin)
+    old_value = value_of(service, admin)
     other_key = "another-key-for-the-same-store-0123456789"
     with pytest.raises(ConfigurationError, match="does not match the key this store was set up with"):
-        System(database_url, data=tmp_path, environ={**environ, "TOKENTRAIL_SECRET_KEY": other_key})
+        Service(database_url, data=tmp_path, environ={**environ, "TOKENTRAIL_SECRET_KEY": other_key})
     # Same key: fine, any number of times.
-    System(database_url, data=tmp_path, environ=environ).close()
+    Service(database_url, data=tmp_path, environ=environ).close()
     # Rotation, on purpose: the new fingerprint is recorded, every value changes.
-    rotated = System(
+    rotated = Service(
         database_url,
         data=tmp_path,
         environ={**environ, "TOKENTRAIL_SECRET_KEY": other_key, "TOKENTRAIL_ROTATE_KEY": "1"},
@@ -111,5 +111,5 @@ def test_a_server_with_another_key_refuses_to_start_unless_rotating(
         rotated.close()
     # Now the old key is the one refused.
     with pytest.raises(ConfigurationError, match="does not match"):
-        System(database_url, data=tmp_path, environ=environ)
-    System(database_url, data=tmp_path, environ={**environ, "TOKENTRAIL_SECRET_KEY": other_key}).close()
+        Service(database_url, data=tmp_path, environ=environ)
+    Service(database_url, data=tmp_path, environ={**environ, "TOKENTRAIL_SECRET_KEY": other_key}).close()

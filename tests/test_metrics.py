@@ -21,7 +21,7 @@ from tests.helpers import FakeClock
 from tokentrail.api.app import create_app
 from tokentrail.api.setup import initialise
 from tokentrail.domain.policy import Caller
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -41,14 +41,14 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
 
 
-def admin_value(system: System, name: str = "main") -> str:
-    info = initialise(system, name, "owner@example.com")
+def admin_value(service: Service, name: str = "main") -> str:
+    info = initialise(service, name, "owner@example.com")
     return next(t["token"] for t in info["tokens"] if t["name"] == "admin token")
 
 
 @pytest.fixture
-def client(system: System) -> Iterator[TestClient]:
-    with TestClient(create_app(system)) as c:
+def client(service: Service) -> Iterator[TestClient]:
+    with TestClient(create_app(service)) as c:
         yield c
 
 
@@ -62,9 +62,9 @@ def test_healthz_answers_and_metrics_scrape_while_the_database_is_gone(
     make_pg_database, tmp_path: Path, environ: dict[str, str]
 ) -> None:
     url = make_pg_database()
-    system = System(url, data=tmp_path, environ=environ)
+    service = Service(url, data=tmp_path, environ=environ)
     try:
-        with TestClient(create_app(system)) as client:
+        with TestClient(create_app(service)) as client:
             assert value(scrape(client)[1], "tokentrail_store_up") == 1
             with _pg_admin() as conn:
                 conn.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
@@ -73,11 +73,11 @@ def test_healthz_answers_and_metrics_scrape_while_the_database_is_gone(
             assert value(samples, "tokentrail_store_up") == 0
             assert ("tokentrail_projection_lag_events", frozenset()) not in samples
     finally:
-        system.close()
+        service.close()
 
 
-def test_requests_are_counted_by_route_template_method_and_status(system: System, client: TestClient) -> None:
-    admin = admin_value(system)
+def test_requests_are_counted_by_route_template_method_and_status(service: Service, client: TestClient) -> None:
+    admin = admin_value(service)
     for _ in range(3):
         assert client.get("/v0/auth", params={"token": admin}).status_code == 200
     refused = client.get("/v0/tokens", params={"token": "p.nope"}).status_code
@@ -96,8 +96,8 @@ def test_requests_are_counted_by_route_template_method_and_status(system: System
     assert value(again, "tokentrail_requests_total", route="/metrics", method="GET", status="200") == 1
 
 
-def test_no_token_value_or_name_in_metrics(system: System, client: TestClient) -> None:
-    admin = admin_value(system)
+def test_no_token_value_or_name_in_metrics(service: Service, client: TestClient) -> None:
+    admin = admin_value(service)
     names = ["zq-distinctive-reader-7731", "zq distinctive spaced 9912"]
     values = [admin]
     for name in names:
@@ -127,28 +127,28 @@ def test_no_token_value_or_name_in_metrics(system: System, client: TestClient) -
     } | {r for r in routes if "{" not in r and r.count("/") <= 2}
 
 
-def test_projection_lag_is_zero_after_a_command_and_measures_a_backlog(system: System, client: TestClient) -> None:
+def test_projection_lag_is_zero_after_a_command_and_measures_a_backlog(service: Service, client: TestClient) -> None:
     clock = FakeClock()
-    admin_value(system)
+    admin_value(service)
     _, samples = scrape(client)
     assert value(samples, "tokentrail_projection_lag_events") == 0
     assert value(samples, "tokentrail_projection_lag_seconds") == 0
     # Written but not projected (no `command`): a backlog of this workspace's events.
-    setup = system.ledger.setup_workspace("other", "other@example.com", Caller.system())
-    written = setup.position - system.projector.tracked_position()
+    setup = service.ledger.setup_workspace("other", "other@example.com", Caller.system())
+    written = setup.position - service.projector.tracked_position()
     assert written > 0
     clock.advance(7.5)
     _, samples = scrape(client)
     assert value(samples, "tokentrail_projection_lag_events") == written
     assert value(samples, "tokentrail_projection_lag_seconds") == pytest.approx(7.5)
-    system.sync()
+    service.sync()
     _, samples = scrape(client)
     assert value(samples, "tokentrail_projection_lag_events") == 0
     assert value(samples, "tokentrail_projection_lag_seconds") == 0
 
 
-def test_auth_cache_and_events_written_counters_move(system: System, client: TestClient) -> None:
-    admin = admin_value(system)
+def test_auth_cache_and_events_written_counters_move(service: Service, client: TestClient) -> None:
+    admin = admin_value(service)
     _, before = scrape(client)
     created = client.post("/v0/tokens", params={"token": admin, "name": "counted", "scope": "ADMIN"})
     assert created.status_code == 200
@@ -171,17 +171,17 @@ def test_auth_cache_and_events_written_counters_move(system: System, client: Tes
 
 
 @pytest.fixture
-def two_systems(
-    database_url: str, tmp_path: Path, environ: dict[str, str], system: System
-) -> Iterator[tuple[System, System]]:
-    """Two processes' worth of `System` on one database: A (the fixture's) and B."""
-    other = System(database_url, data=tmp_path, environ=environ)
-    yield system, other
+def two_services(
+    database_url: str, tmp_path: Path, environ: dict[str, str], service: Service
+) -> Iterator[tuple[Service, Service]]:
+    """Two processes' worth of `Service` on one database: A (the fixture's) and B."""
+    other = Service(database_url, data=tmp_path, environ=environ)
+    yield service, other
     other.close()
 
 
-def test_revocation_visibility_measures_another_systems_delete(two_systems: tuple[System, System]) -> None:
-    a, b = two_systems
+def test_revocation_visibility_measures_another_services_delete(two_services: tuple[Service, Service]) -> None:
+    a, b = two_services
     admin = admin_value(a)
     with TestClient(create_app(a)) as client_a, TestClient(create_app(b)) as client_b:
         assert (
@@ -202,11 +202,13 @@ def test_revocation_visibility_measures_another_systems_delete(two_systems: tupl
         assert value(scrape(client_a)[1], "tokentrail_revocation_visibility_seconds_count") == 0
 
 
-def test_revocation_visibility_is_the_time_from_the_event_to_the_eviction(two_systems: tuple[System, System]) -> None:
+def test_revocation_visibility_is_the_time_from_the_event_to_the_eviction(
+    two_services: tuple[Service, Service],
+) -> None:
     """Both of B's eviction paths: events A already projected (read back from the log), and events
     B projects itself (A wrote them without projecting)."""
     clock = FakeClock()
-    a, b = two_systems
+    a, b = two_services
     admin = admin_value(a)
     caller = a.auth.authenticate(admin)
     for name in ("one", "two", "three"):
@@ -231,13 +233,13 @@ def test_revocation_visibility_is_the_time_from_the_event_to_the_eviction(two_sy
         assert value(samples, "tokentrail_revocation_visibility_seconds_bucket", le="2.5") == 3
 
 
-def test_listener_liveness_gauge(system: System, client: TestClient) -> None:
-    admin = admin_value(system)
+def test_listener_liveness_gauge(service: Service, client: TestClient) -> None:
+    admin = admin_value(service)
     client.get("/v0/tokens", params={"token": admin})  # a read: a server starts its listener
-    if system.backend == "sqlite":
+    if service.backend == "sqlite":
         assert ("tokentrail_listener_alive", frozenset()) not in scrape(client)[1]
         return
     deadline = time.monotonic() + 5
-    while not system.listener_live and time.monotonic() < deadline:
+    while not service.listener_live and time.monotonic() < deadline:
         time.sleep(0.05)
     assert value(scrape(client)[1], "tokentrail_listener_alive") == 1

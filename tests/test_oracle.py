@@ -23,7 +23,7 @@ from tokentrail.domain import clock
 from tokentrail.domain.errors import LedgerError
 from tokentrail.domain.policy import Caller
 from tokentrail.projections.history import History
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 NAMES = ["a", "b", "c", "d"]
 RESOURCES = [
@@ -84,43 +84,43 @@ class Clock:
     now = datetime(2026, 3, 1, tzinfo=UTC)
 
 
-def _run(system: System, history: list[Any]) -> list[str]:
+def _run(service: Service, history: list[Any]) -> list[str]:
     workspaces = []
     for _ in range(2):
-        setup = system.command(
-            lambda: system.ledger.setup_workspace(f"ws-{uuid.uuid4().hex[:10]}", "o@example.com", Caller.system())
+        setup = service.command(
+            lambda: service.ledger.setup_workspace(f"ws-{uuid.uuid4().hex[:10]}", "o@example.com", Caller.system())
         )
-        workspaces.append((str(setup.workspace.id), caller_for(system, setup.tokens[0])))
+        workspaces.append((str(setup.workspace.id), caller_for(service, setup.tokens[0])))
     for (name, ws_index, a, b), step in history:
         Clock.now += timedelta(seconds=step)
         ws, admin = workspaces[ws_index]
         try:
             if name == "create":
-                system.command(lambda: system.ledger.create_token(admin, a, b))
+                service.command(lambda: service.ledger.create_token(admin, a, b))
             elif name == "replace":
-                system.command(lambda: system.ledger.update_token(admin, a, scopes=b))
+                service.command(lambda: service.ledger.update_token(admin, a, scopes=b))
             elif name == "add":
-                system.command(lambda: system.ledger.update_token(admin, a, add=[b]))
+                service.command(lambda: service.ledger.update_token(admin, a, add=[b]))
             elif name == "remove":
-                system.command(lambda: system.ledger.update_token(admin, a, remove=[b]))
+                service.command(lambda: service.ledger.update_token(admin, a, remove=[b]))
             elif name == "rename":
-                system.command(lambda: system.ledger.update_token(admin, a, name=b))
+                service.command(lambda: service.ledger.update_token(admin, a, name=b))
             elif name == "describe":
-                system.command(lambda: system.ledger.update_token(admin, a, description=b))
+                service.command(lambda: service.ledger.update_token(admin, a, description=b))
             elif name == "refresh":
-                system.command(lambda: system.ledger.refresh_token(admin, a, grace_seconds=b))
+                service.command(lambda: service.ledger.refresh_token(admin, a, grace_seconds=b))
             elif name == "delete":
-                system.command(lambda: system.ledger.delete_token(admin, a))
+                service.command(lambda: service.ledger.delete_token(admin, a))
             elif name == "jwt":
                 type_, resource, *filter_ = a.split(":", 3)[0:2] + [a.split(":", 3)[2]] + a.split(":", 3)[3:]
                 scope: dict[str, Any] = {"type": f"{type_}:{resource}", "resource": filter_[0]}
                 if len(filter_) > 1:
                     scope["filter"] = filter_[1]
                 expires = int(clock.to_micros(Clock.now) / 1_000_000) + b
-                system.command(lambda: system.ledger.issue_jwt(admin, "jwt", expires, [scope], None))
+                service.command(lambda: service.ledger.issue_jwt(admin, "jwt", expires, [scope], None))
             elif name == "admin_refresh":
-                system.command(lambda: system.ledger.refresh_token(admin, "admin token", grace_seconds=b))
-                admin = caller_for(system, system.ledger.token_by_name(ws, "admin token"))
+                service.command(lambda: service.ledger.refresh_token(admin, "admin token", grace_seconds=b))
+                admin = caller_for(service, service.ledger.token_by_name(ws, "admin token"))
                 workspaces[ws_index] = (ws, admin)
         except LedgerError:
             pass
@@ -142,15 +142,15 @@ def _instants(replayed: Replayed) -> list[int]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(history=steps)
-def test_point_in_time_answers_equal_a_replay(system: System, history: list[Any]) -> None:
+def test_point_in_time_answers_equal_a_replay(service: Service, history: list[Any]) -> None:
     clock.set_clock(lambda: Clock.now)
     try:
-        workspace_ids = _run(system, history)
+        workspace_ids = _run(service, history)
     finally:
         clock.set_clock(None)
-    system.sync()
-    replayed = Replayed.load(system)
-    reads = History(system.read_engine)
+    service.sync()
+    replayed = Replayed.load(service)
+    reads = History(service.read_engine)
     instants = _instants(replayed)
     for ws in workspace_ids:
         for at in instants:

@@ -32,8 +32,8 @@ from tokentrail.api.app import create_app
 from tokentrail.domain import ledger as ledger_module
 from tokentrail.domain.datafiles import MAX_TOKEN_LINES, is_reserved_name, read_project
 from tokentrail.domain.errors import DatafileError, StoreUnavailable
-from tokentrail.projections import pgstore
-from tokentrail.projections.system import System
+from tokentrail.service import Service
+from tokentrail.storage import pgstore
 
 BIG = MAX_TOKEN_LINES
 
@@ -51,7 +51,7 @@ def deploy(client: TestClient, token: str, files: dict[str, str]) -> Any:
 
 @pytest.mark.slow
 def test_ten_thousand_token_lines_deploy_while_another_server_keeps_creating(
-    system: System,
+    service: Service,
     client: TestClient,
     ws: Realm,
     database_url: str,
@@ -101,13 +101,13 @@ def test_ten_thousand_token_lines_deploy_while_another_server_keeps_creating(
 
 
 def test_more_than_ten_thousand_token_lines_are_refused_naming_the_line(
-    client: TestClient, ws: Realm, system: System
+    client: TestClient, ws: Realm, service: Service
 ) -> None:
-    before = head(system)
+    before = head(service)
     files = {"datasources/a.datasource": token_lines(BIG // 2, "a"), "pipes/b.pipe": token_lines(BIG // 2 + 1, "b")}
     error = assert_error(deploy(client, ws.admin, files), 400)
     assert "pipes/b.pipe:" in error and f"at most {BIG} TOKEN lines" in error, error
-    assert head(system) == before
+    assert head(service) == before
 
 
 # -- default names and their look-alikes ---------------------------------------------------------
@@ -141,14 +141,14 @@ def test_ordinary_names_are_not_reserved(name: str) -> None:
 
 
 def test_datafile_tokens_cannot_take_default_names_or_look_alikes(
-    client: TestClient, ws: Realm, system: System
+    client: TestClient, ws: Realm, service: Service
 ) -> None:
-    before = head(system)
+    before = head(service)
     for name in LOOK_ALIKES:
         text = "SCHEMA >\n    `a` String\nTOKEN fine READ\nTOKEN " + json.dumps(name, ensure_ascii=False) + " READ\n"
         error = assert_error(deploy(client, ws.admin, {"datasources/a.datasource": text}), 400)
         assert "datasources/a.datasource:4" in error and "reserved" in error, (name, error)
-    assert head(system) == before
+    assert head(service) == before
 
 
 # -- links out of the project --------------------------------------------------------------------
@@ -194,10 +194,10 @@ def test_cli_deploy_refuses_a_link_out_of_the_project(tmp_path: Path) -> None:
 
 
 def test_a_command_that_outlives_its_budget_writes_nothing(
-    system: System, ws: Realm, monkeypatch: pytest.MonkeyPatch
+    service: Service, ws: Realm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    admin = system.auth.authenticate(ws.admin)
-    before = head(system)
+    admin = service.auth.authenticate(ws.admin)
+    before = head(service)
     monkeypatch.setattr(ledger_module, "COMMAND_SECONDS", 0.2)
 
     def slow_current_tokens() -> list[Any]:
@@ -205,8 +205,8 @@ def test_a_command_that_outlives_its_budget_writes_nothing(
         return []
 
     with pytest.raises(StoreUnavailable, match="nothing was written"):
-        system.ledger.deploy(admin, {"pipes/p.pipe": "TOKEN late READ\n"}, slow_current_tokens)
-    assert head(system) == before
+        service.ledger.deploy(admin, {"pipes/p.pipe": "TOKEN late READ\n"}, slow_current_tokens)
+    assert head(service) == before
 
 
 @pytest.fixture
@@ -221,11 +221,11 @@ def test_lock_waits_are_retried_within_the_budget_only(
     and its change is not committed when the lock is released afterwards."""
     monkeypatch.setattr(pgstore, "LOCK_TIMEOUT", 1)
     monkeypatch.setattr(ledger_module, "COMMAND_SECONDS", 1.5)
-    system = System(pg_url, data=tmp_path, environ=environ)
+    service = Service(pg_url, data=tmp_path, environ=environ)
     try:
-        realm = make_realm(system, "main", "owner@example.com")
-        client = TestClient(create_app(system), raise_server_exceptions=False)
-        before = head(system)
+        realm = make_realm(service, "main", "owner@example.com")
+        client = TestClient(create_app(service), raise_server_exceptions=False)
+        before = head(service)
         dbname = pg_url.rsplit("/", 1)[1]
         with psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=dbname) as holder:
             holder.execute("LOCK TABLE tokentrail_events IN EXCLUSIVE MODE")
@@ -237,10 +237,10 @@ def test_lock_waits_are_retried_within_the_budget_only(
         assert answer.headers["Retry-After"].isdigit()
         assert 1.0 <= took < 4.0, took
         time.sleep(0.3)
-        assert head(system) == before  # nothing committed after the answer
+        assert head(service) == before  # nothing committed after the answer
         create(client, realm.admin, "after", "PIPES:READ:p")  # and the store works on
     finally:
-        system.close()
+        service.close()
 
 
 def test_every_connection_to_postgresql_carries_the_timeouts(
@@ -248,66 +248,66 @@ def test_every_connection_to_postgresql_carries_the_timeouts(
 ) -> None:
     from sqlalchemy import text
 
-    system = System(pg_url, data=tmp_path, environ=environ)
+    service = Service(pg_url, data=tmp_path, environ=environ)
     try:
         settings = "SELECT current_setting('statement_timeout') AS s, current_setting('idle_in_transaction_session_timeout') AS i"
-        with system.ledger.recorder.datastore.get_connection() as conn:  # the event store's pool
+        with service.ledger.recorder.datastore.get_connection() as conn:  # the event store's pool
             row = conn.execute(settings).fetchone()
             assert (row["s"], row["i"]) == ("20s", "10s"), row
-        for engine in (system.read_engine, system.write_engine):
+        for engine in (service.read_engine, service.write_engine):
             with engine.connect() as conn:
                 assert tuple(conn.execute(text(settings)).one()) == ("20s", "10s")
-        assert system.ledger.recorder.datastore.lock_timeout == pgstore.LOCK_TIMEOUT
+        assert service.ledger.recorder.datastore.lock_timeout == pgstore.LOCK_TIMEOUT
     finally:
-        system.close()
+        service.close()
 
 
 # -- concurrent starts ---------------------------------------------------------------------------
 
 
-def start_at_once(count: int, url: str, tmp_path: Path, environ: dict[str, str]) -> tuple[list[System], list[str]]:
+def start_at_once(count: int, url: str, tmp_path: Path, environ: dict[str, str]) -> tuple[list[Service], list[str]]:
     """`count` servers constructed at the same instant; returns those that started and the errors."""
     barrier = threading.Barrier(count)
-    systems: list[System] = []
+    services: list[Service] = []
     errors: list[str] = []
     lock = threading.Lock()
 
     def start() -> None:
         barrier.wait()
         try:
-            opened = System(url, data=tmp_path, environ=environ)
+            opened = Service(url, data=tmp_path, environ=environ)
         except BaseException as error:  # noqa: BLE001 - collected and reported by the caller
             with lock:
                 errors.append(f"{type(error).__name__}: {error}")
             return
         with lock:
-            systems.append(opened)
+            services.append(opened)
 
     threads = [threading.Thread(target=start) for _ in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    return systems, errors
+    return services, errors
 
 
 def test_many_servers_start_at_once_on_a_fresh_database_and_on_an_existing_one(
     pg_url: str, tmp_path: Path, environ: dict[str, str]
 ) -> None:
-    systems, errors = start_at_once(10, pg_url, tmp_path, environ)  # fresh: nothing created yet
+    services, errors = start_at_once(10, pg_url, tmp_path, environ)  # fresh: nothing created yet
     try:
-        assert not errors and len(systems) == 10, errors
-        realm = make_realm(systems[0], "main", "owner@example.com")
+        assert not errors and len(services) == 10, errors
+        realm = make_realm(services[0], "main", "owner@example.com")
     finally:
-        for s in systems:
+        for s in services:
             s.close()
-    systems, errors = start_at_once(10, pg_url, tmp_path, environ)  # existing, with a workspace
+    services, errors = start_at_once(10, pg_url, tmp_path, environ)  # existing, with a workspace
     try:
-        assert not errors and len(systems) == 10, errors
-        systems[-1].sync()
-        assert systems[-1].queries.workspace_by_name("main").id == realm.id
+        assert not errors and len(services) == 10, errors
+        services[-1].sync()
+        assert services[-1].queries.workspace_by_name("main").id == realm.id
     finally:
-        for s in systems:
+        for s in services:
             s.close()
 
 
@@ -418,10 +418,10 @@ def test_an_outage_answers_503_with_retry_after_within_5_s_and_service_resumes(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     through_proxy = pg_url.replace(f":{PG_PORT}/", f":{proxy.port}/")
-    system = System(through_proxy, data=tmp_path, environ=environ)
-    client = TestClient(create_app(system), raise_server_exceptions=False)
+    service = Service(through_proxy, data=tmp_path, environ=environ)
+    client = TestClient(create_app(service), raise_server_exceptions=False)
     try:
-        realm = make_realm(system, "main", "owner@example.com")
+        realm = make_realm(service, "main", "owner@example.com")
         create(client, realm.admin, "before", "PIPES:READ:p")
         assert client.get("/readyz").status_code == 200
 
@@ -469,7 +469,7 @@ def test_an_outage_answers_503_with_retry_after_within_5_s_and_service_resumes(
         assert client.get("/readyz").status_code == 200
     finally:
         client.close()
-        system.close()
+        service.close()
 
 
 def test_a_database_that_refuses_connections_answers_503_and_comes_back(
@@ -478,12 +478,12 @@ def test_a_database_that_refuses_connections_answers_503_and_comes_back(
     environ: dict[str, str],
 ) -> None:
     """The other kind of outage: the server up, the database closed to connections."""
-    system = System(pg_url, data=tmp_path, environ=environ)
-    client = TestClient(create_app(system), raise_server_exceptions=False)
+    service = Service(pg_url, data=tmp_path, environ=environ)
+    client = TestClient(create_app(service), raise_server_exceptions=False)
     dbname = pg_url.rsplit("/", 1)[1]
     admin = psycopg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True)
     try:
-        realm = make_realm(system, "main", "owner@example.com")
+        realm = make_realm(service, "main", "owner@example.com")
         admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (dbname,))
         answer, took = timed(lambda: client.post(url("/v0/tokens", realm.admin, name="during", scope="PIPES:READ:p")))
@@ -502,17 +502,17 @@ def test_a_database_that_refuses_connections_answers_503_and_comes_back(
         admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
         admin.close()
         client.close()
-        system.close()
+        service.close()
 
 
 def test_a_database_restart_costs_no_request(pg_url: str, tmp_path: Path, environ: dict[str, str]) -> None:
     """Every pooled connection is cut (as by a PostgreSQL restart) between two requests: the next
     ones find their connections broken, drop them and answer normally."""
-    system = System(pg_url, data=tmp_path, environ=environ)
-    client = TestClient(create_app(system), raise_server_exceptions=False)
+    service = Service(pg_url, data=tmp_path, environ=environ)
+    client = TestClient(create_app(service), raise_server_exceptions=False)
     dbname = pg_url.rsplit("/", 1)[1]
     try:
-        realm = make_realm(system, "main", "owner@example.com")
+        realm = make_realm(service, "main", "owner@example.com")
         for i in range(3):
             create(client, realm.admin, f"before {i}", "PIPES:READ:p")
             assert client.get(url("/v0/tokens", realm.admin)).status_code == 200
@@ -527,7 +527,7 @@ def test_a_database_restart_costs_no_request(pg_url: str, tmp_path: Path, enviro
             assert client.get(url("/v0/auth", realm.admin)).json()["valid"] is True
     finally:
         client.close()
-        system.close()
+        service.close()
 
 
 # -- a wrong URL at start-up ---------------------------------------------------------------------
@@ -547,7 +547,7 @@ def test_a_wrong_url_at_start_up_names_the_cause_within_5_s(
         bad, expected = f"postgresql://{PG_USER}@127.0.0.1:{port}/x", "refused"
     started = time.monotonic()
     with pytest.raises(StoreUnavailable) as refused:
-        System(bad, data=tmp_path, environ=environ)
+        Service(bad, data=tmp_path, environ=environ)
     took = time.monotonic() - started
     assert took < 5, took
     assert expected in refused.value.message, refused.value.message
@@ -568,12 +568,12 @@ def test_cli_reports_a_wrong_url_in_one_line(postgres_available: bool, tmp_path:
     assert 'database "tt_no_such_db" does not exist' in result.output, result.output
 
 
-def test_route_template_names_plain_starlette_routes(system: System) -> None:
+def test_route_template_names_plain_starlette_routes(service: Service) -> None:
     from starlette.requests import Request
 
     from tokentrail.api.app import route_template
 
-    app = create_app(system)
+    app = create_app(service)
     # FastAPI's routes record themselves in the scope (the outage test checks a logged one);
     # the plain Starlette route of /v0/auth does not, and is matched again.
     for path, template in (("/v0/auth", "/v0/auth"), ("/nowhere", "(no route)")):

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 
 from tests.test_api import create, head, make_realm, path_of, url
 from tokentrail.domain.policy import RULES, Op, Role, Target, markdown
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 ROLE_SCOPES = {
     Role.ADMIN: "ADMIN",
@@ -35,7 +35,7 @@ DATAFILE = "SCHEMA >\n    `a` Int32\n\nTOKEN policy_reader READ\n"
 class Seat:
     """One caller of one role in its own workspace."""
 
-    system: System
+    service: Service
     client: TestClient
     role: Role
     realm: Any
@@ -48,10 +48,10 @@ class Seat:
         return next(n for n in self.realm.tokens if n.startswith("admin ") and n != "admin token")
 
     def value_of(self, token_id: str) -> str:
-        self.system.sync()
-        row = self.system.queries.token(token_id)
+        self.service.sync()
+        row = self.service.queries.token(token_id)
         assert row is not None
-        return self.system.signer.make(row.workspace_id, row.id, row.generation)
+        return self.service.signer.make(row.workspace_id, row.id, row.generation)
 
     @property
     def value(self) -> str:
@@ -86,9 +86,9 @@ class Seat:
         return None
 
 
-def seat(system: System, client: TestClient, role: Role) -> Seat:
-    realm = make_realm(system, f"ws-{role.name.lower()}", f"{role.name.lower()}@example.com")
-    s = Seat(system, client, role, realm)
+def seat(service: Service, client: TestClient, role: Role) -> Seat:
+    realm = make_realm(service, f"ws-{role.name.lower()}", f"{role.name.lower()}@example.com")
+    s = Seat(service, client, role, realm)
     if role is Role.OWNER:
         s.token_id = realm.id_of(s.owner_name)
     elif role is Role.USER:
@@ -143,8 +143,8 @@ def create_request(s: Seat, target: Target) -> httpx.Response:
 
 
 @pytest.mark.parametrize("role", [r for r in Role if r is not Role.SYSTEM], ids=lambda r: r.name.lower())
-def test_every_cell_of_the_policy_table_holds_over_http(client, system, role) -> None:
-    s = seat(system, client, role)
+def test_every_cell_of_the_policy_table_holds_over_http(client, service, role) -> None:
+    s = seat(service, client, role)
     checked = 0
     for op, targets in RULES.items():
         if op is Op.DEPLOY:
@@ -156,7 +156,7 @@ def test_every_cell_of_the_policy_table_holds_over_http(client, system, role) ->
                 token_id = s.target(target)
                 if token_id is None:
                     continue  # e.g. a JWT has no token of its own
-            before = head(system)
+            before = head(service)
             response = create_request(s, target) if op is Op.CREATE else request(s, op, token_id)
             cell = f"{role.value} / {op.value} / {target.value}: {response.status_code} {response.text[:200]}"
             if role is Role.USER and token_id is not None and target is not Target.SELF:
@@ -175,7 +175,7 @@ def test_every_cell_of_the_policy_table_holds_over_http(client, system, role) ->
                 if not allowed:
                     assert response.status_code == 403 and response.json()["error"], cell
             if not allowed:
-                assert head(system) == before, f"a refusal wrote: {cell}"
+                assert head(service) == before, f"a refusal wrote: {cell}"
             checked += 1
     assert checked >= 30
 
@@ -224,10 +224,10 @@ def console_request(s: Seat, browser: Any, op: Op, target: Target, token_id: str
 
 
 @pytest.mark.parametrize("role", [r for r in Role if r not in (Role.SYSTEM, Role.USER)], ids=lambda r: r.name.lower())
-def test_every_cell_of_the_policy_table_holds_in_the_console(client, system, role) -> None:
+def test_every_cell_of_the_policy_table_holds_in_the_console(client, service, role) -> None:
     from tests.test_ui import Console
 
-    s = seat(system, client, role)
+    s = seat(service, client, role)
     browser = Console(client)
     signed_in = browser.sign_in(s.value)
     if role is Role.GRACE:  # a value in its grace window opens no console session
@@ -243,12 +243,12 @@ def test_every_cell_of_the_policy_table_holds_in_the_console(client, system, rol
                 token_id = s.target(target)
                 if token_id is None or (op in (Op.REFRESH, Op.DELETE) and token_id == s.token_id):
                     continue  # signing itself out is the console's own test (tests/test_ui.py)
-            before = head(system)
+            before = head(service)
             done, status = console_request(s, browser, op, target, token_id)
             cell = f"console: {role.value} / {op.value} / {target.value}: {status}"
             assert done == allowed, cell
             assert status < 500, cell
             if not allowed:
-                assert head(system) == before, f"a refusal wrote: {cell}"
+                assert head(service) == before, f"a refusal wrote: {cell}"
             checked += 1
     assert checked >= 20

@@ -18,68 +18,68 @@ from tests.helpers import FakeClock, caller_for
 from tokentrail.domain.errors import Unauthenticated
 from tokentrail.projections import schema as s
 from tokentrail.projections.rebuild import rebuild
-from tokentrail.projections.system import System
-from tokentrail.projections.verify import verify_chain
+from tokentrail.service import Service
+from tokentrail.verify import verify_chain
 
 HERE = Path(__file__).resolve().parent
 
 
-def _backlog(system: System, admin, n: int) -> int:
+def _backlog(service: Service, admin, n: int) -> int:
     """Write n tokens (plus refreshes) without projecting them; return the log head."""
     for i in range(n):
-        system.ledger.create_token(admin, f"t{i}", [f"DATASOURCES:READ:ds{i % 7}:a > {i}"])
+        service.ledger.create_token(admin, f"t{i}", [f"DATASOURCES:READ:ds{i % 7}:a > {i}"])
         if i % 3 == 0:
-            system.ledger.refresh_token(admin, f"t{i}", grace_seconds=i % 5)
+            service.ledger.refresh_token(admin, f"t{i}", grace_seconds=i % 5)
         if i % 5 == 0:
-            system.ledger.update_token(admin, f"t{i}", scopes=[f"PIPES:READ:p{i}"], name=f"renamed {i}")
+            service.ledger.update_token(admin, f"t{i}", scopes=[f"PIPES:READ:p{i}"], name=f"renamed {i}")
         if i % 11 == 0:
-            system.ledger.delete_token(admin, f"renamed {i}" if i % 5 == 0 else f"t{i}")
-    return system.ledger.recorder.max_notification_id()
+            service.ledger.delete_token(admin, f"renamed {i}" if i % 5 == 0 else f"t{i}")
+    return service.ledger.recorder.max_notification_id()
 
 
-def _audit_positions(system: System) -> list[int]:
-    with system.read_engine.connect() as conn:
+def _audit_positions(service: Service) -> list[int]:
+    with service.read_engine.connect() as conn:
         return [p for (p,) in conn.execute(select(s.audit.c.position).order_by(s.audit.c.position))]
 
 
-def _all_positions(system: System) -> list[int]:
-    notes = system.ledger.recorder.select_notifications(start=1, limit=1_000_000)
+def _all_positions(service: Service) -> list[int]:
+    notes = service.ledger.recorder.select_notifications(start=1, limit=1_000_000)
     return [n.id for n in notes]
 
 
-def test_a_command_is_visible_to_reads_when_it_returns(system: System, workspace) -> None:
+def test_a_command_is_visible_to_reads_when_it_returns(service: Service, workspace) -> None:
     setup, admin = workspace
-    change = system.command(lambda: system.ledger.create_token(admin, "fresh", ["PIPES:READ:p"]))
-    assert system.queries.token_by_name(str(setup.workspace.id), "fresh").id == str(change.token.id)
-    assert system.projector.tracked_position() == change.position
+    change = service.command(lambda: service.ledger.create_token(admin, "fresh", ["PIPES:READ:p"]))
+    assert service.queries.token_by_name(str(setup.workspace.id), "fresh").id == str(change.token.id)
+    assert service.projector.tracked_position() == change.position
 
 
-def test_a_second_process_sees_writes_after_sync(system: System, workspace, tmp_path: Path) -> None:
+def test_a_second_process_sees_writes_after_sync(service: Service, workspace, tmp_path: Path) -> None:
     setup, admin = workspace
-    other = System(system.database.url, data=tmp_path, environ=system.environ)
+    other = Service(service.database.url, data=tmp_path, environ=service.environ)
     try:
         token = other.command(lambda: other.ledger.create_token(admin, "from other", ["PIPES:READ:p"])).token
-        system.sync()
-        row = system.queries.token(str(token.id))
+        service.sync()
+        row = service.queries.token(str(token.id))
         assert row is not None and row.name == "from other"
         # The other process refreshes: this process's cache must drop the old value at once.
-        assert caller_for(system, token).token_id == row.id  # warms this process's cache
+        assert caller_for(service, token).token_id == row.id  # warms this process's cache
         other.command(lambda: other.ledger.refresh_token(admin, "from other"))
-        system.sync()
+        service.sync()
         with pytest.raises(Unauthenticated):
-            system.auth.authenticate(system.signer.make(row.workspace_id, row.id, row.generation))
+            service.auth.authenticate(service.signer.make(row.workspace_id, row.id, row.generation))
     finally:
         other.close()
 
 
-def test_projection_is_exactly_once_across_kill_9(system: System, workspace, tmp_path: Path) -> None:
+def test_projection_is_exactly_once_across_kill_9(service: Service, workspace, tmp_path: Path) -> None:
     _, admin = workspace
-    head = _backlog(system, admin, 120)
+    head = _backlog(service, admin, 120)
     child = subprocess.Popen(
-        [sys.executable, str(HERE / "crash_projector.py"), system.database.url, str(tmp_path)],
+        [sys.executable, str(HERE / "crash_projector.py"), service.database.url, str(tmp_path)],
         stdout=subprocess.PIPE,
         text=True,
-        env={**os.environ, "CRASH_ENVIRON": json.dumps(system.environ), "CRASH_BATCH": "25", "CRASH_PAUSE": "1"},
+        env={**os.environ, "CRASH_ENVIRON": json.dumps(service.environ), "CRASH_BATCH": "25", "CRASH_PAUSE": "1"},
     )
     try:
         seen = 0
@@ -90,29 +90,29 @@ def test_projection_is_exactly_once_across_kill_9(system: System, workspace, tmp
         os.kill(child.pid, signal.SIGKILL)
     finally:
         child.wait(timeout=30)
-    partial = system.projector.tracked_position()
+    partial = service.projector.tracked_position()
     assert 0 < partial < head, "the kill should land mid-way"
-    assert _audit_positions(system) == [p for p in _all_positions(system) if p <= partial]
-    system.projector.catch_up()
-    assert system.projector.tracked_position() == head
-    assert _audit_positions(system) == _all_positions(system)
-    assert rebuild(system, verify=True).ok
-    assert verify_chain(system).ok
+    assert _audit_positions(service) == [p for p in _all_positions(service) if p <= partial]
+    service.projector.catch_up()
+    assert service.projector.tracked_position() == head
+    assert _audit_positions(service) == _all_positions(service)
+    assert rebuild(service, verify=True).ok
+    assert verify_chain(service).ok
 
 
-def test_concurrent_projectors_apply_each_event_once(system: System, workspace, tmp_path: Path) -> None:
+def test_concurrent_projectors_apply_each_event_once(service: Service, workspace, tmp_path: Path) -> None:
     _, admin = workspace
-    head = _backlog(system, admin, 60)
-    others = [System(system.database.url, data=tmp_path, environ=system.environ) for _ in range(3)]
+    head = _backlog(service, admin, 60)
+    others = [Service(service.database.url, data=tmp_path, environ=service.environ) for _ in range(3)]
     errors: list[BaseException] = []
 
-    def run(sys_: System) -> None:
+    def run(sys_: Service) -> None:
         try:
             sys_.projector.catch_up()
         except BaseException as error:  # noqa: BLE001 - reported below
             errors.append(error)
 
-    threads = [threading.Thread(target=run, args=(o,)) for o in [system, *others]]
+    threads = [threading.Thread(target=run, args=(o,)) for o in [service, *others]]
     for t in threads:
         t.start()
     for t in threads:
@@ -120,36 +120,36 @@ def test_concurrent_projectors_apply_each_event_once(system: System, workspace, 
     for o in others:
         o.close()
     assert not errors
-    assert system.projector.tracked_position() == head
-    assert _audit_positions(system) == _all_positions(system)
-    assert rebuild(system, verify=True).ok
+    assert service.projector.tracked_position() == head
+    assert _audit_positions(service) == _all_positions(service)
+    assert rebuild(service, verify=True).ok
 
 
-def test_rebuild_equals_live_and_detects_a_drifted_read_model(system: System, workspace) -> None:
+def test_rebuild_equals_live_and_detects_a_drifted_read_model(service: Service, workspace) -> None:
     FakeClock()
     _, admin = workspace
-    _backlog(system, admin, 40)
-    system.sync()
-    report = rebuild(system, verify=True)
+    _backlog(service, admin, 40)
+    service.sync()
+    report = rebuild(service, verify=True)
     assert report.ok and report.rows["tt_tokens"] == 40 + 3 + 1  # ours, the defaults, the user token
-    with system.write_engine.begin() as conn:
+    with service.write_engine.begin() as conn:
         conn.execute(text("UPDATE tt_tokens SET name = 'tampered' WHERE name = 't1'"))
-    drifted = rebuild(system, verify=True)
+    drifted = rebuild(service, verify=True)
     assert not drifted.ok and drifted.differences[0].table == "tt_tokens"
-    fixed = rebuild(system)  # rebuild in place repairs it
+    fixed = rebuild(service)  # rebuild in place repairs it
     assert fixed.ok
-    assert rebuild(system, verify=True).ok
-    with system.read_engine.connect() as conn:
+    assert rebuild(service, verify=True).ok
+    with service.read_engine.connect() as conn:
         assert (
             conn.execute(select(func.count()).select_from(s.tokens).where(s.tokens.c.name == "tampered")).scalar() == 0
         )
 
 
-def test_rebuild_in_place_keeps_serving_reads_and_writes(system: System, workspace) -> None:
+def test_rebuild_in_place_keeps_serving_reads_and_writes(service: Service, workspace) -> None:
     _, admin = workspace
-    _backlog(system, admin, 10)
-    system.sync()
-    rebuild(system)
-    change = system.command(lambda: system.ledger.create_token(admin, "after rebuild", ["PIPES:READ:p"]))
-    assert system.queries.token(str(change.token.id)).name == "after rebuild"
-    assert rebuild(system, verify=True).ok
+    _backlog(service, admin, 10)
+    service.sync()
+    rebuild(service)
+    change = service.command(lambda: service.ledger.create_token(admin, "after rebuild", ["PIPES:READ:p"]))
+    assert service.queries.token(str(change.token.id)).name == "after rebuild"
+    assert rebuild(service, verify=True).ok

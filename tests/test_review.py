@@ -21,22 +21,22 @@ def _owner_name(ws) -> str:  # noqa: ANN001 - the Realm fixture
 
 
 @pytest.mark.parametrize("scope", ["DATASOURCES:READ:events", "DATASOURCES:CREATE", "WORKSPACE:DEPLOY"])
-def test_a_token_that_reads_only_itself_cannot_probe_names_by_get(client, system, ws, scope) -> None:
+def test_a_token_that_reads_only_itself_cannot_probe_names_by_get(client, service, ws, scope) -> None:
     """`GET /v0/tokens/admin <email>` answered "only its own user can do this to a user-bound
     token" when that token exists and the generic 403 when it does not: a read token could
     confirm the owner's e-mail address (and any name) one guess at a time."""
     reader = create(client, ws.admin, "reader", scope)["token"]
-    before = head(system)
+    before = head(service)
     existing = [_owner_name(ws), "admin token", "create datasource token", ws.id_of(_owner_name(ws))]
     missing = ["admin nobody@example.com", "no such token", "00000000-0000-0000-0000-000000000000"]
     answers = {
         ref: assert_error(client.get(url(f"/v0/tokens/{path_of(ref)}", reader)), 403) for ref in existing + missing
     }
     assert len(set(answers.values())) == 1, answers
-    assert head(system) == before
+    assert head(service) == before
 
 
-def test_a_token_that_may_not_read_the_trail_cannot_probe_names_by_history(client, system, ws) -> None:
+def test_a_token_that_may_not_read_the_trail_cannot_probe_names_by_history(client, service, ws) -> None:
     """`/v0/tokens/{ref}/history` answered 404 for a name no token ever had and 403 for one
     that exists: the same probe through another route."""
     reader = create(client, ws.admin, "reader", "PIPES:READ:top")["token"]
@@ -47,7 +47,7 @@ def test_a_token_that_may_not_read_the_trail_cannot_probe_names_by_history(clien
     assert own.status_code == 200 and own.json()["events"][0]["type"] == "Created"
 
 
-def test_a_value_in_its_grace_window_cannot_read_its_tokens_history(client, system, ws) -> None:
+def test_a_value_in_its_grace_window_cannot_read_its_tokens_history(client, service, ws) -> None:
     """A grace value only authenticates: it may not read its token, so not its history either
     (which told the leaked value's holder that it was rotated out, and until when it lives)."""
     leaked = create(client, ws.admin, "leaked", "DATASOURCES:READ:events")
@@ -58,7 +58,7 @@ def test_a_value_in_its_grace_window_cannot_read_its_tokens_history(client, syst
     assert client.get(url(f"/v0/tokens/{leaked['id']}/history", ws.admin)).status_code == 200
 
 
-def test_a_jwt_signed_with_a_value_in_its_grace_window_opens_no_console_session(client, system, ws) -> None:
+def test_a_jwt_signed_with_a_value_in_its_grace_window_opens_no_console_session(client, service, ws) -> None:
     """A static value in its grace window was refused at the console's sign-in, but a JWT
     signed with the admin value that a refresh had just retired signed in."""
     jwt = create_jwt(client, ws.admin, "reader", [{"type": "PIPES:READ", "resource": "top"}])
@@ -67,7 +67,7 @@ def test_a_jwt_signed_with_a_value_in_its_grace_window_opens_no_console_session(
     assert refreshed.status_code == 200, refreshed.text
     assert authenticates(client, jwt.json()["token"])  # still inside the admin value's grace
 
-    browser = Console(TestClient(create_app(system), raise_server_exceptions=False))
+    browser = Console(TestClient(create_app(service), raise_server_exceptions=False))
     answer = browser.sign_in(jwt.json()["token"])
     assert answer.status_code == 403, answer.headers
     signed_out = browser.get("/ui/tokens")
@@ -75,14 +75,14 @@ def test_a_jwt_signed_with_a_value_in_its_grace_window_opens_no_console_session(
     # A JWT signed with the new admin value still signs in.
     fresh = create_jwt(client, refreshed.json()["token"], "reader2", [{"type": "PIPES:READ", "resource": "top"}])
     assert (
-        Console(TestClient(create_app(system), raise_server_exceptions=False))
+        Console(TestClient(create_app(service), raise_server_exceptions=False))
         .sign_in(fresh.json()["token"])
         .status_code
         == 303
     )
 
 
-def test_an_api_caller_cannot_label_its_changes_as_made_in_the_console(client, system, ws) -> None:
+def test_an_api_caller_cannot_label_its_changes_as_made_in_the_console(client, service, ws) -> None:
     """`X-Tokentrail-Origin: ui` on an API request recorded the change with origin "ui", as if
     it had been made through the web console; the console sets that mark itself."""
     created = client.post(
@@ -98,12 +98,12 @@ def test_an_api_caller_cannot_label_its_changes_as_made_in_the_console(client, s
     assert origins["spoof"] == "api" and origins["from cli"] == "cli"
 
 
-def test_a_token_row_read_before_a_delete_is_not_cached_after_it(client, system, ws) -> None:
+def test_a_token_row_read_before_a_delete_is_not_cached_after_it(client, service, ws) -> None:
     """The authentication cache stored a row it had read before a delete was projected, after
     that delete's eviction had run: the deleted value then authenticated on this server until
     its token's next event, which for a deleted token never comes."""
     victim = create(client, ws.admin, "victim", "PIPES:READ:top")
-    cache = system.auth.tokens
+    cache = service.auth.tokens
     cache.clear()
     original = cache._load
     loaded, resume = threading.Event(), threading.Event()
@@ -116,7 +116,7 @@ def test_a_token_row_read_before_a_delete_is_not_cached_after_it(client, system,
         return row
 
     cache._load = slow_load
-    reader = threading.Thread(target=system.auth.authenticate, args=(victim["token"],))
+    reader = threading.Thread(target=service.auth.authenticate, args=(victim["token"],))
     reader.start()
     try:
         assert loaded.wait(10)
@@ -127,4 +127,4 @@ def test_a_token_row_read_before_a_delete_is_not_cached_after_it(client, system,
     cache._load = original
     assert not authenticates(client, victim["token"])
     with pytest.raises(Unauthenticated):
-        system.auth.authenticate(victim["token"])
+        service.auth.authenticate(victim["token"])

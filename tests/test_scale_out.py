@@ -33,8 +33,8 @@ from tests.conftest import PG_HOST, PG_PORT, PG_USER, TEST_SECRET, _pg_admin
 from tests.serve_process import Served, initialise_store, serve, server_env
 from tokentrail.domain.model import Token
 from tokentrail.projections.rebuild import rebuild
-from tokentrail.projections.system import System
-from tokentrail.projections.verify import verify_chain
+from tokentrail.service import Service
+from tokentrail.verify import verify_chain
 
 pytestmark = pytest.mark.e2e
 
@@ -86,14 +86,14 @@ def _run(threads: list[threading.Thread]) -> None:
     assert not any(t.is_alive() for t in threads)
 
 
-def _check_store(pair: Pair) -> System:
-    system = System(pair.database_url, data=pair.data, environ=server_env(pair.database_url, pair.data, TEST_SECRET))
-    system.sync()
-    report = rebuild(system, verify=True)
+def _check_store(pair: Pair) -> Service:
+    service = Service(pair.database_url, data=pair.data, environ=server_env(pair.database_url, pair.data, TEST_SECRET))
+    service.sync()
+    report = rebuild(service, verify=True)
     assert report.ok, report.differences
-    chain = verify_chain(system)
+    chain = verify_chain(service)
     assert chain.ok, chain.reason
-    return system
+    return service
 
 
 def test_names_stay_unique_across_two_servers_postgres(pair: Pair) -> None:
@@ -196,9 +196,9 @@ def test_no_lost_updates_on_one_token_from_two_servers_postgres(pair: Pair) -> N
     assert len(acked["description"]) == len(acked["scope"]) == UPDATES
     assert len(acked["refresh"]) == 2 * UPDATES
 
-    system = _check_store(pair)
+    service = _check_store(pair)
     try:
-        events = list(system.ledger.repository.event_store.get(uuid.UUID(token_id)))
+        events = list(service.ledger.repository.event_store.get(uuid.UUID(token_id)))
         described = [e.description for e in events if isinstance(e, Token.DescriptionChanged)]
         added = [e.scope for e in events if isinstance(e, Token.ScopeAdded)]
         refreshed = [e.generation for e in events if isinstance(e, Token.Refreshed)]
@@ -209,15 +209,15 @@ def test_no_lost_updates_on_one_token_from_two_servers_postgres(pair: Pair) -> N
         # the read models hold it when answering: its own generation, or a newer one when a
         # concurrent refresh through the other server committed in between (never an older one).
         assert len(refreshed) == len(acked["refresh"])
-        answered = [system.signer.read(v).generation for v in acked["refresh"]]
+        answered = [service.signer.read(v).generation for v in acked["refresh"]]
         assert set(answered) <= set(refreshed)
         own = sum(1 for g in answered if answered.count(g) == 1)
-        token = system.ledger.repository.get(uuid.UUID(token_id))
+        token = service.ledger.repository.get(uuid.UUID(token_id))
         assert token.description == acked["description"][-1]
         assert token.scopes == [acked["scope"][-1]]
-        newest = next(v for v in acked["refresh"] if system.signer.read(v).generation == refreshed[-1])
+        newest = next(v for v in acked["refresh"] if service.signer.read(v).generation == refreshed[-1])
     finally:
-        system.close()
+        service.close()
     for served in (pair.a, pair.b):
         with pair.client(served) as http:
             got = http.get(f"/v0/tokens/{token_id}").json()

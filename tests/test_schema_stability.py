@@ -34,8 +34,8 @@ from eventsourcing.persistence import StoredEvent
 from tests.fixtures.make_ledger_fixture import SECRET, dump_tables
 from tokentrail.domain import model
 from tokentrail.projections.rebuild import rebuild
-from tokentrail.projections.system import System
-from tokentrail.projections.verify import verify_chain
+from tokentrail.service import Service
+from tokentrail.verify import verify_chain
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 LEDGERS = sorted(FIXTURES.glob("ledger-v*.db"))
@@ -49,8 +49,8 @@ def _expected(ledger: Path) -> dict[str, Any]:
     return json.loads(ledger.with_suffix(".json").read_text())
 
 
-def _stored_events(system: System) -> list[Any]:
-    notes = system.ledger.recorder.select_notifications(start=1, limit=1_000_000)
+def _stored_events(service: Service) -> list[Any]:
+    notes = service.ledger.recorder.select_notifications(start=1, limit=1_000_000)
     assert [n.id for n in notes] == list(range(1, len(notes) + 1))
     return notes
 
@@ -79,25 +79,25 @@ def test_there_is_a_fixture() -> None:
 
 def test_fixture_loads_and_its_chain_verifies(ledger: Path) -> None:
     expected = _expected(ledger)
-    system = System(f"sqlite:///{ledger}", data=ledger.parent, environ=_environ(ledger.parent))
+    service = Service(f"sqlite:///{ledger}", data=ledger.parent, environ=_environ(ledger.parent))
     try:
-        events = _stored_events(system)
-        chain = verify_chain(system)
+        events = _stored_events(service)
+        chain = verify_chain(service)
         assert chain.ok, chain.reason
         assert chain.events_checked == len(events) == len(expected["tables"]["tt_audit"])
         assert chain.head == expected["tables"]["tt_tracking"][0]["head"]
         assert sorted({n.topic for n in events}) == expected["topics"]
         # Every stored event still maps to a domain event, and every aggregate still replays.
         for n in events:
-            system.ledger.mapper.to_domain_event(n)
+            service.ledger.mapper.to_domain_event(n)
         for originator in {n.originator_id for n in events}:
-            system.ledger.repository.get(originator)
+            service.ledger.repository.get(originator)
         # The read models recorded in the file equal a projection by today's code.
-        report = rebuild(system, verify=True)
+        report = rebuild(service, verify=True)
         assert report.ok, report.differences
-        _assert_tables(dump_tables(system.read_engine), expected["tables"])
+        _assert_tables(dump_tables(service.read_engine), expected["tables"])
     finally:
-        system.close()
+        service.close()
 
 
 def test_fixture_projects_to_the_same_tables_on_both_backends(
@@ -106,13 +106,13 @@ def test_fixture_projects_to_the_same_tables_on_both_backends(
     """The fixture's stored events, copied as they are into a fresh event store of `backend`,
     project to the expected tables and chain (positions 1..n are kept: the hashes include them)."""
     expected = _expected(ledger)
-    source = System(f"sqlite:///{ledger}", data=ledger.parent, environ=_environ(ledger.parent))
+    source = Service(f"sqlite:///{ledger}", data=ledger.parent, environ=_environ(ledger.parent))
     try:
         events = [StoredEvent(n.originator_id, n.originator_version, n.topic, n.state) for n in _stored_events(source)]
     finally:
         source.close()
     data = tmp_path / "fresh"
-    target = System(database_url, data=data, environ=_environ(data))
+    target = Service(database_url, data=data, environ=_environ(data))
     try:
         assert (target.ledger.recorder.max_notification_id() or 0) == 0
         target.ledger.recorder.insert_events(events)

@@ -31,9 +31,9 @@ from tokentrail.api.ui import session as sessions
 from tokentrail.domain.clock import format_instant, to_micros
 from tokentrail.domain.errors import Unauthenticated
 from tokentrail.domain.policy import Caller
-from tokentrail.projections.keys import checkpoint_key
-from tokentrail.projections.system import System
-from tokentrail.projections.verify import verify_checkpoint
+from tokentrail.keys import checkpoint_key
+from tokentrail.service import Service
+from tokentrail.verify import verify_checkpoint
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -65,49 +65,49 @@ class Console:
 
 
 @pytest.fixture
-def system(tmp_path: Path) -> Iterator[System]:
+def service(tmp_path: Path) -> Iterator[Service]:
     environ = {"TOKENTRAIL_SECRET_KEY": TEST_SECRET, "TOKENTRAIL_DATA_DIR": str(tmp_path)}
-    sys_ = System(f"sqlite:///{tmp_path / 'ui.db'}", data=tmp_path, environ=environ)
+    sys_ = Service(f"sqlite:///{tmp_path / 'ui.db'}", data=tmp_path, environ=environ)
     yield sys_
     sys_.close()
 
 
 @pytest.fixture
-def seeded(system: System) -> dict[str, Any]:
+def seeded(service: Service) -> dict[str, Any]:
     """Workspace `main` (its tokens by name) and the admin caller."""
-    result = initialise(system, "main", "owner@example.com")
+    result = initialise(service, "main", "owner@example.com")
     tokens = {t["name"]: t for t in result["tokens"]}
-    admin = system.auth.authenticate(tokens["admin token"]["token"])
+    admin = service.auth.authenticate(tokens["admin token"]["token"])
     return {"workspace": result["workspace"], "tokens": tokens, "admin": admin}
 
 
-def new_console(system: System, base_url: str = "http://testserver") -> Console:
-    return Console(TestClient(create_app(system), base_url=base_url))
+def new_console(service: Service, base_url: str = "http://testserver") -> Console:
+    return Console(TestClient(create_app(service), base_url=base_url))
 
 
 @pytest.fixture
-def console(system: System, seeded: dict[str, Any]) -> Console:
-    browser = new_console(system)
+def console(service: Service, seeded: dict[str, Any]) -> Console:
+    browser = new_console(service)
     assert browser.sign_in(seeded["tokens"]["admin token"]["token"]).status_code == 303
     return browser
 
 
-def create(system: System, caller: Caller, name: str, scopes: list[str]) -> dict[str, Any]:
-    token = system.command(lambda: system.ledger.create_token(caller, name, scopes)).token
-    row = system.queries.token(str(token.id))
+def create(service: Service, caller: Caller, name: str, scopes: list[str]) -> dict[str, Any]:
+    token = service.command(lambda: service.ledger.create_token(caller, name, scopes)).token
+    row = service.queries.token(str(token.id))
     assert row is not None
-    return {"id": row.id, "value": system.signer.make(row.workspace_id, row.id, row.generation)}
+    return {"id": row.id, "value": service.signer.make(row.workspace_id, row.id, row.generation)}
 
 
-def event_count(system: System) -> int:
-    return system.ledger.recorder.max_notification_id() or 0
+def event_count(service: Service) -> int:
+    return service.ledger.recorder.max_notification_id() or 0
 
 
 # -- signing in and out ------------------------------------------------------------------------
 
 
-def test_every_page_sends_an_unsigned_browser_to_sign_in(system: System, seeded: dict[str, Any]) -> None:
-    browser = new_console(system)
+def test_every_page_sends_an_unsigned_browser_to_sign_in(service: Service, seeded: dict[str, Any]) -> None:
+    browser = new_console(service)
     for path in (
         "/ui/tokens",
         "/ui/audit?actor=x",
@@ -119,9 +119,9 @@ def test_every_page_sends_an_unsigned_browser_to_sign_in(system: System, seeded:
         assert answer.headers["location"].startswith("/ui/signin?next=%2Fui%2F")
 
 
-def test_the_session_cookie_is_httponly_strict_scoped_and_encrypted(system: System, seeded: dict[str, Any]) -> None:
+def test_the_session_cookie_is_httponly_strict_scoped_and_encrypted(service: Service, seeded: dict[str, Any]) -> None:
     value = seeded["tokens"]["admin token"]["token"]
-    answer = new_console(system).sign_in(value)
+    answer = new_console(service).sign_in(value)
     assert answer.status_code == 303 and answer.headers["location"] == "/ui/tokens"
     cookie = answer.headers["set-cookie"]
     assert cookie.startswith(f"{sessions.COOKIE}=")
@@ -134,23 +134,23 @@ def test_the_session_cookie_is_httponly_strict_scoped_and_encrypted(system: Syst
     assert value.encode() not in base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4))
 
 
-def test_over_https_the_cookie_is_secure(system: System, seeded: dict[str, Any]) -> None:
-    answer = new_console(system, "https://testserver").sign_in(seeded["tokens"]["admin token"]["token"])
+def test_over_https_the_cookie_is_secure(service: Service, seeded: dict[str, Any]) -> None:
+    answer = new_console(service, "https://testserver").sign_in(seeded["tokens"]["admin token"]["token"])
     assert "Secure" in answer.headers["set-cookie"]
 
 
-def test_a_tampered_or_foreign_cookie_is_no_session(system: System, seeded: dict[str, Any], console: Console) -> None:
+def test_a_tampered_or_foreign_cookie_is_no_session(service: Service, seeded: dict[str, Any], console: Console) -> None:
     sealed = console.client.cookies[sessions.COOKIE]
     flipped = sealed[:-2] + ("A" if sealed[-2] != "A" else "B") + sealed[-1]
     for forged in (flipped, "garbage", base64.urlsafe_b64encode(b"x" * 64).decode()):
-        browser = new_console(system)
+        browser = new_console(service)
         browser.client.cookies.set(sessions.COOKIE, forged, path="/ui")
         assert browser.get("/ui/tokens").status_code == 303
 
 
-def test_a_session_older_than_its_lifetime_is_refused(system: System, seeded: dict[str, Any]) -> None:
+def test_a_session_older_than_its_lifetime_is_refused(service: Service, seeded: dict[str, Any]) -> None:
     fake = FakeClock(datetime.now(UTC))
-    browser = new_console(system)
+    browser = new_console(service)
     assert browser.sign_in(seeded["tokens"]["admin token"]["token"]).status_code == 303
     for _ in range(12 * 2):  # busy all along: never idle, and yet the lifetime ends it
         fake.advance(1799)
@@ -160,16 +160,16 @@ def test_a_session_older_than_its_lifetime_is_refused(system: System, seeded: di
     assert answer.status_code == 303 and "reason=expired" in answer.headers["location"]
 
 
-def test_an_invalid_token_is_refused_inline_and_signs_nobody_in(system: System, seeded: dict[str, Any]) -> None:
-    browser = new_console(system)
+def test_an_invalid_token_is_refused_inline_and_signs_nobody_in(service: Service, seeded: dict[str, Any]) -> None:
+    browser = new_console(service)
     answer = browser.sign_in("p.not-a-token.at-all")
     assert answer.status_code == 403
     assert "That token is not valid" in answer.text
     assert browser.get("/ui/tokens").status_code == 303
 
 
-def test_signing_in_needs_the_sign_in_forms_csrf_token(system: System, seeded: dict[str, Any]) -> None:
-    browser = new_console(system)
+def test_signing_in_needs_the_sign_in_forms_csrf_token(service: Service, seeded: dict[str, Any]) -> None:
+    browser = new_console(service)
     answer = browser.client.post(
         "/ui/signin", data={"token": seeded["tokens"]["admin token"]["token"]}, follow_redirects=False
     )
@@ -177,8 +177,8 @@ def test_signing_in_needs_the_sign_in_forms_csrf_token(system: System, seeded: d
     assert browser.get("/ui/tokens").status_code == 303
 
 
-def test_sign_in_never_redirects_off_site(system: System, seeded: dict[str, Any]) -> None:
-    browser = new_console(system)
+def test_sign_in_never_redirects_off_site(service: Service, seeded: dict[str, Any]) -> None:
+    browser = new_console(service)
     for target in ("//evil.example/x", "https://evil.example/", "/v0/tokens", "/ui\\..\\x"):
         page = browser.client.get("/ui/signin", params={"next": target})
         assert 'name="next" value="/ui/tokens"' in page.text
@@ -192,47 +192,47 @@ def test_signing_out_forgets_the_session(console: Console) -> None:
 
 
 def test_the_token_value_is_never_logged(
-    system: System, seeded: dict[str, Any], caplog: pytest.LogCaptureFixture
+    service: Service, seeded: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     value = seeded["tokens"]["admin token"]["token"]
     with caplog.at_level(logging.DEBUG):
-        browser = new_console(system)
+        browser = new_console(service)
         browser.sign_in(value)
         browser.get("/ui/tokens")
         browser.sign_in(value + "x")
     assert value not in caplog.text and value.split(".")[2] not in caplog.text
 
 
-def test_a_session_ends_when_its_token_is_deleted(system: System, seeded: dict[str, Any]) -> None:
-    custom = create(system, seeded["admin"], "short lived", ["TOKENS"])
-    browser = new_console(system)
+def test_a_session_ends_when_its_token_is_deleted(service: Service, seeded: dict[str, Any]) -> None:
+    custom = create(service, seeded["admin"], "short lived", ["TOKENS"])
+    browser = new_console(service)
     assert browser.sign_in(custom["value"]).status_code == 303
     assert browser.get("/ui/tokens").status_code == 200
-    system.command(lambda: system.ledger.delete_token(seeded["admin"], custom["id"]))
+    service.command(lambda: service.ledger.delete_token(seeded["admin"], custom["id"]))
     answer = browser.get("/ui/tokens")
     assert answer.status_code == 303 and "reason=expired" in answer.headers["location"]
     assert sessions.COOKIE in answer.headers.get("set-cookie", "")
 
 
 def test_refreshing_the_signed_in_token_keeps_the_browser_signed_in(
-    system: System, seeded: dict[str, Any], console: Console
+    service: Service, seeded: dict[str, Any], console: Console
 ) -> None:
     admin_id = seeded["tokens"]["admin token"]["id"]
     answer = console.post(f"/ui/tokens/{admin_id}/refresh", {"grace_seconds": ""})
     assert answer.status_code == 303
     assert console.get("/ui/tokens").status_code == 200
     old = seeded["tokens"]["admin token"]["token"]
-    assert new_console(system).sign_in(old).status_code == 403
+    assert new_console(service).sign_in(old).status_code == 403
 
 
 # -- forgery protection --------------------------------------------------------------------------
 
 
 def test_a_post_without_the_sessions_csrf_token_changes_nothing(
-    system: System, seeded: dict[str, Any], console: Console
+    service: Service, seeded: dict[str, Any], console: Console
 ) -> None:
-    before = event_count(system)
-    other = new_console(system)
+    before = event_count(service)
+    other = new_console(service)
     other.sign_in(seeded["tokens"]["admin token"]["token"])
     for fields in ({}, {"csrf": ""}, {"csrf": "forged"}, {"csrf": other.csrf()}):
         answer = console.client.post(
@@ -240,18 +240,18 @@ def test_a_post_without_the_sessions_csrf_token_changes_nothing(
         )
         assert answer.status_code == 403
         assert "did not come from this console" in unescape(answer.text)
-    assert event_count(system) == before
-    assert system.queries.token_by_name(seeded["workspace"]["id"], "x") is None
+    assert event_count(service) == before
+    assert service.queries.token_by_name(seeded["workspace"]["id"], "x") is None
 
 
 def test_a_post_from_another_site_is_refused_even_with_a_valid_csrf_token(
-    system: System, seeded: dict[str, Any], console: Console
+    service: Service, seeded: dict[str, Any], console: Console
 ) -> None:
-    before = event_count(system)
+    before = event_count(service)
     for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Referer": "http://evil.example/page"}):
         answer = console.post("/ui/tokens/new", {"name": "x", "scope": "TOKENS"}, headers=headers)
         assert answer.status_code == 403 and "another site" in answer.text
-    assert event_count(system) == before
+    assert event_count(service) == before
     same = console.post("/ui/tokens/new", {"name": "x", "scope": "TOKENS"}, headers={"Origin": "http://testserver"})
     assert same.status_code == 303
     # X-Forwarded-Host counts only from a trusted proxy (none is configured here): see test_ui_sessions.
@@ -261,7 +261,7 @@ def test_a_post_from_another_site_is_refused_even_with_a_valid_csrf_token(
         headers={"Origin": "https://evil.example", "X-Forwarded-Host": "evil.example"},
     )
     assert forged.status_code == 403 and "another site" in forged.text
-    assert system.queries.token_by_name(seeded["workspace"]["id"], "y") is None
+    assert service.queries.token_by_name(seeded["workspace"]["id"], "y") is None
 
 
 def test_pages_carry_the_security_headers(console: Console) -> None:
@@ -276,7 +276,7 @@ def test_pages_carry_the_security_headers(console: Console) -> None:
 
 
 def test_creating_a_token_records_origin_ui_and_the_request_id(
-    system: System, seeded: dict[str, Any], console: Console
+    service: Service, seeded: dict[str, Any], console: Console
 ) -> None:
     answer = console.post(
         "/ui/tokens/new",
@@ -302,7 +302,7 @@ def test_creating_a_token_records_origin_ui_and_the_request_id(
     )
     assert answer.status_code == 303
     token_id = answer.headers["location"].split("/")[3].split("?")[0]
-    row = system.queries.token(token_id)
+    row = service.queries.token(token_id)
     assert row is not None and row.name == "events reader" and row.description == "dashboards"
     assert row.scopes == ("PIPES:CREATE", "DATASOURCES:READ:events:country = 'ES'", "PIPES:READ:top_pages")
     created = console.client.app.state.history.token_history(token_id)[0]
@@ -312,8 +312,8 @@ def test_creating_a_token_records_origin_ui_and_the_request_id(
     assert "Token created." in page.text and "country = &#39;ES&#39;" in page.text
 
 
-def test_save_replaces_the_scopes_in_one_update(system: System, seeded: dict[str, Any], console: Console) -> None:
-    token = create(system, seeded["admin"], "reader", ["DATASOURCES:READ:events", "TOKENS"])
+def test_save_replaces_the_scopes_in_one_update(service: Service, seeded: dict[str, Any], console: Console) -> None:
+    token = create(service, seeded["admin"], "reader", ["DATASOURCES:READ:events", "TOKENS"])
     answer = console.post(
         f"/ui/tokens/{token['id']}",
         {
@@ -328,7 +328,7 @@ def test_save_replaces_the_scopes_in_one_update(system: System, seeded: dict[str
         csrf_from=f"/ui/tokens/{token['id']}",
     )
     assert answer.status_code == 303 and answer.headers["location"].endswith("?done=saved")
-    assert system.queries.token(token["id"]).scopes == ("WORKSPACE:READ_ALL", "DATASOURCES:READ:events:a > 1")
+    assert service.queries.token(token["id"]).scopes == ("WORKSPACE:READ_ALL", "DATASOURCES:READ:events:a > 1")
     events = console.client.app.state.history.token_history(token["id"])[1:]
     assert {e["request_id"] for e in events} == {answer.headers["x-request-id"]}
     assert {e["origin"] for e in events} == {"ui"}
@@ -354,9 +354,9 @@ def test_save_replaces_the_scopes_in_one_update(system: System, seeded: dict[str
 
 
 def test_adding_and_removing_rows_without_javascript_saves_nothing(
-    system: System, seeded: dict[str, Any], console: Console
+    service: Service, seeded: dict[str, Any], console: Console
 ) -> None:
-    before = event_count(system)
+    before = event_count(service)
     answer = console.post(
         "/ui/tokens/new",
         {"name": "n", "action": "add-pipe", "r0-kind": "datasource", "r0-resource": "events", "r0-permission": "DROP"},
@@ -370,7 +370,7 @@ def test_adding_and_removing_rows_without_javascript_saves_nothing(
         csrf_from="/ui/tokens/new",
     )
     assert removed.status_code == 200 and 'name="r0-kind"' not in removed.text.split("<template")[0]
-    assert event_count(system) == before
+    assert event_count(service) == before
 
 
 @pytest.mark.parametrize(
@@ -399,31 +399,31 @@ def test_adding_and_removing_rows_without_javascript_saves_nothing(
     ],
 )
 def test_refusals_are_shown_inline_with_the_apis_message_and_write_nothing(
-    system: System, seeded: dict[str, Any], console: Console, fields: dict[str, str], status: int, message: str
+    service: Service, seeded: dict[str, Any], console: Console, fields: dict[str, str], status: int, message: str
 ) -> None:
-    before = event_count(system)
+    before = event_count(service)
     answer = console.post("/ui/tokens/new", {**fields, "action": "save"}, csrf_from="/ui/tokens/new")
     assert answer.status_code == status
     error = re.search(r'<div class="error" role="alert"[^>]*>(.*?)</div>', answer.text, re.S)
     assert error and message in unescape(error.group(1))
     assert 'id="editor"' in answer.text  # the form is shown again, with what was typed
-    assert event_count(system) == before
+    assert event_count(service) == before
 
 
-def test_rename_shows_a_taken_name_inline(system: System, seeded: dict[str, Any], console: Console) -> None:
-    token = create(system, seeded["admin"], "first", ["TOKENS"])
-    create(system, seeded["admin"], "taken", ["PIPES:READ:top"])
+def test_rename_shows_a_taken_name_inline(service: Service, seeded: dict[str, Any], console: Console) -> None:
+    token = create(service, seeded["admin"], "first", ["TOKENS"])
+    create(service, seeded["admin"], "taken", ["PIPES:READ:top"])
     path = f"/ui/tokens/{token['id']}"
     taken = console.post(f"{path}/rename", {"name": "taken"}, csrf_from=path)
     assert taken.status_code == 400
     assert 'Auth token with name "taken" already exists' in unescape(taken.text)
     assert '<details class="rename" open>' in taken.text
     assert console.post(f"{path}/rename", {"name": "second"}, csrf_from=path).status_code == 303
-    assert system.queries.token(token["id"]).name == "second"
+    assert service.queries.token(token["id"]).name == "second"
 
 
 def test_default_tokens_are_marked_and_can_only_be_refreshed(
-    system: System, seeded: dict[str, Any], console: Console
+    service: Service, seeded: dict[str, Any], console: Console
 ) -> None:
     listing = console.client.get("/ui/tokens").text
     assert listing.count('class="badge badge-default">default</span>') == 3
@@ -438,18 +438,18 @@ def test_default_tokens_are_marked_and_can_only_be_refreshed(
     assert console.post(f"{path}/refresh", {"grace_seconds": "60"}, csrf_from=path).status_code == 303
     refreshed = console.client.app.state.history.token_history(target)[-1]
     assert refreshed["type"] == "Refreshed" and refreshed["details"]["grace_seconds"] == 60
-    assert not system.queries.token(target).deleted
+    assert not service.queries.token(target).deleted
 
 
-def test_delete_asks_for_confirmation_first(system: System, seeded: dict[str, Any], console: Console) -> None:
-    token = create(system, seeded["admin"], "doomed", ["TOKENS"])
+def test_delete_asks_for_confirmation_first(service: Service, seeded: dict[str, Any], console: Console) -> None:
+    token = create(service, seeded["admin"], "doomed", ["TOKENS"])
     path = f"/ui/tokens/{token['id']}/delete"
     confirm = console.client.get(path)
     assert confirm.status_code == 200 and "Delete “doomed”?" in confirm.text
-    assert not system.queries.token(token["id"]).deleted  # a GET deletes nothing
+    assert not service.queries.token(token["id"]).deleted  # a GET deletes nothing
     answer = console.post(path, csrf_from=path)
     assert answer.status_code == 303 and answer.headers["location"] == "/ui/tokens?done=deleted"
-    assert system.queries.token(token["id"]).deleted
+    assert service.queries.token(token["id"]).deleted
     history = console.client.get(f"/ui/tokens/{token['id']}")
     assert history.status_code == 200 and "badge-deleted" in history.text and 'id="editor"' not in history.text
 
@@ -457,11 +457,11 @@ def test_delete_asks_for_confirmation_first(system: System, seeded: dict[str, An
 # -- acting with exactly the signed-in token's rights ----------------------------------------------
 
 
-def test_a_tokens_token_sees_and_does_what_the_api_allows_it(system: System, seeded: dict[str, Any]) -> None:
+def test_a_tokens_token_sees_and_does_what_the_api_allows_it(service: Service, seeded: dict[str, Any]) -> None:
     admin = seeded["admin"]
-    manager = create(system, admin, "manager", ["TOKENS"])
-    reader = create(system, admin, "reader", ["DATASOURCES:READ:events"])
-    browser = new_console(system)
+    manager = create(service, admin, "manager", ["TOKENS"])
+    reader = create(service, admin, "reader", ["DATASOURCES:READ:events"])
+    browser = new_console(service)
     assert browser.sign_in(manager["value"]).status_code == 303
     listing = browser.client.get("/ui/tokens").text
     assert reader["value"] in listing  # a non-admin token's value: shown
@@ -471,7 +471,7 @@ def test_a_tokens_token_sees_and_does_what_the_api_allows_it(system: System, see
     admin_id = seeded["tokens"]["admin token"]["id"]
     admin_page = browser.client.get(f"/ui/tokens/{admin_id}").text
     assert 'id="editor"' not in admin_page and "only a token with ADMIN scope can manage" in admin_page
-    before = event_count(system)
+    before = event_count(service)
     for path, fields in (
         (f"/ui/tokens/{admin_id}", {"scope": "TOKENS"}),
         (f"/ui/tokens/{admin_id}/refresh", {}),
@@ -482,16 +482,16 @@ def test_a_tokens_token_sees_and_does_what_the_api_allows_it(system: System, see
     escalate = browser.post("/ui/tokens/new", {"name": "root", "scope": "ADMIN"})
     assert escalate.status_code == 403 and "a token without ADMIN scope cannot grant ADMIN" in escalate.text
     assert 'value="ADMIN" disabled' in browser.client.get("/ui/tokens/new").text
-    assert event_count(system) == before
+    assert event_count(service) == before
     assert browser.get("/ui/audit").status_code == 200 and browser.get("/ui/access").status_code == 200
     for admin_only in ("/ui/audit/verify", "/ui/audit/checkpoint"):
         assert browser.get(admin_only).status_code == 403
     assert browser.post(f"/ui/tokens/{reader['id']}", {"scope": "PIPES:CREATE"}).status_code == 303
 
 
-def test_a_token_without_tokens_scope_sees_only_itself(system: System, seeded: dict[str, Any]) -> None:
+def test_a_token_without_tokens_scope_sees_only_itself(service: Service, seeded: dict[str, Any]) -> None:
     own = seeded["tokens"]["create datasource token"]
-    browser = new_console(system)
+    browser = new_console(service)
     assert browser.sign_in(own["token"]).status_code == 303
     listing = browser.client.get("/ui/tokens").text
     assert own["token"] in listing and "sees only itself" in listing
@@ -503,8 +503,8 @@ def test_a_token_without_tokens_scope_sees_only_itself(system: System, seeded: d
     assert browser.get(f"/ui/tokens/{own['id']}").status_code == 200  # its own page and history
 
 
-def test_the_owners_admin_token_sees_the_user_token(system: System, seeded: dict[str, Any]) -> None:
-    browser = new_console(system)
+def test_the_owners_admin_token_sees_the_user_token(service: Service, seeded: dict[str, Any]) -> None:
+    browser = new_console(service)
     browser.sign_in(seeded["tokens"]["admin owner@example.com"]["token"])
     listing = browser.client.get("/ui/tokens").text
     assert "Your user token" in listing and seeded["tokens"]["user token"]["token"] in listing
@@ -515,23 +515,23 @@ def test_the_owners_admin_token_sees_the_user_token(system: System, seeded: dict
     assert f"/ui/tokens/{user_id}/refresh" in user_page.text
     answer = browser.post(f"/ui/tokens/{user_id}/refresh", {"grace_seconds": ""}, csrf_from=f"/ui/tokens/{user_id}")
     assert answer.status_code == 303, answer.text[:300]
-    system.sync()
+    service.sync()
     with pytest.raises(Unauthenticated):
-        system.auth.authenticate(old)
+        service.auth.authenticate(old)
 
 
-def test_a_token_never_reaches_another_workspace(system: System, seeded: dict[str, Any]) -> None:
-    other = initialise(system, "other", "someone@example.com")
+def test_a_token_never_reaches_another_workspace(service: Service, seeded: dict[str, Any]) -> None:
+    other = initialise(service, "other", "someone@example.com")
     other_admin = next(t for t in other["tokens"] if t["name"] == "admin token")
-    target = create(system, seeded["admin"], "secret reader", ["DATASOURCES:READ:secrets"])
-    browser = new_console(system)
+    target = create(service, seeded["admin"], "secret reader", ["DATASOURCES:READ:secrets"])
+    browser = new_console(service)
     browser.sign_in(other_admin["token"])
-    before = event_count(system)
+    before = event_count(service)
     assert browser.get(f"/ui/tokens/{target['id']}").status_code == 404
     for suffix, fields in (("", {"scope": "ADMIN"}), ("/rename", {"name": "mine"}), ("/refresh", {}), ("/delete", {})):
         answer = browser.post(f"/ui/tokens/{target['id']}{suffix}", fields)
         assert answer.status_code == 404 and "Token not found" in answer.text
-    assert event_count(system) == before
+    assert event_count(service) == before
     assert target["value"] not in browser.client.get("/ui/tokens").text
     trail = browser.client.get("/ui/audit", params={"token": target["id"]}).text
     assert "No events match" in trail
@@ -544,12 +544,12 @@ def test_a_token_never_reaches_another_workspace(system: System, seeded: dict[st
 
 
 def test_garbage_form_posts_get_a_4xx_and_write_nothing(
-    system: System, seeded: dict[str, Any], console: Console
+    service: Service, seeded: dict[str, Any], console: Console
 ) -> None:
-    token = create(system, seeded["admin"], "target", ["TOKENS"])
+    token = create(service, seeded["admin"], "target", ["TOKENS"])
     base = f"/ui/tokens/{token['id']}"
     csrf = console.csrf(base)
-    before = event_count(system)
+    before = event_count(service)
     post = console.client.post
     answers = [
         post("/ui/tokens/new", content=b"\x00\xff\xfe", headers={"content-type": "application/x-www-form-urlencoded"}),
@@ -590,15 +590,15 @@ def test_garbage_form_posts_get_a_4xx_and_write_nothing(
     ]
     for answer in answers:
         assert 400 <= answer.status_code < 500, (answer.request.url, answer.status_code, answer.text[:300])
-    assert event_count(system) == before
+    assert event_count(service) == before
 
 
 # -- audit and access pages ------------------------------------------------------------------------
 
 
-def test_the_audit_page_filters_and_pages_by_cursor(system: System, seeded: dict[str, Any], console: Console) -> None:
+def test_the_audit_page_filters_and_pages_by_cursor(service: Service, seeded: dict[str, Any], console: Console) -> None:
     for n in range(5):
-        create(system, seeded["admin"], f"token {n}", ["DATASOURCES:READ:events"])
+        create(service, seeded["admin"], f"token {n}", ["DATASOURCES:READ:events"])
     first = console.client.get("/ui/audit", params={"event": "Created", "resource": "events", "limit": "2"})
     assert first.status_code == 200
     assert first.text.count('<tr data-event-type="Created">') == 2
@@ -611,19 +611,19 @@ def test_the_audit_page_filters_and_pages_by_cursor(system: System, seeded: dict
     assert by_token.text.count("<tr data-event-type=") == 1
 
 
-def test_audit_exports_stream_the_filtered_trail(system: System, seeded: dict[str, Any], console: Console) -> None:
-    create(system, seeded["admin"], "exported", ["PIPES:READ:top"])
+def test_audit_exports_stream_the_filtered_trail(service: Service, seeded: dict[str, Any], console: Console) -> None:
+    create(service, seeded["admin"], "exported", ["PIPES:READ:top"])
     ndjson = console.client.get("/ui/audit/export.ndjson", params={"token": "exported"})
     assert ndjson.status_code == 200 and "attachment" in ndjson.headers["content-disposition"]
     events = [json.loads(line) for line in ndjson.text.splitlines()]
     assert [(e["type"], e["token_name"]) for e in events] == [("Created", "exported")]
     table = list(csv.DictReader(io.StringIO(console.client.get("/ui/audit/export.csv").text)))
     assert {"exported", "admin token"} <= {row["token_name"] for row in table}
-    assert new_console(system).get("/ui/audit/export.csv").status_code == 303  # no session, no export
+    assert new_console(service).get("/ui/audit/export.csv").status_code == 303  # no session, no export
 
 
 def test_admins_verify_the_chain_and_download_a_checkpoint(
-    system: System, seeded: dict[str, Any], console: Console, tmp_path: Path
+    service: Service, seeded: dict[str, Any], console: Console, tmp_path: Path
 ) -> None:
     page = console.client.get("/ui/audit/verify")
     assert page.status_code == 200 and 'data-ok="true"' in page.text and "Intact." in page.text
@@ -633,24 +633,24 @@ def test_admins_verify_the_chain_and_download_a_checkpoint(
     assert "attachment" in download.headers["content-disposition"]
     checkpoint = download.json()
     key = checkpoint_key(tmp_path, {"TOKENTRAIL_DATA_DIR": str(tmp_path)})
-    assert verify_checkpoint(system, checkpoint, key.public_key()).ok
+    assert verify_checkpoint(service, checkpoint, key.public_key()).ok
 
 
 def test_the_access_page_answers_a_past_instant_and_a_difference(
-    system: System, seeded: dict[str, Any], console: Console
+    service: Service, seeded: dict[str, Any], console: Console
 ) -> None:
     clock = FakeClock(datetime.now(UTC) + timedelta(days=1))  # after the seeding's real times
     assert console.sign_in(seeded["tokens"]["admin token"]["token"]).status_code == 303  # a day idle ended it
     admin = seeded["admin"]
-    token = create(system, admin, "analyst", ["DATASOURCES:READ:events:country = 'ES'"])
+    token = create(service, admin, "analyst", ["DATASOURCES:READ:events:country = 'ES'"])
     clock.advance(60)
     during = clock.now
     clock.advance(60)
-    system.command(lambda: system.ledger.update_token(admin, token["id"], scopes=["DATASOURCES:READ:events"]))
+    service.command(lambda: service.ledger.update_token(admin, token["id"], scopes=["DATASOURCES:READ:events"]))
     clock.advance(60)
     later = clock.now
     clock.advance(60)
-    system.command(lambda: system.ledger.delete_token(admin, token["id"]))
+    service.command(lambda: service.ledger.delete_token(admin, token["id"]))
     clock.advance(60)
 
     then = console.client.get("/ui/access", params={"resource": "events", "at": during.strftime("%Y-%m-%dT%H:%M:%S")})

@@ -27,33 +27,33 @@ from tokentrail.api.app import create_app
 from tokentrail.api.proxies import TrustedProxies, parse_networks
 from tokentrail.api.setup import initialise
 from tokentrail.api.ui import session as sessions
+from tokentrail.api.ui.session_store import SessionSettings
 from tokentrail.projections import schema as s
-from tokentrail.projections.console_sessions import SessionSettings
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 
 @pytest.fixture
-def realm(system: System) -> dict[str, Any]:
-    info = initialise(system, "main", "owner@example.com")
+def realm(service: Service) -> dict[str, Any]:
+    info = initialise(service, "main", "owner@example.com")
     return {"workspace": info["workspace"], "tokens": {t["name"]: t for t in info["tokens"]}}
 
 
-def browser(system: System, base_url: str = "http://testserver", peer: str = "testclient") -> Console:
+def browser(service: Service, base_url: str = "http://testserver", peer: str = "testclient") -> Console:
     return Console(
-        TestClient(create_app(system), base_url=base_url, client=(peer, 50000), raise_server_exceptions=False)
+        TestClient(create_app(service), base_url=base_url, client=(peer, 50000), raise_server_exceptions=False)
     )
 
 
-def api(system: System) -> TestClient:
-    return TestClient(create_app(system), raise_server_exceptions=False)
+def api(service: Service) -> TestClient:
+    return TestClient(create_app(service), raise_server_exceptions=False)
 
 
 def value(realm: dict[str, Any], name: str = "admin token") -> str:
     return realm["tokens"][name]["token"]
 
 
-def signed_in(system: System, token: str) -> Console:
-    console = browser(system)
+def signed_in(service: Service, token: str) -> Console:
+    console = browser(service)
     assert console.sign_in(token).status_code == 303
     assert console.get("/ui/tokens").status_code == 200
     return console
@@ -64,8 +64,8 @@ def ended(console: Console) -> bool:
     return answer.status_code == 303 and answer.headers["location"].startswith("/ui/signin")
 
 
-def session_rows(system: System) -> list[dict[str, Any]]:
-    with system.read_engine.connect() as conn:
+def session_rows(service: Service) -> list[dict[str, Any]]:
+    with service.read_engine.connect() as conn:
         return [dict(r) for r in conn.execute(select(s.console_sessions)).mappings()]
 
 
@@ -78,34 +78,34 @@ def create_form(console: Console, name: str, csrf: str) -> Any:
 # -- ending sessions ---------------------------------------------------------------------------------
 
 
-def test_a_cookie_replayed_after_sign_out_signs_nobody_in_and_creates_nothing(system, realm) -> None:
-    console = signed_in(system, value(realm))
+def test_a_cookie_replayed_after_sign_out_signs_nobody_in_and_creates_nothing(service, realm) -> None:
+    console = signed_in(service, value(realm))
     cookie = console.client.cookies[sessions.COOKIE]
     csrf = console.csrf()
     assert console.post("/ui/signout").status_code == 303
-    assert session_rows(system) == []
+    assert session_rows(service) == []
 
-    replay = browser(system)
+    replay = browser(service)
     replay.client.cookies.set(sessions.COOKIE, cookie, path="/ui")
     assert ended(replay)
-    before = system.ledger.recorder.max_notification_id()
+    before = service.ledger.recorder.max_notification_id()
     answer = create_form(replay, "after sign-out", csrf)
     assert answer.status_code == 303 and answer.headers["location"].startswith("/ui/signin")
-    assert system.ledger.recorder.max_notification_id() == before
-    assert system.queries.token_by_name(realm["workspace"]["id"], "after sign-out") is None
+    assert service.ledger.recorder.max_notification_id() == before
+    assert service.queries.token_by_name(realm["workspace"]["id"], "after sign-out") is None
     # and the sign-in page does not take the replayed cookie as a live session either
     assert replay.get("/ui/signin").status_code == 200
 
 
-def test_a_session_is_stored_only_as_hashes(system, realm) -> None:
-    console = signed_in(system, value(realm))
-    [row] = session_rows(system)
+def test_a_session_is_stored_only_as_hashes(service, realm) -> None:
+    console = signed_in(service, value(realm))
+    [row] = session_rows(service)
     assert row["token_id"] == realm["tokens"]["admin token"]["id"]
     stored = " ".join(str(v) for v in row.values())
     admin = value(realm)
     for secret in (admin, *admin.split(".")):
         assert secret not in stored
-    generation = system.queries.token(row["token_id"]).generation
+    generation = service.queries.token(row["token_id"]).generation
     assert generation not in stored and row["generation_hash"] == hashlib.sha256(generation.encode()).hexdigest()
     sid = sessions.SessionCodec(TEST_SECRET.encode()).load(console.client.cookies[sessions.COOKIE])
     # (the codec's key is derived from the server key, which the test environment sets)
@@ -114,37 +114,37 @@ def test_a_session_is_stored_only_as_hashes(system, realm) -> None:
 
 
 @pytest.mark.parametrize("grace", [0, 300])
-def test_refreshing_the_signing_token_elsewhere_voids_the_session(system, realm, grace) -> None:
-    custom = api(system).post(url("/v0/tokens", value(realm), name="helper", scope="TOKENS")).json()
-    console = signed_in(system, custom["token"])
-    answer = api(system).post(url(f"/v0/tokens/{custom['id']}/refresh", value(realm), grace_seconds=grace))
+def test_refreshing_the_signing_token_elsewhere_voids_the_session(service, realm, grace) -> None:
+    custom = api(service).post(url("/v0/tokens", value(realm), name="helper", scope="TOKENS")).json()
+    console = signed_in(service, custom["token"])
+    answer = api(service).post(url(f"/v0/tokens/{custom['id']}/refresh", value(realm), grace_seconds=grace))
     assert answer.status_code == 200, answer.text
     assert ended(console)
     # a value still inside its grace window authenticates the API, but opens no console session
-    assert browser(system).sign_in(custom["token"]).status_code == 403
-    assert signed_in(system, answer.json()["token"])
+    assert browser(service).sign_in(custom["token"]).status_code == 403
+    assert signed_in(service, answer.json()["token"])
 
 
-def test_deleting_the_signing_token_voids_the_session(system, realm) -> None:
-    custom = api(system).post(url("/v0/tokens", value(realm), name="helper", scope="TOKENS")).json()
-    console = signed_in(system, custom["token"])
-    assert api(system).delete(url(f"/v0/tokens/{custom['id']}", value(realm))).status_code == 200
+def test_deleting_the_signing_token_voids_the_session(service, realm) -> None:
+    custom = api(service).post(url("/v0/tokens", value(realm), name="helper", scope="TOKENS")).json()
+    console = signed_in(service, custom["token"])
+    assert api(service).delete(url(f"/v0/tokens/{custom['id']}", value(realm))).status_code == 200
     assert ended(console)
 
 
-def test_refreshing_the_workspace_admin_token_voids_a_jwt_session(system, realm) -> None:
-    client = api(system)
+def test_refreshing_the_workspace_admin_token_voids_a_jwt_session(service, realm) -> None:
+    client = api(service)
     jwt = create_jwt(client, value(realm), "reader", [{"type": "PIPES:READ", "resource": "top"}])
     assert jwt.status_code == 200, jwt.text
-    console = signed_in(system, jwt.json()["token"])
+    console = signed_in(service, jwt.json()["token"])
     admin_id = realm["tokens"]["admin token"]["id"]
     assert client.post(url(f"/v0/tokens/{admin_id}/refresh", value(realm), grace_seconds=600)).status_code == 200
     assert ended(console)
 
 
-def test_an_idle_session_ends_and_a_busy_one_lives(system, realm) -> None:
+def test_an_idle_session_ends_and_a_busy_one_lives(service, realm) -> None:
     fake = FakeClock(datetime.now(UTC))
-    busy, idle = signed_in(system, value(realm)), signed_in(system, value(realm))
+    busy, idle = signed_in(service, value(realm)), signed_in(service, value(realm))
     for _ in range(3):
         fake.advance(20 * 60)
         assert busy.get("/ui/tokens").status_code == 200
@@ -153,9 +153,9 @@ def test_an_idle_session_ends_and_a_busy_one_lives(system, realm) -> None:
     assert ended(busy)
 
 
-def test_the_idle_timeout_is_configurable(system, realm, tmp_path: Path) -> None:
-    environ = {**system.environ, "TOKENTRAIL_SESSION_IDLE_SECONDS": "60"}
-    other = System(system.database.url, data=tmp_path, environ=environ)
+def test_the_idle_timeout_is_configurable(service, realm, tmp_path: Path) -> None:
+    environ = {**service.environ, "TOKENTRAIL_SESSION_IDLE_SECONDS": "60"}
+    other = Service(service.database.url, data=tmp_path, environ=environ)
     try:
         fake = FakeClock(datetime.now(UTC))
         console = Console(TestClient(create_app(other), raise_server_exceptions=False))
@@ -170,11 +170,11 @@ def test_the_idle_timeout_is_configurable(system, realm, tmp_path: Path) -> None
         SessionSettings.from_environ({"TOKENTRAIL_SESSION_IDLE_SECONDS": "soon"})
 
 
-def test_sign_out_on_one_server_ends_the_session_on_another(system, realm, tmp_path: Path) -> None:
+def test_sign_out_on_one_server_ends_the_session_on_another(service, realm, tmp_path: Path) -> None:
     """Two apps on one database (as two `serve` processes would be): the record is shared."""
-    second = System(system.database.url, data=tmp_path, environ=system.environ)
+    second = Service(service.database.url, data=tmp_path, environ=service.environ)
     try:
-        first = signed_in(system, value(realm))
+        first = signed_in(service, value(realm))
         there = Console(TestClient(create_app(second), raise_server_exceptions=False))
         there.client.cookies.set(sessions.COOKIE, first.client.cookies[sessions.COOKIE], path="/ui")
         assert there.get("/ui/tokens").status_code == 200
@@ -193,12 +193,14 @@ def _new_token_from(console: Console, csrf: str, name: str, headers: dict[str, s
     )
 
 
-def _proxied_system(system: System, tmp_path: Path, proxies: str) -> System:
-    return System(system.database.url, data=tmp_path, environ={**system.environ, "TOKENTRAIL_TRUSTED_PROXIES": proxies})
+def _proxied_service(service: Service, tmp_path: Path, proxies: str) -> Service:
+    return Service(
+        service.database.url, data=tmp_path, environ={**service.environ, "TOKENTRAIL_TRUSTED_PROXIES": proxies}
+    )
 
 
-def test_a_forged_forwarded_host_from_an_untrusted_peer_is_refused(system, realm, tmp_path: Path) -> None:
-    proxied = _proxied_system(system, tmp_path, "10.0.0.0/8")
+def test_a_forged_forwarded_host_from_an_untrusted_peer_is_refused(service, realm, tmp_path: Path) -> None:
+    proxied = _proxied_service(service, tmp_path, "10.0.0.0/8")
     try:
         console = Console(TestClient(create_app(proxied), client=("203.0.113.9", 4000), raise_server_exceptions=False))
         assert console.sign_in(value(realm)).status_code == 303
@@ -210,8 +212,8 @@ def test_a_forged_forwarded_host_from_an_untrusted_peer_is_refused(system, realm
         proxied.close()
 
 
-def test_a_forwarded_host_from_a_trusted_proxy_is_believed(system, realm, tmp_path: Path) -> None:
-    proxied = _proxied_system(system, tmp_path, "127.0.0.1, 10.0.0.0/8")
+def test_a_forwarded_host_from_a_trusted_proxy_is_believed(service, realm, tmp_path: Path) -> None:
+    proxied = _proxied_service(service, tmp_path, "127.0.0.1, 10.0.0.0/8")
     try:
         console = Console(TestClient(create_app(proxied), client=("10.1.2.3", 4000), raise_server_exceptions=False))
         assert console.sign_in(value(realm)).status_code == 303
@@ -224,8 +226,8 @@ def test_a_forwarded_host_from_a_trusted_proxy_is_believed(system, realm, tmp_pa
         proxied.close()
 
 
-def test_the_cookie_is_secure_behind_a_trusted_https_proxy_only(system, realm, tmp_path: Path) -> None:
-    proxied = _proxied_system(system, tmp_path, "10.0.0.1")
+def test_the_cookie_is_secure_behind_a_trusted_https_proxy_only(service, realm, tmp_path: Path) -> None:
+    proxied = _proxied_service(service, tmp_path, "10.0.0.1")
     try:
         for peer, secure in (("10.0.0.1", True), ("10.0.0.2", False)):
             console = Console(
@@ -273,12 +275,12 @@ def test_forwarded_for_names_the_client_only_through_trusted_proxies() -> None:
 # -- the user token and the owner's admin token (item 3) ---------------------------------------------
 
 
-def test_a_delegated_admin_sees_neither_the_user_token_nor_the_owners_admin_value(system, realm) -> None:
-    client = api(system)
+def test_a_delegated_admin_sees_neither_the_user_token_nor_the_owners_admin_value(service, realm) -> None:
+    client = api(service)
     delegated = client.post(url("/v0/tokens", value(realm), name="delegated", scope="ADMIN")).json()
     owner_admin = realm["tokens"]["admin owner@example.com"]
     for token in (value(realm), delegated["token"]):
-        console = signed_in(system, token)
+        console = signed_in(service, token)
         listing = console.get("/ui/tokens").text
         assert "Your user token" not in listing
         assert value(realm, "user token") not in listing and owner_admin["token"] not in listing
@@ -286,18 +288,18 @@ def test_a_delegated_admin_sees_neither_the_user_token_nor_the_owners_admin_valu
         assert owner_admin["token"] not in page
         assert console.get(f"/ui/tokens/{realm['tokens']['user token']['id']}").status_code == 404
     # a refresh through the console does not hand the delegated admin the owner's new value either
-    console = signed_in(system, delegated["token"])
+    console = signed_in(service, delegated["token"])
     answer = console.post(f"/ui/tokens/{owner_admin['id']}/refresh", {"grace_seconds": ""})
     assert answer.status_code in (303, 403)  # whether a delegated ADMIN may rotate it is the policy's call
     if answer.status_code == 303:
-        system.sync()
-        row = system.queries.token(owner_admin["id"])
-        fresh = system.signer.make(row.workspace_id, row.id, row.generation)
+        service.sync()
+        row = service.queries.token(owner_admin["id"])
+        fresh = service.signer.make(row.workspace_id, row.id, row.generation)
         assert fresh not in console.get(answer.headers["location"]).text
         assert fresh not in console.get("/ui/tokens").text
 
 
-def test_the_owners_own_admin_session_sees_the_user_token(system, realm) -> None:
-    console = signed_in(system, value(realm, "admin owner@example.com"))
+def test_the_owners_own_admin_session_sees_the_user_token(service, realm) -> None:
+    console = signed_in(service, value(realm, "admin owner@example.com"))
     listing = console.get("/ui/tokens").text
     assert "Your user token" in listing and value(realm, "user token") in listing

@@ -32,7 +32,7 @@ from tests.test_ui import Console
 from tokentrail.api.app import create_app
 from tokentrail.api.setup import initialise
 from tokentrail.domain.values import TokenSigner
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 VALUE_PATTERN = re.compile(rb"p\.[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]+")
 
@@ -180,14 +180,14 @@ def _postgres_dump(database_url: str) -> Iterator[tuple[str, bytes]]:
 
 
 def test_no_token_value_is_stored_logged_or_exported(
-    backend: str, database_url: str, system: System, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    backend: str, database_url: str, service: Service, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     issued = Issued()
-    info = initialise(system, "main", "owner@example.com")
+    info = initialise(service, "main", "owner@example.com")
     issued.take(info["tokens"])
     admin = next(t["token"] for t in info["tokens"] if t["name"] == "admin token")
-    app = create_app(system)
+    app = create_app(service)
     with TestClient(app, raise_server_exceptions=False) as client:
         exports = session(client, admin, issued, "in-process")
         # The console: sign in, refresh its own token, export the trail.
@@ -207,7 +207,7 @@ def test_no_token_value_is_stored_logged_or_exported(
             answer = browser.get(f"/ui/audit/export.{fmt}")
             assert answer.status_code == 200
             exports[f"console audit.{fmt}"] = answer.content
-        admin = system.signer.make(*_admin_claims(system, admin_id))
+        admin = service.signer.make(*_admin_claims(service, admin_id))
         # A JWT minted by a holder of the admin value, as Tinybird's clients do.
         minted = pyjwt.encode(
             {
@@ -241,7 +241,7 @@ def test_no_token_value_is_stored_logged_or_exported(
             exports.update(session(http, admin, issued, "served"))
     finally:
         served.stop()
-    system.sync()
+    service.sync()
     assert len(issued.values) >= 10 and len(issued.jwts) >= 3, (len(issued.values), len(issued.jwts))
 
     for label, data in exports.items():
@@ -272,9 +272,9 @@ def test_no_token_value_is_stored_logged_or_exported(
     assert b"in-process reader" in everything and b"served feed" in everything
 
 
-def _admin_claims(system: System, admin_id: str) -> tuple[str, str, str]:
-    system.sync()
-    row = system.queries.token(admin_id)
+def _admin_claims(service: Service, admin_id: str) -> tuple[str, str, str]:
+    service.sync()
+    row = service.queries.token(admin_id)
     assert row is not None
     return row.workspace_id, row.id, row.generation
 

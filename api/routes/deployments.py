@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from tokentrail.api.deps import caller, get_system, params, read_body
+from tokentrail.api.deps import caller, get_service, params, read_body
 from tokentrail.api.schemas import query_param, responses
 from tokentrail.api.wire import Params
 from tokentrail.domain.errors import InvalidInput
@@ -58,7 +58,7 @@ async def create_deployment(
     check = (p.get("check") or "").lower() in ("1", "true", "yes")
     from starlette.concurrency import run_in_threadpool
 
-    result = await run_in_threadpool(deploy, get_system(request), who, files, check)
+    result = await run_in_threadpool(deploy, get_service(request), who, files, check)
     outcome = "no_changes" if result.plan.empty else ("check" if check else "success")
     return {
         "result": outcome,

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
-from tokentrail.api.deps import get_system
+from tokentrail.api.deps import get_service
 from tokentrail.api.schemas import responses
 from tokentrail.domain.errors import StoreUnavailable
 
@@ -60,7 +60,7 @@ async def metrics(request: Request) -> Response:
 )
 async def readyz(request: Request) -> JSONResponse:
     try:
-        state = await run_in_threadpool(get_system(request).readiness)
+        state = await run_in_threadpool(get_service(request).readiness)
     except StoreUnavailable as error:
         return JSONResponse(
             {"error": error.message}, status_code=503, headers={"Retry-After": str(StoreUnavailable.retry_after)}

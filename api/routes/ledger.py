@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tokentrail.api.deps import caller, get_system, params
+from tokentrail.api.deps import caller, get_service, params
 from tokentrail.api.heavy import RenderedInThread
 from tokentrail.api.schemas import path_param, query_param, responses
 from tokentrail.api.wire import Params
@@ -23,8 +23,8 @@ from tokentrail.domain.refs import parse_ref
 from tokentrail.domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME
 from tokentrail.projections.history import AuditQuery, History
 from tokentrail.projections.queries import TokenRow
-from tokentrail.projections.system import System
-from tokentrail.projections.verify import make_checkpoint, verify_chain, workspace_view
+from tokentrail.service import Service
+from tokentrail.verify import make_checkpoint, verify_chain, workspace_view
 
 router = APIRouter(tags=["ledger"], route_class=RenderedInThread)
 CSV_COLUMNS = (
@@ -147,8 +147,8 @@ def _instant(p: Params, name: str, default_now: bool = False) -> int | None:
 class LedgerViews:
     """Point-in-time variants of the Tinybird token routes (`?as_of=`)."""
 
-    def __init__(self, system: System, history: History) -> None:
-        self.system = system
+    def __init__(self, service: Service, history: History) -> None:
+        self.service = service
         self.history = history
 
     def tokens_as_of(self, who: Caller, raw: str) -> JSONResponse:
@@ -160,9 +160,9 @@ class LedgerViews:
     def token_as_of(self, who: Caller, ref: str, raw: str) -> dict[str, Any]:
         authorize(who, Op.READ_AUDIT)
         at = parse_instant(raw)
-        token_id = resolve_any(self.system, self.history, who, ref, at)
+        token_id = resolve_any(self.service, self.history, who, ref, at)
         row = self.history.token_as_of(who.workspace_id, at, token_id=token_id) if token_id else None
-        parsed = parse_ref(ref, self.system.signer)
+        parsed = parse_ref(ref, self.service.signer)
         if row is None and parsed is not None and parsed.kind == "name":
             row = self.history.token_as_of(who.workspace_id, at, name=ref)
         if row is None:
@@ -184,18 +184,18 @@ def as_of_object(row: TokenRow) -> dict[str, Any]:
     }
 
 
-def resolve_any(system: System, hist: History, who: Caller, ref: str, at: int | None = None) -> str | None:
+def resolve_any(service: Service, hist: History, who: Caller, ref: str, at: int | None = None) -> str | None:
     """A token id of the caller's workspace from a value (current or not: the history of a
     refreshed-out value is what an investigation asks for), an id or a (past or present) name."""
-    parsed = parse_ref(ref, system.signer)
+    parsed = parse_ref(ref, service.signer)
     if parsed is None:
         return None
     if parsed.kind == "value":
         return parsed.token_id if parsed.workspace_id == who.workspace_id else None
     if parsed.kind == "id":
-        row = system.queries.token(parsed.text)
+        row = service.queries.token(parsed.text)
         return parsed.text if row is not None and row.workspace_id == who.workspace_id else None
-    current = system.queries.token_by_name(who.workspace_id, ref)
+    current = service.queries.token_by_name(who.workspace_id, ref)
     if current is not None and at is None:
         return current.id
     ids = hist.token_ids_named(who.workspace_id, ref)
@@ -220,11 +220,11 @@ def resolve_any(system: System, hist: History, who: Caller, ref: str, at: int | 
 )
 def token_history(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
     ref = request.path_params["ref"]  # not a declared parameter: any text is a name to look up
-    system, hist = get_system(request), history(request)
-    token_id = resolve_any(system, hist, who, ref)
+    service, hist = get_service(request), history(request)
+    token_id = resolve_any(service, hist, who, ref)
     if token_id is not None and token_id == who.token_id:
         # Its own history is reading itself: not for a value in its grace window, nor a JWT.
-        own = system.queries.token(token_id)
+        own = service.queries.token(token_id)
         authorize(who, Op.READ, own.facts if own is not None else None)
     else:
         # Before "not found": a caller that may not read the trail learns nothing of which
@@ -404,8 +404,8 @@ def access_diff(request: Request, who: Caller = Depends(caller), p: Params = Dep
 )
 def audit_verify(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
     authorize(who, Op.VERIFY)
-    system = get_system(request)
-    return workspace_view(system, who.workspace_id, verify_chain(system)).wire()
+    service = get_service(request)
+    return workspace_view(service, who.workspace_id, verify_chain(service)).wire()
 
 
 @router.get(
@@ -416,5 +416,5 @@ def audit_verify(request: Request, who: Caller = Depends(caller)) -> dict[str, A
 )
 def audit_checkpoint(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
     authorize(who, Op.VERIFY)
-    system = get_system(request)
-    return make_checkpoint(system, system.checkpoint_key(), workspace_id=who.workspace_id)
+    service = get_service(request)
+    return make_checkpoint(service, service.checkpoint_key(), workspace_id=who.workspace_id)

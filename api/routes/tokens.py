@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from tokentrail.api import present
-from tokentrail.api.deps import caller, get_system, params, read_body
+from tokentrail.api.deps import caller, get_service, params, read_body
 from tokentrail.api.heavy import RenderedInThread
 from tokentrail.api.schemas import (
     JwtRequestSchema,
@@ -27,14 +27,14 @@ from tokentrail.api.schemas import (
     responses,
 )
 from tokentrail.api.wire import Params, json_body
+from tokentrail.auth import MAX_JWT_LENGTH
 from tokentrail.domain import clock
 from tokentrail.domain.errors import Forbidden, InvalidInput, MethodNotAllowed, NotFound
 from tokentrail.domain.policy import Caller, Op, authorize, require_reach, require_token_manager
 from tokentrail.domain.refs import parse_ref
 from tokentrail.domain.scopes import scope_from_parts
-from tokentrail.projections.auth import MAX_JWT_LENGTH
 from tokentrail.projections.queries import TokenRow
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 router = APIRouter(tags=["tokens"], route_class=RenderedInThread)
 MAX_JWT_TTL = 10 * 365 * 86_400
@@ -70,14 +70,14 @@ _UPDATE_PARAMS = [
     responses=responses(TokenListSchema(), 400, 403),
 )
 def list_tokens(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
-    system = get_system(request)
+    service = get_service(request)
     require_token_manager(who)
     if p.get("as_of"):
         return request.app.state.ledger_views.tokens_as_of(who, p.get("as_of"))
-    rows = system.queries.tokens(who.workspace_id)
+    rows = service.queries.tokens(who.workspace_id)
     # The token objects are TokenSchema dumps already: answer them as they are (no second
     # TokenListSchema pass, no jsonable_encoder walk over thousands of plain dicts).
-    return JSONResponse({"tokens": present.token_objects(system, rows, who)})
+    return JSONResponse({"tokens": present.token_objects(service, rows, who)})
 
 
 @router.post(
@@ -114,21 +114,21 @@ def create_token(
     p: Params = Depends(params),
     body: bytes = Depends(read_body),
 ) -> dict[str, Any]:
-    system = get_system(request)
+    service = get_service(request)
     if "expiration_time" in p:
-        return _create_jwt(system, who, p, body)
+        return _create_jwt(service, who, p, body)
     origin: dict[str, Any] = {"type": p.get("origin") or "C"}
     if p.get("resource_id"):
         origin["resource_id"] = p.get("resource_id")
-    change = system.command(
-        lambda: system.ledger.create_token(
+    change = service.command(
+        lambda: service.ledger.create_token(
             who, p.get("name") or "", p.getlist("scope"), p.get("description") or "", origin
         )
     )
-    return present.token_object(system, _row(system, str(change.token.id)), who)
+    return present.token_object(service, _row(service, str(change.token.id)), who)
 
 
-def _create_jwt(system: System, who: Caller, p: Params, body: bytes) -> dict[str, Any]:
+def _create_jwt(service: Service, who: Caller, p: Params, body: bytes) -> dict[str, Any]:
     require_token_manager(who)
     expires = p.int("expiration_time")
     now = int(time.time())
@@ -148,7 +148,7 @@ def _create_jwt(system: System, who: Caller, p: Params, body: bytes) -> dict[str
         scopes.append(obj)
     limits = data.get("limits")
     _check_jwt_length(who, p.get("name") or "", expires, scopes, limits)
-    issue = system.command(lambda: system.ledger.issue_jwt(who, p.get("name") or "", expires, scopes, limits))
+    issue = service.command(lambda: service.ledger.issue_jwt(who, p.get("name") or "", expires, scopes, limits))
     jwt_, admin = issue.jwt, issue.admin
     claims: dict[str, Any] = {
         "workspace_id": who.workspace_id,
@@ -159,7 +159,7 @@ def _create_jwt(system: System, who: Caller, p: Params, body: bytes) -> dict[str
     }
     if limits:
         claims["limits"] = limits
-    secret = system.signer.make(admin.workspace_id, str(admin.id), admin.generation)
+    secret = service.signer.make(admin.workspace_id, str(admin.id), admin.generation)
     value = pyjwt.encode(claims, secret, algorithm="HS256")
     return JwtResponseSchema().dump(
         {
@@ -229,10 +229,10 @@ def refresh_get() -> None:
 def refresh_token(
     request: Request, ref: str = Depends(token_ref), who: Caller = Depends(caller), p: Params = Depends(params)
 ) -> dict[str, Any]:
-    system = get_system(request)
+    service = get_service(request)
     grace = p.int("grace_seconds", 0, minimum=0) or 0
-    change = system.command(lambda: system.ledger.refresh_token(who, ref, grace))
-    return present.token_object(system, _row(system, str(change.token.id)), who)
+    change = service.command(lambda: service.ledger.refresh_token(who, ref, grace))
+    return present.token_object(service, _row(service, str(change.token.id)), who)
 
 
 @router.get(
@@ -246,11 +246,11 @@ def refresh_token(
 def get_token(
     request: Request, ref: str = Depends(token_ref), who: Caller = Depends(caller), p: Params = Depends(params)
 ) -> dict[str, Any]:
-    system = get_system(request)
+    service = get_service(request)
     if p.get("as_of"):
         return request.app.state.ledger_views.token_as_of(who, ref, p.get("as_of"))
     try:
-        row = resolve(system, who, ref)
+        row = resolve(service, who, ref)
     except NotFound:
         require_token_manager(who)  # a token that may only read itself learns nothing of others
         raise
@@ -259,7 +259,7 @@ def get_token(
         # not learn which other names exist (say `admin <email>`, from a refusal of its own).
         require_token_manager(who)
     authorize(who, Op.READ, row.facts)
-    return present.token_object(system, row, who)
+    return present.token_object(service, row, who)
 
 
 @router.put(
@@ -273,10 +273,10 @@ def get_token(
 def update_token(
     request: Request, ref: str = Depends(token_ref), who: Caller = Depends(caller), p: Params = Depends(params)
 ) -> dict[str, Any]:
-    system = get_system(request)
+    service = get_service(request)
     scopes = p.getlist("scope")
-    change = system.command(
-        lambda: system.ledger.update_token(
+    change = service.command(
+        lambda: service.ledger.update_token(
             who,
             ref,
             scopes=scopes if scopes else None,
@@ -284,7 +284,7 @@ def update_token(
             description=p.get("description"),
         )
     )
-    return present.token_object(system, _row(system, str(change.token.id)), who)
+    return present.token_object(service, _row(service, str(change.token.id)), who)
 
 
 @router.delete(
@@ -295,21 +295,21 @@ def update_token(
     responses=responses(OkSchema(), 403, 404, 409),
 )
 def delete_token(request: Request, ref: str = Depends(token_ref), who: Caller = Depends(caller)) -> dict[str, Any]:
-    system = get_system(request)
-    system.command(lambda: system.ledger.delete_token(who, ref))
+    service = get_service(request)
+    service.command(lambda: service.ledger.delete_token(who, ref))
     return {"ok": True}
 
 
-def resolve(system: System, who: Caller, ref: str) -> TokenRow:
+def resolve(service: Service, who: Caller, ref: str) -> TokenRow:
     """A live token of the caller's workspace by value, id or name (read side). A value designates
     its token only while it authenticates: a refreshed-out value is 404, as on Tinybird."""
-    parsed = parse_ref(ref, system.signer)
+    parsed = parse_ref(ref, service.signer)
     if parsed is None:
         raise NotFound("Token not found")
     if parsed.kind == "name":
-        row = system.queries.token_by_name(who.workspace_id, parsed.text)
+        row = service.queries.token_by_name(who.workspace_id, parsed.text)
     else:
-        row = system.queries.token(parsed.text)
+        row = service.queries.token(parsed.text)
     if row is None or row.deleted:
         raise NotFound("Token not found")
     require_reach(who, row.facts)
@@ -321,8 +321,8 @@ def resolve(system: System, who: Caller, ref: str) -> TokenRow:
     return row
 
 
-def _row(system: System, token_id: str) -> TokenRow:
-    row = system.queries.token(token_id)
+def _row(service: Service, token_id: str) -> TokenRow:
+    row = service.queries.token(token_id)
     if row is None:  # the command's events are projected before we get here
         raise Forbidden("token vanished")
     return row

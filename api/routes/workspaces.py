@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from tokentrail.api import present
-from tokentrail.api.deps import caller, get_system, params, request_context, token_value
+from tokentrail.api.deps import caller, get_service, params, request_context, token_value
 from tokentrail.api.schemas import (
     IntrospectionSchema,
     NewWorkspaceSchema,
@@ -46,17 +46,17 @@ async def introspect(request: Request) -> JSONResponse:
     # The hottest route (every query a client makes may be checked): no dependencies to solve; the
     # credentials are declared for OpenAPI in `openapi_extra` instead.
     p = await params(request)
-    system = get_system(request)
+    service = get_service(request)
     value = token_value(request, p)
     permission = p.get("permission")
     if permission is not None and len(permission) > MAX_SCOPE_LENGTH:
         raise InvalidInput(f"permission is longer than {MAX_SCOPE_LENGTH} characters")
-    if not system.fresh():  # on the event loop unless the log may have moved
-        await run_in_threadpool(system.sync)
+    if not service.fresh():  # on the event loop unless the log may have moved
+        await run_in_threadpool(service.sync)
     try:
         if not value:
             raise InvalidInput("a token is required: pass ?token= or Authorization: Bearer")
-        who = system.auth.authenticate(value, **request_context(request))
+        who = service.auth.authenticate(value, **request_context(request))
     except LedgerError as error:
         if isinstance(error, (InvalidInput, StoreUnavailable)):
             raise
@@ -84,13 +84,13 @@ _WORKSPACE = {"response_model": None, "responses": responses(WorkspaceSchema(), 
 @router.get("/v0/workspace", summary="The caller's workspace (Classic CLI start-up)", **_WORKSPACE)
 @router.get("/v1/workspace", summary="The caller's workspace (Forward CLI start-up)", **_WORKSPACE)
 def get_workspace(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
-    system = get_system(request)
+    service = get_service(request)
     if who.user:
-        user = system.queries.user(who.workspace_id)
+        user = service.queries.user(who.workspace_id)
         if user is None:
             raise NotFound("Workspace not found")
         return {"id": user.id, "name": user.email, "user_email": user.email, "user_id": user.id, "scope": "user"}
-    workspace = system.queries.workspace(who.workspace_id)
+    workspace = service.queries.workspace(who.workspace_id)
     if workspace is None:
         raise NotFound("Workspace not found")
     return present.workspace_object(workspace, who)
@@ -114,16 +114,16 @@ def regions() -> dict[str, Any]:
     responses=responses(NewWorkspaceSchema(), 400, 403, 409),
 )
 def create_workspace(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
-    system = get_system(request)
+    service = get_service(request)
     authorize(who, Op.WORKSPACES)
-    user = system.queries.user(who.workspace_id)
+    user = service.queries.user(who.workspace_id)
     if user is None:
         raise NotFound("User not found")
-    setup = system.command(lambda: system.ledger.setup_workspace(p.get("name") or "", user.email, who))
-    workspace = system.queries.workspace(str(setup.workspace.id))
+    setup = service.command(lambda: service.ledger.setup_workspace(p.get("name") or "", user.email, who))
+    workspace = service.queries.workspace(str(setup.workspace.id))
     assert workspace is not None
-    rows = [system.queries.token(str(t.id)) for t in setup.tokens]
-    tokens = [present.token_object(system, r, None) for r in rows if r is not None]
+    rows = [service.queries.token(str(t.id)) for t in setup.tokens]
+    tokens = [present.token_object(service, r, None) for r in rows if r is not None]
     admin = next(t for t in tokens if t["name"] == "admin token")
     return NewWorkspaceSchema().dump(
         {**present.workspace_object(workspace, who), "scope": "admin", "token": admin["token"], "tokens": tokens}
@@ -137,9 +137,9 @@ def create_workspace(request: Request, who: Caller = Depends(caller), p: Params 
     responses=responses(WorkspaceListSchema(), 403),
 )
 def user_workspaces(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
-    system = get_system(request)
+    service = get_service(request)
     authorize(who, Op.WORKSPACES)
-    rows = system.queries.workspaces_of(who.workspace_id)
+    rows = service.queries.workspaces_of(who.workspace_id)
     return WorkspaceListSchema().dump(
         {"workspaces": [{**present.workspace_object(w, who), "scope": "admin"} for w in rows]}
     )

@@ -18,7 +18,7 @@ from tokentrail.api.ui.timeline import ScopeDiff
 from tokentrail.domain.errors import InvalidInput, LedgerError
 from tokentrail.domain.policy import Op, allows, authorize
 from tokentrail.projections.history import MAX_PAGE, AuditQuery
-from tokentrail.projections.verify import make_checkpoint, verify_chain, workspace_view
+from tokentrail.verify import make_checkpoint, verify_chain, workspace_view
 
 router = APIRouter(route_class=UiRoute)
 
@@ -138,7 +138,7 @@ def audit_export(fmt: str, page: Page = Depends(viewer)) -> Response:
 def audit_verify(page: Page = Depends(viewer)) -> Response:
     """Recompute the hash chain; `?partial=1` answers the status box alone (for the audit page)."""
     authorize(page.caller, Op.VERIFY)
-    report = workspace_view(page.system, page.caller.workspace_id, verify_chain(page.system))
+    report = workspace_view(page.service, page.caller.workspace_id, verify_chain(page.service))
     partial = page.request.query_params.get("partial") == "1"
     return page.render("audit_verify.html", report=report, partial=partial)
 
@@ -146,7 +146,7 @@ def audit_verify(page: Page = Depends(viewer)) -> Response:
 @router.get("/audit/checkpoint")
 def audit_checkpoint(page: Page = Depends(viewer)) -> Response:
     authorize(page.caller, Op.VERIFY)
-    checkpoint = make_checkpoint(page.system, page.system.checkpoint_key(), workspace_id=page.caller.workspace_id)
+    checkpoint = make_checkpoint(page.service, page.service.checkpoint_key(), workspace_id=page.caller.workspace_id)
     return JSONResponse(
         checkpoint,
         headers={"Content-Disposition": f'attachment; filename="tokentrail-checkpoint-{checkpoint["position"]}.json"'},

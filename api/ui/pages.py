@@ -29,7 +29,7 @@ from tokentrail.domain.clock import from_micros, parse_instant
 from tokentrail.domain.errors import InvalidInput, LedgerError, Unauthenticated
 from tokentrail.domain.policy import Caller, require_token_manager
 from tokentrail.projections.history import History
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 API_DIR = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = API_DIR / "templates"
@@ -140,7 +140,7 @@ class Form:
 
 @dataclass
 class Page:
-    """What a page handler works with: the system, the session and the authenticated caller."""
+    """What a page handler works with: the service, the session and the authenticated caller."""
 
     request: Request
     session: sessions.Session
@@ -148,8 +148,8 @@ class Page:
     form: Form = field(default_factory=Form)
 
     @property
-    def system(self) -> System:
-        return self.request.app.state.system
+    def service(self) -> Service:
+        return self.request.app.state.service
 
     @property
     def history(self) -> History:
@@ -300,11 +300,11 @@ def render(
 
 
 def _workspace_name(page: Page) -> str:
-    system = page.system
+    service = page.service
     if page.caller.user:
-        user = system.queries.user(page.caller.workspace_id)
+        user = service.queries.user(page.caller.workspace_id)
         return user.email if user else ""
-    workspace = system.queries.workspace(page.caller.workspace_id)
+    workspace = service.queries.workspace(page.caller.workspace_id)
     return workspace.name if workspace else ""
 
 

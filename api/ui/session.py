@@ -1,6 +1,6 @@
 """The console's session: which token the browser signed in with, and its anti-forgery token.
 
-Sessions live on the server, in `tt_console_sessions` (see projections/console_sessions.py), so
+Sessions live on the server, in `tt_console_sessions` (see session_store.py), so
 every `tokentrail serve` on one database agrees on them and they can end: at sign-out, when the
 token they were opened with is refreshed or deleted, after an idle timeout
 (TOKENTRAIL_SESSION_IDLE_SECONDS, 30 minutes by default) and at an absolute lifetime
@@ -35,12 +35,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from fastapi import Request
 from starlette.responses import Response
 
+from tokentrail import keys
 from tokentrail.api.proxies import proxies
+from tokentrail.api.ui.session_store import ConsoleSessions, SessionSettings
 from tokentrail.domain.errors import Unauthenticated
 from tokentrail.domain.policy import Caller
-from tokentrail.projections import keys
-from tokentrail.projections.console_sessions import ConsoleSessions, SessionSettings
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 COOKIE = "tokentrail_ui"
 COOKIE_PATH = "/ui"
@@ -99,22 +99,22 @@ def codec(request: Request) -> SessionCodec:
     """One codec per app, keyed from the same server key that signs token values."""
     state = request.app.state
     if getattr(state, "ui_sessions", None) is None:
-        system: System = state.system
-        state.ui_sessions = SessionCodec(keys.server_key(system.data_dir, system.environ))
+        service: Service = state.service
+        state.ui_sessions = SessionCodec(keys.server_key(service.data_dir, service.environ))
     return state.ui_sessions
 
 
 def store(request: Request) -> ConsoleSessions:
     state = request.app.state
     if getattr(state, "console_sessions", None) is None:
-        system: System = state.system
+        service: Service = state.service
         state.console_sessions = ConsoleSessions(
-            system.write_engine, system.read_engine, SessionSettings.from_environ(system.environ)
+            service.write_engine, service.read_engine, SessionSettings.from_environ(service.environ)
         )
     return state.console_sessions
 
 
-def _signing_token(system: System, value: str, caller: Caller) -> tuple[str, str] | None:
+def _signing_token(service: Service, value: str, caller: Caller) -> tuple[str, str] | None:
     """(token id, generation) of the token whose refresh or deletion must end a session opened
     with this value: the token itself, or for a JWT the workspace admin token that signs it.
     None when the value is a grace-window value of a token already refreshed, or a JWT signed
@@ -122,11 +122,11 @@ def _signing_token(system: System, value: str, caller: Caller) -> tuple[str, str
     if caller.in_grace:
         return None
     if caller.is_jwt:
-        workspace = system.auth.workspace(caller.workspace_id)
-        admin = system.auth.tokens.get(workspace.admin_token_id) if workspace else None
+        workspace = service.auth.workspace(caller.workspace_id)
+        admin = service.auth.tokens.get(workspace.admin_token_id) if workspace else None
         return (admin.id, admin.generation) if admin is not None and not admin.deleted else None
-    claims = system.signer.read(value)
-    row = system.auth.tokens.get(caller.token_id) if caller.token_id else None
+    claims = service.signer.read(value)
+    row = service.auth.tokens.get(caller.token_id) if caller.token_id else None
     if claims is None or row is None or row.deleted or claims.generation != row.generation:
         return None
     return row.id, row.generation
@@ -135,8 +135,8 @@ def _signing_token(system: System, value: str, caller: Caller) -> tuple[str, str
 def sign_in(request: Request, value: str, caller: Caller) -> Session:
     """Open a server-side session for a value that just authenticated. A fresh session id and
     CSRF token every time: nothing planted before sign-in is worth anything after it."""
-    system: System = request.app.state.system
-    signing = _signing_token(system, value, caller)
+    service: Service = request.app.state.service
+    signing = _signing_token(service, value, caller)
     if signing is None:
         raise Unauthenticated("this value has been replaced by a refresh: sign in with the new value")
     sid = store(request).open(signing[0], signing[1], caller.workspace_id)
@@ -151,19 +151,19 @@ def sign_out(request: Request, session: Session | None) -> None:
 def authenticate(request: Request, session: Session) -> Caller:
     """The caller a signed-in session acts as, or Unauthenticated when the session has ended:
     signed out, idle or old, or its signing token refreshed or deleted since sign-in."""
-    system: System = request.app.state.system
+    service: Service = request.app.state.service
     if not session.value or not session.sid:
         raise Unauthenticated("not signed in")
     record = store(request).check(session.sid)
     if record is None:
         raise Unauthenticated("the session has ended")
-    system.sync()
+    service.sync()
     try:
-        caller = system.auth.authenticate(session.value, request_id=request.state.request_id, origin="ui")
+        caller = service.auth.authenticate(session.value, request_id=request.state.request_id, origin="ui")
     except Unauthenticated:
         store(request).end(session.sid)
         raise
-    signing = system.auth.tokens.get(record.token_id)
+    signing = service.auth.tokens.get(record.token_id)
     if (
         signing is None
         or signing.deleted

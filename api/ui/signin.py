@@ -10,7 +10,7 @@ from starlette.responses import RedirectResponse, Response
 from tokentrail.api.ui import session as sessions
 from tokentrail.api.ui.pages import Form, UiRoute, checked_form, render
 from tokentrail.domain.errors import Unauthenticated
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 router = APIRouter(route_class=UiRoute)
 
@@ -58,10 +58,10 @@ def signin(request: Request, checked: tuple[sessions.Session | None, Form] = Dep
     elif len(value) > sessions.MAX_VALUE_LENGTH:
         message = "This token is too long to keep in a session; sign in with a static token."
     else:
-        system: System = request.app.state.system
-        system.sync()
+        service: Service = request.app.state.service
+        service.sync()
         try:
-            caller = system.auth.authenticate(value, request_id=request.state.request_id, origin="ui")
+            caller = service.auth.authenticate(value, request_id=request.state.request_id, origin="ui")
             opened = sessions.sign_in(request, value, caller)
         except Unauthenticated:
             message = "That token is not valid: it may have been refreshed or deleted."

@@ -78,7 +78,7 @@ def token_view(page: Page, row: TokenRow) -> TokenView:
     protected = row.kind in PROTECTED_KINDS
     value = None
     if not row.deleted and may_see_value(caller, facts):
-        value = page.system.signer.make(row.workspace_id, row.id, row.generation)
+        value = page.service.signer.make(row.workspace_id, row.id, row.generation)
     return TokenView(
         row=row,
         scopes=scopes,
@@ -100,7 +100,7 @@ def owned_user_token(page: Page) -> TokenRow | None:
     user_id = own_user_id(caller)  # None for JWTs and grace-window values
     if user_id is None or caller.token_id is None:
         return None
-    queries = page.system.queries
+    queries = page.service.queries
     user = queries.user(user_id)
     if user is None:
         return None
@@ -118,7 +118,7 @@ def find_token(page: Page, token_id: str) -> TokenRow:
         key = str(uuid.UUID(token_id))
     except ValueError:
         raise NotFound("Token not found") from None
-    row = page.system.queries.token(key)
+    row = page.service.queries.token(key)
     if row is None:
         raise NotFound("Token not found")
     require_reach(page.caller, row.facts)
@@ -137,12 +137,12 @@ def home() -> Response:
 
 @router.get("/tokens")
 def list_tokens(page: Page = Depends(viewer), done: str = "") -> Response:
-    system, caller = page.system, page.caller
+    service, caller = page.service, page.caller
     if page.manages_tokens:
-        rows = system.queries.tokens(caller.workspace_id)
+        rows = service.queries.tokens(caller.workspace_id)
     else:
         # Without ADMIN or TOKENS the API shows a token only itself.
-        own = system.queries.token(caller.token_id) if caller.token_id and not caller.is_jwt else None
+        own = service.queries.token(caller.token_id) if caller.token_id and not caller.is_jwt else None
         rows = [own] if own is not None else []
     user_row = owned_user_token(page)
     return page.render(
@@ -193,11 +193,11 @@ def create_token(page: Page = Depends(poster)) -> Response:
     editor = Editor.from_form(page.form)
     if editor.apply(page.form.get("action", "save")):
         return _editor_page(page, editor)
-    system, caller = page.system, page.caller
+    service, caller = page.service, page.caller
     try:
         scopes = editor.scopes()
-        change = system.command(
-            lambda: system.ledger.create_token(caller, editor.name, scopes, editor.description, {"type": "C"})
+        change = service.command(
+            lambda: service.ledger.create_token(caller, editor.name, scopes, editor.description, {"type": "C"})
         )
     except LedgerError as error:
         return _editor_page(page, editor, status=error.status, error=error.message)
@@ -225,11 +225,11 @@ def save_token(token_id: str, page: Page = Depends(poster)) -> Response:
     editor.name = row.name
     if editor.apply(page.form.get("action", "save")):
         return _editor_page(page, editor, view=view)
-    system, caller = page.system, page.caller
+    service, caller = page.service, page.caller
     try:
         scopes = editor.scopes()
-        change = system.command(
-            lambda: system.ledger.update_token(caller, row.id, scopes=scopes, description=editor.description)
+        change = service.command(
+            lambda: service.ledger.update_token(caller, row.id, scopes=scopes, description=editor.description)
         )
     except LedgerError as error:
         return _editor_page(page, editor, status=error.status, error=error.message, view=view)
@@ -239,9 +239,9 @@ def save_token(token_id: str, page: Page = Depends(poster)) -> Response:
 @router.post("/tokens/{token_id}/rename")
 def rename_token(token_id: str, page: Page = Depends(poster)) -> Response:
     row = find_token(page, token_id)
-    system, caller, name = page.system, page.caller, page.form.get("name")
+    service, caller, name = page.service, page.caller, page.form.get("name")
     try:
-        system.command(lambda: system.ledger.update_token(caller, row.id, name=name))
+        service.command(lambda: service.ledger.update_token(caller, row.id, name=name))
     except LedgerError as error:
         view = token_view(page, row)
         editor = Editor.from_scopes(row.name, row.description, view.scopes)
@@ -252,10 +252,10 @@ def rename_token(token_id: str, page: Page = Depends(poster)) -> Response:
 @router.post("/tokens/{token_id}/refresh")
 def refresh_token(token_id: str, page: Page = Depends(poster)) -> Response:
     row = find_token(page, token_id)
-    system, caller = page.system, page.caller
+    service, caller = page.service, page.caller
     try:
         grace = _grace_seconds(page.form.get("grace_seconds"))
-        change = system.command(lambda: system.ledger.refresh_token(caller, row.id, grace))
+        change = service.command(lambda: service.ledger.refresh_token(caller, row.id, grace))
     except LedgerError as error:
         view = token_view(page, row)
         editor = Editor.from_scopes(row.name, row.description, view.scopes)
@@ -264,12 +264,12 @@ def refresh_token(token_id: str, page: Page = Depends(poster)) -> Response:
     if row.id == caller.token_id:
         # The refresh ended this session (it was opened with the old generation): the browser
         # that did it stays signed in, with a new session opened with the new value.
-        system.sync()
-        fresh = system.queries.token(str(change.token.id))
+        service.sync()
+        fresh = service.queries.token(str(change.token.id))
         assert fresh is not None
-        value = system.signer.make(fresh.workspace_id, fresh.id, fresh.generation)
+        value = service.signer.make(fresh.workspace_id, fresh.id, fresh.generation)
         sessions.sign_out(page.request, page.session)
-        renewed = system.auth.authenticate(value, request_id=page.request.state.request_id, origin="ui")
+        renewed = service.auth.authenticate(value, request_id=page.request.state.request_id, origin="ui")
         sessions.write(page.request, response, sessions.sign_in(page.request, value, renewed))
     return response
 
@@ -292,9 +292,9 @@ def confirm_delete(token_id: str, page: Page = Depends(viewer)) -> Response:
 @router.post("/tokens/{token_id}/delete")
 def delete_token(token_id: str, page: Page = Depends(poster)) -> Response:
     row = find_token(page, token_id)
-    system, caller = page.system, page.caller
+    service, caller = page.service, page.caller
     try:
-        system.command(lambda: system.ledger.delete_token(caller, row.id))
+        service.command(lambda: service.ledger.delete_token(caller, row.id))
     except LedgerError as error:
         return page.render("token_delete.html", status=error.status, view=token_view(page, row), error=error.message)
     if row.id == caller.token_id:

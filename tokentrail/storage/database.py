@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from tokentrail.domain.errors import InvalidInput, StoreUnavailable
-from tokentrail.projections import pgstore
+from tokentrail.storage import pgstore
 
 DEFAULT_DATA_DIR = "tokentrail-data"
 SQLITE_BUSY_MS = 15_000
@@ -66,8 +66,8 @@ class Database:
         url = make_url(self.url)
         return {
             # eventsourcing's PostgreSQL recorder without pipeline mode, with bounded waits and
-            # retries, creating its tables under a lock (see projections/pgstore.py).
-            "PERSISTENCE_MODULE": "tokentrail.projections.pgstore:Factory",
+            # retries, creating its tables under a lock (see pgstore.py).
+            "PERSISTENCE_MODULE": "tokentrail.storage.pgstore:Factory",
             "POSTGRES_DBNAME": url.database or "postgres",
             "POSTGRES_HOST": url.host or "127.0.0.1",
             "POSTGRES_PORT": str(url.port or 5432),

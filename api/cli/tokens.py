@@ -8,8 +8,8 @@ import typer
 from rich.markup import escape
 from typer.core import TyperCommand
 
-from tokentrail.api.cli_client import client, path_segment
-from tokentrail.api.cli_common import (
+from tokentrail.api.cli.client import client, path_segment
+from tokentrail.api.cli.common import (
     AsJson,
     Host,
     Token,
@@ -271,7 +271,7 @@ def token_history(
     if as_json:
         print_json(data)
         return
-    from tokentrail.api.cli_audit import events_table
+    from tokentrail.api.cli.audit import events_table
 
     console.print(events_table(data.get("events", []), title=f"history of {ref} ({data.get('token_id')})"))
 

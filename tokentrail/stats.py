@@ -63,7 +63,7 @@ def _le(bound: float) -> str:
 
 
 class ProcessStats:
-    """Counts kept by a `System` about what this process did and saw."""
+    """Counts kept by a `Service` about what this process did and saw."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

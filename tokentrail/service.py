@@ -1,7 +1,7 @@
 """The assembled ledger: write side, projector, queries and authentication over one database.
 
-`System.command` runs a use case and catches the read models up to exactly the position it wrote
-before returning (read-your-writes). `System.sync` is called before serving a read: one cheap
+`Service.command` runs a use case and catches the read models up to exactly the position it wrote
+before returning (read-your-writes). `Service.sync` is called before serving a read: one cheap
 "what is the log's head" check, and when other processes have written, their events are projected
 and the affected tokens evicted from the authentication cache.
 
@@ -30,18 +30,19 @@ from sqlalchemy.exc import InterfaceError as SQLInterfaceError
 from sqlalchemy.exc import OperationalError as SQLOperationalError
 from sqlalchemy.exc import SQLAlchemyError
 
+from tokentrail import keys
+from tokentrail.auth import Authenticator
 from tokentrail.domain import clock
 from tokentrail.domain.errors import LedgerError, ProjectionFailed, StoreUnavailable
 from tokentrail.domain.ledger import Change, Ledger
 from tokentrail.domain.model import Token
 from tokentrail.domain.values import TokenSigner
-from tokentrail.projections import keys, pgstore
-from tokentrail.projections.auth import Authenticator
-from tokentrail.projections.database import Database, data_dir, database_url
-from tokentrail.projections.migrate import upgrade
 from tokentrail.projections.projector import Projector
 from tokentrail.projections.queries import Queries
-from tokentrail.projections.stats import ProcessStats
+from tokentrail.stats import ProcessStats
+from tokentrail.storage import pgstore
+from tokentrail.storage.database import Database, data_dir, database_url
+from tokentrail.storage.migrate import upgrade
 
 T = TypeVar("T")
 
@@ -52,7 +53,7 @@ _UNREACHABLE = (StoreOperationalError, StoreInterfaceError, SQLOperationalError,
 REVOKING_TOPICS = frozenset({Token.Refreshed.TOPIC, Token.Deleted.TOPIC})
 
 
-class System:
+class Service:
     def __init__(
         self,
         url: str | None = None,
@@ -292,9 +293,9 @@ class _LogHead:
     LIVENESS_NS = 500_000_000  # a heartbeat older than this: the head is not known, query
     STALL_NS = 2_000_000_000  # no heartbeat back for this long: drop the connection, reconnect
 
-    def __init__(self, system: System) -> None:
-        self._system = system
-        self._recorder = system.ledger.recorder
+    def __init__(self, service: Service) -> None:
+        self._service = service
+        self._recorder = service.ledger.recorder
         self._lock = threading.Lock()
         self._started = 0  # monotonic start time of the last completed query
         self._value = 0
@@ -308,9 +309,9 @@ class _LogHead:
         self._socket_fd: int | None = None
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
-        if system.backend == "sqlite":
+        if service.backend == "sqlite":
             self._watch = sqlite3.connect(
-                str(system.database.sqlite_path), check_same_thread=False, isolation_level=None
+                str(service.database.sqlite_path), check_same_thread=False, isolation_level=None
             )
 
     def position(self) -> int:
@@ -364,8 +365,8 @@ class _LogHead:
     def _listen_env(self) -> dict[str, str]:
         """Where the LISTEN connection goes: TOKENTRAIL_LISTEN_URL if set (say, straight to
         PostgreSQL when the pool goes through a transaction-pooling proxy), else the store's URL."""
-        url = self._system.environ.get("TOKENTRAIL_LISTEN_URL")
-        return (Database(url) if url else self._system.database).eventsourcing_env()
+        url = self._service.environ.get("TOKENTRAIL_LISTEN_URL")
+        return (Database(url) if url else self._service.database).eventsourcing_env()
 
     def _listen(self) -> None:
         import psycopg
@@ -447,4 +448,4 @@ class _LogHead:
         # to hold up the caller for it (it is a daemon thread).
 
 
-__all__ = ["System", "Change"]
+__all__ = ["Service", "Change"]

@@ -122,10 +122,10 @@ def progress_bar(description: str, *, total_known: bool = True) -> Progress:
     )
 
 
-def open_system(database_url: str | None, data_dir: Path | None, migrate: bool = True) -> Any:
+def open_service(database_url: str | None, data_dir: Path | None, migrate: bool = True) -> Any:
     """The ledger opened directly on its database (local commands)."""
     from tokentrail.domain.errors import LedgerError
-    from tokentrail.projections.system import System
+    from tokentrail.service import Service
 
     env = dict(os.environ)
     if data_dir is not None:
@@ -133,7 +133,7 @@ def open_system(database_url: str | None, data_dir: Path | None, migrate: bool =
     if database_url:
         env["TOKENTRAIL_DATABASE_URL"] = database_url
     try:
-        return System(environ=env, migrate=migrate)
+        return Service(environ=env, migrate=migrate)
     except LedgerError as error:
         fail(error.message)
     except Exception as error:  # noqa: BLE001 - a user-facing one-line message, not a traceback

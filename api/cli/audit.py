@@ -15,8 +15,8 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from tokentrail.api.cli_client import client, remote_client
-from tokentrail.api.cli_common import (
+from tokentrail.api.cli.client import client, remote_client
+from tokentrail.api.cli.common import (
     FAILED,
     AsJson,
     DatabaseUrl,
@@ -29,7 +29,7 @@ from tokentrail.api.cli_common import (
     console,
     err,
     fail,
-    open_system,
+    open_service,
     print_json,
     progress_bar,
     say,
@@ -242,20 +242,20 @@ def audit_verify(
             fail("--checkpoint is checked against the store itself: run without --host/--token")
         report = api.get("/v0/audit/verify")
         return _chain_verdict(report, None, as_json)
-    from tokentrail.projections.keys import checkpoint_key
-    from tokentrail.projections.verify import verify_chain, verify_checkpoint
+    from tokentrail.keys import checkpoint_key
+    from tokentrail.verify import verify_chain, verify_checkpoint
 
-    system = open_system(database_url, data_dir)
+    service = open_service(database_url, data_dir)
     with progress_bar("verifying") as bar:
         task = bar.add_task("verify", total=None)
-        chain = verify_chain(system, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        chain = verify_chain(service, progress=lambda done, total: bar.update(task, completed=done, total=total))
     checked = None
     if checkpoint_data is not None:
-        key = _public_key(public_key) if public_key else checkpoint_key(system.data_dir, system.environ).public_key()
+        key = _public_key(public_key) if public_key else checkpoint_key(service.data_dir, service.environ).public_key()
         from tokentrail.domain.errors import LedgerError
 
         try:
-            checked = verify_checkpoint(system, checkpoint_data, key).wire()
+            checked = verify_checkpoint(service, checkpoint_data, key).wire()
         except LedgerError as error:
             fail(f"{checkpoint}: {error.message}")
     _chain_verdict(chain.wire(), checked, as_json)
@@ -328,10 +328,10 @@ def audit_checkpoint(
     if api is not None:
         body = api.get("/v0/audit/checkpoint")
     else:
-        from tokentrail.projections.verify import make_checkpoint
+        from tokentrail.verify import make_checkpoint
 
-        system = open_system(database_url, data_dir)
-        body = make_checkpoint(system, system.checkpoint_key())
+        service = open_service(database_url, data_dir)
+        body = make_checkpoint(service, service.checkpoint_key())
     text = json.dumps(body, indent=2) + "\n"
     if output is None:
         print(text, end="")

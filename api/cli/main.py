@@ -1,6 +1,6 @@
 """The `tokentrail` command line: local commands that open the store directly (init, serve,
 migrate, rebuild, audit verify, deploy) and client commands that talk to a server (token, audit,
-access, workspace). Shared options, consoles and exit codes live in api/cli_common.py."""
+access, workspace). Shared options, consoles and exit codes live in common.py."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from tokentrail.api.cli_audit import access_app, audit_app
-from tokentrail.api.cli_common import (
+from tokentrail.api.cli.audit import access_app, audit_app
+from tokentrail.api.cli.common import (
     ERROR,
     FAILED,
     AsJson,
@@ -24,14 +24,14 @@ from tokentrail.api.cli_common import (
     console,
     err,
     fail,
-    open_system,
+    open_service,
     print_json,
     progress_bar,
     scope_text,
     table,
 )
-from tokentrail.api.cli_deploy import deploy
-from tokentrail.api.cli_tokens import token_app, workspace_app
+from tokentrail.api.cli.deploy import deploy
+from tokentrail.api.cli.tokens import token_app, workspace_app
 from tokentrail.domain.errors import LedgerError
 
 app = typer.Typer(
@@ -85,13 +85,13 @@ def init(
     """
     from tokentrail.api.setup import initialise
 
-    system = open_system(database_url, data_dir)
+    service = open_service(database_url, data_dir)
     try:
-        result = initialise(system, workspace, email)
+        result = initialise(service, workspace, email)
     except LedgerError as error:
         fail(error.message)
     finally:
-        system.close()
+        service.close()
     if quiet or user_token:
         wanted = "AUTH" if user_token else "ADMIN"
         print(next(t["token"] for t in result["tokens"] if t["scopes"][0]["type"] == wanted))
@@ -141,13 +141,13 @@ def serve(
         os.environ["TOKENTRAIL_DATABASE_URL"] = database_url
     if rotate_key:
         os.environ["TOKENTRAIL_ROTATE_KEY"] = "1"
-    system = open_system(None, None)
+    service = open_service(None, None)
     os.environ.pop("TOKENTRAIL_ROTATE_KEY", None)  # recorded: the workers check against the new key
-    if not system.queries.all_workspaces():
-        result = initialise(system, "default", "admin@localhost")
+    if not service.queries.all_workspaces():
+        result = initialise(service, "default", "admin@localhost")
         admin = next(t for t in result["tokens"] if t["name"] == "admin token")
         err.print(f"Initialised an empty store: workspace [bold]default[/], admin token:\n{admin['token']}")
-    system.close()
+    service.close()
     uvicorn.run(
         "tokentrail.api.app:app_from_env",
         factory=True,
@@ -185,11 +185,11 @@ def migrate(as_json: bool = AsJson, database_url: str | None = DatabaseUrl, data
 
     Example: [bold]tokentrail migrate --data-dir ./tokentrail-data[/]
     """
-    from tokentrail.projections.migrate import current, head
+    from tokentrail.storage.migrate import current, head
 
-    system = open_system(database_url, data_dir, migrate=True)
-    revision, latest = current(system.write_engine), head()
-    system.close()
+    service = open_service(database_url, data_dir, migrate=True)
+    revision, latest = current(service.write_engine), head()
+    service.close()
     if as_json:
         print_json({"revision": revision, "head": latest, "up_to_date": revision == latest})
     else:
@@ -209,15 +209,15 @@ def rebuild(
     """
     from tokentrail.projections.rebuild import rebuild as run_rebuild
 
-    system = open_system(database_url, data_dir)
+    service = open_service(database_url, data_dir)
     with progress_bar("rebuilding") as bar:
         task = bar.add_task("events", total=None)
 
         def step(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        report = run_rebuild(system, verify=verify, progress=step)
-    system.close()
+        report = run_rebuild(service, verify=verify, progress=step)
+    service.close()
     if as_json:
         print_json(
             {

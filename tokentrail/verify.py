@@ -37,12 +37,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy import func, select
 
 from tokentrail.domain import clock
+from tokentrail.domain.chain import GENESIS
 from tokentrail.domain.errors import InvalidInput
+from tokentrail.keys import key_id
 from tokentrail.projections import schema as s
-from tokentrail.projections.chain import GENESIS
-from tokentrail.projections.keys import key_id
 from tokentrail.projections.projector import TRACKING_NAME
-from tokentrail.projections.system import System
+from tokentrail.service import Service
 
 CHUNK = 5000
 STORED_CHUNK = 20_000
@@ -67,12 +67,12 @@ class ChainReport:
         }
 
 
-def _stored(system: System, until: int) -> Iterator[tuple[int, bytes]]:
+def _stored(service: Service, until: int) -> Iterator[tuple[int, bytes]]:
     """(position, canonical bytes) of every stored event up to `until`, read straight from the
     event store's table in large pages: the rows as they are on disk, without decoding them."""
-    recorder = system.ledger.recorder
+    recorder = service.ledger.recorder
     table = recorder.events_table_name
-    if system.backend == "postgres":
+    if service.backend == "postgres":
         schema = recorder.datastore.schema
         sql = (
             f'SELECT notification_id, originator_id, originator_version, topic, state FROM "{schema}"."{table}" '
@@ -84,19 +84,19 @@ def _stored(system: System, until: int) -> Iterator[tuple[int, bytes]]:
             "WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?"
         )
     pack = struct.Struct(">QQ").pack
-    for rows in _pages(system, sql, until):
+    for rows in _pages(service, sql, until):
         for pos, oid, version, topic, state in rows:
             # Same bytes as chain.event_bytes, without building a UUID per row.
             oid_bytes = oid.bytes if isinstance(oid, UUID) else _uuid_bytes(oid)
             yield pos, b"".join((pack(pos, version), oid_bytes, topic.encode("utf-8"), b"\x00", bytes(state)))
 
 
-def _pages(system: System, sql: str, until: int) -> Iterator[list[Any]]:
+def _pages(service: Service, sql: str, until: int) -> Iterator[list[Any]]:
     """Pages of STORED_CHUNK rows of `sql` (parameters: after, until, limit; the first column is
     the position), through the raw driver cursor: no per-row processing by SQLAlchemy."""
     position = 0
     while position < until:
-        with system.read_engine.connect() as conn:
+        with service.read_engine.connect() as conn:
             cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
             try:
                 cursor.execute(sql, (position, until, STORED_CHUNK))
@@ -117,19 +117,19 @@ def _uuid_bytes(text: str) -> bytes:
     return bytes.fromhex(compact)
 
 
-def _recorded(system: System, until: int) -> Iterator[tuple[int, str]]:
+def _recorded(service: Service, until: int) -> Iterator[tuple[int, str]]:
     """(position, hash) the projector recorded, in large pages through the raw driver cursor."""
-    mark = "%s" if system.backend == "postgres" else "?"
+    mark = "%s" if service.backend == "postgres" else "?"
     sql = (
         f"SELECT position, hash FROM {s.audit.name} WHERE position > {mark} AND position <= {mark} "
         f"ORDER BY position LIMIT {mark}"
     )
-    for rows in _pages(system, sql, until):
+    for rows in _pages(service, sql, until):
         yield from rows
 
 
-def tracked(system: System) -> tuple[int, str]:
-    with system.read_engine.connect() as conn:
+def tracked(service: Service) -> tuple[int, str]:
+    with service.read_engine.connect() as conn:
         row = conn.execute(
             select(s.tracking.c.position, s.tracking.c.head).where(s.tracking.c.name == TRACKING_NAME)
         ).first()
@@ -137,13 +137,13 @@ def tracked(system: System) -> tuple[int, str]:
 
 
 def verify_chain(
-    system: System, until: int | None = None, progress: Callable[[int, int], None] | None = None
+    service: Service, until: int | None = None, progress: Callable[[int, int], None] | None = None
 ) -> ChainReport:
     """Recompute the chain from the store up to `until` (default: all that is projected)."""
-    system.sync()
-    position, recorded_head = tracked(system)
+    service.sync()
+    position, recorded_head = tracked(service)
     limit = position if until is None else min(until, position)
-    stored, recorded = _stored(system, limit), _recorded(system, limit)
+    stored, recorded = _stored(service, limit), _recorded(service, limit)
     head, checked = GENESIS, 0
     head_bytes, sha256 = bytes.fromhex(GENESIS), hashlib.sha256
     a, b = next(stored, None), next(recorded, None)
@@ -173,7 +173,7 @@ def verify_chain(
     return ChainReport(True, checked, None, head, through=limit)
 
 
-def workspace_view(system: System, workspace_id: str, report: ChainReport) -> ChainReport:
+def workspace_view(service: Service, workspace_id: str, report: ChainReport) -> ChainReport:
     """The report as one workspace's admin may read it.
 
     The chain runs through every workspace's events, so its check is the whole store's; but the
@@ -184,13 +184,13 @@ def workspace_view(system: System, workspace_id: str, report: ChainReport) -> Ch
     """
     if not report.ok:
         return ChainReport(False, 0, report.first_bad_position, "", report.reason)
-    count, position, head = _workspace_head(system, workspace_id, report.through)
+    count, position, head = _workspace_head(service, workspace_id, report.through)
     return ChainReport(True, count, None, head or GENESIS, through=position)
 
 
-def _workspace_head(system: System, workspace_id: str, through: int) -> tuple[int, int, str | None]:
+def _workspace_head(service: Service, workspace_id: str, through: int) -> tuple[int, int, str | None]:
     a = s.audit
-    with system.read_engine.connect() as conn:
+    with service.read_engine.connect() as conn:
         count = conn.execute(
             select(func.count()).select_from(a).where(a.c.workspace_id == workspace_id, a.c.position <= through)
         ).scalar_one()
@@ -211,16 +211,16 @@ def _signed_bytes(body: dict[str, Any]) -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
-def make_checkpoint(system: System, key: Ed25519PrivateKey, workspace_id: str | None = None) -> dict[str, Any]:
+def make_checkpoint(service: Service, key: Ed25519PrivateKey, workspace_id: str | None = None) -> dict[str, Any]:
     """Sign (position, head, time) of the projected log with the checkpoint key.
 
     For a workspace (an admin's API call) the checkpoint is taken at that workspace's last event:
     a prefix of the chain, checked the same way, that tells nothing of other workspaces' activity.
     """
-    system.sync()
-    position, head = tracked(system)
+    service.sync()
+    position, head = tracked(service)
     if workspace_id is not None:
-        _, position, own_head = _workspace_head(system, workspace_id, position)
+        _, position, own_head = _workspace_head(service, workspace_id, position)
         head = own_head or GENESIS
     body: dict[str, Any] = {
         "position": position,
@@ -245,7 +245,7 @@ class CheckpointReport:
         return out
 
 
-def verify_checkpoint(system: System, checkpoint: Any, public_key: Ed25519PublicKey) -> CheckpointReport:
+def verify_checkpoint(service: Service, checkpoint: Any, public_key: Ed25519PublicKey) -> CheckpointReport:
     """Is the checkpoint signed by our key, and does the store still hash to its head?"""
     if not isinstance(checkpoint, dict):
         raise InvalidInput("a checkpoint is a JSON object")
@@ -262,10 +262,10 @@ def verify_checkpoint(system: System, checkpoint: Any, public_key: Ed25519Public
         public_key.verify(signature, signed)
     except InvalidSignature:
         return CheckpointReport(False, position, "the checkpoint's signature is not valid", None)
-    chain = verify_chain(system, until=position)
+    chain = verify_chain(service, until=position)
     if not chain.ok:
         return CheckpointReport(False, position, chain.reason, chain)
-    reached, _ = tracked(system)
+    reached, _ = tracked(service)
     if reached < position:
         missing = ChainReport(
             False,

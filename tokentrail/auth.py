@@ -1,7 +1,7 @@
 """Authentication: a token value or a JWT in, a `Caller` out.
 
 Static values are checked with the server key (HMAC, constant-time) and then against the token's
-current generation, from a per-process cache that the system evicts whenever the log shows an event
+current generation, from a per-process cache that the service evicts whenever the log shows an event
 of that token, so a refreshed-out or deleted value stops working at once.
 """
 

@@ -13,8 +13,8 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from tokentrail.api.cli_client import remote_client
-from tokentrail.api.cli_common import (
+from tokentrail.api.cli.client import remote_client
+from tokentrail.api.cli.common import (
     AsJson,
     DatabaseUrl,
     DataDir,
@@ -23,7 +23,7 @@ from tokentrail.api.cli_common import (
     cells,
     console,
     fail,
-    open_system,
+    open_service,
     print_json,
     progress_bar,
     say,
@@ -89,16 +89,16 @@ def _deploy_locally(
     from tokentrail.domain.policy import Caller
     from tokentrail.projections.deployments import deploy as run_deploy
 
-    system = open_system(database_url, data_dir)
+    service = open_service(database_url, data_dir)
     opened()
-    target = _workspace(system, workspace)
+    target = _workspace(service, workspace)
     caller = replace(Caller.system(origin="cli"), workspace_id=target.id)
     try:
-        result = run_deploy(system, caller, files, check)
+        result = run_deploy(service, caller, files, check)
     except LedgerError as error:
         fail(error.message)
     finally:
-        system.close()
+        service.close()
     outcome = "no_changes" if result.plan.empty else ("check" if check else "success")
     return {
         "result": outcome,
@@ -111,13 +111,13 @@ def _deploy_locally(
     }
 
 
-def _workspace(system: Any, name: str | None) -> Any:
+def _workspace(service: Any, name: str | None) -> Any:
     if name:
-        found = system.queries.workspace_by_name(name)
+        found = service.queries.workspace_by_name(name)
         if found is None:
             fail(f"no workspace named {name!r} in this store")
         return found
-    workspaces = system.queries.all_workspaces()
+    workspaces = service.queries.all_workspaces()
     if not workspaces:
         fail("the store has no workspace yet: run 'tokentrail init' first")
     if len(workspaces) > 1:

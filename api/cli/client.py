@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import httpx
 
-from tokentrail.api.cli_common import DEFAULT_HOST, ERROR, UNREACHABLE, fail
+from tokentrail.api.cli.common import DEFAULT_HOST, ERROR, UNREACHABLE, fail
 
 Params = Sequence[tuple[str, Any]]
 TIMEOUT = httpx.Timeout(60.0, connect=10.0)

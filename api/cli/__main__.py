@@ -1,0 +1,3 @@
+from tokentrail.api.cli.main import main
+
+main()
