@@ -27,7 +27,6 @@ from tokentrail.api.routes import deployments, health, ledger, tokens, workspace
 from tokentrail.api.ui.session_store import ConsoleSessions, SessionSettings
 from tokentrail.api.wire import request_id
 from tokentrail.domain.errors import LedgerError, StoreUnavailable
-from tokentrail.projections.history import History
 from tokentrail.service import Service
 
 log = logging.getLogger("tokentrail.api")
@@ -45,8 +44,6 @@ def create_app(service: Service) -> FastAPI:
     )
     app.state.service = service
     app.state.metrics = Metrics(service)
-    app.state.history = History(service.read_engine)
-    app.state.ledger_views = ledger.LedgerViews(service, app.state.history)
     # Read once here so that a malformed setting stops the server at start.
     app.state.proxies = TrustedProxies.from_environ(service.environ)
     app.state.console_sessions = ConsoleSessions(

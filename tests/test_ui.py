@@ -305,7 +305,7 @@ def test_creating_a_token_records_origin_ui_and_the_request_id(
     row = service.queries.token(token_id)
     assert row is not None and row.name == "events reader" and row.description == "dashboards"
     assert row.scopes == ("PIPES:CREATE", "DATASOURCES:READ:events:country = 'ES'", "PIPES:READ:top_pages")
-    created = console.client.app.state.history.token_history(token_id)[0]
+    created = console.client.app.state.service.reads.history.token_history(token_id)[0]
     assert created["origin"] == "ui" and created["request_id"] == answer.headers["x-request-id"]
     assert created["actor"]["name"] == "admin token"
     page = console.client.get(answer.headers["location"])
@@ -329,7 +329,7 @@ def test_save_replaces_the_scopes_in_one_update(service: Service, seeded: dict[s
     )
     assert answer.status_code == 303 and answer.headers["location"].endswith("?done=saved")
     assert service.queries.token(token["id"]).scopes == ("WORKSPACE:READ_ALL", "DATASOURCES:READ:events:a > 1")
-    events = console.client.app.state.history.token_history(token["id"])[1:]
+    events = console.client.app.state.service.reads.history.token_history(token["id"])[1:]
     assert {e["request_id"] for e in events} == {answer.headers["x-request-id"]}
     assert {e["origin"] for e in events} == {"ui"}
     page = console.client.get(f"/ui/tokens/{token['id']}").text
@@ -436,7 +436,7 @@ def test_default_tokens_are_marked_and_can_only_be_refreshed(
     renamed = console.post(f"{path}/rename", {"name": "x"}, csrf_from=path)
     assert renamed.status_code == 403 and "default tokens can be refreshed but not changed" in renamed.text
     assert console.post(f"{path}/refresh", {"grace_seconds": "60"}, csrf_from=path).status_code == 303
-    refreshed = console.client.app.state.history.token_history(target)[-1]
+    refreshed = console.client.app.state.service.reads.history.token_history(target)[-1]
     assert refreshed["type"] == "Refreshed" and refreshed["details"]["grace_seconds"] == 60
     assert not service.queries.token(target).deleted
 

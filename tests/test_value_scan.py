@@ -227,7 +227,7 @@ def test_no_token_value_is_stored_logged_or_exported(
         def bug(*_: Any) -> None:
             raise RuntimeError("injected bug")
 
-        app.state.ledger_views.token_as_of = bug
+        app.state.service.reads.token_as_of = bug
         answer = client.get(
             f"/v0/tokens/{admin}", params={"as_of": "1", "token": admin}, headers={"Authorization": f"Bearer {minted}"}
         )

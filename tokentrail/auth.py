@@ -21,10 +21,10 @@ from tokentrail.domain.errors import LedgerError, Unauthenticated
 from tokentrail.domain.policy import Caller
 from tokentrail.domain.scopes import Scope, scope_from_parts
 from tokentrail.domain.values import TokenSigner, ValueClaims
+from tokentrail.jwts import MAX_JWT_LENGTH
 from tokentrail.projections.queries import Queries, TokenRow, WorkspaceRow
 
 CACHE_SIZE = 100_000
-MAX_JWT_LENGTH = 16_384
 
 
 class TokenCache:

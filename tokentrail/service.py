@@ -39,6 +39,7 @@ from tokentrail.domain.model import Token
 from tokentrail.domain.values import TokenSigner
 from tokentrail.projections.projector import Projector
 from tokentrail.projections.queries import Queries
+from tokentrail.reads import Reads
 from tokentrail.stats import ProcessStats
 from tokentrail.storage import pgstore
 from tokentrail.storage.database import Database, data_dir, database_url
@@ -82,6 +83,7 @@ class Service:
         self.projector = Projector(self.ledger, self.write_engine, self.database.backend)
         self.queries = Queries(self.read_engine)
         self.auth = Authenticator(self.queries, self.signer)
+        self.reads = Reads(self)  # the read side's one door (the ledger is the write side's)
         self._seen = 0  # every event up to here is projected and its tokens evicted from the cache
         self._seen_lock = threading.Lock()
         # The auth cache starts empty and is filled from read models that already hold every event

@@ -29,7 +29,7 @@ import json
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from cryptography.exceptions import InvalidSignature
@@ -42,7 +42,9 @@ from tokentrail.domain.errors import InvalidInput
 from tokentrail.keys import key_id
 from tokentrail.projections import schema as s
 from tokentrail.projections.projector import TRACKING_NAME
-from tokentrail.service import Service
+
+if TYPE_CHECKING:
+    from tokentrail.service import Service
 
 CHUNK = 5000
 STORED_CHUNK = 20_000

@@ -17,14 +17,12 @@ from tokentrail.api.heavy import RenderedInThread
 from tokentrail.api.schemas import path_param, query_param, responses
 from tokentrail.api.wire import Params
 from tokentrail.domain.clock import format_instant, now, parse_instant, to_micros
-from tokentrail.domain.errors import InvalidInput, NotFound
-from tokentrail.domain.policy import Caller, Op, authorize
-from tokentrail.domain.refs import parse_ref
-from tokentrail.domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME
-from tokentrail.projections.history import AuditQuery, History
+from tokentrail.domain.errors import InvalidInput
+from tokentrail.domain.policy import Caller
+from tokentrail.domain.scopes import read_scope
+from tokentrail.projections.history import AuditQuery
 from tokentrail.projections.queries import TokenRow
-from tokentrail.service import Service
-from tokentrail.verify import make_checkpoint, verify_chain, workspace_view
+from tokentrail.reads import Reads
 
 router = APIRouter(tags=["ledger"], route_class=RenderedInThread)
 CSV_COLUMNS = (
@@ -133,8 +131,8 @@ _CHECKPOINT = {
 }
 
 
-def history(request: Request) -> History:
-    return request.app.state.history
+def reads(request: Request) -> Reads:
+    return get_service(request).reads
 
 
 def _instant(p: Params, name: str, default_now: bool = False) -> int | None:
@@ -144,36 +142,22 @@ def _instant(p: Params, name: str, default_now: bool = False) -> int | None:
     return parse_instant(raw)
 
 
-class LedgerViews:
-    """Point-in-time variants of the Tinybird token routes (`?as_of=`)."""
+def tokens_as_of(request: Request, who: Caller, raw: str) -> JSONResponse:
+    """`GET /v0/tokens?as_of=`: the token table as it stood then, without values."""
+    at = parse_instant(raw)
+    rows = reads(request).tokens_as_of(who, at)
+    # Plain JSON already: answered as is, without jsonable_encoder's walk over every token.
+    return JSONResponse({"as_of": format_instant(at), "tokens": [as_of_object(r) for r in rows]})
 
-    def __init__(self, service: Service, history: History) -> None:
-        self.service = service
-        self.history = history
 
-    def tokens_as_of(self, who: Caller, raw: str) -> JSONResponse:
-        at = parse_instant(raw)
-        rows = self.history.tokens_as_of(who.workspace_id, at)
-        # Plain JSON already: answered as is, without jsonable_encoder's walk over every token.
-        return JSONResponse({"as_of": format_instant(at), "tokens": [as_of_object(r) for r in rows]})
-
-    def token_as_of(self, who: Caller, ref: str, raw: str) -> dict[str, Any]:
-        authorize(who, Op.READ_AUDIT)
-        at = parse_instant(raw)
-        token_id = resolve_any(self.service, self.history, who, ref, at)
-        row = self.history.token_as_of(who.workspace_id, at, token_id=token_id) if token_id else None
-        parsed = parse_ref(ref, self.service.signer)
-        if row is None and parsed is not None and parsed.kind == "name":
-            row = self.history.token_as_of(who.workspace_id, at, name=ref)
-        if row is None:
-            raise NotFound(f"Token not found as of {format_instant(at)}")
-        return {"as_of": format_instant(at), **as_of_object(row)}
+def token_as_of(request: Request, who: Caller, ref: str, raw: str) -> dict[str, Any]:
+    """`GET /v0/tokens/{x}?as_of=`: one token as it stood then, without its value."""
+    at = parse_instant(raw)
+    return {"as_of": format_instant(at), **as_of_object(reads(request).token_as_of(who, ref, at))}
 
 
 def as_of_object(row: TokenRow) -> dict[str, Any]:
     """A token object as it stood at an instant: never with a value."""
-    from tokentrail.domain.scopes import read_scope
-
     return {
         "id": row.id,
         "name": row.name,
@@ -182,24 +166,6 @@ def as_of_object(row: TokenRow) -> dict[str, Any]:
         "origin": row.origin,
         "host": None,
     }
-
-
-def resolve_any(service: Service, hist: History, who: Caller, ref: str, at: int | None = None) -> str | None:
-    """A token id of the caller's workspace from a value (current or not: the history of a
-    refreshed-out value is what an investigation asks for), an id or a (past or present) name."""
-    parsed = parse_ref(ref, service.signer)
-    if parsed is None:
-        return None
-    if parsed.kind == "value":
-        return parsed.token_id if parsed.workspace_id == who.workspace_id else None
-    if parsed.kind == "id":
-        row = service.queries.token(parsed.text)
-        return parsed.text if row is not None and row.workspace_id == who.workspace_id else None
-    current = service.queries.token_by_name(who.workspace_id, ref)
-    if current is not None and at is None:
-        return current.id
-    ids = hist.token_ids_named(who.workspace_id, ref)
-    return ids[0] if ids else (current.id if current else None)
 
 
 @router.get(
@@ -220,21 +186,7 @@ def resolve_any(service: Service, hist: History, who: Caller, ref: str, at: int 
 )
 def token_history(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
     ref = request.path_params["ref"]  # not a declared parameter: any text is a name to look up
-    service, hist = get_service(request), history(request)
-    token_id = resolve_any(service, hist, who, ref)
-    if token_id is not None and token_id == who.token_id:
-        # Its own history is reading itself: not for a value in its grace window, nor a JWT.
-        own = service.queries.token(token_id)
-        authorize(who, Op.READ, own.facts if own is not None else None)
-    else:
-        # Before "not found": a caller that may not read the trail learns nothing of which
-        # names and ids exist.
-        authorize(who, Op.READ_AUDIT)
-    if token_id is None:
-        raise NotFound("Token not found")
-    events = hist.token_history(token_id)
-    if not events or events[0]["workspace_id"] != who.workspace_id:
-        raise NotFound("Token not found")
+    token_id, events = reads(request).token_history(who, ref)
     return {"token_id": token_id, "events": events}
 
 
@@ -261,27 +213,28 @@ def audit_query(who: Caller, p: Params) -> AuditQuery:
     responses=_AUDIT_RESPONSES,
 )
 def audit(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> Any:
-    authorize(who, Op.READ_AUDIT)
-    hist = history(request)
+    door = reads(request)
     query = audit_query(who, p)
     fmt = (p.get("format") or "json").lower()
     if fmt == "json":
-        events, cursor = hist.audit_page(query, p.get("cursor"), p.int("limit", 100))
+        events, cursor = door.audit_page(who, query, p.get("cursor"), p.int("limit", 100))
         return {"events": events, "next_cursor": cursor}
+    if fmt not in ("ndjson", "csv"):
+        door.audit_stream(who, query)  # a caller that may not read the trail hears 403 first
+        raise InvalidInput("format must be json, ndjson or csv")
+    stream = door.audit_stream(who, query)
     if fmt == "ndjson":
-        lines = (json.dumps(e, separators=(",", ":")) + "\n" for e in hist.audit_stream(query))
+        lines = (json.dumps(e, separators=(",", ":")) + "\n" for e in stream)
         return StreamingResponse(
             lines,
             media_type="application/x-ndjson",
             headers={"Content-Disposition": 'attachment; filename="audit.ndjson"'},
         )
-    if fmt == "csv":
-        return StreamingResponse(
-            audit_csv(hist.audit_stream(query)),
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": 'attachment; filename="audit.csv"'},
-        )
-    raise InvalidInput("format must be json, ndjson or csv")
+    return StreamingResponse(
+        audit_csv(stream),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="audit.csv"'},
+    )
 
 
 def audit_csv(events: Iterator[dict[str, Any]]) -> Iterator[str]:
@@ -303,19 +256,6 @@ def _cell(value: Any) -> str:
     text = "" if value is None else str(value)
     # Keep spreadsheet tools from evaluating cells as formulas (CSV injection).
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
-def _access_params(p: Params) -> tuple[str, str, str]:
-    resource = p.get("resource") or ""
-    kind = (p.get("kind") or "datasource").lower()
-    permission = (p.get("permission") or "READ").upper()
-    if not RESOURCE_NAME.fullmatch(resource):
-        raise InvalidInput("resource must name a datasource or pipe")
-    if kind not in KINDS:
-        raise InvalidInput("kind must be datasource or pipe")
-    if permission not in PERMISSIONS or (kind == "pipe" and permission == "APPEND"):
-        raise InvalidInput("permission must be READ, APPEND (datasources) or DROP")
-    return resource, kind, permission
 
 
 @router.get(
@@ -340,11 +280,12 @@ def _access_params(p: Params) -> tuple[str, str, str]:
     ),
 )
 def access(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
-    authorize(who, Op.READ_AUDIT)
-    resource, kind, permission = _access_params(p)
+    resource = p.get("resource") or ""
+    kind = (p.get("kind") or "datasource").lower()
+    permission = (p.get("permission") or "READ").upper()
     at = _instant(p, "as_of", default_now=True)
     assert at is not None
-    grants = history(request).access(who.workspace_id, resource, kind, permission, at)
+    grants = reads(request).access(who, resource, kind, permission, at)
     return {"resource": resource, "kind": kind, "permission": permission, "as_of": format_instant(at), "grants": grants}
 
 
@@ -376,23 +317,17 @@ def access(request: Request, who: Caller = Depends(caller), p: Params = Depends(
     ),
 )
 def access_diff(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
-    authorize(who, Op.READ_AUDIT)
     start, end = _instant(p, "from"), _instant(p, "to", default_now=True)
-    if start is None or end is None:
-        raise InvalidInput("from is required")
-    if start > end:
-        raise InvalidInput("from must not be after to")
-    resource = kind = permission = None
-    if p.get("resource"):
-        resource, kind, permission = _access_params(p)
-        kind = p.get("kind") and kind
-        permission = p.get("permission") and permission
-    elif p.get("kind") or p.get("permission"):
-        kind = (p.get("kind") or "").lower() or None
-        permission = (p.get("permission") or "").upper() or None
-        if kind not in (None, *KINDS) or permission not in (None, *PERMISSIONS):
-            raise InvalidInput("kind must be datasource or pipe; permission READ, APPEND or DROP")
-    diff = history(request).access_diff(who.workspace_id, start, end, resource, kind, permission)
+    assert end is not None
+    diff = reads(request).access_diff(
+        who,
+        start,
+        end,
+        p.get("resource") or None,
+        (p.get("kind") or "").lower() or None,
+        (p.get("permission") or "").upper() or None,
+    )
+    assert start is not None  # the door refuses a missing `from`
     return {"from": format_instant(start), "to": format_instant(end), **diff}
 
 
@@ -403,9 +338,7 @@ def access_diff(request: Request, who: Caller = Depends(caller), p: Params = Dep
     responses=responses(_CHAIN, 403),
 )
 def audit_verify(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
-    authorize(who, Op.VERIFY)
-    service = get_service(request)
-    return workspace_view(service, who.workspace_id, verify_chain(service)).wire()
+    return reads(request).verify(who).wire()
 
 
 @router.get(
@@ -415,6 +348,4 @@ def audit_verify(request: Request, who: Caller = Depends(caller)) -> dict[str, A
     responses=responses(_CHECKPOINT, 403),
 )
 def audit_checkpoint(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
-    authorize(who, Op.VERIFY)
-    service = get_service(request)
-    return make_checkpoint(service, service.checkpoint_key(), workspace_id=who.workspace_id)
+    return reads(request).checkpoint(who)

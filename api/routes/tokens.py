@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from typing import Any
 
-import jwt as pyjwt
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from tokentrail import jwts
 from tokentrail.api import present
 from tokentrail.api.deps import caller, get_service, params, read_body
 from tokentrail.api.heavy import RenderedInThread
+from tokentrail.api.routes import ledger
 from tokentrail.api.schemas import (
     JwtRequestSchema,
     JwtResponseSchema,
@@ -27,17 +26,12 @@ from tokentrail.api.schemas import (
     responses,
 )
 from tokentrail.api.wire import Params, json_body
-from tokentrail.auth import MAX_JWT_LENGTH
-from tokentrail.domain import clock
-from tokentrail.domain.errors import Forbidden, InvalidInput, MethodNotAllowed, NotFound
-from tokentrail.domain.policy import Caller, Op, authorize, require_reach, require_token_manager
-from tokentrail.domain.refs import parse_ref
-from tokentrail.domain.scopes import scope_from_parts
+from tokentrail.domain.errors import Forbidden, MethodNotAllowed
+from tokentrail.domain.policy import Caller
 from tokentrail.projections.queries import TokenRow
 from tokentrail.service import Service
 
 router = APIRouter(tags=["tokens"], route_class=RenderedInThread)
-MAX_JWT_TTL = 10 * 365 * 86_400
 
 # OpenAPI declarations of the parameters the handlers read from the raw query string.
 _AS_OF = query_param("as_of", "A past instant (ISO 8601 with offset, or Unix seconds): the state then, without values")
@@ -71,10 +65,9 @@ _UPDATE_PARAMS = [
 )
 def list_tokens(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
     service = get_service(request)
-    require_token_manager(who)
     if p.get("as_of"):
-        return request.app.state.ledger_views.tokens_as_of(who, p.get("as_of"))
-    rows = service.queries.tokens(who.workspace_id)
+        return ledger.tokens_as_of(request, who, p.get("as_of"))
+    rows = service.reads.tokens(who)
     # The token objects are TokenSchema dumps already: answer them as they are (no second
     # TokenListSchema pass, no jsonable_encoder walk over thousands of plain dicts).
     return JSONResponse({"tokens": present.token_objects(service, rows, who)})
@@ -129,72 +122,15 @@ def create_token(
 
 
 def _create_jwt(service: Service, who: Caller, p: Params, body: bytes) -> dict[str, Any]:
-    require_token_manager(who)
-    expires = p.int("expiration_time")
-    now = int(time.time())
-    if expires is None or expires <= now:
-        raise InvalidInput("expiration_time must be a Unix time (whole seconds) in the future")
-    if expires > now + MAX_JWT_TTL:
-        raise InvalidInput("expiration_time must be within ten years")
     data = load(JwtRequestSchema(), json_body(body))
-    scopes = []
-    for item in data["scopes"]:
-        scope = scope_from_parts(item["type"], item["resource"], item.get("filter"))
-        obj: dict[str, Any] = {"type": scope.type, "resource": scope.resource}
-        if item.get("fixed_params"):
-            obj["fixed_params"] = item["fixed_params"]
-        if scope.filter:
-            obj["filter"] = scope.filter
-        scopes.append(obj)
-    limits = data.get("limits")
-    _check_jwt_length(who, p.get("name") or "", expires, scopes, limits)
-    issue = service.command(lambda: service.ledger.issue_jwt(who, p.get("name") or "", expires, scopes, limits))
-    jwt_, admin = issue.jwt, issue.admin
-    claims: dict[str, Any] = {
-        "workspace_id": who.workspace_id,
-        "name": jwt_.name,
-        "exp": expires,
-        "scopes": scopes,
-        "jti": str(jwt_.id),
-    }
-    if limits:
-        claims["limits"] = limits
-    secret = service.signer.make(admin.workspace_id, str(admin.id), admin.generation)
-    value = pyjwt.encode(claims, secret, algorithm="HS256")
-    return JwtResponseSchema().dump(
-        {
-            "id": str(jwt_.id),
-            "token": value,
-            "name": jwt_.name,
-            "expiration_time": expires,
-            "scopes": scopes,
-            **({"limits": limits} if limits else {}),
-        }
-    )
+    issued = jwts.issue(service, who, p.get("name") or "", p.int("expiration_time"), data["scopes"], data.get("limits"))
+    return JwtResponseSchema().dump(issued)
 
 
 def token_ref(request: Request) -> str:
     """The `{ref}` path segment, percent-decoded. Read here rather than declared as a FastAPI
     parameter: it needs no validation (any text is a name to look up), so no 422 can arise."""
     return request.path_params["ref"]
-
-
-def _check_jwt_length(
-    who: Caller, name: str, expires: int, scopes: list[dict[str, Any]], limits: dict[str, Any] | None
-) -> None:
-    """Refuse, before anything is recorded, a JWT too long for authentication ever to accept."""
-    claims: dict[str, Any] = {
-        "workspace_id": who.workspace_id,
-        "name": name,
-        "exp": expires,
-        "scopes": scopes,
-        "jti": str(uuid.UUID(int=0)),
-    }
-    if limits:
-        claims["limits"] = limits
-    length = len(pyjwt.encode(claims, "k" * 32, algorithm="HS256"))  # the key does not change the length
-    if length > MAX_JWT_LENGTH:
-        raise InvalidInput(f"the JWT would be {length} characters long; at most {MAX_JWT_LENGTH} are accepted")
 
 
 @router.get(
@@ -248,18 +184,8 @@ def get_token(
 ) -> dict[str, Any]:
     service = get_service(request)
     if p.get("as_of"):
-        return request.app.state.ledger_views.token_as_of(who, ref, p.get("as_of"))
-    try:
-        row = resolve(service, who, ref)
-    except NotFound:
-        require_token_manager(who)  # a token that may only read itself learns nothing of others
-        raise
-    if row.id != who.token_id:
-        # The same 403 as for a name that names nothing: a token that may read only itself must
-        # not learn which other names exist (say `admin <email>`, from a refusal of its own).
-        require_token_manager(who)
-    authorize(who, Op.READ, row.facts)
-    return present.token_object(service, row, who)
+        return ledger.token_as_of(request, who, ref, p.get("as_of"))
+    return present.token_object(service, service.reads.token(who, ref), who)
 
 
 @router.put(
@@ -298,27 +224,6 @@ def delete_token(request: Request, ref: str = Depends(token_ref), who: Caller = 
     service = get_service(request)
     service.command(lambda: service.ledger.delete_token(who, ref))
     return {"ok": True}
-
-
-def resolve(service: Service, who: Caller, ref: str) -> TokenRow:
-    """A live token of the caller's workspace by value, id or name (read side). A value designates
-    its token only while it authenticates: a refreshed-out value is 404, as on Tinybird."""
-    parsed = parse_ref(ref, service.signer)
-    if parsed is None:
-        raise NotFound("Token not found")
-    if parsed.kind == "name":
-        row = service.queries.token_by_name(who.workspace_id, parsed.text)
-    else:
-        row = service.queries.token(parsed.text)
-    if row is None or row.deleted:
-        raise NotFound("Token not found")
-    require_reach(who, row.facts)
-    if parsed.kind == "value" and (
-        parsed.workspace_id != row.workspace_id
-        or not row.accepts(parsed.generation or "", clock.to_micros(clock.now()))
-    ):
-        raise NotFound("Token not found")
-    return row
 
 
 def _row(service: Service, token_id: str) -> TokenRow:

@@ -20,9 +20,10 @@ from tokentrail.api.schemas import (
     responses,
 )
 from tokentrail.api.wire import Params
-from tokentrail.domain.errors import InvalidInput, LedgerError, NotFound, StoreUnavailable
-from tokentrail.domain.policy import Caller, Op, authorize
+from tokentrail.domain.errors import InvalidInput, LedgerError, StoreUnavailable
+from tokentrail.domain.policy import Caller
 from tokentrail.domain.scopes import MAX_SCOPE_LENGTH, check_permission, parse_scope
+from tokentrail.projections.queries import UserRow
 
 router = APIRouter(tags=["workspaces"])
 _INTROSPECTION = IntrospectionSchema()  # one instance: building a schema costs more than a dump
@@ -84,16 +85,10 @@ _WORKSPACE = {"response_model": None, "responses": responses(WorkspaceSchema(), 
 @router.get("/v0/workspace", summary="The caller's workspace (Classic CLI start-up)", **_WORKSPACE)
 @router.get("/v1/workspace", summary="The caller's workspace (Forward CLI start-up)", **_WORKSPACE)
 def get_workspace(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
-    service = get_service(request)
-    if who.user:
-        user = service.queries.user(who.workspace_id)
-        if user is None:
-            raise NotFound("Workspace not found")
-        return {"id": user.id, "name": user.email, "user_email": user.email, "user_id": user.id, "scope": "user"}
-    workspace = service.queries.workspace(who.workspace_id)
-    if workspace is None:
-        raise NotFound("Workspace not found")
-    return present.workspace_object(workspace, who)
+    found = get_service(request).reads.workspace(who)
+    if isinstance(found, UserRow):  # a user token's realm is its user
+        return {"id": found.id, "name": found.email, "user_email": found.email, "user_id": found.id, "scope": "user"}
+    return present.workspace_object(found, who)
 
 
 @router.get(
@@ -115,10 +110,7 @@ def regions() -> dict[str, Any]:
 )
 def create_workspace(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
     service = get_service(request)
-    authorize(who, Op.WORKSPACES)
-    user = service.queries.user(who.workspace_id)
-    if user is None:
-        raise NotFound("User not found")
+    user = service.reads.user(who)
     setup = service.command(lambda: service.ledger.setup_workspace(p.get("name") or "", user.email, who))
     workspace = service.queries.workspace(str(setup.workspace.id))
     assert workspace is not None
@@ -137,9 +129,7 @@ def create_workspace(request: Request, who: Caller = Depends(caller), p: Params 
     responses=responses(WorkspaceListSchema(), 403),
 )
 def user_workspaces(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
-    service = get_service(request)
-    authorize(who, Op.WORKSPACES)
-    rows = service.queries.workspaces_of(who.workspace_id)
+    rows = get_service(request).reads.workspaces(who)
     return WorkspaceListSchema().dump(
         {"workspaces": [{**present.workspace_object(w, who), "scope": "admin"} for w in rows]}
     )

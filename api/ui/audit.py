@@ -15,10 +15,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from tokentrail.api.routes.ledger import audit_csv
 from tokentrail.api.ui.pages import Page, UiRoute, ui_instant, viewer
 from tokentrail.api.ui.timeline import ScopeDiff
-from tokentrail.domain.errors import InvalidInput, LedgerError
-from tokentrail.domain.policy import Op, allows, authorize
+from tokentrail.domain.errors import InvalidInput
+from tokentrail.domain.policy import Op, allows
 from tokentrail.projections.history import MAX_PAGE, AuditQuery
-from tokentrail.verify import make_checkpoint, verify_chain, workspace_view
 
 router = APIRouter(route_class=UiRoute)
 
@@ -88,7 +87,6 @@ class AuditFilters:
 
 @router.get("/audit")
 def audit_page(page: Page = Depends(viewer)) -> Response:
-    authorize(page.caller, Op.READ_AUDIT)
     params = page.request.query_params
     filters = AuditFilters.from_query(params)
     cursor = params.get("cursor") or None
@@ -103,8 +101,10 @@ def audit_page(page: Page = Depends(viewer)) -> Response:
         "first_link": f"/ui/audit?{filters.link()}" if cursor else None,
     }
     try:
-        events, next_cursor = page.history.audit_page(filters.query(page.caller.workspace_id), cursor, filters.limit)
-    except LedgerError as error:  # a bad time or cursor: said beside the filters
+        events, next_cursor = page.reads.audit_page(
+            page.caller, filters.query(page.caller.workspace_id), cursor, filters.limit
+        )
+    except InvalidInput as error:  # a bad time or cursor: said beside the filters
         return page.render("audit.html", status=error.status, error=error.message, **context)
     context["rows"] = [(e, ScopeDiff.between(e["scopes_before"], e["scopes_after"])) for e in events]
     if next_cursor:
@@ -115,9 +115,8 @@ def audit_page(page: Page = Depends(viewer)) -> Response:
 @router.get("/audit/export.{fmt}")
 def audit_export(fmt: str, page: Page = Depends(viewer)) -> Response:
     """The filtered trail, streamed whole (a page at a time from the read model)."""
-    authorize(page.caller, Op.READ_AUDIT)
     query = AuditFilters.from_query(page.request.query_params).query(page.caller.workspace_id)
-    stream = page.history.audit_stream(query)
+    stream = page.reads.audit_stream(page.caller, query)
     if fmt == "ndjson":
         lines = (json.dumps(e, separators=(",", ":")) + "\n" for e in stream)
         return StreamingResponse(
@@ -137,16 +136,14 @@ def audit_export(fmt: str, page: Page = Depends(viewer)) -> Response:
 @router.get("/audit/verify")
 def audit_verify(page: Page = Depends(viewer)) -> Response:
     """Recompute the hash chain; `?partial=1` answers the status box alone (for the audit page)."""
-    authorize(page.caller, Op.VERIFY)
-    report = workspace_view(page.service, page.caller.workspace_id, verify_chain(page.service))
+    report = page.reads.verify(page.caller)
     partial = page.request.query_params.get("partial") == "1"
     return page.render("audit_verify.html", report=report, partial=partial)
 
 
 @router.get("/audit/checkpoint")
 def audit_checkpoint(page: Page = Depends(viewer)) -> Response:
-    authorize(page.caller, Op.VERIFY)
-    checkpoint = make_checkpoint(page.service, page.service.checkpoint_key(), workspace_id=page.caller.workspace_id)
+    checkpoint = page.reads.checkpoint(page.caller)
     return JSONResponse(
         checkpoint,
         headers={"Content-Disposition": f'attachment; filename="tokentrail-checkpoint-{checkpoint["position"]}.json"'},

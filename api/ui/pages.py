@@ -26,9 +26,10 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from tokentrail.api.ui import session as sessions
 from tokentrail.domain.clock import from_micros, parse_instant
-from tokentrail.domain.errors import InvalidInput, LedgerError, Unauthenticated
+from tokentrail.domain.errors import InvalidInput, LedgerError, NotFound, Unauthenticated
 from tokentrail.domain.policy import Caller, require_token_manager
-from tokentrail.projections.history import History
+from tokentrail.projections.queries import UserRow
+from tokentrail.reads import Reads
 from tokentrail.service import Service
 
 API_DIR = Path(__file__).resolve().parent.parent
@@ -152,8 +153,8 @@ class Page:
         return self.request.app.state.service
 
     @property
-    def history(self) -> History:
-        return self.request.app.state.history
+    def reads(self) -> Reads:
+        return self.service.reads
 
     @property
     def manages_tokens(self) -> bool:
@@ -300,12 +301,11 @@ def render(
 
 
 def _workspace_name(page: Page) -> str:
-    service = page.service
-    if page.caller.user:
-        user = service.queries.user(page.caller.workspace_id)
-        return user.email if user else ""
-    workspace = service.queries.workspace(page.caller.workspace_id)
-    return workspace.name if workspace else ""
+    try:
+        found = page.reads.workspace(page.caller)
+    except NotFound:
+        return ""
+    return found.email if isinstance(found, UserRow) else found.name
 
 
 # -- small parsers shared by the pages -------------------------------------------------------------

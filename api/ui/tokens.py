@@ -18,11 +18,8 @@ from tokentrail.domain.ledger import MAX_GRACE_SECONDS
 from tokentrail.domain.policy import (
     Op,
     allows,
-    authorize,
     in_reach,
     may_see_value,
-    own_user_id,
-    require_reach,
     require_token_manager,
 )
 from tokentrail.domain.scopes import Scope
@@ -91,39 +88,13 @@ def token_view(page: Page, row: TokenRow) -> TokenView:
     )
 
 
-def owned_user_token(page: Page) -> TokenRow | None:
-    """The user token of the person whose `admin <email>` token is signed in (Tinybird's page
-    shows the signed-in user their own user token beside the workspace's tokens). Only that
-    person's own session qualifies: the signed-in token is their user token, or carries
-    `ADMIN_USER:<user id>` in a workspace that user owns. Any other ADMIN sees no user token."""
-    caller = page.caller
-    user_id = own_user_id(caller)  # None for JWTs and grace-window values
-    if user_id is None or caller.token_id is None:
-        return None
-    queries = page.service.queries
-    user = queries.user(user_id)
-    if user is None:
-        return None
-    if caller.token_id != user.user_token_id:
-        workspace = queries.workspace(caller.workspace_id)
-        if workspace is None or workspace.owner_user_id != user_id:
-            return None
-    row = queries.token(user.user_token_id)
-    return row if row is not None and not row.deleted else None
-
-
 def find_token(page: Page, token_id: str) -> TokenRow:
-    """A token the caller may look at, deleted ones included (for their history)."""
+    """A token the caller may look at by its id (from the page's URL), deleted ones included."""
     try:
         key = str(uuid.UUID(token_id))
     except ValueError:
         raise NotFound("Token not found") from None
-    row = page.service.queries.token(key)
-    if row is None:
-        raise NotFound("Token not found")
-    require_reach(page.caller, row.facts)
-    authorize(page.caller, Op.READ, row.facts)
-    return row
+    return page.reads.token_by_id(page.caller, key)
 
 
 # -- the list -----------------------------------------------------------------------------------
@@ -137,14 +108,8 @@ def home() -> Response:
 
 @router.get("/tokens")
 def list_tokens(page: Page = Depends(viewer), done: str = "") -> Response:
-    service, caller = page.service, page.caller
-    if page.manages_tokens:
-        rows = service.queries.tokens(caller.workspace_id)
-    else:
-        # Without ADMIN or TOKENS the API shows a token only itself.
-        own = service.queries.token(caller.token_id) if caller.token_id and not caller.is_jwt else None
-        rows = [own] if own is not None else []
-    user_row = owned_user_token(page)
+    rows = page.reads.visible_tokens(page.caller)
+    user_row = page.reads.own_user_token(page.caller)
     return page.render(
         "tokens.html",
         tokens=[token_view(page, r) for r in rows],
@@ -165,7 +130,7 @@ def _editor_page(
     rename_error: str | None = None,
     flash: str | None = None,
 ) -> Response:
-    entries = timeline(page.history.token_history(view.row.id)) if view is not None else []
+    entries = timeline(page.reads.events_of(page.caller, view.row)) if view is not None else []
     return page.render(
         "token.html" if view is not None else "token_new.html",
         status=status,
