@@ -39,6 +39,7 @@ from tokentrail.domain.errors import (
 from tokentrail.domain.model import (
     DeploymentLog,
     Jwt,
+    Lookup,
     Token,
     TokenName,
     User,
@@ -109,12 +110,36 @@ class Deployed:
 
 
 @dataclass
+class Revoked:
+    """A bulk revocation: the tokens it deleted, under one id, in one transaction."""
+
+    revocation_id: str
+    tokens: list[Token]
+    position: int
+
+
+@dataclass
 class WorkspaceSetup:
     workspace: Workspace
     user: User
     tokens: list[Token]
     position: int
     created: bool
+
+
+MAX_REASON_LENGTH = 1000
+
+
+def validate_reason(reason: Any) -> str:
+    """Why tokens are being revoked: required, one paragraph of printable text."""
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidInput("reason is required: say why these tokens are revoked")
+    text: str = reason.strip()
+    if len(text) > MAX_REASON_LENGTH:
+        raise InvalidInput(f"reason must be at most {MAX_REASON_LENGTH} characters")
+    if any(not c.isprintable() for c in text):
+        raise InvalidInput("reason must be printable text (no control characters)")
+    return text
 
 
 def validate_description(description: Any) -> str:
@@ -423,6 +448,68 @@ class Ledger(Application[UUID]):
                 admin_generation=admin.generation,
             )
             return JwtIssue(jwt, admin, self._save([jwt]))
+
+        return self._retrying(attempt)
+
+    # -- incident response --------------------------------------------------------------------
+
+    def record_lookup(
+        self, caller: Caller, token_id: str, name: str, *, jwt: bool, generation: int | None, outcome: str
+    ) -> Change:
+        """Put a lookup by value on the record: who asked about which token (or JWT) and which of
+        its values, and what the answer was. Never the value."""
+        authorize(caller, Op.INVESTIGATE)
+
+        def attempt() -> Change:
+            self._require_current(caller)
+            lookup = Lookup.record(
+                actor=caller.actor(),
+                workspace_id=caller.workspace_id,
+                token_id=token_id,
+                name=name,
+                jwt=jwt,
+                generation=generation,
+                outcome=outcome,
+            )
+            return Change(self._save([lookup]), [lookup])
+
+        return self._retrying(attempt)
+
+    def revoke(self, caller: Caller, token_ids: Sequence[str], reason: str, revocation_id: str) -> Revoked:
+        """Delete every token of `token_ids` as one change: one transaction, and one
+        `revocation_id` (with the `reason`) in every deletion's actor, hence in its audit event.
+
+        Tokens deleted meanwhile are skipped; a default or user token is never deleted (the plan
+        never selects one; this is the invariant's second line). Each deletion is still one the
+        policy lets the caller make."""
+        authorize(caller, Op.REVOKE)
+        reason = validate_reason(reason)
+        ids = [UUID(i) for i in dict.fromkeys(token_ids)]
+
+        def attempt() -> Revoked:
+            self._require_current(caller)
+            found = self._get_many(ids)
+            indexes = self._get_many(
+                [token_name_id(t.workspace_id, t.name) for t in found.values() if isinstance(t, Token)]
+            )
+            actor = {**caller.actor(), "revocation_id": revocation_id, "reason": reason}
+            touched: list[Aggregate] = []
+            deleted: list[Token] = []
+            for token_id in ids:
+                token = found.get(token_id)
+                if not isinstance(token, Token) or token.deleted or token.workspace_id != caller.workspace_id:
+                    continue
+                if token.kind.protected:
+                    continue
+                authorize(caller, Op.DELETE, facts_of(token))
+                token.delete(actor)
+                touched.append(token)
+                deleted.append(token)
+                index = indexes.get(token_name_id(token.workspace_id, token.name))
+                if index is not None and index.token_id == str(token.id):
+                    index.release(actor)
+                    touched.append(index)
+            return Revoked(revocation_id, deleted, self._save(touched) if touched else 0)
 
         return self._retrying(attempt)
 

@@ -412,6 +412,44 @@ class Jwt(Aggregate):
 
 
 # ---------------------------------------------------------------------------------------------
+# Lookups by value: incident response asks "which token is this leaked value?", and the asking is
+# on the record (who looked up which token and generation), never the value itself. One small
+# aggregate per lookup, so lookups never contend with changes to the token.
+
+
+class Lookup(Aggregate):
+    TOPIC = "tokentrail.lookup.Lookup"
+
+    class Event(LedgerEvent):
+        pass
+
+    class TokenLookedUp(Event, LedgerCreated):
+        TOPIC = "tokentrail.lookup.TokenLookedUp.v1"
+        workspace_id: str
+        token_id: str  # the static token, or the JWT's id
+        name: str  # its name when looked up
+        jwt: bool
+        generation: int | None  # refreshes before the looked-up value (0: as created); None for a JWT
+        outcome: str  # current, grace, refreshed, deleted, expired
+
+    Created = TokenLookedUp  # the library expects a Created class; ours has a domain name
+
+    def __init__(
+        self, workspace_id: str, token_id: str, name: str, jwt: bool, generation: int | None, outcome: str
+    ) -> None:
+        self.workspace_id = workspace_id
+        self.token_id = token_id
+        self.name = name
+        self.jwt = jwt
+        self.generation = generation
+        self.outcome = outcome
+
+    @classmethod
+    def record(cls, *, actor: ActorDict, **fields: Any) -> Lookup:
+        return cls._create(cls.TokenLookedUp, actor=actor, **fields)
+
+
+# ---------------------------------------------------------------------------------------------
 # Deployments: one log per workspace. Every deployment appends to it in the same transaction as its
 # token changes, so two concurrent deployments collide on the log's version: one wins, the other
 # re-plans against the winner's result. Its token events carry the deployment id in `actor`.

@@ -24,6 +24,7 @@ from tokentrail.domain.ledger import Ledger
 from tokentrail.domain.model import (
     DeploymentLog,
     Jwt,
+    Lookup,
     Token,
     TokenName,
     User,
@@ -46,6 +47,7 @@ _AGGREGATES = {
     User: "user",
     Jwt: "jwt",
     DeploymentLog: "deployment",
+    Lookup: "lookup",
 }
 HIDDEN_AGGREGATES = frozenset({"token_name", "workspace_name"})
 
@@ -376,6 +378,7 @@ class Projector:
             "request_id": actor.get("request_id"),
             "origin": actor.get("origin"),
             "deployment_id": actor.get("deployment_id"),
+            "revocation_id": actor.get("revocation_id"),
             "scopes_before": None,
             "scopes_after": None,
             "resources": [],
@@ -456,6 +459,8 @@ class Projector:
                     {"b_admin": token_id, "b_generation": token["previous_generation"], "b_until": grace_until}
                 )
         elif isinstance(event, Token.Deleted):
+            if event.actor and event.actor.get("revocation_id"):
+                details = {"revocation_id": event.actor["revocation_id"], "reason": event.actor.get("reason")}
             token["deleted"] = True
             token["deleted_at"] = at
             seq = self._current_generation_seq(batch, token_id)
@@ -545,6 +550,14 @@ class Projector:
             scopes_after=_dumps(scope_strings),
             resources=_resources(scope_strings),
             details=_dumps({"expires_at": event.expires_at, "limits": event.limits, "scopes": event.scopes}),
+        )
+
+    def _on_lookup(self, batch: _Batch, event: Any, n: Notification, at: int, row: dict[str, Any]) -> None:
+        row.update(
+            workspace_id=event.workspace_id,
+            token_id=event.token_id,
+            token_name=event.name,
+            details=_dumps({"jwt": event.jwt, "generation": event.generation, "outcome": event.outcome}),
         )
 
     def _on_deployment(self, batch: _Batch, event: Any, n: Notification, at: int, row: dict[str, Any]) -> None:

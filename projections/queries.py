@@ -48,6 +48,7 @@ class TokenRow:
     # (generation, valid until µs) of every generation refreshed out with a grace window that
     # was still open at the token's last refresh: each keeps its own window to its end.
     grace: tuple[tuple[str, int], ...] = ()
+    deleted_at: int | None = None  # effective time of the deletion
 
     @cached_property
     def parsed_scopes(self) -> tuple[Scope, ...]:
@@ -90,6 +91,7 @@ class TokenRow:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             grace=grace_pairs(row["grace"]),
+            deleted_at=row["deleted_at"],
         )
 
 

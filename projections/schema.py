@@ -183,11 +183,13 @@ audit = Table(
     Column("scopes_after", Text),
     Column("details", Text),
     Column("hash", String(64), nullable=False),
+    Column("revocation_id", String(36)),  # the bulk revocation a deletion belongs to
     Index("ix_tt_audit_workspace", "workspace_id", "position"),
     Index("ix_tt_audit_token", "token_id", "position"),
     Index("ix_tt_audit_at", "workspace_id", "at"),
     Index("ix_tt_audit_deployment", "deployment_id"),
     Index("ix_tt_audit_actor", "actor_token_id"),
+    Index("ix_tt_audit_revocation", "revocation_id"),
 )
 
 # Which datasources/pipes each audit event concerns (through the scopes before or after it).

@@ -132,6 +132,8 @@ def request(s: Seat, op: Op, target: str | None) -> httpx.Response:
         Op.READ_AUDIT: lambda: c.get(url("/v0/audit", v)),
         Op.VERIFY: lambda: c.get(url("/v0/audit/verify", v)),
         Op.WORKSPACES: lambda: c.get(url("/v1/user/workspaces", v)),
+        Op.INVESTIGATE: lambda: c.get(url("/v0/tokens/admin%20token/exposure", v)),
+        Op.REVOKE: lambda: c.post(url("/v0/tokens/revoke", v, resource="nothing_here", reason=f"walk {n}")),
     }
     return calls[op]()
 
