@@ -3,8 +3,9 @@
 Hypothesis generates random histories — creates, scope changes, renames, descriptions, refreshes
 with and without grace, deletes, name reuse, JWTs and admin-token refreshes — over several
 workspaces, with a controlled clock that sometimes stands still and sometimes goes backwards (as a
-skewed writer's would), and every as-of, access, diff and history answer is checked against the
-replay in tests/oracle.py.
+skewed writer's would), and every as-of, access, diff, history and exposure answer (scope by scope,
+and through the JWTs signed with the admin token's values) is checked against the replay in
+tests/oracle.py.
 """
 
 from __future__ import annotations
