@@ -297,7 +297,7 @@ def token_exposure(
     """What a token (or one leaked value) could reach: every datasource and pipe, with which
     permission, through which scope and filter, over which intervals. Deleted tokens too.
 
-    Example: [bold]tokentrail token exposure dashboards --from 30d[/]
+    Example: [bold]tokentrail token exposure reader --from 30d[/]
     """
     data = client(host, token).get(f"/v0/tokens/{path_segment(ref)}/exposure", [("from", start), ("to", end)])
     if as_json:
@@ -342,13 +342,13 @@ def token_lookup(
     shell's history and the process list). Works for refreshed-out and deleted tokens' values and
     for JWTs. The lookup is recorded in the audit trail, without the value.
 
-    Example: [bold]pbpaste | tokentrail token lookup[/]
+    Example: [bold]echo "$READER" | tokentrail token lookup[/]
     """
     import sys
 
     value = sys.stdin.read().strip()
     if not value:
-        fail("no value on stdin: pipe the value in, e.g. `pbpaste | tokentrail token lookup`")
+        fail("no value on stdin: pipe the value in, e.g. `echo \"$VALUE\" | tokentrail token lookup`")
     data = client(host, token).post("/v0/tokens/lookup", body={"token": value})
     if as_json:
         print_json(data)
