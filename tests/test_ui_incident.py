@@ -210,6 +210,9 @@ def test_lookup_names_the_token_and_value_and_never_echoes_it(
     )[0]
     assert [(e["token_id"], e["details"]["outcome"]) for e in looked_up] == [(token["id"], "refreshed")]
     assert old not in str(looked_up)
+    token_page = console.client.get(f"/ui/tokens/{token['id']}").text
+    assert "Looked up by value (refreshed)" in token_page  # in its history, not a change on the axis
+    assert "TokenLookedUp at" not in token_page and "Refreshed at" in token_page
 
 
 def test_a_value_this_server_did_not_sign_is_not_found_and_not_echoed(
@@ -296,6 +299,8 @@ def test_preview_writes_nothing_and_confirm_revokes_under_one_revocation_id(
     audit = console.client.get("/ui/audit", params={"revocation": revocation_id}).text
     assert audit.count('<tr data-event-type="Deleted">') == 2 and "leaked in a CI log" in unescape(audit)
     assert f'name="revocation" value="{revocation_id}"' in audit
+    history = console.client.get(f"/ui/tokens/{targets[0]['id']}").text
+    assert f"Revoked in bulk (revocation {revocation_id}): “leaked in a CI log”" in unescape(history)
     # Posting the confirmation again revokes nothing more: the plan it names is gone.
     after = event_count(service)
     again = console.post("/ui/incident/revoke", fields, csrf_from="/ui/incident")

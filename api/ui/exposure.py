@@ -17,6 +17,8 @@ from tokentrail.domain.exposure import WILDCARD, Interval, Reach
 from tokentrail.reads import Exposure
 
 MIN_WIDTH = 0.4  # percent: an interval of a moment stays visible
+# The token's events that can open or close an interval: marked on the axis.
+CHANGES = frozenset({"Refreshed", "ScopeAdded", "ScopeRemoved", "Deleted"})
 TICKS = 5
 _DAY = 86_400_000_000
 
@@ -134,7 +136,9 @@ class _Axis:
         for i in range(TICKS):
             micros = self.start + span * i // (TICKS - 1)
             moment = from_micros(micros)
-            if span < _DAY:
+            if span < 60_000_000:
+                label = moment.strftime("%H:%M:%S.%f")[:-3]
+            elif span < _DAY:
                 label = moment.strftime("%H:%M:%S")
             elif span < 300 * _DAY:
                 label = moment.strftime("%b %d %H:%M")
@@ -174,7 +178,7 @@ def exposure_view(found: Exposure, history: list[dict[str, Any]] | None = None) 
     for event in history or []:
         at = parse_instant(event["at"])
         kinds = changes.setdefault(at, [])
-        if event["type"] != "Created" and event["type"] not in kinds:
+        if event["type"] in CHANGES and event["type"] not in kinds:
             kinds.append(event["type"])
     markers = [
         Marker(round(axis.at(at), 3), f"{', '.join(kinds)} at {format_time(at, precise=True)}")
