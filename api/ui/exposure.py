@@ -63,6 +63,7 @@ class Tick:
     anchor: str  # SVG text-anchor: start, middle, end
     label: str
     title: str
+    minor: bool  # left out on narrow screens, where the labels would overlap
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,8 @@ class _Axis:
             else:
                 label = moment.strftime("%Y-%m-%d")
             anchor = "start" if i == 0 else ("end" if i == TICKS - 1 else "middle")
-            out.append(Tick(round(i * 100.0 / (TICKS - 1), 3), anchor, label, format_time(micros, precise=True)))
+            left = round(i * 100.0 / (TICKS - 1), 3)
+            out.append(Tick(left, anchor, label, format_time(micros, precise=True), minor=i % 2 == 1))
         return out
 
 
