@@ -23,7 +23,7 @@ from tokentrail.api.deps import MAX_BODY
 from tokentrail.api.heavy import HeavyReadGate, heavy_concurrency
 from tokentrail.api.metrics import Metrics, MetricsMiddleware
 from tokentrail.api.proxies import TrustedProxies
-from tokentrail.api.routes import deployments, health, incident, ledger, tokens, workspaces
+from tokentrail.api.routes import deployments, forward, health, incident, ledger, tokens, workspaces
 from tokentrail.api.ui.session_store import ConsoleSessions, SessionSettings
 from tokentrail.api.wire import request_id
 from tokentrail.domain.errors import LedgerError, StoreUnavailable
@@ -55,6 +55,7 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(incident.router)  # before tokens too: /v0/tokens/{x}/exposure, /lookup, /revoke
     app.include_router(tokens.router)
     app.include_router(deployments.router)
+    app.include_router(forward.router)
     app.include_router(ui.router)
     app.include_router(health.router)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")

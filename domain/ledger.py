@@ -25,9 +25,10 @@ from eventsourcing.persistence import IntegrityError, OperationalError
 
 from tokentrail.domain import clock
 from tokentrail.domain.datafiles import parse_project
-from tokentrail.domain.deploy import CreateToken, CurrentToken, DeleteToken, ModifyToken, Plan, plan_deployment
+from tokentrail.domain.deploy import CreateToken, CurrentToken, DeleteToken, ModifyToken, plan_deployment
 from tokentrail.domain.errors import (
     Conflict,
+    DeploymentInProgress,
     Forbidden,
     InvalidInput,
     NameTaken,
@@ -62,6 +63,7 @@ from tokentrail.domain.policy import (
 )
 from tokentrail.domain.refs import parse_ref
 from tokentrail.domain.scopes import ADMIN, AUTH, Scope, parse_scope, parse_scopes, read_scope
+from tokentrail.domain.staged import Deployed, StagedDeployments
 from tokentrail.domain.values import TokenSigner, new_generation
 
 MAX_DESCRIPTION_LENGTH = 2048
@@ -97,15 +99,6 @@ class Change:
 class JwtIssue:
     jwt: Jwt
     admin: Token  # the workspace's admin token: its value is the JWT's signing secret
-    position: int
-
-
-@dataclass
-class Deployed:
-    """A deployment's plan; `deployment_id` is None when nothing was written (check or no change)."""
-
-    plan: Plan
-    deployment_id: str | None
     position: int
 
 
@@ -192,7 +185,7 @@ def _any_token(caller: Caller) -> TokenFacts:
     return TokenFacts(None, "custom", caller.workspace_id, ())
 
 
-class Ledger(Application[UUID]):
+class Ledger(StagedDeployments, Application[UUID]):
     """Token ledger use cases. Construct with `env=` (persistence settings) and a signer."""
 
     name = "tokentrail"
@@ -521,25 +514,41 @@ class Ledger(Application[UUID]):
         files: dict[str, str],
         current_tokens: Callable[[], list[CurrentToken]],
         check: bool = False,
+        stage: bool = False,
+        exclusive: bool = False,
     ) -> Deployed:
         """Reconcile the workspace's datafile tokens with the TOKEN lines of `files`, atomically.
 
         `current_tokens` reads the live tokens after the log has been caught up; it is called
         after the deployment log is read, so a deployment that committed earlier is in it and one
         that commits later collides with ours on the log's version and makes us re-plan.
+        `stage` records the deployment without applying it (`promote_deployment` applies it);
+        `exclusive` refuses, instead of re-planning, when another deployment was recorded while
+        this one was planned (Forward's CLI: one wins, the other is told to retry).
         """
         authorize(caller, Op.DEPLOY)
         declarations = parse_project(files)
         deployment_id = str(uuid.uuid4())
         workspace_id = caller.workspace_id
+        first_seen: list[int] = []
 
         def attempt() -> Deployed:
             self._require_current(caller)
             log = self._get_or_none(deployment_log_id(workspace_id))
+            seen = log.version if log is not None else 0
+            if exclusive and first_seen and first_seen[0] != seen:
+                raise DeploymentInProgress(
+                    "another deployment was recorded while this one was planned; nothing was written: retry"
+                )
+            first_seen.append(seen)
+            if log is not None and not check:
+                log.require_none_staged()
             plan = plan_deployment(declarations, current_tokens())
             if check or plan.empty:
                 return Deployed(plan, None, 0)
             actor = caller.for_deployment(deployment_id).actor()
+            if stage:
+                return self._stage(log, workspace_id, deployment_id, plan, sorted(files), declarations, actor)
             touched: list[Aggregate] = []
             # Every aggregate the steps touch, read at once (one query per thousand on PostgreSQL).
             known = self._get_many(
@@ -551,9 +560,10 @@ class Ledger(Application[UUID]):
             paths = sorted(files)
             if log is None:
                 log = DeploymentLog.start(workspace_id, deployment_id, plan.token_changes, paths, actor)
+                number = 1
             else:
-                log.record(deployment_id, plan.token_changes, paths, actor)
-            return Deployed(plan, deployment_id, self._save([*touched, log]))
+                number = log.deployed(deployment_id, plan.token_changes, paths, actor)
+            return Deployed(plan, deployment_id, self._save([*touched, log]), number)
 
         return self._retrying(attempt)
 

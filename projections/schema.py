@@ -158,7 +158,13 @@ deployments = Table(
     Column("actor_token_id", String(36)),
     Column("token_changes", Text, nullable=False),
     Column("files", Text, nullable=False),
+    # Its number in the workspace (Forward's deployment id), and staged | applied | discarded;
+    # `updated_at`: when it was applied or discarded. The live one is the applied one numbered last.
+    Column("number", BigInteger),
+    Column("status", String(16), nullable=False, server_default="applied"),
+    Column("updated_at", BigInteger),
     Index("ix_tt_deployments_workspace", "workspace_id", "at"),
+    Index("ix_tt_deployments_number", "workspace_id", "number", unique=True),
 )
 
 # One row per stored event, in log order: the audit history and the hash chain.

@@ -38,7 +38,7 @@ from tokentrail.domain.refs import parse_ref
 from tokentrail.domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME, SCOPE_TYPES, read_scope
 from tokentrail.jwts import MAX_JWT_LENGTH
 from tokentrail.projections.history import AuditQuery, History, Trail
-from tokentrail.projections.queries import TokenRow, UserRow, WorkspaceRow
+from tokentrail.projections.queries import DeploymentRow, TokenRow, UserRow, WorkspaceRow
 from tokentrail.verify import ChainReport, make_checkpoint, verify_chain, workspace_view
 
 if TYPE_CHECKING:
@@ -275,9 +275,26 @@ class Reads:
         authorize(who, Op.READ_AUDIT)
         return self.history.audit_stream(self._own(who, query))
 
-    @staticmethod
-    def _own(who: Caller, query: AuditQuery) -> AuditQuery:
-        return dataclasses.replace(query, workspace_id=who.workspace_id)
+    def _own(self, who: Caller, query: AuditQuery) -> AuditQuery:
+        """The query confined to the caller's workspace; a deployment named by its number (Forward's
+        deployment id) is the workspace's deployment of that number."""
+        deployment = query.deployment
+        if deployment and deployment.isascii() and deployment.isdigit() and len(deployment) < 19:
+            row = self.queries.deployment(who.workspace_id, int(deployment))
+            deployment = row.id if row is not None else deployment
+        return dataclasses.replace(query, workspace_id=who.workspace_id, deployment=deployment)
+
+    # -- deployments ----------------------------------------------------------------------------
+
+    def deployments(self, who: Caller, everything: bool = False) -> list[DeploymentRow]:
+        """The caller's workspace's deployments (the live one and any staged one, or all): for
+        callers that may deploy."""
+        authorize(who, Op.DEPLOY)
+        return self.queries.deployments(who.workspace_id, everything)
+
+    def deployment(self, who: Caller, number: int) -> DeploymentRow | None:
+        authorize(who, Op.DEPLOY)
+        return self.queries.deployment(who.workspace_id, number)
 
     # -- access ---------------------------------------------------------------------------------
 

@@ -348,7 +348,7 @@ def token_lookup(
 
     value = sys.stdin.read().strip()
     if not value:
-        fail("no value on stdin: pipe the value in, e.g. `echo \"$VALUE\" | tokentrail token lookup`")
+        fail('no value on stdin: pipe the value in, e.g. `echo "$VALUE" | tokentrail token lookup`')
     data = client(host, token).post("/v0/tokens/lookup", body={"token": value})
     if as_json:
         print_json(data)
