@@ -108,12 +108,17 @@ def _jwt_scope_text(item: dict[str, Any]) -> str:
 
 def _reach_over(held: Iterable[tuple[str, Interval]], lives: list[Interval]) -> list[tuple[Reach, list[Interval]]]:
     """What scopes held over intervals reach while the token lives: one entry per reach, with its
-    intervals merged."""
-    spans: dict[Reach, list[Interval]] = {}
+    intervals merged. Each distinct scope is read and expanded once, however often it was held."""
+    by_scope: dict[str, list[Interval]] = {}
     for scope_text, span in held:
-        for item in reach(read_scope(scope_text)):
-            spans.setdefault(item, []).extend(intersect_all([span], lives))
-    return [(item, merge(found)) for item, found in sorted(spans.items()) if found]
+        by_scope.setdefault(scope_text, []).append(span)
+    spans: dict[Reach, list[Interval]] = {}
+    for scope_text, intervals in by_scope.items():
+        clipped = intersect_all(merge(intervals), lives)
+        if clipped:
+            for item in reach(read_scope(scope_text)):
+                spans.setdefault(item, []).extend(clipped)
+    return [(item, merge(found)) for item, found in sorted(spans.items())]
 
 
 class Reads:
@@ -371,9 +376,10 @@ class Reads:
         grants = self.trail.grants_of(row.id)
         exposure = _reach_over(((scope, (vf, vt)) for scope, vf, vt in grants), life)
         escalations: dict[str, list[Interval]] = {}
-        for scope_text, vf, vt in grants:
+        for scope_text in {scope for scope, _, _ in grants}:
             if escalation(read_scope(scope_text)):
-                escalations.setdefault(scope_text, []).extend(intersect_all([(vf, vt)], life))
+                held = [(vf, vt) for scope, vf, vt in grants if scope == scope_text]
+                escalations[scope_text] = intersect_all(merge(held), life)
         jwts = []
         workspace = self.queries.workspace(row.workspace_id)
         if workspace is not None and workspace.admin_token_id == row.id:
