@@ -21,6 +21,7 @@ Refusals come in the order that leaks nothing: a caller that may not read other 
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -424,13 +425,14 @@ class Reads:
 
     def value_generation(self, token_id: str, nonce: str) -> int | None:
         """Which of a token's values (1: as created, +1 per refresh) has this nonce. The nonces
-        are read from the token's own events in the event store, the source of truth."""
+        are read from the token's own events in the event store, the source of truth. (The value's
+        signature has been checked before; the nonces are compared in constant time all the same.)"""
         seq = 0
+        wanted = nonce.encode()
         for event in self.service.ledger.events.get(UUID(token_id)):
-            generation = getattr(event, "generation", None)
             if isinstance(event, (Token.Created, Token.Refreshed)):
                 seq += 1
-                if generation == nonce:
+                if hmac.compare_digest(str(event.generation).encode(), wanted):
                     return seq
         return None
 
