@@ -103,6 +103,22 @@ class Selectors:
         return dataclasses.asdict(self)
 
 
+def _verifies(value: str, secret: str) -> bool:
+    try:
+        pyjwt.decode(value, secret, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False})
+    except pyjwt.PyJWTError:
+        return False
+    return True
+
+
+def _jwt_reason(valid: bool, until: int, expires: int, ended: int | None) -> str:
+    """Why a JWT is or is not accepted: its signing value still current (or in its grace window),
+    or ended by its own expiry first, or by the refresh of the value that signed it."""
+    if valid:
+        return "current" if ended is None else "grace"
+    return "expired" if until == expires else "refreshed"
+
+
 def _jwt_scope_text(item: dict[str, Any]) -> str:
     return f"{item['type']}:{item['resource']}" + (f":{item['filter']}" if item.get("filter") else "")
 
@@ -424,17 +440,22 @@ class Reads:
         return merge(spans)
 
     def value_generation(self, token_id: str, nonce: str) -> int | None:
-        """Which of a token's values (1: as created, +1 per refresh) has this nonce. The nonces
-        are read from the token's own events in the event store, the source of truth. (The value's
+        """Which of a token's values (1: as created, +1 per refresh) has this nonce. (The value's
         signature has been checked before; the nonces are compared in constant time all the same.)"""
-        seq = 0
         wanted = nonce.encode()
-        for event in self.service.ledger.events.get(UUID(token_id)):
-            if isinstance(event, (Token.Created, Token.Refreshed)):
-                seq += 1
-                if hmac.compare_digest(str(event.generation).encode(), wanted):
-                    return seq
+        for seq, generation in enumerate(self._nonces(token_id), start=1):
+            if hmac.compare_digest(generation.encode(), wanted):
+                return seq
         return None
+
+    def _nonces(self, token_id: str) -> list[str]:
+        """The nonce of each of a token's values in order, from its own events in the event store
+        (the source of truth; the read models keep only the current one)."""
+        return [
+            str(event.generation)
+            for event in self.service.ledger.events.get(UUID(token_id))
+            if isinstance(event, (Token.Created, Token.Refreshed))
+        ]
 
     def identify(self, who: Caller, value: str) -> Identified:
         """Which token (and which of its values) a value is or was, and whether it is valid now and
@@ -476,27 +497,44 @@ class Reads:
             raise missing from None
         if header.get("alg") != "HS256" or not isinstance(unverified, dict):
             raise missing
+        if unverified.get("workspace_id") != who.workspace_id:
+            raise missing
         jti = unverified.get("jti")
-        if unverified.get("workspace_id") != who.workspace_id or not isinstance(jti, str) or len(jti) != 36:
+        jwt = self.trail.jwt(jti) if isinstance(jti, str) and len(jti) == 36 else None
+        if jwt is not None and jwt["workspace_id"] == who.workspace_id:
+            secret = self.service.signer.make(jwt["workspace_id"], jwt["admin_token_id"], jwt["admin_generation"])
+            if _verifies(value, secret):
+                expires, invalidated = jwt["expires_at"], jwt["invalidated_at"]
+                until = expires if invalidated is None else min(expires, invalidated)
+                valid = jwt["issued_at"] <= current < until
+                reason = _jwt_reason(valid, until, expires, invalidated)
+                return Identified(
+                    jwt["id"], jwt["name"], jwt["workspace_id"], None, jwt["issued_at"], until, valid, reason, True
+                )
+        return self._identify_signed_elsewhere(who, value, unverified, current)
+
+    def _identify_signed_elsewhere(self, who: Caller, value: str, claims: dict[str, Any], current: int) -> Identified:
+        """A JWT the server never issued but that one of the admin token's values signed (Tinybird
+        lets clients sign their own): it lives while that value does, and until its `exp`."""
+        missing = NotFound("Token not found")
+        workspace = self.queries.workspace(who.workspace_id)
+        exp = claims.get("exp")
+        if workspace is None or isinstance(exp, bool) or not isinstance(exp, int):
             raise missing
-        jwt = self.trail.jwt(jti)
-        if jwt is None or jwt["workspace_id"] != who.workspace_id:
-            raise missing
-        secret = self.service.signer.make(jwt["workspace_id"], jwt["admin_token_id"], jwt["admin_generation"])
-        try:
-            pyjwt.decode(value, secret, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False})
-        except pyjwt.PyJWTError:
-            raise missing from None
-        expires, invalidated = jwt["expires_at"], jwt["invalidated_at"]
-        until = expires if invalidated is None else min(expires, invalidated)
-        valid = jwt["issued_at"] <= current < until
-        if valid:
-            reason = "current" if invalidated is None else "grace"
-        else:
-            reason = "expired" if until == expires else "refreshed"
-        return Identified(
-            jwt["id"], jwt["name"], jwt["workspace_id"], None, jwt["issued_at"], until, valid, reason, True
-        )
+        admin_id = workspace.admin_token_id
+        for seq, nonce in enumerate(self._nonces(admin_id), start=1):
+            if not _verifies(value, self.service.signer.make(who.workspace_id, admin_id, nonce)):
+                continue
+            span = next((g for g in self.trail.generations_of(admin_id) if g[0] == seq), None)
+            if span is None:
+                raise missing
+            expires = exp * 1_000_000
+            until = expires if span[2] is None else min(expires, span[2])
+            valid = span[1] <= current < until
+            reason = _jwt_reason(valid, until, expires, span[2])
+            name = str(claims.get("name", "jwt"))[:256]
+            return Identified(admin_id, name, who.workspace_id, seq - 1, span[1], until, valid, reason, True)
+        raise missing
 
     def revocation_plan(self, who: Caller, selectors: Selectors) -> list[TokenRow]:
         """The live tokens a bulk revocation with these selectors would delete (all selectors must
