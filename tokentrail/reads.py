@@ -413,14 +413,16 @@ class Reads:
         )
 
     def _lives(self, row: TokenRow, value: tuple[int, str] | None) -> list[Interval]:
-        """When the token (or one of its values) was accepted, ended at its deletion."""
+        """When the token (or one of its values) was accepted, ended at its deletion and at its
+        expiry (the expiry in force at each instant: a change of expiry moves the end)."""
         generations = self.trail.generations_of(row.id)
         if value is not None:
             generations = [g for g in generations if g[0] == value[0]]
         spans = [(vf, vt) for _seq, vf, vt in generations]
+        alive = self.trail.alive_of(row.id)
         if row.deleted_at is not None:
-            return intersect_all(spans, [(0, row.deleted_at)])
-        return merge(spans)
+            alive = intersect_all(alive, [(0, row.deleted_at)])
+        return intersect_all(spans, alive)
 
     def value_generation(self, token_id: str, nonce: str) -> int | None:
         """Which of a token's values (1: as created, +1 per refresh) has this nonce. The nonces
@@ -457,9 +459,15 @@ class Reads:
             until = span[2]
             if row.deleted_at is not None and (until is None or row.deleted_at < until):
                 until = row.deleted_at
+            # An expiry (the one in force now) ends every value still accepted when it comes.
+            expires = row.expires_at
+            if expires is not None and (until is None or expires < until) and expires > span[1]:
+                until = expires
             valid = row.accepts(claims.generation, current)
             if valid:
                 reason = "current" if claims.generation == row.generation else "grace"
+            elif expires is not None and until == expires:
+                reason = "expired"
             else:
                 reason = "deleted" if row.deleted and until == row.deleted_at else "refreshed"
             return Identified(row.id, row.name, row.workspace_id, seq - 1, span[1], until, valid, reason, False)
