@@ -466,7 +466,7 @@ def token_expire(
 ) -> None:
     """Set or remove a token's expiry: at that instant it stops authenticating, on every server.
 
-    Example: [bold]tokentrail token expire reader --at 30d[/]
+    Example: [bold]tokentrail token expire temp --at 30d[/]
     """
     data = client(host, token).put(f"/v0/tokens/{path_segment(ref)}", [("expiration_time", expiry_seconds(at))])
     if as_json:
