@@ -23,7 +23,7 @@ from tokentrail.api.deps import MAX_BODY
 from tokentrail.api.heavy import HeavyReadGate, heavy_concurrency
 from tokentrail.api.metrics import Metrics, MetricsMiddleware
 from tokentrail.api.proxies import TrustedProxies
-from tokentrail.api.routes import deployments, forward, health, incident, ledger, tokens, workspaces
+from tokentrail.api.routes import deployments, forward, health, hygiene, incident, ledger, tokens, workspaces
 from tokentrail.api.ui.session_store import ConsoleSessions, SessionSettings
 from tokentrail.api.wire import request_id
 from tokentrail.domain.errors import LedgerError, StoreUnavailable
@@ -43,6 +43,8 @@ def create_app(service: Service) -> FastAPI:
         ),
     )
     app.state.service = service
+    # On shutdown (uvicorn's SIGTERM or Ctrl-C), write the last uses not yet written.
+    app.router.on_shutdown.append(service.usage.close)
     app.state.metrics = Metrics(service)
     # Read once here so that a malformed setting stops the server at start.
     app.state.proxies = TrustedProxies.from_environ(service.environ)
@@ -50,6 +52,7 @@ def create_app(service: Service) -> FastAPI:
         service.write_engine, service.read_engine, SessionSettings.from_environ(service.environ)
     )
     # Introspection (/v0/auth) is the hottest route: its router is matched first.
+    app.include_router(hygiene.router)  # /v0/workspace/settings, /v0/access/review
     app.include_router(workspaces.router)
     app.include_router(ledger.router)  # before tokens: its /v0/tokens/{x}/history must match first
     app.include_router(incident.router)  # before tokens too: /v0/tokens/{x}/exposure, /lookup, /revoke

@@ -40,6 +40,7 @@ from tokentrail.domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME, SCOPE_TY
 from tokentrail.jwts import MAX_JWT_LENGTH
 from tokentrail.projections.history import AuditQuery, History, Trail
 from tokentrail.projections.queries import DeploymentRow, TokenRow, UserRow, WorkspaceRow
+from tokentrail.projections.review import Review, review
 from tokentrail.verify import ChainReport, make_checkpoint, verify_chain, workspace_view
 
 if TYPE_CHECKING:
@@ -58,6 +59,14 @@ class Exposure:
     exposure: list[tuple[Reach, list[Interval]]]
     escalation: dict[str, list[Interval]]  # TOKENS / WORKSPACE:DEPLOY: could mint tokens reaching more
     jwts: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Stale:
+    """Tokens not used for a while: the rows, and every token's last use (µs) for their objects."""
+
+    rows: list[TokenRow]
+    last_used: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -238,6 +247,29 @@ class Reads:
                 return None
         row = self.queries.token(user.user_token_id)
         return row if row is not None and not row.deleted else None
+
+    def stale_tokens(self, who: Caller, unused_seconds: int) -> Stale:
+        """Live tokens not used for `unused_seconds` (ADMIN or TOKENS); a never-used token counts
+        from its creation. Oldest use first."""
+        authorize(who, Op.LIST)
+        rows = self.queries.tokens(who.workspace_id)
+        used = self.service.usage.last_used_of(r.id for r in rows)
+        before = to_micros(now()) - unused_seconds * 1_000_000
+        stale = [r for r in rows if used.get(r.id, r.created_at) <= before]
+        stale.sort(key=lambda r: (used.get(r.id, r.created_at), r.id))
+        return Stale(stale, used)
+
+    def access_review(self, who: Caller, at: int) -> Review:
+        """The access review as of `at`: every token alive then, with its facts and a summary
+        (ADMIN or TOKENS: it reads token metadata, never a value)."""
+        authorize(who, Op.READ_AUDIT)
+        return review(self.service.read_engine, self.history, who.workspace_id, at, self.service.usage.all_last_used())
+
+    def workspace_settings(self, who: Caller) -> dict[str, Any]:
+        """The caller's workspace's settings (anyone of the workspace may read them), from the
+        event store: the source of truth, read only when asked."""
+        workspace = self.service.ledger.workspace(who.workspace_id)
+        return {"max_token_lifetime": workspace.max_token_lifetime}
 
     # -- the past -------------------------------------------------------------------------------
 
@@ -430,14 +462,16 @@ class Reads:
         )
 
     def _lives(self, row: TokenRow, value: tuple[int, str] | None) -> list[Interval]:
-        """When the token (or one of its values) was accepted, ended at its deletion."""
+        """When the token (or one of its values) was accepted, ended at its deletion and at its
+        expiry (the expiry in force at each instant: a change of expiry moves the end)."""
         generations = self.trail.generations_of(row.id)
         if value is not None:
             generations = [g for g in generations if g[0] == value[0]]
         spans = [(vf, vt) for _seq, vf, vt in generations]
+        alive = self.trail.alive_of(row.id)
         if row.deleted_at is not None:
-            return intersect_all(spans, [(0, row.deleted_at)])
-        return merge(spans)
+            alive = intersect_all(alive, [(0, row.deleted_at)])
+        return intersect_all(spans, alive)
 
     def value_generation(self, token_id: str, nonce: str) -> int | None:
         """Which of a token's values (1: as created, +1 per refresh) has this nonce. (The value's
@@ -480,9 +514,15 @@ class Reads:
             until = span[2]
             if row.deleted_at is not None and (until is None or row.deleted_at < until):
                 until = row.deleted_at
+            # An expiry (the one in force now) ends every value still accepted when it comes.
+            expires = row.expires_at
+            if expires is not None and (until is None or expires < until) and expires > span[1]:
+                until = expires
             valid = row.accepts(claims.generation, current)
             if valid:
                 reason = "current" if claims.generation == row.generation else "grace"
+            elif expires is not None and until == expires:
+                reason = "expired"
             else:
                 reason = "deleted" if row.deleted and until == row.deleted_at else "refreshed"
             return Identified(row.id, row.name, row.workspace_id, seq - 1, span[1], until, valid, reason, False)
