@@ -76,14 +76,21 @@ def intersect(a: Interval, b: Interval) -> Interval | None:
 
 
 def intersect_all(intervals: Iterable[Interval], windows: Iterable[Interval]) -> list[Interval]:
-    """Every overlap of one of `intervals` with one of `windows`, merged."""
-    windows = list(windows)
-    out = []
-    for interval in intervals:
-        for window in windows:
-            part = intersect(interval, window)
-            if part is not None:
-                out.append(part)
+    """Every overlap of one of `intervals` with one of `windows`, merged: both sides merged first,
+    then one sweep (linear in their lengths, however many values and versions a token had)."""
+    left, right = merge(intervals), merge(windows)
+    out: list[Interval] = []
+    i = j = 0
+    while i < len(left) and j < len(right):
+        part = intersect(left[i], right[j])
+        if part is not None:
+            out.append(part)
+        # Move past whichever ends first (an open end never does).
+        left_end, right_end = left[i][1], right[j][1]
+        if left_end is not None and (right_end is None or left_end <= right_end):
+            i += 1
+        else:
+            j += 1
     return merge(out)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 
 from tokentrail import incident
 from tokentrail.api import present
@@ -111,10 +112,12 @@ def _instant(p: Params, name: str) -> int | None:
     },
     responses=responses(_EXPOSURE, 400, 403, 404),
 )
-def exposure(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
+def exposure(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> JSONResponse:
     ref = request.path_params["ref"]
     found = get_service(request).reads.exposure(who, ref, _instant(p, "from"), _instant(p, "to"))
-    return present.exposure_object(found)
+    # Plain JSON already (a long-lived token's answer runs to thousands of intervals): answered as
+    # is, without jsonable_encoder's walk over it.
+    return JSONResponse(present.exposure_object(found))
 
 
 @router.post(
