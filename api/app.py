@@ -19,14 +19,14 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokentrail.api import ui
-from tokentrail.api.deps import MAX_BODY
+from tokentrail.api.deps import MAX_BODY, MAX_CLAIMED_REQUEST_ID
 from tokentrail.api.heavy import HeavyReadGate, heavy_concurrency
 from tokentrail.api.metrics import Metrics, MetricsMiddleware
 from tokentrail.api.proxies import TrustedProxies
 from tokentrail.api.routes import deployments, health, ledger, tokens, workspaces
 from tokentrail.api.ui.session_store import ConsoleSessions, SessionSettings
-from tokentrail.api.wire import request_id
 from tokentrail.domain.errors import LedgerError, StoreUnavailable
+from tokentrail.redact import claimed
 from tokentrail.service import Service
 
 log = logging.getLogger("tokentrail.api")
@@ -167,8 +167,9 @@ def _error(request: Request, status: int, message: str, headers: dict[str, str] 
 
 
 class RequestIdMiddleware:
-    """Gives every request an id (kept from X-Request-Id when sane), echoes it in the answer,
-    and refuses bodies over MAX_BODY with 413 before anything reads them."""
+    """Gives every request an id of the server's making, echoes it in `X-Request-Id`, keeps an
+    `X-Request-Id` the client sent as its claim, and refuses bodies over MAX_BODY with 413 before
+    anything reads them."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -184,8 +185,12 @@ class RequestIdMiddleware:
                 sent_id = value.decode("latin-1")
             elif key == b"content-length":
                 length = value.decode("latin-1")
-        rid = request_id(sent_id) or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
+        # The request id is always the server's own; one the client sent is kept apart, as a
+        # claim (the audit records both, labelled).
+        rid = uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        state["claimed_request_id"] = claimed(sent_id, MAX_CLAIMED_REQUEST_ID)
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
             response = JSONResponse(
                 {"error": f"request body too large (at most {MAX_BODY} bytes)"},

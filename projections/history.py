@@ -101,8 +101,21 @@ def audit_event(row: Any) -> dict[str, Any]:
         "scopes_after": json.loads(row["scopes_after"]) if row["scopes_after"] is not None else None,
         "details": json.loads(row["details"]) if row["details"] else None,
         "hash": row["hash"],
+        **request_fields(row),
     }
     return out
+
+
+def request_fields(row: Any) -> dict[str, Any]:
+    """What an audit event adds about its subject and its request: `aggregate` (token,
+    workspace, user, jwt, deployment), `client` as the server saw it and `claimed`, what the client
+    said about itself; both null for events written before they were recorded."""
+    client = claimed = None
+    if row["client_address"] is not None or row["user_agent"] is not None:
+        client = {"address": row["client_address"], "user_agent": row["user_agent"]}
+    if row["claimed_origin"] is not None or row["claimed_request_id"] is not None:
+        claimed = {"origin": row["claimed_origin"], "request_id": row["claimed_request_id"]}
+    return {"aggregate": row["aggregate"], "client": client, "claimed": claimed}
 
 
 class History:
