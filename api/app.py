@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -28,13 +30,29 @@ from tokentrail.api.ui.session_store import ConsoleSessions, SessionSettings
 from tokentrail.domain.errors import LedgerError, StoreUnavailable
 from tokentrail.redact import claimed
 from tokentrail.service import Service
+from tokentrail.sinks import AuditSink
 
 log = logging.getLogger("tokentrail.api")
 SWITCH_INTERVAL = 0.001  # seconds; Python's default is 0.005
 
 
 def create_app(service: Service) -> FastAPI:
+    # Read once here so that a malformed setting stops the server at start.
+    sink = AuditSink.from_environ(service)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The audit sink delivers from its own thread while the server serves, never in a request.
+        if sink is not None:
+            sink.start()
+        try:
+            yield
+        finally:
+            if sink is not None:
+                sink.stop()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="tokentrail",
         version="0.1.0",
         description=(
@@ -43,7 +61,8 @@ def create_app(service: Service) -> FastAPI:
         ),
     )
     app.state.service = service
-    app.state.metrics = Metrics(service)
+    app.state.audit_sink = sink
+    app.state.metrics = Metrics(service, sink)
     # Read once here so that a malformed setting stops the server at start.
     app.state.proxies = TrustedProxies.from_environ(service.environ)
     app.state.console_sessions = ConsoleSessions(
