@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from starlette.routing import BaseRoute, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tokentrail.logs import access_log, log_request
 from tokentrail.service import Service
 from tokentrail.sinks import AuditSink
 
@@ -188,7 +189,8 @@ class SinkCollector(Collector):
 
 
 class MetricsMiddleware:
-    """Counts and times every HTTP request by the template of the route that answered it."""
+    """Counts and times every HTTP request by the template of the route that answered it, and
+    writes its line in the access log (`tokentrail.access`: the template, never the path)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[BaseRoute]) -> None:
         self.app = app
@@ -213,9 +215,11 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             method = scope["method"]
-            self.metrics.observe(
-                self.template(scope), method if method in _METHODS else "other", status, time.perf_counter() - started
-            )
+            method = method if method in _METHODS else "other"
+            template, seconds = self.template(scope), time.perf_counter() - started
+            self.metrics.observe(template, method, status, seconds)
+            if access_log.isEnabledFor(logging.INFO):
+                log_request(scope.get("state", {}).get("request_id"), method, template, status, seconds)
 
     def template(self, scope: Scope) -> str:
         """The template of the route that answered (`/v0/tokens/{ref:path}`), else `(unmatched)`:

@@ -4,8 +4,10 @@ access, workspace). Shared options, consoles and exit codes live in common.py.""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -133,6 +135,7 @@ def serve(
     import uvicorn
 
     from tokentrail.api.setup import initialise
+    from tokentrail.logs import log_format, logging_config
 
     _check_port(host, port)
     if data_dir is not None:
@@ -141,12 +144,31 @@ def serve(
         os.environ["TOKENTRAIL_DATABASE_URL"] = database_url
     if rotate_key:
         os.environ["TOKENTRAIL_ROTATE_KEY"] = "1"
+    try:
+        log_config = logging_config(dict(os.environ))
+    except ValueError as error:
+        fail(str(error))
     service = open_service(None, None)
     os.environ.pop("TOKENTRAIL_ROTATE_KEY", None)  # recorded: the workers check against the new key
     if not service.queries.all_workspaces():
         result = initialise(service, "default", "admin@localhost")
         admin = next(t for t in result["tokens"] if t["name"] == "admin token")
-        err.print(f"Initialised an empty store: workspace [bold]default[/], admin token:\n{admin['token']}")
+        if log_format(dict(os.environ)) == "json":
+            # A JSON log goes to a collector: it never carries a value.
+            print(
+                json.dumps(
+                    {
+                        "time": datetime.now(UTC).isoformat(timespec="microseconds"),
+                        "level": "info",
+                        "logger": "tokentrail.setup",
+                        "message": "initialised an empty store: workspace default; "
+                        "`tokentrail init --quiet` prints its admin token",
+                    }
+                ),
+                file=sys.stderr,
+            )
+        else:
+            err.print(f"Initialised an empty store: workspace [bold]default[/], admin token:\n{admin['token']}")
     service.close()
     uvicorn.run(
         "tokentrail.api.app:app_from_env",
@@ -155,7 +177,8 @@ def serve(
         port=port,
         workers=workers,
         log_level="info",
-        access_log=False,
+        log_config=log_config,  # TOKENTRAIL_LOG_FORMAT: text or json, redacted either way
+        access_log=False,  # uvicorn's would write paths; tokentrail.access writes route templates
         # Forwarded headers are read by api/proxies.py, from TOKENTRAIL_TRUSTED_PROXIES only:
         # uvicorn must not rewrite the peer address or scheme from them on its own.
         proxy_headers=False,
