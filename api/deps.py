@@ -66,8 +66,11 @@ def audit_context(request: Request, origin: str | None = None) -> dict[str, Any]
         "address": proxies(request).client_address(request),
         "user_agent": claimed(request.headers.get("user-agent"), MAX_USER_AGENT),
     }
+    said = request.headers.get("x-tokentrail-origin")
+    if said is None and b"cli_version=" in request.scope.get("query_string", b""):
+        said = "cli"  # Tinybird's CLIs mark their requests with cli_version=: a claim too
     claims = {
-        "origin": claimed(request.headers.get("x-tokentrail-origin"), MAX_CLAIMED_ORIGIN),
+        "origin": claimed(said, MAX_CLAIMED_ORIGIN),
         "request_id": getattr(request.state, "claimed_request_id", None),
     }
     context["claimed"] = {k: v for k, v in claims.items() if v is not None}

@@ -41,6 +41,9 @@ class AuditQuery:
     resource: str | None = None
     events: tuple[str, ...] = ()
     deployment: str | None = None
+    # The workspace owner's user id: the owner's own events (the user's creation, the user
+    # token's) are part of the workspace's trail.
+    owner_user_id: str | None = None
 
 
 # A cursor is `{"p": <position>}` in unpadded base64url: 64 characters hold every position below
@@ -124,7 +127,8 @@ class History:
 
     def _audit_select(self, q: AuditQuery, after: int) -> Any:
         a = s.audit
-        conditions = [a.c.workspace_id == q.workspace_id, a.c.visible.is_(True), a.c.position > after]
+        realms = [q.workspace_id] + ([q.owner_user_id] if q.owner_user_id else [])
+        conditions = [a.c.workspace_id.in_(realms), a.c.visible.is_(True), a.c.position > after]
         if q.start is not None:
             conditions.append(a.c.at >= q.start)
         if q.end is not None:

@@ -174,7 +174,7 @@ def test_creating_without_a_scope_is_400_scope_is_mandatory(client, service, ws)
 def test_an_unknown_scope_is_400_naming_it(client, service, ws) -> None:
     before = head(service)
     response = client.post(url("/v0/tokens", ws.admin, name="t", scope=["PIPES:READ:top", "FOO:BAR"]))
-    assert_error(response, 400, "Unknown scope FOO:BAR")
+    assert assert_error(response, 400).startswith("Unknown scope FOO:BAR: valid scopes are ADMIN, TOKENS")
     assert head(service) == before
 
 
@@ -345,9 +345,8 @@ def test_put_with_an_empty_scope_is_400_scope_is_mandatory(client, service, ws) 
 def test_put_with_an_unknown_scope_is_400_and_changes_nothing(client, service, ws) -> None:
     create(client, ws.admin, "t", "PIPES:READ:top")
     before = head(service)
-    assert_error(
-        client.put(url("/v0/tokens/t", ws.admin, scope=["PIPES:READ:x", "FOO:BAR"])), 400, "Unknown scope FOO:BAR"
-    )
+    refused = assert_error(client.put(url("/v0/tokens/t", ws.admin, scope=["PIPES:READ:x", "FOO:BAR"])), 400)
+    assert refused.startswith("Unknown scope FOO:BAR:")
     assert head(service) == before
     assert client.get(url("/v0/tokens/t", ws.admin)).json()["scopes"][0]["resource"] == "top"
 

@@ -195,9 +195,12 @@ class Reads:
         authorize(who, Op.READ_AUDIT)
         return self.history.audit_stream(self._own(who, query))
 
-    @staticmethod
-    def _own(who: Caller, query: AuditQuery) -> AuditQuery:
-        return dataclasses.replace(query, workspace_id=who.workspace_id)
+    def _own(self, who: Caller, query: AuditQuery) -> AuditQuery:
+        """The query confined to the caller's workspace, and its owner's own events (the user's
+        creation and the user token's changes), which belong to no workspace."""
+        workspace = self.queries.workspace(who.workspace_id)
+        owner = workspace.owner_user_id if workspace is not None else None
+        return dataclasses.replace(query, workspace_id=who.workspace_id, owner_user_id=owner)
 
     # -- access ---------------------------------------------------------------------------------
 

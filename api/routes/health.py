@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 
@@ -12,11 +12,44 @@ from tokentrail.api.schemas import responses
 from tokentrail.domain import clock
 from tokentrail.domain.clock import format_instant, to_micros
 from tokentrail.domain.errors import LedgerError, StoreUnavailable
+from tokentrail.redact import redact
 from tokentrail.service import Service
 
 DEFAULT_READY_MAX_LAG = 10.0
 
 router = APIRouter(tags=["operations"])
+
+
+@router.get(
+    "/",
+    summary="Where things are: a browser goes to the console, a program gets the addresses",
+    description="Needs no token. A request that accepts HTML is redirected (307) to the web console "
+    "at `/ui`; anything else gets a JSON map of the console, the API reference and the "
+    "operations routes.",
+    response_model=None,
+    responses=responses(
+        {
+            "type": "object",
+            "properties": {k: {"type": "string"} for k in ("service", "console", "api_docs", "openapi")},
+        }
+    ),
+)
+async def index(request: Request) -> Response:
+    if "text/html" in request.headers.get("accept", ""):
+        return RedirectResponse("/ui", status_code=307)
+    return JSONResponse(
+        {
+            "service": "tokentrail",
+            "console": "/ui",
+            "api_docs": "/docs",
+            "openapi": "/openapi.json",
+            "tokens": "/v0/tokens",
+            "audit": "/v0/audit",
+            "health": "/healthz",
+            "ready": "/readyz",
+            "metrics": "/metrics",
+        }
+    )
 
 
 @router.get(
@@ -113,6 +146,9 @@ def _stalled_projection(service: Service) -> str | None:
         service.sync()
     except LedgerError as error:
         reason = f": {error.message}"
+    except Exception as error:  # noqa: BLE001 - a projection that fails is what readiness reports
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        reason = f": the projector failed: {type(error).__name__}: {redact(first)}"
     events, seconds = service.projection_lag()
     if events == 0 or seconds <= ready_lag_bound(service):
         return None
