@@ -25,7 +25,7 @@ from tokentrail.api.deps import MAX_BODY, MAX_CLAIMED_REQUEST_ID
 from tokentrail.api.heavy import HeavyReadGate, heavy_concurrency
 from tokentrail.api.metrics import Metrics, MetricsMiddleware
 from tokentrail.api.proxies import TrustedProxies
-from tokentrail.api.routes import deployments, health, ledger, tokens, workspaces
+from tokentrail.api.routes import deployments, forward, health, incident, ledger, tokens, workspaces
 from tokentrail.api.ui.session_store import ConsoleSessions, SessionSettings
 from tokentrail.domain.errors import LedgerError, StoreUnavailable
 from tokentrail.redact import claimed
@@ -71,8 +71,10 @@ def create_app(service: Service) -> FastAPI:
     # Introspection (/v0/auth) is the hottest route: its router is matched first.
     app.include_router(workspaces.router)
     app.include_router(ledger.router)  # before tokens: its /v0/tokens/{x}/history must match first
+    app.include_router(incident.router)  # before tokens too: /v0/tokens/{x}/exposure, /lookup, /revoke
     app.include_router(tokens.router)
     app.include_router(deployments.router)
+    app.include_router(forward.router)
     app.include_router(ui.router)
     app.include_router(health.router)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")

@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from tokentrail.api.schemas import TokenSchema, WorkspaceSchema
+from tokentrail.domain.clock import format_instant
+from tokentrail.domain.exposure import Interval, Reach
 from tokentrail.domain.policy import Caller, may_see_value
 from tokentrail.domain.scopes import read_scope
 from tokentrail.projections.queries import TokenRow, WorkspaceRow
+from tokentrail.reads import Exposure, Identified
 from tokentrail.service import Service
 
 _token_schema = TokenSchema()
@@ -53,3 +56,69 @@ def workspace_object(workspace: WorkspaceRow, caller: Caller) -> dict[str, Any]:
 def scope_texts(scopes: list[str]) -> list[str]:
     """Canonical strings for a list of scope strings (for comparisons and display)."""
     return [str(read_scope(s)) for s in scopes]
+
+
+def _instant(micros: int | None) -> str | None:
+    return format_instant(micros) if micros is not None else None
+
+
+def _intervals(intervals: list[Interval]) -> list[dict[str, str | None]]:
+    return [{"from": _instant(start), "to": _instant(end)} for start, end in intervals]
+
+
+def _reach_objects(entries: list[tuple[Reach, list[Interval]]]) -> list[dict[str, Any]]:
+    return [
+        {
+            "kind": item.kind,
+            "resource": item.resource,
+            "permission": item.permission,
+            "via": item.via,
+            "filter": item.filter,
+            "intervals": _intervals(intervals),
+        }
+        for item, intervals in entries
+    ]
+
+
+def exposure_object(found: Exposure) -> dict[str, Any]:
+    """`GET /v0/tokens/{x}/exposure`: `from`/`to` are the window asked for, else the token's (or the
+    value's) life; `to` is null while it is still open."""
+    start = found.start if found.start is not None else (found.lives[0][0] if found.lives else None)
+    end = found.end if found.end is not None else (found.lives[-1][1] if found.lives else None)
+    return {
+        "token_id": found.token.id,
+        "name": found.token.name,
+        "deleted": found.token.deleted,
+        "generation": found.generation,
+        "from": _instant(start),
+        "to": _instant(end),
+        "valid": _intervals(found.lives),
+        "exposure": _reach_objects(found.exposure),
+        "escalation": [{"via": via, "intervals": _intervals(spans)} for via, spans in found.escalation.items()],
+        "jwts": [
+            {
+                "id": jwt["id"],
+                "name": jwt["name"],
+                "issued_at": _instant(jwt["issued_at"]),
+                "expires_at": _instant(jwt["expires_at"]),
+                "invalidated_at": _instant(jwt["invalidated_at"]),
+                "exposure": _reach_objects(jwt["exposure"]),
+            }
+            for jwt in found.jwts
+        ],
+    }
+
+
+def lookup_object(found: Identified) -> dict[str, Any]:
+    """`POST /v0/tokens/lookup`: which token a value is or was, never the value."""
+    return {
+        "token_id": found.token_id,
+        "name": found.name,
+        "workspace_id": found.workspace_id,
+        "generation": found.generation,
+        "valid_from": _instant(found.valid_from),
+        "valid_until": _instant(found.valid_until),
+        "valid_now": found.valid_now,
+        "reason": found.reason,
+        "jwt": found.jwt,
+    }

@@ -49,6 +49,11 @@ class Conflict(LedgerError):
     status = 409
 
 
+class DeploymentInProgress(Conflict):
+    """Another deployment is staged, or was made while this one was planned: nothing was written,
+    and the caller may retry once that one is promoted or discarded."""
+
+
 class ProjectionFailed(LedgerError):
     """A change was committed but the read models could not take it in: a defect of ours, never
     the caller's bad input (so never a 4xx), and the change is not lost."""

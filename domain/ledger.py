@@ -25,9 +25,10 @@ from eventsourcing.persistence import IntegrityError, OperationalError
 
 from tokentrail.domain import clock
 from tokentrail.domain.datafiles import parse_project
-from tokentrail.domain.deploy import CreateToken, CurrentToken, DeleteToken, ModifyToken, Plan, plan_deployment
+from tokentrail.domain.deploy import CreateToken, CurrentToken, DeleteToken, ModifyToken, plan_deployment
 from tokentrail.domain.errors import (
     Conflict,
+    DeploymentInProgress,
     Forbidden,
     InvalidInput,
     NameTaken,
@@ -39,6 +40,7 @@ from tokentrail.domain.errors import (
 from tokentrail.domain.model import (
     DeploymentLog,
     Jwt,
+    Lookup,
     Token,
     TokenName,
     User,
@@ -61,6 +63,7 @@ from tokentrail.domain.policy import (
 )
 from tokentrail.domain.refs import parse_ref
 from tokentrail.domain.scopes import ADMIN, AUTH, Scope, parse_scope, parse_scopes, read_scope
+from tokentrail.domain.staged import Deployed, StagedDeployments
 from tokentrail.domain.values import TokenSigner, new_generation
 
 MAX_DESCRIPTION_LENGTH = 2048
@@ -100,11 +103,11 @@ class JwtIssue:
 
 
 @dataclass
-class Deployed:
-    """A deployment's plan; `deployment_id` is None when nothing was written (check or no change)."""
+class Revoked:
+    """A bulk revocation: the tokens it deleted, under one id, in one transaction."""
 
-    plan: Plan
-    deployment_id: str | None
+    revocation_id: str
+    tokens: list[Token]
     position: int
 
 
@@ -115,6 +118,21 @@ class WorkspaceSetup:
     tokens: list[Token]
     position: int
     created: bool
+
+
+MAX_REASON_LENGTH = 1000
+
+
+def validate_reason(reason: Any) -> str:
+    """Why tokens are being revoked: required, one paragraph of printable text."""
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidInput("reason is required: say why these tokens are revoked")
+    text: str = reason.strip()
+    if len(text) > MAX_REASON_LENGTH:
+        raise InvalidInput(f"reason must be at most {MAX_REASON_LENGTH} characters")
+    if any(not c.isprintable() for c in text):
+        raise InvalidInput("reason must be printable text (no control characters)")
+    return text
 
 
 def validate_description(description: Any) -> str:
@@ -167,7 +185,7 @@ def _any_token(caller: Caller) -> TokenFacts:
     return TokenFacts(None, "custom", caller.workspace_id, ())
 
 
-class Ledger(Application[UUID]):
+class Ledger(StagedDeployments, Application[UUID]):
     """Token ledger use cases. Construct with `env=` (persistence settings) and a signer."""
 
     name = "tokentrail"
@@ -426,6 +444,68 @@ class Ledger(Application[UUID]):
 
         return self._retrying(attempt)
 
+    # -- incident response --------------------------------------------------------------------
+
+    def record_lookup(
+        self, caller: Caller, token_id: str, name: str, *, jwt: bool, generation: int | None, outcome: str
+    ) -> Change:
+        """Put a lookup by value on the record: who asked about which token (or JWT) and which of
+        its values, and what the answer was. Never the value."""
+        authorize(caller, Op.INVESTIGATE)
+
+        def attempt() -> Change:
+            self._require_current(caller)
+            lookup = Lookup.record(
+                actor=caller.actor(),
+                workspace_id=caller.workspace_id,
+                token_id=token_id,
+                name=name,
+                jwt=jwt,
+                generation=generation,
+                outcome=outcome,
+            )
+            return Change(self._save([lookup]), [lookup])
+
+        return self._retrying(attempt)
+
+    def revoke(self, caller: Caller, token_ids: Sequence[str], reason: str, revocation_id: str) -> Revoked:
+        """Delete every token of `token_ids` as one change: one transaction, and one
+        `revocation_id` (with the `reason`) in every deletion's actor, hence in its audit event.
+
+        Tokens deleted meanwhile are skipped; a default or user token is never deleted (the plan
+        never selects one; this is the invariant's second line). Each deletion is still one the
+        policy lets the caller make."""
+        authorize(caller, Op.REVOKE)
+        reason = validate_reason(reason)
+        ids = [UUID(i) for i in dict.fromkeys(token_ids)]
+
+        def attempt() -> Revoked:
+            self._require_current(caller)
+            found = self._get_many(ids)
+            indexes = self._get_many(
+                [token_name_id(t.workspace_id, t.name) for t in found.values() if isinstance(t, Token)]
+            )
+            actor = {**caller.actor(), "revocation_id": revocation_id, "reason": reason}
+            touched: list[Aggregate] = []
+            deleted: list[Token] = []
+            for token_id in ids:
+                token = found.get(token_id)
+                if not isinstance(token, Token) or token.deleted or token.workspace_id != caller.workspace_id:
+                    continue
+                if token.kind.protected:
+                    continue
+                authorize(caller, Op.DELETE, facts_of(token))
+                token.delete(actor)
+                touched.append(token)
+                deleted.append(token)
+                index = indexes.get(token_name_id(token.workspace_id, token.name))
+                if index is not None and index.token_id == str(token.id):
+                    index.release(actor)
+                    touched.append(index)
+            return Revoked(revocation_id, deleted, self._save(touched) if touched else 0)
+
+        return self._retrying(attempt)
+
     # -- deployments --------------------------------------------------------------------------
 
     def deploy(
@@ -434,25 +514,41 @@ class Ledger(Application[UUID]):
         files: dict[str, str],
         current_tokens: Callable[[], list[CurrentToken]],
         check: bool = False,
+        stage: bool = False,
+        exclusive: bool = False,
     ) -> Deployed:
         """Reconcile the workspace's datafile tokens with the TOKEN lines of `files`, atomically.
 
         `current_tokens` reads the live tokens after the log has been caught up; it is called
         after the deployment log is read, so a deployment that committed earlier is in it and one
         that commits later collides with ours on the log's version and makes us re-plan.
+        `stage` records the deployment without applying it (`promote_deployment` applies it);
+        `exclusive` refuses, instead of re-planning, when another deployment was recorded while
+        this one was planned (Forward's CLI: one wins, the other is told to retry).
         """
         authorize(caller, Op.DEPLOY)
         declarations = parse_project(files)
         deployment_id = str(uuid.uuid4())
         workspace_id = caller.workspace_id
+        first_seen: list[int] = []
 
         def attempt() -> Deployed:
             self._require_current(caller)
             log = self._get_or_none(deployment_log_id(workspace_id))
+            seen = log.version if log is not None else 0
+            if exclusive and first_seen and first_seen[0] != seen:
+                raise DeploymentInProgress(
+                    "another deployment was recorded while this one was planned; nothing was written: retry"
+                )
+            first_seen.append(seen)
+            if log is not None and not check:
+                log.require_none_staged()
             plan = plan_deployment(declarations, current_tokens())
             if check or plan.empty:
                 return Deployed(plan, None, 0)
             actor = caller.for_deployment(deployment_id).actor()
+            if stage:
+                return self._stage(log, workspace_id, deployment_id, plan, sorted(files), declarations, actor)
             touched: list[Aggregate] = []
             # Every aggregate the steps touch, read at once (one query per thousand on PostgreSQL).
             known = self._get_many(
@@ -464,9 +560,10 @@ class Ledger(Application[UUID]):
             paths = sorted(files)
             if log is None:
                 log = DeploymentLog.start(workspace_id, deployment_id, plan.token_changes, paths, actor)
+                number = 1
             else:
-                log.record(deployment_id, plan.token_changes, paths, actor)
-            return Deployed(plan, deployment_id, self._save([*touched, log]))
+                number = log.deployed(deployment_id, plan.token_changes, paths, actor)
+            return Deployed(plan, deployment_id, self._save([*touched, log]), number)
 
         return self._retrying(attempt)
 

@@ -18,7 +18,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate
 
 from tokentrail.domain import clock
-from tokentrail.domain.errors import Forbidden, InvalidInput
+from tokentrail.domain.errors import DeploymentInProgress, Forbidden, InvalidInput
 
 NAMESPACE = uuid5(NAMESPACE_URL, "https://tokentrail.dev/ns")
 
@@ -415,6 +415,44 @@ class Jwt(Aggregate):
 
 
 # ---------------------------------------------------------------------------------------------
+# Lookups by value: incident response asks "which token is this leaked value?", and the asking is
+# on the record (who looked up which token and generation), never the value itself. One small
+# aggregate per lookup, so lookups never contend with changes to the token.
+
+
+class Lookup(Aggregate):
+    TOPIC = "tokentrail.lookup.Lookup"
+
+    class Event(LedgerEvent):
+        pass
+
+    class TokenLookedUp(Event, LedgerCreated):
+        TOPIC = "tokentrail.lookup.TokenLookedUp.v1"
+        workspace_id: str
+        token_id: str  # the static token, or the JWT's id
+        name: str  # its name when looked up
+        jwt: bool
+        generation: int | None  # refreshes before the looked-up value (0: as created); None for a JWT
+        outcome: str  # current, grace, refreshed, deleted, expired
+
+    Created = TokenLookedUp  # the library expects a Created class; ours has a domain name
+
+    def __init__(
+        self, workspace_id: str, token_id: str, name: str, jwt: bool, generation: int | None, outcome: str
+    ) -> None:
+        self.workspace_id = workspace_id
+        self.token_id = token_id
+        self.name = name
+        self.jwt = jwt
+        self.generation = generation
+        self.outcome = outcome
+
+    @classmethod
+    def record(cls, *, actor: ActorDict, **fields: Any) -> Lookup:
+        return cls._create(cls.TokenLookedUp, actor=actor, **fields)
+
+
+# ---------------------------------------------------------------------------------------------
 # Deployments: one log per workspace. Every deployment appends to it in the same transaction as its
 # token changes, so two concurrent deployments collide on the log's version: one wins, the other
 # re-plans against the winner's result. Its token events carry the deployment id in `actor`.
@@ -449,13 +487,90 @@ class DeploymentLog(Aggregate):
         def apply(self, log: DeploymentLog) -> None:
             log.last_deployment_id = self.deployment_id
             log.count += 1
+            log.live_number = log.count
+
+    # Staged deployments (Forward's `tb deployment create` without `--auto`). Every deployment has
+    # a number in its workspace, what Forward's CLI calls its id: `count` is the last one given.
+    # The legacy events number theirs implicitly (Created: 1, Applied: its version), new ones
+    # carry it. At most one deployment is staged at a time; `live_number` is the last applied.
+
+    class Opened(Event, LedgerCreated):
+        """The log of a workspace whose first deployment is staged (no deployment of its own)."""
+
+        TOPIC = "tokentrail.deployment_log.Opened.v1"
+        workspace_id: str
+
+    class Deployed(Event):
+        """A deployment applied at once (what `Applied` was, with its number)."""
+
+        TOPIC = "tokentrail.deployment_log.Deployed.v1"
+        workspace_id: str
+        deployment_id: str
+        number: int
+        token_changes: list[dict[str, Any]]
+        files: list[str]
+
+        def apply(self, log: DeploymentLog) -> None:
+            log.last_deployment_id = self.deployment_id
+            log.count = log.live_number = self.number
+
+    class Staged(Event):
+        """A deployment recorded, not applied: its TOKEN lines wait for `Promoted` or `Discarded`.
+        `token_changes` is the plan as it stood when staged; promotion plans again."""
+
+        TOPIC = "tokentrail.deployment_log.Staged.v1"
+        workspace_id: str
+        deployment_id: str
+        number: int
+        token_changes: list[dict[str, Any]]
+        files: list[str]
+        declarations: list[dict[str, Any]]
+
+        def apply(self, log: DeploymentLog) -> None:
+            log.count = self.number
+            log.staged = {
+                "deployment_id": self.deployment_id,
+                "number": self.number,
+                "files": list(self.files),
+                "declarations": [dict(d) for d in self.declarations],
+            }
+
+    class Promoted(Event):
+        """The staged deployment applied: `token_changes` is what promotion changed."""
+
+        TOPIC = "tokentrail.deployment_log.Promoted.v1"
+        workspace_id: str
+        deployment_id: str
+        number: int
+        token_changes: list[dict[str, Any]]
+        files: list[str]
+
+        def apply(self, log: DeploymentLog) -> None:
+            log.staged = None
+            log.last_deployment_id = self.deployment_id
+            log.live_number = self.number
+
+    class Discarded(Event):
+        TOPIC = "tokentrail.deployment_log.Discarded.v1"
+        workspace_id: str
+        deployment_id: str
+        number: int
+
+        def apply(self, log: DeploymentLog) -> None:
+            log.staged = None
 
     def __init__(
-        self, workspace_id: str, deployment_id: str, token_changes: list[dict[str, Any]], files: list[str]
+        self,
+        workspace_id: str,
+        deployment_id: str | None = None,
+        token_changes: list[dict[str, Any]] | None = None,
+        files: list[str] | None = None,
     ) -> None:
         self.workspace_id = workspace_id
         self.last_deployment_id = deployment_id
-        self.count = 1
+        self.count = 0 if deployment_id is None else 1
+        self.live_number = self.count
+        self.staged: dict[str, Any] | None = None
 
     @classmethod
     def start(
@@ -476,9 +591,87 @@ class DeploymentLog(Aggregate):
             actor=actor,
         )
 
+    @classmethod
+    def open(cls, workspace_id: str, actor: ActorDict) -> DeploymentLog:
+        return cls._create(cls.Opened, id=deployment_log_id(workspace_id), workspace_id=workspace_id, actor=actor)
+
+    def deployed(
+        self, deployment_id: str, token_changes: list[dict[str, Any]], files: list[str], actor: ActorDict
+    ) -> int:
+        """Record a deployment applied at once; returns its number."""
+        self.require_none_staged()
+        number = self.count + 1
+        self.trigger_event(
+            self.Deployed,
+            workspace_id=self.workspace_id,
+            deployment_id=deployment_id,
+            number=number,
+            token_changes=token_changes,
+            files=files,
+            actor=actor,
+        )
+        return number
+
+    def stage(
+        self,
+        deployment_id: str,
+        token_changes: list[dict[str, Any]],
+        files: list[str],
+        declarations: list[dict[str, Any]],
+        actor: ActorDict,
+    ) -> int:
+        self.require_none_staged()
+        number = self.count + 1
+        self.trigger_event(
+            self.Staged,
+            workspace_id=self.workspace_id,
+            deployment_id=deployment_id,
+            number=number,
+            token_changes=token_changes,
+            files=files,
+            declarations=declarations,
+            actor=actor,
+        )
+        return number
+
+    def promoted(self, token_changes: list[dict[str, Any]], actor: ActorDict) -> None:
+        staged = self._require_staged()
+        self.trigger_event(
+            self.Promoted,
+            workspace_id=self.workspace_id,
+            deployment_id=staged["deployment_id"],
+            number=staged["number"],
+            token_changes=token_changes,
+            files=staged["files"],
+            actor=actor,
+        )
+
+    def discard(self, actor: ActorDict) -> None:
+        staged = self._require_staged()
+        self.trigger_event(
+            self.Discarded,
+            workspace_id=self.workspace_id,
+            deployment_id=staged["deployment_id"],
+            number=staged["number"],
+            actor=actor,
+        )
+
+    def require_none_staged(self) -> None:
+        if self.staged is not None:
+            raise DeploymentInProgress(
+                f"deployment #{self.staged['number']} is staged and not live yet: promote it "
+                "(tb deployment promote) or discard it (tb deployment discard), then retry"
+            )
+
+    def _require_staged(self) -> dict[str, Any]:
+        if self.staged is None:
+            raise DeploymentInProgress("no deployment is staged")
+        return self.staged
+
     def record(
         self, deployment_id: str, token_changes: list[dict[str, Any]], files: list[str], actor: ActorDict
     ) -> None:
+        """The legacy event of a later deployment; today's code records `deployed` instead."""
         self.trigger_event(
             self.Applied,
             workspace_id=self.workspace_id,

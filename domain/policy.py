@@ -132,6 +132,8 @@ class Op(StrEnum):
     DEPLOY = "deploy datafile tokens"
     READ_AUDIT = "read audit, history, access, as-of"
     VERIFY = "verify the chain, sign checkpoints"
+    INVESTIGATE = "trace exposure, look up a value"
+    REVOKE = "revoke tokens in bulk"
     WORKSPACES = "create and list workspaces"
 
 
@@ -196,6 +198,10 @@ RULES: dict[Op, dict[Target, frozenset[Role]]] = {
     },
     Op.READ_AUDIT: {Target.NONE: _MANAGERS},
     Op.VERIFY: {Target.NONE: _ADMINS},
+    # Incident response: tracing reads token metadata only; bulk revocation needs an admin, and
+    # each token it selects must still be one the caller may delete.
+    Op.INVESTIGATE: {Target.NONE: _MANAGERS},
+    Op.REVOKE: {Target.NONE: _ADMINS},
     Op.WORKSPACES: {Target.NONE: frozenset({Role.USER})},
 }
 
@@ -300,6 +306,8 @@ def refusal(role: Role, op: Op, target: Target) -> str:
         return "deployments need a token with ADMIN, TOKENS or WORKSPACE:DEPLOY scope"
     if op is Op.VERIFY:
         return "verifying the trail needs a token with ADMIN scope"
+    if op is Op.REVOKE:
+        return "revoking tokens in bulk needs a token with ADMIN scope"
     if op is Op.WORKSPACES:
         return "this needs a user token"
     if target in (Target.USER_BOUND, Target.OWN_USER_BOUND) and op in (Op.SEE_VALUE, Op.REFRESH, Op.READ, Op.DESCRIBE):

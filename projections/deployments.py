@@ -15,7 +15,27 @@ def current_tokens(service: Service, workspace_id: str) -> list[CurrentToken]:
     ]
 
 
-def deploy(service: Service, caller: Caller, files: dict[str, str], check: bool = False) -> Deployed:
+def deploy(
+    service: Service,
+    caller: Caller,
+    files: dict[str, str],
+    check: bool = False,
+    stage: bool = False,
+    exclusive: bool = False,
+) -> Deployed:
     return service.command(
-        lambda: service.ledger.deploy(caller, files, lambda: current_tokens(service, caller.workspace_id), check)
+        lambda: service.ledger.deploy(
+            caller, files, lambda: current_tokens(service, caller.workspace_id), check, stage, exclusive
+        )
     )
+
+
+def promote(service: Service, caller: Caller, number: int) -> Deployed:
+    """Apply a staged deployment, planned again against the live tokens."""
+    return service.command(
+        lambda: service.ledger.promote_deployment(caller, number, lambda: current_tokens(service, caller.workspace_id))
+    )
+
+
+def discard(service: Service, caller: Caller, number: int) -> Deployed:
+    return service.command(lambda: service.ledger.discard_deployment(caller, number))

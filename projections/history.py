@@ -24,7 +24,7 @@ from tokentrail.projections import schema as s
 from tokentrail.projections.queries import TokenRow, origin_of
 
 MAX_PAGE = 1000
-AUDIT_FILTERS = ("from", "to", "actor", "token_id", "token_name", "resource", "event", "deployment")
+AUDIT_FILTERS = ("from", "to", "actor", "token_id", "token_name", "resource", "event", "deployment", "revocation")
 
 
 # -- audit trail ---------------------------------------------------------------------------------
@@ -44,6 +44,7 @@ class AuditQuery:
     # The workspace owner's user id: the owner's own events (the user's creation, the user
     # token's) are part of the workspace's trail.
     owner_user_id: str | None = None
+    revocation: str | None = None  # the deletions of one bulk revocation
 
 
 # A cursor is `{"p": <position>}` in unpadded base64url: 64 characters hold every position below
@@ -143,6 +144,8 @@ class History:
             conditions.append(a.c.type.in_(q.events))
         if q.deployment:
             conditions.append(a.c.deployment_id == q.deployment)
+        if q.revocation:
+            conditions.append(a.c.revocation_id == q.revocation)
         if q.resource:
             r = s.audit_resources
             conditions.append(
@@ -423,3 +426,110 @@ def _version_row(row: Any) -> TokenRow:
         created_at=row["valid_from"],
         updated_at=row["valid_from"],
     )
+
+
+# -- incident response -----------------------------------------------------------------------------
+
+
+class Trail:
+    """The rows an investigation reads about one token: when it held each scope, when each of its
+    values was accepted, and the JWTs signed with its values."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def grants_of(self, token_id: str) -> list[tuple[str, int, int | None]]:
+        """(scope, valid from, valid to) of every scope the token ever held, oldest first."""
+        g = s.scope_grants
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(g.c.scope, g.c.valid_from, g.c.valid_to)
+                .where(g.c.token_id == token_id)
+                .order_by(g.c.valid_from, g.c.scope)
+            ).all()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def generations_of(self, token_id: str) -> list[tuple[int, int, int | None]]:
+        """(seq, valid from, valid to) of every value the token had: seq 1 is the value it was
+        created with, each refresh adds one; a refreshed-out value's window ends with its grace."""
+        t = s.generations
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.c.seq, t.c.valid_from, t.c.valid_to).where(t.c.token_id == token_id).order_by(t.c.seq)
+            ).all()
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def jwts_signed_by(self, admin_token_id: str, generation: str | None = None) -> list[dict[str, Any]]:
+        """The JWTs issued with an admin token's values (one generation's, when given)."""
+        j = s.jwts
+        conditions = [j.c.admin_token_id == admin_token_id]
+        if generation is not None:
+            conditions.append(j.c.admin_generation == generation)
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(j).where(and_(*conditions)).order_by(j.c.issued_at, j.c.id)).mappings()
+            return [dict(r) for r in rows]
+
+    def jwt(self, jwt_id: str) -> dict[str, Any] | None:
+        j = s.jwts
+        with self.engine.connect() as conn:
+            row = conn.execute(select(j).where(j.c.id == jwt_id)).mappings().first()
+        return dict(row) if row else None
+
+    def revocation_candidates(
+        self,
+        workspace_id: str,
+        *,
+        created_by: str | None = None,
+        created_from: int | None = None,
+        created_to: int | None = None,
+        deployment: str | None = None,
+        resource: str | None = None,
+        scope_type: str | None = None,
+    ) -> list[TokenRow]:
+        """Live custom and datafile tokens of the workspace matching every selector given (default
+        and user tokens never match)."""
+        t, a, g = s.tokens, s.audit, s.scope_grants
+        conditions = [
+            t.c.workspace_id == workspace_id,
+            t.c.deleted.is_(False),
+            t.c.kind.in_(("custom", "datafile")),
+        ]
+        if created_from is not None:
+            conditions.append(t.c.created_at >= created_from)
+        if created_to is not None:
+            conditions.append(t.c.created_at < created_to)
+        if created_by is not None:
+            conditions.append(
+                t.c.id.in_(
+                    select(a.c.token_id).where(
+                        and_(
+                            a.c.workspace_id == workspace_id,
+                            a.c.aggregate == "token",
+                            a.c.type == "Created",
+                            or_(a.c.actor_token_id == created_by, a.c.actor_name == created_by),
+                        )
+                    )
+                )
+            )
+        if deployment is not None:
+            conditions.append(
+                t.c.id.in_(
+                    select(a.c.token_id).where(
+                        and_(
+                            a.c.deployment_id == deployment, a.c.aggregate == "token", a.c.workspace_id == workspace_id
+                        )
+                    )
+                )
+            )
+        for column, value in ((g.c.resource, resource), (g.c.type, scope_type)):
+            if value is not None:
+                conditions.append(
+                    t.c.id.in_(
+                        select(g.c.token_id).where(
+                            and_(g.c.workspace_id == workspace_id, column == value, g.c.valid_to.is_(None))
+                        )
+                    )
+                )
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t).where(and_(*conditions)).order_by(t.c.name, t.c.id)).mappings()
+            return [TokenRow.from_row(r) for r in rows]

@@ -24,6 +24,7 @@ from tokentrail.domain.ledger import Ledger
 from tokentrail.domain.model import (
     DeploymentLog,
     Jwt,
+    Lookup,
     Token,
     TokenName,
     User,
@@ -46,6 +47,7 @@ _AGGREGATES = {
     User: "user",
     Jwt: "jwt",
     DeploymentLog: "deployment",
+    Lookup: "lookup",
 }
 HIDDEN_AGGREGATES = frozenset({"token_name", "workspace_name"})
 
@@ -161,6 +163,7 @@ class _Batch:
     jwts: list[dict[str, Any]] = field(default_factory=list)
     jwt_invalidations: list[dict[str, Any]] = field(default_factory=list)
     deployments: list[dict[str, Any]] = field(default_factory=list)
+    deployment_updates: list[dict[str, Any]] = field(default_factory=list)
 
     def token(self, token_id: str) -> dict[str, Any]:
         return self.tokens[token_id]
@@ -376,6 +379,7 @@ class Projector:
             "request_id": actor.get("request_id"),
             "origin": actor.get("origin"),
             "deployment_id": actor.get("deployment_id"),
+            "revocation_id": actor.get("revocation_id"),
             "scopes_before": None,
             "scopes_after": None,
             "resources": [],
@@ -457,6 +461,8 @@ class Projector:
                     {"b_admin": token_id, "b_generation": token["previous_generation"], "b_until": grace_until}
                 )
         elif isinstance(event, Token.Deleted):
+            if event.actor and event.actor.get("revocation_id"):
+                details = {"revocation_id": event.actor["revocation_id"], "reason": event.actor.get("reason")}
             token["deleted"] = True
             token["deleted_at"] = at
             seq = self._current_generation_seq(batch, token_id)
@@ -548,9 +554,40 @@ class Projector:
             details=_dumps({"expires_at": event.expires_at, "limits": event.limits, "scopes": event.scopes}),
         )
 
+    def _on_lookup(self, batch: _Batch, event: Any, n: Notification, at: int, row: dict[str, Any]) -> None:
+        row.update(
+            workspace_id=event.workspace_id,
+            token_id=event.token_id,
+            token_name=event.name,
+            details=_dumps({"jwt": event.jwt, "generation": event.generation, "outcome": event.outcome}),
+        )
+
     def _on_deployment(self, batch: _Batch, event: Any, n: Notification, at: int, row: dict[str, Any]) -> None:
+        if isinstance(event, DeploymentLog.Opened):  # bookkeeping: the log of a first staged deployment
+            row.update(type="DeploymentLogOpened", visible=False, workspace_id=event.workspace_id)
+            return
         deployment_id, workspace_id = event.deployment_id, event.workspace_id
-        row["type"] = "Deployed"
+        # Legacy events number their deployment implicitly: Created is the first, Applied its version.
+        number = getattr(event, "number", None) or n.originator_version
+        details = _deployment_details(event)
+        if hasattr(event, "number"):  # (the legacy rows stay as they were projected)
+            details["number"] = number
+        row.update(
+            type=_DEPLOYMENT_ROW_TYPES.get(type(event), "Deployed"),
+            workspace_id=workspace_id,
+            deployment_id=deployment_id,
+            details=_dumps(details),
+        )
+        if isinstance(event, DeploymentLog.Promoted | DeploymentLog.Discarded):
+            status = "applied" if isinstance(event, DeploymentLog.Promoted) else "discarded"
+            changes = _dumps(event.token_changes) if isinstance(event, DeploymentLog.Promoted) else None
+            pending = next((d for d in batch.deployments if d["id"] == deployment_id), None)
+            if pending is not None:
+                pending.update(status=status, updated_at=at, **({"token_changes": changes} if changes else {}))
+            else:
+                batch.deployment_updates.append({"id": deployment_id, "status": status, "at": at, "changes": changes})
+            return
+        staged = isinstance(event, DeploymentLog.Staged)
         batch.deployments.append(
             {
                 "id": deployment_id,
@@ -560,12 +597,10 @@ class Projector:
                 "actor_token_id": (event.actor or {}).get("token_id"),
                 "token_changes": _dumps(event.token_changes),
                 "files": _dumps(event.files),
+                "number": number,
+                "status": "staged" if staged else "applied",
+                "updated_at": None if staged else at,
             }
-        )
-        row.update(
-            workspace_id=workspace_id,
-            deployment_id=deployment_id,
-            details=_dumps({"token_changes": event.token_changes, "files": event.files}),
         )
 
     # -- temporal rows ------------------------------------------------------------------------
@@ -693,6 +728,9 @@ class Projector:
         insert(s.users, batch.users)
         insert(s.jwts, batch.jwts)
         insert(s.deployments, batch.deployments)
+        updated = batch.deployment_updates
+        update(s.deployments, ("status", "updated_at"), ("id",), [(u["status"], u["at"], u["id"]) for u in updated])
+        update(s.deployments, ("token_changes",), ("id",), [(u["changes"], u["id"]) for u in updated if u["changes"]])
         update(
             s.jwts,
             ("invalidated_at",),
@@ -702,6 +740,18 @@ class Projector:
         )
         insert(s.audit, batch.audit_rows)
         insert(s.audit_resources, batch.audit_resources)
+
+
+_DEPLOYMENT_ROW_TYPES = {
+    DeploymentLog.Staged: "DeploymentStaged",
+    DeploymentLog.Promoted: "DeploymentPromoted",
+    DeploymentLog.Discarded: "DeploymentDiscarded",
+}
+
+
+def _deployment_details(event: Any) -> dict[str, Any]:
+    """What a deployment's audit row shows: its token changes and files (never declarations)."""
+    return {k: getattr(event, k) for k in ("token_changes", "files") if hasattr(event, k)}
 
 
 def _grace_json(grace: dict[str, int]) -> str:

@@ -48,6 +48,7 @@ class TokenRow:
     # (generation, valid until µs) of every generation refreshed out with a grace window that
     # was still open at the token's last refresh: each keeps its own window to its end.
     grace: tuple[tuple[str, int], ...] = ()
+    deleted_at: int | None = None  # effective time of the deletion
 
     @cached_property
     def parsed_scopes(self) -> tuple[Scope, ...]:
@@ -90,6 +91,7 @@ class TokenRow:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             grace=grace_pairs(row["grace"]),
+            deleted_at=row["deleted_at"],
         )
 
 
@@ -101,6 +103,21 @@ class WorkspaceRow:
     owner_user_id: str
     admin_token_id: str
     created_at: int
+
+
+@dataclass(frozen=True)
+class DeploymentRow:
+    """One deployment of a workspace; `live` is set by the query (the applied one numbered last)."""
+
+    id: str
+    workspace_id: str
+    number: int
+    status: str  # staged | applied | discarded
+    at: int  # when it was recorded
+    updated_at: int | None  # when it was applied or discarded
+    token_changes: list[dict[str, Any]]
+    files: list[str]
+    live: bool = False
 
 
 @dataclass(frozen=True)
@@ -171,6 +188,54 @@ class Queries:
         with self.engine.connect() as conn:
             row = conn.execute(select(s.users).where(s.users.c.id == user_id)).mappings().first()
         return UserRow(row["id"], row["email"], row["user_token_id"]) if row else None
+
+    def deployments(self, workspace_id: str, everything: bool = False) -> list[DeploymentRow]:
+        """The workspace's deployments by number: the live one and any staged one, or all of them."""
+        d = s.deployments.c
+        with self.engine.connect() as conn:
+            live = conn.execute(
+                select(d.number)
+                .where(and_(d.workspace_id == workspace_id, d.status == "applied"))
+                .order_by(d.number.desc())
+                .limit(1)
+            ).scalar()
+            query = select(s.deployments).where(d.workspace_id == workspace_id)
+            if not everything:
+                query = query.where((d.status == "staged") | (d.number == live))
+            rows = conn.execute(query.order_by(d.number)).mappings().all()
+        return [_deployment(r, live) for r in rows]
+
+    def deployment(self, workspace_id: str, number: int) -> DeploymentRow | None:
+        d = s.deployments.c
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(s.deployments).where(and_(d.workspace_id == workspace_id, d.number == number)))
+                .mappings()
+                .first()
+            )
+            if row is None:
+                return None
+            live = conn.execute(
+                select(d.number)
+                .where(and_(d.workspace_id == workspace_id, d.status == "applied"))
+                .order_by(d.number.desc())
+                .limit(1)
+            ).scalar()
+        return _deployment(row, live)
+
+
+def _deployment(row: Any, live: int | None) -> DeploymentRow:
+    return DeploymentRow(
+        row["id"],
+        row["workspace_id"],
+        row["number"],
+        row["status"],
+        row["at"],
+        row["updated_at"],
+        json.loads(row["token_changes"]),
+        json.loads(row["files"]),
+        live=row["status"] == "applied" and row["number"] == live,
+    )
 
 
 def _workspace(row: Any) -> WorkspaceRow:

@@ -158,7 +158,13 @@ deployments = Table(
     Column("actor_token_id", String(36)),
     Column("token_changes", Text, nullable=False),
     Column("files", Text, nullable=False),
+    # Its number in the workspace (Forward's deployment id), and staged | applied | discarded;
+    # `updated_at`: when it was applied or discarded. The live one is the applied one numbered last.
+    Column("number", BigInteger),
+    Column("status", String(16), nullable=False, server_default="applied"),
+    Column("updated_at", BigInteger),
     Index("ix_tt_deployments_workspace", "workspace_id", "at"),
+    Index("ix_tt_deployments_number", "workspace_id", "number", unique=True),
 )
 
 # One row per stored event, in log order: the audit history and the hash chain.
@@ -189,11 +195,13 @@ audit = Table(
     Column("user_agent", Text),
     Column("claimed_origin", Text),
     Column("claimed_request_id", Text),
+    Column("revocation_id", String(36)),  # the bulk revocation a deletion belongs to
     Index("ix_tt_audit_workspace", "workspace_id", "position"),
     Index("ix_tt_audit_token", "token_id", "position"),
     Index("ix_tt_audit_at", "workspace_id", "at"),
     Index("ix_tt_audit_deployment", "deployment_id"),
     Index("ix_tt_audit_actor", "actor_token_id"),
+    Index("ix_tt_audit_revocation", "revocation_id"),
 )
 
 # Which datasources/pipes each audit event concerns (through the scopes before or after it).

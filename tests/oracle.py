@@ -137,6 +137,43 @@ class Replayed:
                 out.add((kind, f"{resource}_quarantine"))
         return out
 
+    def exposure_at(
+        self,
+        token_id: str,
+        at: int,
+        universe: list[tuple[str, str, str]],
+        state: tuple[dict[str, TokenState], list[dict[str, Any]]] | None = None,
+    ) -> tuple[set[tuple[str, str, str, str, str]], dict[str, set[tuple[str, str, str, str, str]]]]:
+        """What token `token_id` reached at `at`, one scope at a time, over `universe` (kind,
+        resource, permission): {(kind, resource, permission, via, filter)}, and the same for each
+        JWT signed with its values (by JWT id) that was alive at `at`. `state` is `self.state(at)`
+        when the caller has it already."""
+        tokens, jwts = state if state is not None else self.state(at)
+
+        def reached(scopes: list[Any]) -> set[tuple[str, str, str, str, str]]:
+            out = set()
+            for scope in scopes:
+                for kind, resource, permission in universe:
+                    grant = grant_for([scope], kind, permission, resource)
+                    if grant:
+                        out.add((kind, resource, permission, grant.via, grant.filter))
+            return out
+
+        token = tokens.get(token_id)
+        mine = reached([parse_scope(x) for x in token.scopes]) if token and not token.deleted else set()
+        by_jwt = {}
+        for j in jwts:
+            if j["admin_token_id"] != token_id or not (j["issued_at"] <= at < j["expires_at"]):
+                continue
+            if j["invalid_from"] is not None and at >= j["invalid_from"]:
+                continue
+            scopes = [
+                parse_scope(f"{s['type']}:{s['resource']}" + (f":{s['filter']}" if s.get("filter") else ""))
+                for s in j["scopes"]
+            ]
+            by_jwt[j["id"]] = reached(scopes)
+        return mine, by_jwt
+
     def history(self, token_id: str) -> list[tuple[int, str, list[str], list[str]]]:
         out = []
         scopes: list[str] = []

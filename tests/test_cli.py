@@ -555,3 +555,45 @@ def test_user_mistakes_are_one_line_errors(server: Server) -> None:
     read_only = as_json(env, "token", "create", "read only", "--scope", "PIPES:READ:top")["token"]
     one_line_error(run({**env, "TOKENTRAIL_TOKEN": read_only}, "token", "ls"), 1, "ADMIN or TOKENS", "HTTP 403")
     one_line_error(run(env, "token", "ls", "--host", "ftp://example"), 1, "not an http")
+
+
+def test_incident_response_from_the_cli(server: Server) -> None:
+    env = server.env
+    leaked = as_json(env, "token", "create", "ci-bot", "--scope", "TOKENS")["token"]
+    bot_env = {**env, "TOKENTRAIL_TOKEN": leaked}
+    for name in ("made-1", "made-2"):
+        ok(bot_env, "token", "create", name, "--scope", "DATASOURCES:READ", "--resource", "events")
+    # Which token is this value? Read from stdin, never from an argument.
+    looked = subprocess.run(
+        [sys.executable, "-m", "tokentrail.api.cli", "token", "lookup", "--json"],
+        cwd=REPO,
+        env=env,
+        input=leaked + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert looked.returncode == 0, looked.stderr
+    found = json.loads(looked.stdout)
+    assert (found["name"], found["generation"], found["reason"]) == ("ci-bot", 0, "current")
+    one_line_error(run(env, "token", "lookup"), 1, "stdin")
+    # What could it reach? A TOKENS token reaches nothing itself, but could mint tokens.
+    exposure = as_json(env, "token", "exposure", "ci-bot")
+    assert exposure["exposure"] == [] and [e["via"] for e in exposure["escalation"]] == ["TOKENS"]
+    text_out = ok(env, "token", "exposure", "made-1")
+    assert "events" in text_out and "DATASOURCES:READ:events" in text_out
+    # What it made: a dry run writes nothing, then one revocation deletes them all.
+    plan = as_json(env, "token", "revoke", "--created-by", "ci-bot", "--dry-run")
+    assert sorted(t["name"] for t in plan["tokens"]) == ["made-1", "made-2"] and plan["revocation_id"] is None
+    one_line_error(run(env, "token", "revoke", "--created-by", "ci-bot", "--yes"), 1, "reason")
+    done = as_json(env, "token", "revoke", "--created-by", "ci-bot", "--reason", "CI logs leaked", "--yes")
+    assert sorted(t["name"] for t in done["tokens"]) == ["made-1", "made-2"] and done["revocation_id"]
+    listed = as_json(env, "audit", "--revocation", done["revocation_id"])["events"]
+    assert sorted(e["token_name"] for e in listed) == ["made-1", "made-2"]
+    lookups = as_json(env, "audit", "--event", "TokenLookedUp")["events"]
+    assert [e["token_name"] for e in lookups] == ["ci-bot"]
+    assert leaked not in json.dumps(lookups)
+    # Without --yes the plan is shown and the answer (no: stdin is closed) revokes nothing.
+    asked = run(env, "token", "revoke", "--created-by", "admin token", "--reason", "no")
+    assert asked.returncode == 1 and "would be deleted" in asked.stdout
+    assert as_json(env, "token", "ls")["tokens"]

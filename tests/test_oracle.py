@@ -3,12 +3,14 @@
 Hypothesis generates random histories — creates, scope changes, renames, descriptions, refreshes
 with and without grace, deletes, name reuse, JWTs and admin-token refreshes — over several
 workspaces, with a controlled clock that sometimes stands still and sometimes goes backwards (as a
-skewed writer's would), and every as-of, access, diff and history answer is checked against the
-replay in tests/oracle.py.
+skewed writer's would), and every as-of, access, diff, history and exposure answer (scope by scope,
+and through the JWTs signed with the admin token's values) is checked against the replay in
+tests/oracle.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -21,6 +23,8 @@ from tests.helpers import caller_for
 from tests.oracle import Replayed
 from tokentrail.domain import clock
 from tokentrail.domain.errors import LedgerError
+from tokentrail.domain.exposure import contains
+from tokentrail.domain.model import Token
 from tokentrail.domain.policy import Caller
 from tokentrail.projections.history import History
 from tokentrail.service import Service
@@ -177,6 +181,7 @@ def test_point_in_time_answers_equal_a_replay(service: Service, history: list[An
             everything = reads.access_diff(ws, start, end)
             for key in union:
                 assert sorted(map(repr, everything[key])) == sorted(map(repr, union[key])), f"whole diff {key}"
+        _check_exposure(service, replayed, ws, instants)
         for token_id in {e.originator_id for _, _, e in replayed.events if getattr(e, "workspace_id", None) == ws}:
             got_history = [
                 (e["position"], e["type"], e["scopes_before"], e["scopes_after"])
@@ -185,6 +190,42 @@ def test_point_in_time_answers_equal_a_replay(service: Service, history: list[An
             want_history = replayed.history(str(token_id))
             if want_history:
                 assert got_history == want_history
+
+
+UNIVERSE = [(kind, resource, p) for kind, resource in RESOURCES for p in PERMISSIONS[kind]]
+
+
+def _expand(entries: list[tuple[Any, list[tuple[int, int | None]]]], at: int) -> set[tuple[str, str, str, str, str]]:
+    """An exposure answer at one instant, over the universe: wildcards become every match."""
+    out = set()
+    for reach, intervals in entries:
+        if not any(contains(interval, at) for interval in intervals):
+            continue
+        for kind, resource, permission in UNIVERSE:
+            if (
+                reach.kind in ("*", kind)
+                and reach.resource in ("*", resource)
+                and reach.permission in ("*", permission)
+            ):
+                out.add((kind, resource, permission, reach.via, reach.filter))
+    return out
+
+
+def _check_exposure(service: Service, replayed: Replayed, ws: str, instants: list[int]) -> None:
+    """Every token's exposure (intervals per scope, and per JWT signed with its values) says, at
+    each instant, exactly what a replay of the events up to that instant grants, scope by scope."""
+    who = dataclasses.replace(Caller.system(), workspace_id=ws)
+    token_ids = {
+        str(e.originator_id) for _, _, e in replayed.events if isinstance(e, Token.Created) and e.workspace_id == ws
+    }
+    answers = {token_id: service.reads.exposure(who, token_id) for token_id in token_ids}
+    for at in instants[::5]:  # instants come in threes (t-1, t, t+1): every fifth mixes them
+        state = replayed.state(at)
+        for token_id, found in answers.items():
+            mine, by_jwt = replayed.exposure_at(token_id, at, UNIVERSE, state)
+            assert _expand(found.exposure, at) == mine, f"exposure of {token_id} at {at}"
+            got_jwts = {j["id"]: _expand(j["exposure"], at) for j in found.jwts if _expand(j["exposure"], at)}
+            assert got_jwts == {k: v for k, v in by_jwt.items() if v}, f"JWT exposure of {token_id} at {at}"
 
 
 def _diff(replayed: Replayed, ws: str, start: int, end: int, kind: str, resource: str) -> dict[str, list[Any]]:

@@ -132,6 +132,8 @@ def request(s: Seat, op: Op, target: str | None) -> httpx.Response:
         Op.READ_AUDIT: lambda: c.get(url("/v0/audit", v)),
         Op.VERIFY: lambda: c.get(url("/v0/audit/verify", v)),
         Op.WORKSPACES: lambda: c.get(url("/v1/user/workspaces", v)),
+        Op.INVESTIGATE: lambda: c.get(url("/v0/tokens/admin%20token/exposure", v)),
+        Op.REVOKE: lambda: c.post(url("/v0/tokens/revoke", v, resource="nothing_here", reason=f"walk {n}")),
     }
     return calls[op]()
 
@@ -189,7 +191,19 @@ def test_the_table_in_the_docs_is_the_table_in_the_code() -> None:
 
 # -- the same table, through the web console ----------------------------------------------------
 
-CONSOLE_OPS = (Op.LIST, Op.READ, Op.SEE_VALUE, Op.CREATE, Op.UPDATE, Op.REFRESH, Op.DELETE, Op.READ_AUDIT, Op.VERIFY)
+CONSOLE_OPS = (
+    Op.LIST,
+    Op.READ,
+    Op.SEE_VALUE,
+    Op.CREATE,
+    Op.UPDATE,
+    Op.REFRESH,
+    Op.DELETE,
+    Op.READ_AUDIT,
+    Op.VERIFY,
+    Op.INVESTIGATE,
+    Op.REVOKE,
+)
 
 
 def console_request(s: Seat, browser: Any, op: Op, target: Target, token_id: str | None) -> tuple[bool, int]:
@@ -217,6 +231,15 @@ def console_request(s: Seat, browser: Any, op: Op, target: Target, token_id: str
     elif op is Op.READ_AUDIT:
         page = browser.get("/ui/audit")
         return page.status_code == 200, page.status_code
+    elif op is Op.INVESTIGATE:
+        value = s.value_of(s.realm.id_of("create datasource token"))
+        page = browser.post("/ui/incident/lookup", {"token": value})
+        return 'data-testid="lookup-result"' in page.text, page.status_code
+    elif op is Op.REVOKE:  # a confirmed revocation whose selectors match nothing: it deletes no token
+        page = browser.post(
+            "/ui/incident/revoke", {"created_by": f"nobody {n}", "reason": "drill", "action": "confirm"}
+        )
+        return "Nothing was revoked" in page.text, page.status_code
     else:
         page = browser.get("/ui/audit/verify")
         return page.status_code == 200, page.status_code

@@ -2,7 +2,7 @@
 `uvicorn --factory tokentrail.api.app:app_from_env`, seeded by `python -m tokentrail.api.cli init`, as a user would.
 
 Screenshots of every page, at a laptop's and a phone's width, go to artifacts/screenshots/ (kept
-out of git) for a person to look at. With CI=true a missing Chromium or Playwright fails the run;
+out of git; `TOKENTRAIL_SCREENSHOTS=DIR` puts them elsewhere) for a person to look at. With CI=true a missing Chromium or Playwright fails the run;
 elsewhere these tests are skipped with the reason.
 """
 
@@ -27,7 +27,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / "artifacts" / "screenshots"
+SHOTS = Path(os.environ.get("TOKENTRAIL_SCREENSHOTS") or ROOT / "artifacts" / "screenshots")
 CHROMIUM = os.environ.get("TOKENTRAIL_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -396,3 +396,66 @@ def test_a_tokens_token_cannot_see_or_do_what_it_may_not(server: dict[str, Any],
     assert "verifying the trail needs a token with ADMIN scope" in page.get_by_test_id("error").inner_text()
     shoot(page, "error-403")
     assert page.get_by_role("link", name="Audit").count() == 1  # the trail itself it may read
+
+
+def test_the_incident_page_looks_up_a_value_then_previews_and_confirms_a_revocation(
+    server: dict[str, Any], chromium: Any
+) -> None:
+    admin = server["tokens"]["admin token"]["token"]
+    made = [
+        api(server, "POST", "/v0/tokens", admin, name=name, scope=scope).json()
+        for name, scope in (
+            ("leaky ingest", "DATASOURCES:APPEND:leaky_ds"),
+            ("leaky reader", "DATASOURCES:READ:leaky_ds"),
+        )
+    ]
+    page = new_page(chromium, server)
+    sign_in(page, admin)
+    page.get_by_role("link", name="Incident").click()
+    page.wait_for_url("**/ui/incident")
+
+    # Lookup: the answer names the token; the value is neither kept in the field nor in the page.
+    value = made[1]["token"]
+    page.get_by_label("Token value or JWT").fill(value)
+    page.get_by_role("button", name="Look up").click()
+    result = page.get_by_test_id("lookup-result")
+    assert "leaky reader" in result.inner_text() and "Valid now." in result.inner_text()
+    assert page.get_by_label("Token value or JWT").input_value() == ""
+    assert value not in page.content() and "/ui/incident/lookup" in page.url  # a POST: no value in a URL
+    shoot(page, "incident-lookup", reload=False)
+
+    # Preview: the plan, nothing written.
+    page.get_by_label("Resource (Data Source or Pipe)").fill("leaky_ds")
+    page.get_by_label("Reason (recorded with every deletion; required to confirm)").fill("leaked in a CI log")
+    page.get_by_test_id("preview").click()
+    plan = page.get_by_test_id("plan")
+    plan.wait_for()
+    rows = plan.locator("tbody tr")
+    assert sorted(rows.nth(i).get_attribute("data-token-id") for i in range(rows.count())) == sorted(
+        t["id"] for t in made
+    )
+    assert all(api(server, "GET", f"/v0/tokens/{t['id']}", admin).status_code == 200 for t in made)
+    shoot(page, "incident-preview", reload=False)
+
+    # Confirm: one revocation, both tokens gone, the trail filtered by its id.
+    page.get_by_test_id("confirm-revoke").click()
+    page.wait_for_url("**/ui/incident?revocation=*")
+    revocation_id = page.get_by_test_id("revocation-id").inner_text()
+    assert page.url.endswith(f"revocation={revocation_id}") and flash(page) == "Revoked 2 tokens."
+    assert all(api(server, "GET", f"/v0/tokens/{t['id']}", admin).status_code == 404 for t in made)
+    assert api(server, "GET", f"/v0/tokens/{made[0]['id']}", made[0]["token"]).status_code == 403
+    shoot(page, "incident-revoked")
+    page.get_by_test_id("revocation-audit").click()
+    page.wait_for_url(f"**/ui/audit?revocation={revocation_id}")
+    audit_rows = page.get_by_test_id("audit-table").locator("tbody tr")
+    assert [audit_rows.nth(i).get_attribute("data-event-type") for i in range(audit_rows.count())] == ["Deleted"] * 2
+    assert "leaked in a CI log" in audit_rows.nth(0).inner_text()
+
+    # The revoked token's page: its exposure, closed at the revocation.
+    page.goto(f"/ui/tokens/{made[1]['id']}")
+    lanes = page.get_by_test_id("exposure-lane")
+    assert lanes.count() == 2  # leaky_ds and its quarantine
+    assert lanes.first.get_attribute("data-resource") == "leaky_ds"
+    assert "to now" not in page.get_by_test_id("exposure").inner_text()
+    shoot(page, "token-exposure-revoked")
+    assert page.js_errors == []

@@ -21,20 +21,104 @@ Refusals come in the order that leaks nothing: a caller that may not read other 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import jwt as pyjwt
 
 from tokentrail.domain.clock import format_instant, now, to_micros
 from tokentrail.domain.errors import InvalidInput, NotFound
+from tokentrail.domain.exposure import Interval, Reach, escalation, intersect_all, merge, reach
+from tokentrail.domain.model import Token
 from tokentrail.domain.policy import Caller, Op, allows, authorize, own_user_id, require_reach
 from tokentrail.domain.refs import parse_ref
-from tokentrail.domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME
-from tokentrail.projections.history import AuditQuery, History
-from tokentrail.projections.queries import TokenRow, UserRow, WorkspaceRow
+from tokentrail.domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME, SCOPE_TYPES, read_scope
+from tokentrail.jwts import MAX_JWT_LENGTH
+from tokentrail.projections.history import AuditQuery, History, Trail
+from tokentrail.projections.queries import DeploymentRow, TokenRow, UserRow, WorkspaceRow
 from tokentrail.verify import ChainReport, make_checkpoint, verify_chain, workspace_view
 
 if TYPE_CHECKING:
     from tokentrail.service import Service
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """What `Reads.exposure` found: intervals are `(from, to)` in µs, `to` None while open."""
+
+    token: TokenRow
+    generation: int | None  # the value traced (refreshes before it), or None for the whole token
+    start: int | None
+    end: int | None
+    lives: list[Interval]  # when the token (or the value) was accepted, within the window
+    exposure: list[tuple[Reach, list[Interval]]]
+    escalation: dict[str, list[Interval]]  # TOKENS / WORKSPACE:DEPLOY: could mint tokens reaching more
+    jwts: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Identified:
+    """What a value is: which token (or JWT), which of its values, when that value was accepted."""
+
+    token_id: str
+    name: str
+    workspace_id: str
+    generation: int | None  # refreshes before this value (0: as created); None for a JWT
+    valid_from: int
+    valid_until: int | None
+    valid_now: bool
+    reason: str  # current, grace, refreshed, deleted, expired
+    jwt: bool
+
+
+@dataclass(frozen=True)
+class Selectors:
+    """Which tokens a bulk revocation selects: every given selector must match."""
+
+    created_by: str | None = None  # id or name of the token that created it
+    created_from: int | None = None  # created at or after (µs)
+    created_to: int | None = None  # created before (µs)
+    deployment: str | None = None  # created or changed by this deployment
+    resource: str | None = None  # holds a scope on this datasource or pipe
+    scope_type: str | None = None  # holds a scope of this type
+
+    def query(self) -> dict[str, Any]:
+        if all(value is None for value in dataclasses.astuple(self)):
+            raise InvalidInput(
+                "name at least one selector: created_by, created_from, created_to, deployment, resource, scope_type"
+            )
+        if self.resource is not None and not RESOURCE_NAME.fullmatch(self.resource):
+            raise InvalidInput("resource must name a datasource or pipe")
+        if self.scope_type is not None and self.scope_type not in SCOPE_TYPES:
+            raise InvalidInput(f"scope_type must be one of {', '.join(sorted(SCOPE_TYPES))}")
+        for name, text in (("created_by", self.created_by), ("deployment", self.deployment)):
+            if text is not None and (not text or len(text) > 256):
+                raise InvalidInput(f"{name} must be 1 to 256 characters")
+        if self.created_from is not None and self.created_to is not None and self.created_from > self.created_to:
+            raise InvalidInput("created_from must not be after created_to")
+        return dataclasses.asdict(self)
+
+
+def _jwt_scope_text(item: dict[str, Any]) -> str:
+    return f"{item['type']}:{item['resource']}" + (f":{item['filter']}" if item.get("filter") else "")
+
+
+def _reach_over(held: Iterable[tuple[str, Interval]], lives: list[Interval]) -> list[tuple[Reach, list[Interval]]]:
+    """What scopes held over intervals reach while the token lives: one entry per reach, with its
+    intervals merged. Each distinct scope is read and expanded once, however often it was held."""
+    by_scope: dict[str, list[Interval]] = {}
+    for scope_text, span in held:
+        by_scope.setdefault(scope_text, []).append(span)
+    spans: dict[Reach, list[Interval]] = {}
+    for scope_text, intervals in by_scope.items():
+        clipped = intersect_all(merge(intervals), lives)
+        if clipped:
+            for item in reach(read_scope(scope_text)):
+                spans.setdefault(item, []).extend(clipped)
+    return [(item, merge(found)) for item, found in sorted(spans.items())]
 
 
 class Reads:
@@ -44,6 +128,7 @@ class Reads:
         self.service = service
         self.queries = service.queries
         self.history = history if history is not None else History(service.read_engine)
+        self.trail = Trail(service.read_engine)
 
     # -- resolving a reference ------------------------------------------------------------------
 
@@ -196,11 +281,28 @@ class Reads:
         return self.history.audit_stream(self._own(who, query))
 
     def _own(self, who: Caller, query: AuditQuery) -> AuditQuery:
-        """The query confined to the caller's workspace, and its owner's own events (the user's
-        creation and the user token's changes), which belong to no workspace."""
+        """The query confined to the caller's workspace, with its owner's own events (the user's
+        creation and the user token's changes, which belong to no workspace); a deployment named by
+        its number (Forward's deployment id) is the workspace's deployment of that number."""
+        deployment = query.deployment
+        if deployment and deployment.isascii() and deployment.isdigit() and len(deployment) < 19:
+            row = self.queries.deployment(who.workspace_id, int(deployment))
+            deployment = row.id if row is not None else deployment
         workspace = self.queries.workspace(who.workspace_id)
         owner = workspace.owner_user_id if workspace is not None else None
-        return dataclasses.replace(query, workspace_id=who.workspace_id, owner_user_id=owner)
+        return dataclasses.replace(query, workspace_id=who.workspace_id, deployment=deployment, owner_user_id=owner)
+
+    # -- deployments ----------------------------------------------------------------------------
+
+    def deployments(self, who: Caller, everything: bool = False) -> list[DeploymentRow]:
+        """The caller's workspace's deployments (the live one and any staged one, or all): for
+        callers that may deploy."""
+        authorize(who, Op.DEPLOY)
+        return self.queries.deployments(who.workspace_id, everything)
+
+    def deployment(self, who: Caller, number: int) -> DeploymentRow | None:
+        authorize(who, Op.DEPLOY)
+        return self.queries.deployment(who.workspace_id, number)
 
     # -- access ---------------------------------------------------------------------------------
 
@@ -248,6 +350,161 @@ class Reads:
         """A signed checkpoint of the chain's head, for the caller's workspace."""
         authorize(who, Op.VERIFY)
         return make_checkpoint(self.service, self.service.checkpoint_key(), workspace_id=who.workspace_id)
+
+    # -- incident response ----------------------------------------------------------------------
+
+    def exposure(self, who: Caller, ref: str, start: int | None = None, end: int | None = None) -> Exposure:
+        """Everything token `ref` could reach over its life, or over `[start, end)`: each datasource
+        and pipe with the permission, the scope and filter, and the intervals, closed where the
+        token lost the scope, was deleted, or (for a value) where that value stopped being accepted
+        (at a refresh without grace, or at the end of its grace window). A value as `ref` traces that
+        value alone; an id or a name, every value the token ever had. For the workspace's admin
+        token, the JWTs signed with its values (with that value's, for a value) are traced too."""
+        authorize(who, Op.INVESTIGATE)
+        if start is not None and end is not None and start > end:
+            raise InvalidInput("from must not be after to")
+        token_id = self.token_id_ever(who, ref)
+        row = self.queries.token(token_id) if token_id is not None else None
+        if row is None or row.workspace_id != who.workspace_id:
+            raise NotFound("Token not found")
+        parsed = parse_ref(ref, self.service.signer)
+        value_generation: tuple[int, str] | None = None
+        if parsed is not None and parsed.kind == "value":
+            seq = self.value_generation(row.id, parsed.generation or "")
+            if seq is None:
+                raise NotFound("Token not found")
+            value_generation = (seq, parsed.generation or "")
+        window: Interval = (start if start is not None else 0, end)
+        life = intersect_all(self._lives(row, value_generation), [window])
+        grants = self.trail.grants_of(row.id)
+        exposure = _reach_over(((scope, (vf, vt)) for scope, vf, vt in grants), life)
+        escalations: dict[str, list[Interval]] = {}
+        for scope_text in {scope for scope, _, _ in grants}:
+            if escalation(read_scope(scope_text)):
+                held = [(vf, vt) for scope, vf, vt in grants if scope == scope_text]
+                escalations[scope_text] = intersect_all(merge(held), life)
+        jwts = []
+        workspace = self.queries.workspace(row.workspace_id)
+        if workspace is not None and workspace.admin_token_id == row.id:
+            nonce = value_generation[1] if value_generation is not None else None
+            for jwt in self.trail.jwts_signed_by(row.id, nonce):
+                ends = [e for e in (jwt["expires_at"], jwt["invalidated_at"]) if e is not None]
+                jwt_life = intersect_all([(jwt["issued_at"], min(ends))], [window])
+                scopes = [
+                    (read_scope(_jwt_scope_text(item)), (jwt["issued_at"], min(ends)))
+                    for item in json.loads(jwt["scopes"])
+                ]
+                jwts.append(
+                    {
+                        "id": jwt["id"],
+                        "name": jwt["name"],
+                        "issued_at": jwt["issued_at"],
+                        "expires_at": jwt["expires_at"],
+                        "invalidated_at": jwt["invalidated_at"],
+                        "exposure": _reach_over(((str(sc), span) for sc, span in scopes), jwt_life),
+                    }
+                )
+        return Exposure(
+            token=row,
+            generation=value_generation[0] - 1 if value_generation is not None else None,
+            start=window[0] if start is not None else None,
+            end=end,
+            lives=life,
+            exposure=exposure,
+            escalation={k: merge(v) for k, v in sorted(escalations.items()) if v},
+            jwts=jwts,
+        )
+
+    def _lives(self, row: TokenRow, value: tuple[int, str] | None) -> list[Interval]:
+        """When the token (or one of its values) was accepted, ended at its deletion."""
+        generations = self.trail.generations_of(row.id)
+        if value is not None:
+            generations = [g for g in generations if g[0] == value[0]]
+        spans = [(vf, vt) for _seq, vf, vt in generations]
+        if row.deleted_at is not None:
+            return intersect_all(spans, [(0, row.deleted_at)])
+        return merge(spans)
+
+    def value_generation(self, token_id: str, nonce: str) -> int | None:
+        """Which of a token's values (1: as created, +1 per refresh) has this nonce. The nonces
+        are read from the token's own events in the event store, the source of truth."""
+        seq = 0
+        for event in self.service.ledger.events.get(UUID(token_id)):
+            generation = getattr(event, "generation", None)
+            if isinstance(event, (Token.Created, Token.Refreshed)):
+                seq += 1
+                if generation == nonce:
+                    return seq
+        return None
+
+    def identify(self, who: Caller, value: str) -> Identified:
+        """Which token (and which of its values) a value is or was, and whether it is valid now and
+        why not. A value this server's key did not sign, or of another workspace, is "not found"
+        and nothing more."""
+        authorize(who, Op.INVESTIGATE)
+        missing = NotFound("Token not found")
+        if not isinstance(value, str) or not value or len(value) > MAX_JWT_LENGTH:
+            raise missing
+        current = to_micros(now())
+        if value.startswith("p."):
+            claims = self.service.signer.read(value)
+            if claims is None or claims.workspace_id != who.workspace_id:
+                raise missing
+            row = self.queries.token(claims.token_id)
+            if row is None or row.workspace_id != who.workspace_id:
+                raise missing
+            seq = self.value_generation(row.id, claims.generation)
+            span = next((g for g in self.trail.generations_of(row.id) if g[0] == seq), None)
+            if seq is None or span is None:
+                raise missing
+            until = span[2]
+            if row.deleted_at is not None and (until is None or row.deleted_at < until):
+                until = row.deleted_at
+            valid = row.accepts(claims.generation, current)
+            if valid:
+                reason = "current" if claims.generation == row.generation else "grace"
+            else:
+                reason = "deleted" if row.deleted and until == row.deleted_at else "refreshed"
+            return Identified(row.id, row.name, row.workspace_id, seq - 1, span[1], until, valid, reason, False)
+        return self._identify_jwt(who, value, current)
+
+    def _identify_jwt(self, who: Caller, value: str, current: int) -> Identified:
+        missing = NotFound("Token not found")
+        try:
+            header = pyjwt.get_unverified_header(value)
+            unverified = pyjwt.decode(value, options={"verify_signature": False})
+        except pyjwt.PyJWTError:
+            raise missing from None
+        if header.get("alg") != "HS256" or not isinstance(unverified, dict):
+            raise missing
+        jti = unverified.get("jti")
+        if unverified.get("workspace_id") != who.workspace_id or not isinstance(jti, str) or len(jti) != 36:
+            raise missing
+        jwt = self.trail.jwt(jti)
+        if jwt is None or jwt["workspace_id"] != who.workspace_id:
+            raise missing
+        secret = self.service.signer.make(jwt["workspace_id"], jwt["admin_token_id"], jwt["admin_generation"])
+        try:
+            pyjwt.decode(value, secret, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False})
+        except pyjwt.PyJWTError:
+            raise missing from None
+        expires, invalidated = jwt["expires_at"], jwt["invalidated_at"]
+        until = expires if invalidated is None else min(expires, invalidated)
+        valid = jwt["issued_at"] <= current < until
+        if valid:
+            reason = "current" if invalidated is None else "grace"
+        else:
+            reason = "expired" if until == expires else "refreshed"
+        return Identified(
+            jwt["id"], jwt["name"], jwt["workspace_id"], None, jwt["issued_at"], until, valid, reason, True
+        )
+
+    def revocation_plan(self, who: Caller, selectors: Selectors) -> list[TokenRow]:
+        """The live tokens a bulk revocation with these selectors would delete (all selectors must
+        match; default and user tokens never do)."""
+        authorize(who, Op.REVOKE)
+        rows = self.trail.revocation_candidates(who.workspace_id, **selectors.query())
+        return [r for r in rows if allows(who, Op.DELETE, r.facts)]
 
     # -- workspaces -----------------------------------------------------------------------------
 

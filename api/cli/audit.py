@@ -57,6 +57,7 @@ TokenName = typer.Option(None, "--token-name", help="Only events of tokens with 
 Resource = typer.Option(None, "--resource", help="Only events touching scopes on this datasource or pipe.")
 Event = typer.Option([], "--event", help="Only these event types (Created, Refreshed, …); repeatable.")
 Deployment = typer.Option(None, "--deployment", help="Only the changes of this deployment id.")
+Revocation = typer.Option(None, "--revocation", help="Only the deletions of this bulk revocation id.")
 
 
 def _filters(
@@ -68,6 +69,7 @@ def _filters(
     resource: str | None,
     event: list[str],
     deployment: str | None,
+    revocation: str | None = None,
 ) -> list[tuple[str, Any]]:
     return [
         ("from", start),
@@ -78,6 +80,7 @@ def _filters(
         ("resource", resource),
         ("event", ",".join(event) or None),
         ("deployment", deployment),
+        ("revocation", revocation),
     ]
 
 
@@ -89,6 +92,11 @@ def change_text(event: dict[str, Any]) -> str:
     if event.get("type") == "Refreshed":
         grace = details.get("grace_seconds") or 0
         parts.append(f"new value, grace {grace} s" if grace else "new value, no grace (the old one stopped at once)")
+    if details.get("revocation_id"):
+        parts.append(f"revoked ({details['revocation_id'][:8]}): {details.get('reason')}")
+    if "outcome" in details:
+        what = "a JWT" if details.get("jwt") else f"value #{details.get('generation')}"
+        parts.append(f"looked up {what}: {details['outcome']}")
     for key in ("name", "previous_name", "description"):
         if key in details and isinstance(details[key], str):
             parts.append(f"{key}: {details[key]}")
@@ -159,6 +167,7 @@ def audit(
     resource: str | None = Resource,
     event: list[str] = Event,
     deployment: str | None = Deployment,
+    revocation: str | None = Revocation,
     limit: int = typer.Option(100, "--limit", min=1, max=10_000, help="Events per page."),
     cursor: str | None = typer.Option(None, "--cursor", help="Continue from a previous page's next_cursor."),
     every: bool = typer.Option(False, "--all", help="Follow the cursors and print every matching event."),
@@ -173,7 +182,7 @@ def audit(
     if ctx.invoked_subcommand is not None:
         return
     api = client(host, token)
-    params = _filters(start, end, actor, token_id, token_name, resource, event, deployment)
+    params = _filters(start, end, actor, token_id, token_name, resource, event, deployment, revocation)
     events: list[dict[str, Any]] = []
     while True:
         page = api.get("/v0/audit", [*params, ("limit", limit), ("cursor", cursor)])
@@ -205,6 +214,7 @@ def audit_export(
     resource: str | None = Resource,
     event: list[str] = Event,
     deployment: str | None = Deployment,
+    revocation: str | None = Revocation,
     as_json: bool = AsJson,
     host: str = Host,
     token: str | None = Token,
@@ -217,7 +227,10 @@ def audit_export(
     chosen = chosen.lower()
     if chosen not in ("csv", "ndjson"):
         raise typer.BadParameter("csv or ndjson", param_hint="--format")
-    params = [*_filters(start, end, actor, token_id, token_name, resource, event, deployment), ("format", chosen)]
+    params = [
+        *_filters(start, end, actor, token_id, token_name, resource, event, deployment, revocation),
+        ("format", chosen),
+    ]
     api = client(host, token)
     partial = output.with_name(output.name + ".part") if output else None
     lines = size = 0

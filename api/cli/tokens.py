@@ -279,6 +279,152 @@ def token_history(
     console.print(events_table(data.get("events", []), title=f"history of {ref} ({data.get('token_id')})"))
 
 
+# -- incident response ----------------------------------------------------------------------------
+
+
+def _span(interval: dict[str, Any]) -> str:
+    return f"{interval['from']} → {interval['to'] or 'now (still open)'}"
+
+
+@token_app.command("exposure")
+def token_exposure(
+    ref: str = typer.Argument(
+        ..., metavar="TOKEN", help="The token's name (past names too), id, or a value (traces that value alone)."
+    ),
+    start: str | None = typer.Option(None, "--from", callback=time_option, help="Only from this instant."),
+    end: str | None = typer.Option(None, "--to", callback=time_option, help="Only before this instant."),
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
+) -> None:
+    """What a token (or one leaked value) could reach: every datasource and pipe, with which
+    permission, through which scope and filter, over which intervals. Deleted tokens too.
+
+    Example: [bold]tokentrail token exposure reader --from 30d[/]
+    """
+    data = client(host, token).get(f"/v0/tokens/{path_segment(ref)}/exposure", [("from", start), ("to", end)])
+    if as_json:
+        print_json(data)
+        return
+    which = f"value #{data['generation']} of " if data.get("generation") is not None else ""
+    state = " (deleted)" if data.get("deleted") else ""
+    say(f"exposure of {which}[bold]{escape(data['name'])}[/]{state} ({data['token_id']})")
+    say(f"  from {data.get('from')} to {data.get('to') or 'now (still valid)'}")
+    t = table("kind", "resource", "permission", "via", "filter", "intervals")
+    for entry in data.get("exposure", []):
+        t.add_row(
+            *cells(
+                entry["kind"],
+                entry["resource"],
+                entry["permission"],
+                entry["via"],
+                entry["filter"],
+                "\n".join(_span(i) for i in entry["intervals"]),
+            )
+        )
+    console.print(t)
+    for item in data.get("escalation", []):
+        say(
+            f"  [yellow]{escape(item['via'])}[/]: could create tokens with other scopes, "
+            + ", ".join(_span(i) for i in item["intervals"])
+        )
+    for jwt in data.get("jwts", []):
+        ends = jwt.get("invalidated_at") or jwt.get("expires_at")
+        say(f"  JWT [bold]{escape(jwt['name'])}[/] ({jwt['id']}), issued {jwt['issued_at']}, until {ends}")
+        for entry in jwt.get("exposure", []):
+            say(f"    {entry['kind']} {escape(entry['resource'])} {entry['permission']} via {escape(entry['via'])}")
+
+
+@token_app.command("lookup")
+def token_lookup(
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
+) -> None:
+    """Which token a value is or was, read from stdin (never an argument: it would end up in the
+    shell's history and the process list). Works for refreshed-out and deleted tokens' values and
+    for JWTs. The lookup is recorded in the audit trail, without the value.
+
+    Example: [bold]echo "$READER" | tokentrail token lookup[/]
+    """
+    import sys
+
+    value = sys.stdin.read().strip()
+    if not value:
+        fail('no value on stdin: pipe the value in, e.g. `echo "$VALUE" | tokentrail token lookup`')
+    data = client(host, token).post("/v0/tokens/lookup", body={"token": value})
+    if as_json:
+        print_json(data)
+        return
+    kind = "JWT" if data.get("jwt") else f"value #{data.get('generation')} of token"
+    say(f"{kind} [bold]{escape(data['name'])}[/] ({data['token_id']})")
+    say(f"  valid from   {data['valid_from']}")
+    say(f"  valid until  {data.get('valid_until') or '(still valid)'}")
+    now = "[green]yes[/]" if data.get("valid_now") else "[red]no[/]"
+    say(f"  valid now    {now} ({data.get('reason')})")
+
+
+@token_app.command("revoke")
+def token_revoke(
+    created_by: str | None = typer.Option(None, "--created-by", help="Tokens created by this token (id or name)."),
+    created_from: str | None = typer.Option(
+        None, "--created-from", callback=time_option, help="Tokens created at or after this instant."
+    ),
+    created_to: str | None = typer.Option(
+        None, "--created-to", callback=time_option, help="Tokens created before this instant."
+    ),
+    deployment: str | None = typer.Option(None, "--deployment", help="Tokens created or changed by this deployment."),
+    resource: str | None = typer.Option(None, "--resource", help="Tokens holding a scope on this datasource or pipe."),
+    scope_type: str | None = typer.Option(None, "--scope-type", help="Tokens holding a scope of this type."),
+    reason: str | None = typer.Option(None, "--reason", help="Why (required to apply; kept in the audit)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show the tokens it would delete; write nothing."),
+    yes: bool = typer.Option(False, "--yes", help="Apply without showing the plan and asking first."),
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
+) -> None:
+    """Revoke (delete) every token matching all the selectors, as one audited change with one
+    revocation id. Default tokens are never selected. Without --yes, shows the plan and asks.
+
+    Example: [bold]tokentrail token revoke --created-by ci-bot --reason "CI logs leaked" --dry-run[/]
+    """
+    api = client(host, token)
+    selectors = [
+        ("created_by", created_by),
+        ("created_from", created_from),
+        ("created_to", created_to),
+        ("deployment", deployment),
+        ("resource", resource),
+        ("scope_type", scope_type),
+    ]
+    if not dry_run and not yes:
+        plan = api.post("/v0/tokens/revoke", [*selectors, ("reason", reason), ("dry_run", "true")])
+        names = [t["name"] for t in plan.get("tokens", [])]
+        if not names:
+            say("no token matches these selectors: nothing to revoke")
+            return
+        say(f"{len(names)} token(s) would be deleted: " + ", ".join(escape(n) for n in names))
+        if not typer.confirm("Revoke them?", default=False):
+            fail("nothing revoked")
+    data = api.post("/v0/tokens/revoke", [*selectors, ("reason", reason), ("dry_run", "true" if dry_run else "false")])
+    if as_json:
+        print_json(data)
+        return
+    names = [t["name"] for t in data.get("tokens", [])]
+    if dry_run:
+        say(f"dry run: {len(names)} token(s) would be deleted, nothing written")
+    elif data.get("revocation_id"):
+        say(f"revoked {len(names)} token(s), revocation id [bold]{data['revocation_id']}[/]")
+        say(f"  the audit lists them: tokentrail audit --revocation {data['revocation_id']}")
+    else:
+        say("no token matched any more: nothing written")
+    t = table("name", "id")
+    for item in data.get("tokens", []):
+        t.add_row(*cells(item["name"], item["token_id"]))
+    if names:
+        console.print(t)
+
+
 # -- workspace ------------------------------------------------------------------------------------
 
 

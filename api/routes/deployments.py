@@ -16,7 +16,9 @@ from tokentrail.projections.deployments import deploy
 
 router = APIRouter(tags=["deployments"])
 MAX_FILES = 10_000
-FORWARD_CONTEXT_FIELDS = frozenset({"context://"})
+# Forward's multipart parts that are not files of this project: `context://` (its CLI version) and
+# `data_project_vendored://` (files vendored from other workspaces, whose tokens are not ours).
+FORWARD_CONTEXT_FIELDS = frozenset({"context://", "data_project_vendored://"})
 _FILES = {"type": "object", "additionalProperties": {"type": "string"}}
 _DEPLOYED = {
     "type": "object",
@@ -77,7 +79,7 @@ async def _files(request: Request, body: bytes) -> dict[str, str]:
         form = await request.form(max_files=MAX_FILES, max_fields=MAX_FILES)
         for field, value in form.multi_items():
             if field in FORWARD_CONTEXT_FIELDS:
-                continue  # Forward's `context://` part (its CLI version) is not a project file
+                continue  # not a file of this project
             if hasattr(value, "read"):
                 path = value.filename or field
                 raw = await value.read()

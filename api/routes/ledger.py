@@ -101,6 +101,7 @@ _AUDIT_PARAMS = [
     query_param("resource", "Events whose scopes before or after touch this datasource or pipe"),
     query_param("event", "Comma-separated event types: Created, ScopeAdded, ScopeRemoved, Refreshed, Deleted, …"),
     query_param("deployment", "The changes of one deployment id"),
+    query_param("revocation", "The deletions of one bulk revocation (its `revocation_id`)"),
     query_param("cursor", "`next_cursor` of the previous page"),
     query_param("limit", "Events per page (default 100, at most 1000)", type="integer"),
     query_param("format", "`json` (default, paginated), `ndjson` or `csv` (the whole result, streamed)"),
@@ -218,6 +219,7 @@ def audit_query(who: Caller, p: Params) -> AuditQuery:
         resource=p.get("resource") or None,
         events=events,
         deployment=p.get("deployment") or None,
+        revocation=p.get("revocation") or None,
     )
 
 

@@ -31,8 +31,9 @@ EVENT_TYPES = (
     "Deleted",
     "Issued",
     "Deployed",
+    "TokenLookedUp",
 )
-FILTERS = ("from", "to", "actor", "token", "resource", "event", "deployment")
+FILTERS = ("from", "to", "actor", "token", "resource", "event", "deployment", "revocation")
 PAGE_SIZES = (25, 50, 100, 250)
 
 
@@ -71,6 +72,7 @@ class AuditFilters:
             resource=v["resource"] or None,
             events=(v["event"],) if v["event"] else (),
             deployment=v["deployment"] or None,
+            revocation=v["revocation"] or None,
         )
 
     def link(self, **extra: str) -> str:

@@ -27,7 +27,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from tokentrail.api.ui import session as sessions
 from tokentrail.domain.clock import from_micros, parse_instant
 from tokentrail.domain.errors import InvalidInput, LedgerError, NotFound, Unauthenticated
-from tokentrail.domain.policy import Caller, require_token_manager
+from tokentrail.domain.policy import Caller, Op, allows, require_token_manager
 from tokentrail.projections.queries import UserRow
 from tokentrail.reads import Reads
 from tokentrail.service import Service
@@ -160,6 +160,11 @@ class Page:
     def manages_tokens(self) -> bool:
         return allowed(require_token_manager, self.caller)
 
+    @property
+    def investigates(self) -> bool:
+        """May trace exposure and look values up (the Incident page and the token page's exposure)."""
+        return allows(self.caller, Op.INVESTIGATE)
+
     def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         return render(self.request, template, status=status, page=self, **context)
 
@@ -290,6 +295,7 @@ def render(
         "csrf": page.session.csrf if page else "",
         "workspace_name": _workspace_name(page) if page else "",
         "manages_tokens": page.manages_tokens if page else False,
+        "investigates": page.investigates if page else False,
         "path": request.url.path,
         "request_id": getattr(request.state, "request_id", ""),
         "error": None,

@@ -104,4 +104,9 @@ def _notes(event: dict[str, Any]) -> list[str]:
                 else "the previous one stopped working at once"
             )
         ]
+    if kind == "Deleted" and details.get("revocation_id"):
+        reason = f": \u201c{details['reason']}\u201d" if details.get("reason") else ""
+        return [f"Revoked in bulk (revocation {details['revocation_id']}){reason}"]
+    if kind == "TokenLookedUp":
+        return [f"Looked up by value ({details.get('outcome', '')})"]
     return []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import APIRouter, Depends
 from starlette.responses import RedirectResponse, Response
@@ -12,6 +13,7 @@ from starlette.responses import RedirectResponse, Response
 from tokentrail.api.deps import audit_context
 from tokentrail.api.ui import session as sessions
 from tokentrail.api.ui.editor import PERMISSIONS_BY_KIND, WORKSPACE_SCOPES, Editor
+from tokentrail.api.ui.exposure import ExposureView, exposure_view
 from tokentrail.api.ui.pages import Page, SignInRequired, UiRoute, poster, viewer
 from tokentrail.api.ui.timeline import timeline
 from tokentrail.domain.errors import InvalidInput, LedgerError, NotFound
@@ -131,7 +133,7 @@ def _editor_page(
     rename_error: str | None = None,
     flash: str | None = None,
 ) -> Response:
-    entries = timeline(page.reads.events_of(page.caller, view.row)) if view is not None else []
+    events = page.reads.events_of(page.caller, view.row) if view is not None else []
     return page.render(
         "token.html" if view is not None else "token_new.html",
         status=status,
@@ -139,12 +141,21 @@ def _editor_page(
         view=view,
         workspace_scopes=WORKSPACE_SCOPES,
         permissions=PERMISSIONS_BY_KIND,
-        entries=entries,
+        entries=timeline(events),
+        exposure=_exposure(page, view, events),
         error=error,
         rename_error=rename_error,
         flash=flash,
         max_grace=MAX_GRACE_SECONDS,
     )
+
+
+def _exposure(page: Page, view: TokenView | None, events: list[dict[str, Any]]) -> ExposureView | None:
+    """The token's exposure timeline, for callers the policy lets investigate (a user's own token,
+    outside the workspace, has none here)."""
+    if view is None or not page.investigates or view.row.workspace_id != page.caller.workspace_id:
+        return None
+    return exposure_view(page.reads.exposure(page.caller, view.row.id), events)
 
 
 @router.get("/tokens/new")
