@@ -25,7 +25,7 @@ from tokentrail.api.deps import MAX_BODY, MAX_CLAIMED_REQUEST_ID
 from tokentrail.api.heavy import HeavyReadGate, heavy_concurrency
 from tokentrail.api.metrics import Metrics, MetricsMiddleware
 from tokentrail.api.proxies import TrustedProxies
-from tokentrail.api.routes import deployments, forward, health, incident, ledger, tokens, workspaces
+from tokentrail.api.routes import deployments, forward, health, hygiene, incident, ledger, tokens, workspaces
 from tokentrail.api.ui.session_store import ConsoleSessions, SessionSettings
 from tokentrail.domain.errors import LedgerError, StoreUnavailable
 from tokentrail.redact import claimed
@@ -50,6 +50,8 @@ def create_app(service: Service) -> FastAPI:
         finally:
             if sink is not None:
                 sink.stop()
+            # On shutdown (uvicorn's SIGTERM or Ctrl-C), write the last uses not yet written.
+            service.usage.close()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -69,6 +71,7 @@ def create_app(service: Service) -> FastAPI:
         service.write_engine, service.read_engine, SessionSettings.from_environ(service.environ)
     )
     # Introspection (/v0/auth) is the hottest route: its router is matched first.
+    app.include_router(hygiene.router)  # /v0/workspace/settings, /v0/access/review
     app.include_router(workspaces.router)
     app.include_router(ledger.router)  # before tokens: its /v0/tokens/{x}/history must match first
     app.include_router(incident.router)  # before tokens too: /v0/tokens/{x}/exposure, /lookup, /revoke

@@ -17,7 +17,7 @@ _token_schema = TokenSchema()
 _workspace_schema = WorkspaceSchema()
 
 
-def _data(service: Service, row: TokenRow, caller: Caller | None) -> dict[str, Any]:
+def _data(service: Service, row: TokenRow, caller: Caller | None, last_used: int | None) -> dict[str, Any]:
     scopes = row.parsed_scopes
     data: dict[str, Any] = {
         "id": row.id,
@@ -26,6 +26,8 @@ def _data(service: Service, row: TokenRow, caller: Caller | None) -> dict[str, A
         "scopes": [s.wire() for s in scopes],
         "origin": row.origin,
         "host": service.signer.host,
+        "expires_at": _instant(row.expires_at),
+        "last_used_at": _instant(last_used),
     }
     if caller is None or may_see_value(caller, row.facts):
         data["token"] = service.signer.make(row.workspace_id, row.id, row.generation)
@@ -33,12 +35,17 @@ def _data(service: Service, row: TokenRow, caller: Caller | None) -> dict[str, A
 
 
 def token_object(service: Service, row: TokenRow, caller: Caller | None) -> dict[str, Any]:
-    return _token_schema.dump(_data(service, row, caller))
+    last_used = service.usage.last_used([row.id]).get(row.id)
+    return _token_schema.dump(_data(service, row, caller, last_used))
 
 
-def token_objects(service: Service, rows: list[TokenRow], caller: Caller | None) -> list[dict[str, Any]]:
+def token_objects(
+    service: Service, rows: list[TokenRow], caller: Caller | None, last_used: dict[str, int] | None = None
+) -> list[dict[str, Any]]:
     """`token_object` of every row, dumped in one `many=True` pass of the same schema."""
-    return _token_schema.dump([_data(service, row, caller) for row in rows], many=True)
+    if last_used is None:
+        last_used = service.usage.last_used_of(r.id for r in rows)
+    return _token_schema.dump([_data(service, row, caller, last_used.get(row.id)) for row in rows], many=True)
 
 
 def workspace_object(workspace: WorkspaceRow, caller: Caller) -> dict[str, Any]:

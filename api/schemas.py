@@ -42,6 +42,16 @@ class TokenSchema(Schema):
     scopes = fields.List(fields.Nested(ScopeSchema), required=True)
     origin = fields.Nested(OriginSchema, required=True)
     host = fields.String(allow_none=True, required=True)
+    expires_at = fields.String(
+        allow_none=True,
+        required=True,
+        metadata={"description": "When the token stops authenticating (ISO 8601, UTC); null: never"},
+    )
+    last_used_at = fields.String(
+        allow_none=True,
+        required=True,
+        metadata={"description": "When one of its values last authenticated (at most a minute late); null: never"},
+    )
 
 
 class TokenListSchema(Schema):

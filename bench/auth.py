@@ -8,6 +8,10 @@ tokentrail.api.app:app_from_env` (1 worker, 127.0.0.1, no access log) against a 
 route returning a constant (`bench/bare_app.py`, same uvicorn settings), same run, interleaved.
 Load: `wrk -t1 -c8` when installed (`apt-get install -y wrk`), else a small asyncio client; both
 keep-alive, loopback only, bounded in time. Target: >= 0.7x the bare app's requests/s.
+Last use: the same `GET /v0/auth` on two tokentrail processes over one store, one recording last use
+(the default) and one with `TOKENTRAIL_LAST_USE_SECONDS=0` (no recording: the code before last use
+existed), interleaved round by round; and in-process, `authenticate` with the recorder on and off.
+Target: recording keeps >= 0.9x the throughput without it.
 
     python -m bench.auth [--backend sqlite|postgres|both] [--quick] [--profile]
 """
@@ -31,6 +35,7 @@ from tokentrail.domain.scopes import check_permission, parse_scope  # noqa: E402
 
 TARGET_VERIFY_PER_SECOND = 50_000
 TARGET_HTTP_RATIO = 0.7
+TARGET_LAST_USE_RATIO = 0.9
 PERMISSION = "PIPES:READ:top"
 CONNECTIONS = 8
 
@@ -135,6 +140,67 @@ def over_http(
     )
 
 
+def last_use_in_process(
+    backend: str, ws: common.Workspace, value: str, results: common.Results, count: int, repeats: int
+) -> None:
+    """`authenticate` with the last-use recorder on (as served) and off, interleaved."""
+    auth, usage = ws.service.auth, ws.service.usage
+    auth.authenticate(value)
+    on, off = common.Samples(), common.Samples()
+    for _ in range(repeats):
+        usage.enabled = False
+        off.add(common.rate(count, lambda i: auth.authenticate(value)))
+        usage.enabled = True
+        on.add(common.rate(count, lambda i: auth.authenticate(value)))
+    results.add(
+        "authenticate, last use recorded",
+        backend,
+        on.median,
+        "verif/s",
+        "last use not recorded",
+        off.median,
+        min_ratio=TARGET_LAST_USE_RATIO,
+        spread=on.spread(),
+    )
+
+
+def last_use_over_http(
+    backend: str, url: str, data: Path, value: str, results: common.Results, seconds: float, rounds: int
+) -> None:
+    """`GET /v0/auth` on a server recording last use against one that does not, same store, same run."""
+    path = f"/v0/auth?permission={PERMISSION}&token={value}"
+    recording = common.environ(data, url)
+    silent = {**recording, "TOKENTRAIL_LAST_USE_SECONDS": "0"}
+    with (
+        common.Uvicorn("tokentrail.api.app:app_from_env", env=recording, factory=True) as after,
+        common.Uvicorn("tokentrail.api.app:app_from_env", env=silent, factory=True) as before,
+    ):
+        targets = {"after": after.base + path, "before": before.base + path}
+        for target in targets.values():
+            assert httpx.get(target).json().get("valid") is True
+            for _ in range(20):
+                httpx.get(target)
+            if seconds > 1:
+                common.load(target, seconds=1, connections=CONNECTIONS)
+        samples = {name: common.Samples() for name in targets}
+        for _ in range(rounds):
+            for name, target in targets.items():
+                result = common.load(target, seconds=seconds, connections=CONNECTIONS)
+                if result.non_2xx or result.errors:
+                    results.note(f"{backend}: last use {name}: {result.non_2xx} non-2xx, {result.errors} errors")
+                samples[name].add(result.rps)
+    results.add(
+        "GET /v0/auth, last use recorded",
+        backend,
+        samples["after"].median,
+        "req/s",
+        "last use not recorded",
+        samples["before"].median,
+        min_ratio=TARGET_LAST_USE_RATIO,
+        spread=samples["after"].spread(),
+    )
+
+
 def main() -> None:
     args_parser = common.parser(__doc__.split("\n\n")[0])
     args_parser.add_argument("--profile", action="store_true", help="cProfile one more in-process pass")
@@ -152,9 +218,12 @@ def main() -> None:
         value = service.signer.make(row.workspace_id, row.id, row.generation)
         print(f"[{backend}] in-process: {repeats} x {count:,} verifications ...", flush=True)
         in_process(backend, ws, value, results, count, repeats, args.profile)
+        last_use_in_process(backend, ws, value, results, count, repeats)
         service.close()
         print(f"[{backend}] HTTP: {rounds} round(s) of {seconds:g} s per app ...", flush=True)
         over_http(backend, url, data, value, results, seconds, rounds)
+        print(f"[{backend}] last use over HTTP: {rounds} round(s) of {seconds:g} s per server ...", flush=True)
+        last_use_over_http(backend, url, data, value, results, seconds, rounds)
     results.print()
     results.write_json(args.json)
     scratch.cleanup()

@@ -105,3 +105,29 @@ def parse_instant(text: str) -> int:
 def format_instant(micros: int) -> str:
     """ISO 8601 in UTC with microseconds and an explicit offset."""
     return from_micros(micros).isoformat(timespec="microseconds")
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+MAX_DURATION_SECONDS = 100 * 366 * 86_400
+
+
+def parse_duration(text: str) -> int:
+    """A length of time from the API, in whole seconds: `90d`, `12h`, `1h30m`, `2w`, or plain
+    seconds (`3600`). Total: anything else, or more than a hundred years, is InvalidInput."""
+    import re
+
+    from tokentrail.domain.errors import InvalidInput
+
+    raw = (text or "").strip().lower() if isinstance(text, str) else ""
+    invalid = InvalidInput(f"not a duration: {text!r} (use 90d, 12h, 30m, 2w, or seconds)")
+    if not raw or len(raw) > 32 or not raw.isascii():
+        raise invalid
+    if raw.isdigit():
+        seconds = int(raw)
+    elif re.fullmatch(r"(?:\d{1,9}[smhdw])+", raw):
+        seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in re.findall(r"(\d+)([smhdw])", raw))
+    else:
+        raise invalid
+    if seconds > MAX_DURATION_SECONDS:
+        raise InvalidInput("duration out of range: at most a hundred years")
+    return seconds

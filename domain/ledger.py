@@ -42,6 +42,7 @@ from tokentrail.domain.model import (
     Jwt,
     Lookup,
     Token,
+    TokenKind,
     TokenName,
     User,
     Workspace,
@@ -69,6 +70,9 @@ from tokentrail.domain.values import TokenSigner, new_generation
 MAX_DESCRIPTION_LENGTH = 2048
 MAX_SCOPES = 256
 MAX_GRACE_SECONDS = 7 * 86_400
+# The longest a workspace may cap token lifetimes at, and the latest expiry a token may carry.
+MAX_LIFETIME_SECONDS = 100 * 366 * 86_400
+MAX_EXPIRY_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the last instant the ledger names
 MAX_ATTEMPTS = 10
 # A write command (all its attempts) prepares its change within this many seconds or writes nothing.
 # The largest deployment accepted (MAX_DEPLOY_TOKENS) prepares in well under half of it.
@@ -159,6 +163,45 @@ def validate_origin(origin: dict[str, Any] | None) -> dict[str, Any]:
     if any(ord(c) < 32 or ord(c) == 127 for c in resource_id):
         raise InvalidInput("origin resource_id must not contain control characters")
     return {"type": origin["type"], "resource_id": resource_id}
+
+
+def validate_expiry(expires_at: Any, now_micros: int) -> int | None:
+    """A static token's expiry: Unix seconds strictly in the future, or None (never)."""
+    if expires_at is None:
+        return None
+    if isinstance(expires_at, bool) or not isinstance(expires_at, int):
+        raise InvalidInput("expiration_time must be Unix seconds (a whole number) or none")
+    if expires_at * 1_000_000 <= now_micros:
+        raise InvalidInput("expiration_time must be in the future")
+    if expires_at > MAX_EXPIRY_SECONDS:
+        raise InvalidInput("expiration_time is too far in the future")
+    result: int = expires_at
+    return result
+
+
+def validate_lifetime(seconds: Any) -> int | None:
+    """A workspace's cap on token lifetimes: whole seconds from 60, or None (no cap)."""
+    if seconds is None:
+        return None
+    if isinstance(seconds, bool) or not isinstance(seconds, int) or not 60 <= seconds <= MAX_LIFETIME_SECONDS:
+        raise InvalidInput(f"max_token_lifetime must be whole seconds from 60 to {MAX_LIFETIME_SECONDS}, or none")
+    result: int = seconds
+    return result
+
+
+def capped_expiry(expires_at: int | None, cap: int | None, now_micros: int, *, explicit: bool) -> int | None:
+    """The expiry (Unix seconds) a token gets under a workspace's lifetime cap. With no cap, the one
+    asked for. With a cap, no expiry becomes `now + cap`; an explicit expiry beyond it is refused."""
+    if cap is None:
+        return expires_at
+    latest = now_micros // 1_000_000 + cap
+    if expires_at is None:
+        if explicit:
+            raise InvalidInput(f"this workspace caps token lifetimes at {cap} seconds: an expiry is required")
+        return latest
+    if expires_at > latest:
+        raise InvalidInput(f"this workspace caps token lifetimes at {cap} seconds: expire by {latest} at the latest")
+    return expires_at
 
 
 def _removable(text: str) -> str:
@@ -307,8 +350,13 @@ class Ledger(StagedDeployments, Application[UUID]):
         description: str | None = "",
         origin: dict[str, Any] | None = None,
         kind: str = "custom",
+        expires_at: int | None = None,
     ) -> Change:
+        """Create a static token; `expires_at` (Unix seconds) makes it expire then. Under the
+        workspace's `max_token_lifetime`, a token asked for without an expiry gets `now + cap`."""
         authorize(caller, Op.CREATE, _any_token(caller))
+        if expires_at is not None:
+            validate_expiry(expires_at, now_micros())
         name = validate_custom_name(name)
         description = validate_description(description)
         origin = validate_origin(origin)
@@ -320,6 +368,10 @@ class Ledger(StagedDeployments, Application[UUID]):
             index = self._get_or_none(token_name_id(workspace_id, name))
             if index is not None and index.token_id is not None:
                 raise NameTaken(f'Auth token with name "{name}" already exists')
+            now = now_micros()
+            expiry = validate_expiry(expires_at, now)
+            if not TokenKind(kind).protected:
+                expiry = capped_expiry(expiry, self._lifetime_cap(workspace_id), now, explicit=False)
             actor = caller.actor()
             token = Token.create(
                 actor=actor,
@@ -331,6 +383,8 @@ class Ledger(StagedDeployments, Application[UUID]):
                 kind=kind,
                 generation=new_generation(),
             )
+            if expiry is not None:
+                token.set_expiry(expiry, actor)
             if index is None:
                 index = TokenName.create(workspace_id, name, str(token.id), actor)
             else:
@@ -349,20 +403,25 @@ class Ledger(StagedDeployments, Application[UUID]):
         remove: Sequence[str] = (),
         name: str | None = None,
         description: str | None = None,
+        expiry: tuple[int | None] | None = None,
     ) -> Change:
-        """Replace (`scopes`), add or remove scopes, rename, describe: all in one transaction."""
+        """Replace (`scopes`), add or remove scopes, rename, describe, set or clear the expiry
+        (`expiry=(seconds,)` or `(None,)`): all in one transaction. Changing the expiry is a change
+        like a rename (never to a default token), and is bounded by the workspace's lifetime cap."""
         authorize(
             caller,
-            Op.DESCRIBE if scopes is None and not add and not remove and name is None else Op.UPDATE,
+            Op.DESCRIBE if scopes is None and not add and not remove and name is None and expiry is None else Op.UPDATE,
             _any_token(caller),
         )
+        if expiry is not None and expiry[0] is not None:
+            validate_expiry(expiry[0], now_micros())
         new_scopes = self._checked_scopes(caller, scopes) if scopes is not None else None
         to_add = self._checked_scopes(caller, add, allow_empty=True)
         to_remove = [_removable(text) for text in remove]
         new_name = validate_custom_name(name) if name is not None else None
         new_description = validate_description(description) if description is not None else None
 
-        changes = new_scopes is not None or to_add or to_remove or new_name is not None
+        changes = new_scopes is not None or to_add or to_remove or new_name is not None or expiry is not None
 
         def attempt() -> Change:
             self._require_current(caller)
@@ -378,6 +437,12 @@ class Ledger(StagedDeployments, Application[UUID]):
                 touched += self._move_name(token, new_name, actor)
             if new_description is not None:
                 token.describe(new_description, actor)
+            if expiry is not None:
+                now = now_micros()
+                wanted = validate_expiry(expiry[0], now)
+                token.set_expiry(
+                    capped_expiry(wanted, self._lifetime_cap(token.workspace_id), now, explicit=True), actor
+                )
             return Change(self._save(touched), [token])
 
         return self._retrying(attempt)
@@ -389,7 +454,17 @@ class Ledger(StagedDeployments, Application[UUID]):
         def attempt() -> Change:
             self._require_current(caller)
             token = self._token_for_change(caller, ref, Op.REFRESH)
-            token.refresh(new_generation(), grace_seconds, caller.actor())
+            actor = caller.actor()
+            token.refresh(new_generation(), grace_seconds, actor)
+            cap = None if token.kind.protected else self._lifetime_cap(token.workspace_id)
+            if cap is not None:
+                # Under a lifetime cap, a new value never outlives `now + cap`: a longer expiry (or
+                # none) is brought down to it; a shorter one is kept (a refresh renews the value,
+                # not the lifetime: extend it with an explicit expiry, within the cap).
+                now = now_micros()
+                latest = now // 1_000_000 + cap
+                if token.expires_at is None or token.expires_at > latest * 1_000_000:
+                    token.set_expiry(latest, actor)
             return Change(self._save([token]), [token])
 
         return self._retrying(attempt)
@@ -443,6 +518,26 @@ class Ledger(StagedDeployments, Application[UUID]):
             return JwtIssue(jwt, admin, self._save([jwt]))
 
         return self._retrying(attempt)
+
+    # -- workspace settings -------------------------------------------------------------------
+
+    def configure_workspace(self, caller: Caller, max_token_lifetime: int | None) -> Change:
+        """Set (or clear, with None) the workspace's cap on token lifetimes, in seconds. It applies
+        to tokens created, refreshed or given an expiry afterwards; existing expiries stay."""
+        authorize(caller, Op.CONFIGURE)
+        cap = validate_lifetime(max_token_lifetime)
+
+        def attempt() -> Change:
+            self._require_current(caller)
+            workspace = self.workspace(caller.workspace_id)
+            workspace.configure(cap, caller.actor())
+            return Change(self._save([workspace]) if workspace.pending_events else 0, [workspace])
+
+        return self._retrying(attempt)
+
+    def _lifetime_cap(self, workspace_id: str) -> int | None:
+        workspace = self._get_or_none(UUID(workspace_id)) if workspace_id else None
+        return workspace.max_token_lifetime if isinstance(workspace, Workspace) else None
 
     # -- incident response --------------------------------------------------------------------
 
@@ -655,6 +750,9 @@ class Ledger(StagedDeployments, Application[UUID]):
         authorize(caller, op, _any_token(caller))
         token = self.resolve(caller, ref)
         authorize(caller, op, facts_of(token))
+        if op is not Op.DELETE and token.expired(now_micros()):
+            # Expiry is final: an expired token is never changed, refreshed or revived, only deleted.
+            raise Conflict(f'token "{token.name}" has expired: it can only be deleted')
         return token
 
     # -- helpers ------------------------------------------------------------------------------
@@ -677,7 +775,7 @@ class Ledger(StagedDeployments, Application[UUID]):
             token_id = caller.token_id
         token = self._token_or_none(token_id) if token_id else None
         now = clock.to_micros(clock.now())
-        if token is None or token.deleted:
+        if token is None or token.deleted or token.expired(now):
             raise Unauthenticated("invalid authentication token")
         if caller.generation is None:
             return  # an in-process caller built without a value (benchmarks): existence checked

@@ -131,6 +131,16 @@ class Token(Aggregate):
         def apply(self, token: Token) -> None:
             token.deleted = True
 
+    class ExpirySet(Event):
+        """The token stops authenticating at `expires_at` (Unix seconds), or never (None). A token
+        created with an expiry has this event right after its `Created`, in the same command."""
+
+        TOPIC = "tokentrail.token.ExpirySet.v1"
+        expires_at: int | None
+
+        def apply(self, token: Token) -> None:
+            token.expires_at = None if self.expires_at is None else self.expires_at * 1_000_000
+
     def __init__(
         self,
         workspace_id: str,
@@ -154,6 +164,7 @@ class Token(Aggregate):
         # instant (µs) each stops working. Pruned of ended windows on every refresh.
         self.grace: dict[str, int] = {}
         self.deleted = False
+        self.expires_at: int | None = None  # µs: the token stops authenticating at this instant
 
     @classmethod
     def create(cls, *, actor: ActorDict, **fields: Any) -> Token:
@@ -202,20 +213,43 @@ class Token(Aggregate):
                 raise Forbidden("default tokens cannot be deleted")
             self.trigger_event(self.Deleted, actor=actor)
 
+    def set_expiry(self, expires_at: int | None, actor: ActorDict) -> None:
+        """Expire the token at `expires_at` (Unix seconds), or never (None)."""
+        current = None if self.expires_at is None else self.expires_at // 1_000_000
+        if expires_at != current:
+            self._require_changeable()
+            self.trigger_event(self.ExpirySet, expires_at=expires_at, actor=actor)
+
+    def expired(self, now_micros: int) -> bool:
+        return expired(self.expires_at, now_micros)
+
     def accepts(self, generation: str, now_micros: int) -> bool:
         """Is a value of this generation valid now (current, or refreshed out inside its grace)?"""
-        return accepts(generation, self.generation, self.grace, self.deleted, now_micros)
+        return accepts(generation, self.generation, self.grace, self.deleted, now_micros, self.expires_at)
 
     def _require_changeable(self) -> None:
         if self.kind.protected:
             raise Forbidden("default tokens can be refreshed but not changed")
 
 
-def accepts(generation: str, current: str, grace: dict[str, int], deleted: bool, now_micros: int) -> bool:
+def expired(expires_at: int | None, now_micros: int) -> bool:
+    """Has a token with this expiry (µs, None for never) expired at `now_micros`?"""
+    return expires_at is not None and now_micros >= expires_at
+
+
+def accepts(
+    generation: str,
+    current: str,
+    grace: dict[str, int],
+    deleted: bool,
+    now_micros: int,
+    expires_at: int | None = None,
+) -> bool:
     """Does a value of `generation` authenticate now? The current generation does until the token
-    is deleted; a refreshed-out one only inside its own grace window. The one rule, shared by the
-    aggregate and the read model."""
-    if deleted:
+    is deleted or expires; a refreshed-out one only inside its own grace window (and before the
+    expiry too). The one rule, shared by the aggregate and the read model: the expiry is compared
+    with the clock, so an expired token stops at that instant with no event and no job."""
+    if deleted or (expires_at is not None and now_micros >= expires_at):
         return False
     return generation == current or now_micros < grace.get(generation, 0)
 
@@ -314,11 +348,26 @@ class Workspace(Aggregate):
         owner_user_id: str
         admin_token_id: str
 
+    class SettingsChanged(Event):
+        """The workspace's token hygiene settings: `max_token_lifetime` (seconds, None for no cap)
+        caps the lifetime of tokens created or refreshed afterwards."""
+
+        TOPIC = "tokentrail.workspace.SettingsChanged.v1"
+        max_token_lifetime: int | None
+
+        def apply(self, workspace: Workspace) -> None:
+            workspace.max_token_lifetime = self.max_token_lifetime
+
     def __init__(self, name: str, owner_email: str, owner_user_id: str, admin_token_id: str) -> None:
         self.name = name
         self.owner_email = owner_email
         self.owner_user_id = owner_user_id
         self.admin_token_id = admin_token_id
+        self.max_token_lifetime: int | None = None
+
+    def configure(self, max_token_lifetime: int | None, actor: ActorDict) -> None:
+        if max_token_lifetime != self.max_token_lifetime:
+            self.trigger_event(self.SettingsChanged, max_token_lifetime=max_token_lifetime, actor=actor)
 
     @classmethod
     def create(cls, *, actor: ActorDict, **fields: Any) -> Workspace:

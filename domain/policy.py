@@ -135,6 +135,7 @@ class Op(StrEnum):
     INVESTIGATE = "trace exposure, look up a value"
     REVOKE = "revoke tokens in bulk"
     WORKSPACES = "create and list workspaces"
+    CONFIGURE = "change workspace settings"
 
 
 _EVERYONE = frozenset(Role) - {Role.SYSTEM}
@@ -203,6 +204,8 @@ RULES: dict[Op, dict[Target, frozenset[Role]]] = {
     Op.INVESTIGATE: {Target.NONE: _MANAGERS},
     Op.REVOKE: {Target.NONE: _ADMINS},
     Op.WORKSPACES: {Target.NONE: frozenset({Role.USER})},
+    # Token hygiene settings (the cap on token lifetimes): an admin's decision.
+    Op.CONFIGURE: {Target.NONE: _ADMINS},
 }
 
 # Which operations name a token (the others take Target.NONE).
@@ -308,6 +311,8 @@ def refusal(role: Role, op: Op, target: Target) -> str:
         return "verifying the trail needs a token with ADMIN scope"
     if op is Op.REVOKE:
         return "revoking tokens in bulk needs a token with ADMIN scope"
+    if op is Op.CONFIGURE:
+        return "changing workspace settings needs a token with ADMIN scope"
     if op is Op.WORKSPACES:
         return "this needs a user token"
     if target in (Target.USER_BOUND, Target.OWN_USER_BOUND) and op in (Op.SEE_VALUE, Op.REFRESH, Op.READ, Op.DESCRIBE):

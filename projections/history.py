@@ -215,6 +215,7 @@ class History:
                         v.c.workspace_id == workspace_id,
                         v.c.valid_from <= at,
                         or_(v.c.valid_to.is_(None), v.c.valid_to > at),
+                        _alive(v, at),
                     )
                 )
                 .order_by(v.c.from_position)
@@ -229,6 +230,7 @@ class History:
             v.c.workspace_id == workspace_id,
             v.c.valid_from <= at,
             or_(v.c.valid_to.is_(None), v.c.valid_to > at),
+            _alive(v, at),
         ]
         conditions.append(v.c.token_id == token_id if token_id is not None else v.c.name == name)
         with self.engine.connect() as conn:
@@ -242,6 +244,7 @@ class History:
             g.c.workspace_id == workspace_id,
             g.c.valid_from <= at,
             or_(g.c.valid_to.is_(None), g.c.valid_to > at),
+            _alive(g, at),
         ]
         if resource is None:
             with self.engine.connect() as conn:
@@ -360,8 +363,10 @@ class History:
                         g.c.kind.in_(("datasource", "pipe")),
                         g.c.valid_from <= end,
                         # Held at some instant: an interval closed where it opened (created and
-                        # removed within one instant) was never in force.
+                        # removed within one instant) was never in force; nor one that ends (at
+                        # its expiry) before it starts or before the window does.
                         or_(g.c.valid_to.is_(None), and_(g.c.valid_to > start, g.c.valid_to > g.c.valid_from)),
+                        or_(g.c.expires_at.is_(None), and_(g.c.expires_at > start, g.c.expires_at > g.c.valid_from)),
                     )
                 )
                 .distinct()
@@ -409,6 +414,11 @@ def _grant(token_id: str, name: str, grant: Grant, jwt: bool) -> dict[str, Any]:
     return {"token_id": token_id, "name": name, "via": grant.via, "filter": grant.filter, "jwt": jwt}
 
 
+def _alive(table: Any, at: int) -> Any:
+    """The row's token had not expired at `at` (its expiry, when it has one, is after `at`)."""
+    return or_(table.c.expires_at.is_(None), table.c.expires_at > at)
+
+
 def _version_row(row: Any) -> TokenRow:
     return TokenRow(
         id=row["token_id"],
@@ -425,10 +435,18 @@ def _version_row(row: Any) -> TokenRow:
         grace=(),
         created_at=row["valid_from"],
         updated_at=row["valid_from"],
+        expires_at=row["expires_at"],
     )
 
 
 # -- incident response -----------------------------------------------------------------------------
+
+
+def _until(valid_to: int | None, expires_at: int | None) -> int | None:
+    """The end of a temporal row under an expiry: the earlier of the two (None: open)."""
+    if expires_at is None:
+        return valid_to
+    return expires_at if valid_to is None else min(valid_to, expires_at)
 
 
 class Trail:
@@ -443,11 +461,25 @@ class Trail:
         g = s.scope_grants
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(g.c.scope, g.c.valid_from, g.c.valid_to)
+                select(g.c.scope, g.c.valid_from, g.c.valid_to, g.c.expires_at)
                 .where(g.c.token_id == token_id)
                 .order_by(g.c.valid_from, g.c.scope)
             ).all()
-        return [(r[0], r[1], r[2]) for r in rows]
+        spans = [(r[0], r[1], _until(r[2], r[3])) for r in rows]
+        return [(scope, vf, vt) for scope, vf, vt in spans if vt is None or vt > vf]
+
+    def alive_of(self, token_id: str) -> list[tuple[int, int | None]]:
+        """(from, to) of each version of the token, ended at the expiry in force then: when the
+        token was alive (not counting its deletion, which closes its last version)."""
+        v = s.token_versions
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(v.c.valid_from, v.c.valid_to, v.c.expires_at)
+                .where(v.c.token_id == token_id)
+                .order_by(v.c.version)
+            ).all()
+        spans = [(r[0], _until(r[1], r[2])) for r in rows]
+        return [(vf, vt) for vf, vt in spans if vt is None or vt > vf]
 
     def generations_of(self, token_id: str) -> list[tuple[int, int, int | None]]:
         """(seq, valid from, valid to) of every value the token had: seq 1 is the value it was

@@ -416,6 +416,7 @@ class Projector:
                 "deleted_at": None,
                 "version": n.originator_version,
                 "position": n.id,
+                "expires_at": None,
             }
             batch.tokens[token_id] = token
             batch.new_tokens.add(token_id)
@@ -467,6 +468,18 @@ class Projector:
             token["deleted_at"] = at
             seq = self._current_generation_seq(batch, token_id)
             self._close_generation(batch, token_id, seq, at)
+        elif isinstance(event, Token.ExpirySet):
+            old = token["expires_at"]
+            details = {"from": None if old is None else old // 1_000_000, "to": event.expires_at}
+            token["expires_at"] = None if event.expires_at is None else event.expires_at * 1_000_000
+            # Each grant row carries the expiry in force while it is open: reopen them under the new one.
+            for scope in before:
+                pending = batch.open_grants.get((token_id, scope))
+                if pending is not None and pending["valid_from"] == at:  # opened at this instant
+                    pending["expires_at"] = token["expires_at"]
+                else:
+                    self._close_grant(batch, token_id, scope, at, n.id)
+                    self._open_grant(batch, token, scope, at, n.id)
         after_json = token["scopes"] = _scopes_json(after)
         if not isinstance(event, Token.Created):
             self._close_version(batch, token_id, token["version"], at, n.id)
@@ -503,6 +516,9 @@ class Projector:
 
     def _on_workspace(self, batch: _Batch, event: Any, n: Notification, at: int, row: dict[str, Any]) -> None:
         ws = str(n.originator_id)
+        if isinstance(event, Workspace.SettingsChanged):
+            row.update(workspace_id=ws, details=_dumps({"max_token_lifetime": event.max_token_lifetime}))
+            return
         batch.workspaces.append(
             {
                 "id": ws,
@@ -621,6 +637,7 @@ class Projector:
             "valid_to": None,
             "from_position": position,
             "to_position": None,
+            "expires_at": token["expires_at"],
         }
 
     def _close_version(self, batch: _Batch, token_id: str, version: int, at: int, position: int) -> None:
@@ -645,6 +662,7 @@ class Projector:
             "valid_from": at,
             "valid_to": None,
             "to_position": None,
+            "expires_at": token["expires_at"],
         }
         batch.grant_inserts.append(row)
         batch.open_grants[(token["id"], scope_text)] = row

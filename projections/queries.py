@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, select
 
-from tokentrail.domain.model import accepts
+from tokentrail.domain.model import accepts, expired
 from tokentrail.domain.policy import TokenFacts
 from tokentrail.domain.scopes import Scope, read_scope
 from tokentrail.projections import schema as s
@@ -49,6 +49,7 @@ class TokenRow:
     # was still open at the token's last refresh: each keeps its own window to its end.
     grace: tuple[tuple[str, int], ...] = ()
     deleted_at: int | None = None  # effective time of the deletion
+    expires_at: int | None = None  # µs: stops authenticating at this instant (None: never)
 
     @cached_property
     def parsed_scopes(self) -> tuple[Scope, ...]:
@@ -62,7 +63,10 @@ class TokenRow:
         return TokenFacts(self.id, self.kind, self.workspace_id, self.parsed_scopes)
 
     def accepts(self, generation: str, now_micros: int) -> bool:
-        return accepts(generation, self.generation, self.grace_windows, self.deleted, now_micros)
+        return accepts(generation, self.generation, self.grace_windows, self.deleted, now_micros, self.expires_at)
+
+    def expired(self, now_micros: int) -> bool:
+        return expired(self.expires_at, now_micros)
 
     @cached_property
     def grace_windows(self) -> dict[str, int]:
@@ -70,7 +74,7 @@ class TokenRow:
 
     def accepted_generations(self, now_micros: int) -> list[str]:
         """The generations whose values are valid now: the current one first, then those in grace."""
-        if self.deleted:
+        if self.deleted or self.expired(now_micros):
             return []
         return [self.generation] + [g for g, until in self.grace if now_micros < until]
 
@@ -92,6 +96,7 @@ class TokenRow:
             updated_at=row["updated_at"],
             grace=grace_pairs(row["grace"]),
             deleted_at=row["deleted_at"],
+            expires_at=row["expires_at"],
         )
 
 

@@ -75,6 +75,7 @@ tokens = Table(
     Column("deleted_at", BigInteger),
     Column("version", Integer, nullable=False),
     Column("position", BigInteger, nullable=False),
+    Column("expires_at", BigInteger),  # µs: stops authenticating then (NULL: never)
     Index("ix_tt_tokens_workspace_name", "workspace_id", "deleted", "name"),
 )
 
@@ -95,6 +96,8 @@ token_versions = Table(
     Column("valid_to", BigInteger),
     Column("from_position", BigInteger, nullable=False),
     Column("to_position", BigInteger),
+    # The expiry in force during this version: the token is alive on [valid_from, min(valid_to, expires_at)).
+    Column("expires_at", BigInteger),
     Index("ix_tt_token_versions_asof", "workspace_id", "valid_from", "valid_to"),
 )
 
@@ -114,6 +117,9 @@ scope_grants = Table(
     Column("valid_from", BigInteger, nullable=False),
     Column("valid_to", BigInteger),
     Column("to_position", BigInteger),
+    # The token's expiry while this row was open (a change of expiry closes and reopens the rows):
+    # the scope is held on [valid_from, min(valid_to, expires_at)).
+    Column("expires_at", BigInteger),
     Index("ix_tt_scope_grants_resource", "workspace_id", "resource", "valid_from"),
     Index("ix_tt_scope_grants_wide", "workspace_id", "kind", "valid_from"),
 )
@@ -228,6 +234,16 @@ console_sessions = Table(
     Column("created_at", BigInteger, nullable=False),
     Column("last_seen_at", BigInteger, nullable=False),
     Index("ix_tt_console_sessions_last_seen", "last_seen_at"),
+)
+
+# Last use of each token: when a value of it last authenticated (µs). Not projected from the log
+# (usage is not a change to the token), so `rebuild` neither drops nor rebuilds it: the servers
+# write it in batches, merging with max() so several servers sharing the database agree.
+token_usage = Table(
+    "tt_token_usage",
+    metadata,
+    Column("token_id", String(36), primary_key=True),
+    Column("last_used_at", BigInteger, nullable=False),
 )
 
 # Where each audit sink (TOKENTRAIL_AUDIT_SINK) has delivered up to: the last log position the sink

@@ -21,6 +21,11 @@ class TokenState:
     description: str
     scopes: list[str]
     deleted: bool = False
+    expires_at: int | None = None  # µs
+
+    def alive(self, at: int) -> bool:
+        """Not deleted, and not expired at `at` (an answer at T includes a token only before its expiry)."""
+        return not self.deleted and (self.expires_at is None or at < self.expires_at)
 
 
 @dataclass
@@ -62,6 +67,8 @@ class Replayed:
                 tokens[oid].description = event.description
             elif isinstance(event, Token.Deleted):
                 tokens[oid].deleted = True
+            elif isinstance(event, Token.ExpirySet):
+                tokens[oid].expires_at = None if event.expires_at is None else event.expires_at * 1_000_000
             elif isinstance(event, Token.Refreshed):
                 for jwt in jwts:
                     if jwt["admin_token_id"] == oid and jwt["invalid_from"] is None:
@@ -86,14 +93,14 @@ class Replayed:
         return sorted(
             (t.id, t.name, t.description, tuple(t.scopes))
             for t in tokens.values()
-            if t.workspace_id == workspace_id and not t.deleted
+            if t.workspace_id == workspace_id and t.alive(at)
         )
 
     def access(self, workspace_id: str, resource: str, kind: str, permission: str, at: int) -> list[dict[str, Any]]:
         tokens, jwts = self.state(at)
         out = []
         for t in tokens.values():
-            if t.workspace_id != workspace_id or t.deleted:
+            if t.workspace_id != workspace_id or not t.alive(at):
                 continue
             grant = grant_for([parse_scope(x) for x in t.scopes], kind, permission, resource)
             if grant:
@@ -123,7 +130,7 @@ class Replayed:
         for at in instants:
             tokens, _ = self.state(at)
             for t in tokens.values():
-                if t.workspace_id == workspace_id and not t.deleted:
+                if t.workspace_id == workspace_id and t.alive(at):
                     for scope in map(parse_scope, t.scopes):
                         if scope.kind in ("datasource", "pipe"):
                             out.add((scope.kind, scope.resource))
@@ -160,7 +167,7 @@ class Replayed:
             return out
 
         token = tokens.get(token_id)
-        mine = reached([parse_scope(x) for x in token.scopes]) if token and not token.deleted else set()
+        mine = reached([parse_scope(x) for x in token.scopes]) if token and token.alive(at) else set()
         by_jwt = {}
         for j in jwts:
             if j["admin_token_id"] != token_id or not (j["issued_at"] <= at < j["expires_at"]):

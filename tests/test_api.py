@@ -61,7 +61,17 @@ def test_listed_tokens_have_tinybird_token_objects(client, ws) -> None:
     )
     listed = {t["name"]: t for t in client.get(url("/v0/tokens", ws.admin)).json()["tokens"]}
     reader = listed["reader"]
-    assert set(reader) == {"id", "token", "name", "description", "scopes", "origin", "host"}
+    assert set(reader) == {
+        "id",
+        "token",
+        "name",
+        "description",
+        "scopes",
+        "origin",
+        "host",
+        "expires_at",
+        "last_used_at",
+    }
     assert reader["token"].startswith("p.ey") and reader["description"] == "for the dashboard"
     assert reader["scopes"] == [
         {"type": "DATASOURCES:READ", "resource": "events", "filter": "country = 'ES'"},
@@ -899,7 +909,9 @@ def test_another_workspaces_token_is_404_and_untouched(client, service, ws, othe
     assert_error(response, 404, "Token not found")
     assert head(service) == before
     assert authenticates(client, secret["token"])
-    assert client.get(url("/v0/tokens/secret", other.admin)).json() == secret
+    after = client.get(url("/v0/tokens/secret", other.admin)).json()
+    assert after.pop("last_used_at") is not None  # it just authenticated: its last use moved, nothing else
+    assert after == {k: v for k, v in secret.items() if k != "last_used_at"}
 
 
 def test_listing_shows_only_the_callers_workspace(client, ws, other) -> None:
@@ -1205,7 +1217,17 @@ def test_openapi_documents_the_answers_shapes(client) -> None:
     spec = client.get("/openapi.json").json()
     listing = spec["paths"]["/v0/tokens"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
     token = listing["properties"]["tokens"]["items"]
-    assert set(token["properties"]) == {"id", "token", "name", "description", "scopes", "origin", "host"}
+    assert set(token["properties"]) == {
+        "id",
+        "token",
+        "name",
+        "description",
+        "scopes",
+        "origin",
+        "host",
+        "expires_at",
+        "last_used_at",
+    }
     scope = spec["paths"]["/v0/tokens"]["get"]["parameters"]
     assert any(p["name"] == "as_of" for p in scope)
     create_params = {p["name"]: p for p in spec["paths"]["/v0/tokens"]["post"]["parameters"]}

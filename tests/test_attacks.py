@@ -703,6 +703,9 @@ SOURCES = sorted(
         *ROOT.glob("api/*.py"),
         *ROOT.glob("api/routes/*.py"),
         *ROOT.glob("api/ui/*.py"),
+        *ROOT.glob("api/cli/*.py"),
+        *(p for p in ROOT.glob("tokentrail/*.py") if not p.is_symlink()),
+        *ROOT.glob("tokentrail/storage/*.py"),
     ]
 )
 
@@ -721,7 +724,7 @@ def _secret_equalities(path: Path) -> list[str]:
 # Equalities the scan flags whose operands are not secrets (reviewed): ids, names, metadata.
 NOT_SECRETS = re.compile(
     r"key_id|\.key\b|\bkey ==|== key\b|kind|resource|token_id|keys\(\)|'key'|\"key\"|sort_key|\.key\(\)|"
-    r"primary_key|_keys|key\[|_key\(|checkpoint\.get\('key_id'\)|backend|signed_in|in_block|sign_in|design",
+    r"primary_key|_keys|key\[|_key\(|checkpoint\.get\('key_id'\)|backend|signed_in|in_block|sign_in|design|staged",
     re.I,
 )
 

@@ -265,6 +265,32 @@ def test_lookup_of_a_jwt_says_when_it_stopped(client, realm, fake) -> None:
     assert (found["reason"], found["valid_now"]) == ("refreshed", False)
 
 
+def test_lookup_of_a_jwt_signed_by_the_client_names_the_admin_value_that_signed_it(client, realm, fake) -> None:
+    claims = {
+        "workspace_id": realm.id,
+        "name": "self-signed",
+        "exp": int(fake.now.timestamp()) + 600,
+        "scopes": [{"type": "PIPES:READ", "resource": "top"}],
+    }
+    mine = pyjwt.encode(claims, realm.admin, algorithm="HS256")  # as Tinybird's docs let clients do
+    assert client.get(url("/v0/auth", mine)).json()["valid"] is True
+    found = _lookup(client, realm.admin, mine).json()
+    assert (found["jwt"], found["token_id"], found["name"], found["generation"]) == (
+        True,
+        realm.admin_id,
+        "self-signed",
+        0,
+    )
+    assert (found["valid_now"], found["reason"]) == (True, "current")
+    fake.advance(5)
+    admin = client.post(url("/v0/tokens/admin%20token/refresh", realm.admin, grace_seconds=60)).json()["token"]
+    assert _lookup(client, admin, mine).json()["reason"] == "grace"
+    fake.advance(61)
+    found = _lookup(client, admin, mine).json()
+    assert (found["valid_now"], found["reason"]) == (False, "refreshed")
+    assert client.get(url("/v0/auth", mine)).json()["valid"] is False
+
+
 def test_lookup_tells_nothing_about_values_it_did_not_sign_or_of_another_workspace(client, service, realm) -> None:
     other = make_realm(service, "other", "someone@example.com")
     mine = create(client, realm.admin, "mine", "PIPES:READ:top")

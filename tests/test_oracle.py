@@ -1,7 +1,8 @@
 """Point-in-time answers equal a brute-force replay of the events up to T.
 
 Hypothesis generates random histories — creates, scope changes, renames, descriptions, refreshes
-with and without grace, deletes, name reuse, JWTs and admin-token refreshes — over several
+with and without grace, deletes, name reuse, JWTs and admin-token refreshes, expiries set, cleared
+and capped by the workspace — over several
 workspaces, with a controlled clock that sometimes stands still and sometimes goes backwards (as a
 skewed writer's would), and every as-of, access, diff, history and exposure answer (scope by scope,
 and through the JWTs signed with the admin token's values) is checked against the replay in
@@ -78,6 +79,15 @@ op = st.one_of(
         st.sampled_from([10, 60, 600]),
     ),
     st.tuples(st.just("admin_refresh"), st.integers(0, 1), st.none(), st.sampled_from([0, 20])),
+    # Expiry: set (seconds from now) or cleared on a token, created with one, and the workspace's cap.
+    st.tuples(st.just("expire"), st.integers(0, 1), st.sampled_from(NAMES), st.sampled_from([None, 1, 2, 5, 30])),
+    st.tuples(
+        st.just("create_expiring"),
+        st.integers(0, 1),
+        st.sampled_from(NAMES),
+        st.tuples(st.lists(st.sampled_from(SCOPES), min_size=1, max_size=2), st.sampled_from([1, 4, 10])),
+    ),
+    st.tuples(st.just("cap"), st.integers(0, 1), st.none(), st.sampled_from([None, 60, 120])),
 )
 steps = st.lists(st.tuples(op, st.sampled_from([0, 0, 1, 3, 7, 20, -4])), min_size=5, max_size=30)
 
@@ -122,6 +132,14 @@ def _run(service: Service, history: list[Any]) -> list[str]:
                     scope["filter"] = filter_[1]
                 expires = int(clock.to_micros(Clock.now) / 1_000_000) + b
                 service.command(lambda: service.ledger.issue_jwt(admin, "jwt", expires, [scope], None))
+            elif name == "expire":
+                expiry = None if b is None else int(clock.to_micros(Clock.now) / 1_000_000) + b
+                service.command(lambda: service.ledger.update_token(admin, a, expiry=(expiry,)))
+            elif name == "create_expiring":
+                expiry = int(clock.to_micros(Clock.now) / 1_000_000) + b[1]
+                service.command(lambda: service.ledger.create_token(admin, a, b[0], expires_at=expiry))
+            elif name == "cap":
+                service.command(lambda: service.ledger.configure_workspace(admin, b))
             elif name == "admin_refresh":
                 service.command(lambda: service.ledger.refresh_token(admin, "admin token", grace_seconds=b))
                 admin = caller_for(service, service.ledger.token_by_name(ws, "admin token"))
@@ -132,9 +150,15 @@ def _run(service: Service, history: list[Any]) -> list[str]:
 
 
 def _instants(replayed: Replayed) -> list[int]:
-    """Every effective time of the last 60 events, and the microsecond on either side of each."""
+    """Every effective time of the last 60 events and every expiry set, and the microsecond on
+    either side of each."""
     times = sorted({at for _, at, _ in replayed.events})[-60:]
-    return sorted({t + d for t in times for d in (-1, 0, 1)})
+    expiries = {
+        e.expires_at * 1_000_000
+        for _, _, e in replayed.events
+        if isinstance(e, Token.ExpirySet) and e.expires_at is not None
+    }
+    return sorted({t + d for t in set(times) | expiries for d in (-1, 0, 1)})
 
 
 # CI runs a fixed set of examples (a red CI must mean a regression, not a lucky draw); elsewhere each

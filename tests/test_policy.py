@@ -134,6 +134,7 @@ def request(s: Seat, op: Op, target: str | None) -> httpx.Response:
         Op.WORKSPACES: lambda: c.get(url("/v1/user/workspaces", v)),
         Op.INVESTIGATE: lambda: c.get(url("/v0/tokens/admin%20token/exposure", v)),
         Op.REVOKE: lambda: c.post(url("/v0/tokens/revoke", v, resource="nothing_here", reason=f"walk {n}")),
+        Op.CONFIGURE: lambda: c.put(url("/v0/workspace/settings", v, max_token_lifetime="none")),
     }
     return calls[op]()
 

@@ -75,11 +75,13 @@ class TokenCache:
 
 
 class Authenticator:
-    def __init__(self, queries: Queries, signer: TokenSigner) -> None:
+    def __init__(self, queries: Queries, signer: TokenSigner, on_use: Callable[[str, int], None] | None = None) -> None:
         self.queries = queries
         self.signer = signer
         self.tokens = TokenCache(queries.token)
         self._workspaces: dict[str, WorkspaceRow | None] = {}
+        # Told (token id, instant) each time a static value authenticates: the last-use recorder.
+        self._on_use = on_use or (lambda token_id, at: None)
 
     def authenticate(self, value: str, **context: Any) -> Caller:
         if not isinstance(value, str) or not value:
@@ -102,8 +104,10 @@ class Authenticator:
         row = self.tokens.get(claims.token_id)
         if row is None or row.workspace_id != claims.workspace_id:
             return None
-        if not row.accepts(claims.generation, clock.to_micros(clock.now())):
+        now = clock.to_micros(clock.now())
+        if not row.accepts(claims.generation, now):  # refreshed out, deleted, or expired by now
             return None
+        self._on_use(row.id, now)
         return row, claims
 
     def _static(self, value: str, context: dict[str, Any]) -> Caller:

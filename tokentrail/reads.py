@@ -21,6 +21,7 @@ Refusals come in the order that leaks nothing: a caller that may not read other 
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from tokentrail.domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME, SCOPE_TY
 from tokentrail.jwts import MAX_JWT_LENGTH
 from tokentrail.projections.history import AuditQuery, History, Trail
 from tokentrail.projections.queries import DeploymentRow, TokenRow, UserRow, WorkspaceRow
+from tokentrail.projections.review import Review, review
 from tokentrail.verify import ChainReport, make_checkpoint, verify_chain, workspace_view
 
 if TYPE_CHECKING:
@@ -57,6 +59,14 @@ class Exposure:
     exposure: list[tuple[Reach, list[Interval]]]
     escalation: dict[str, list[Interval]]  # TOKENS / WORKSPACE:DEPLOY: could mint tokens reaching more
     jwts: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Stale:
+    """Tokens not used for a while: the rows, and every token's last use (µs) for their objects."""
+
+    rows: list[TokenRow]
+    last_used: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,22 @@ class Selectors:
         if self.created_from is not None and self.created_to is not None and self.created_from > self.created_to:
             raise InvalidInput("created_from must not be after created_to")
         return dataclasses.asdict(self)
+
+
+def _verifies(value: str, secret: str) -> bool:
+    try:
+        pyjwt.decode(value, secret, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False})
+    except pyjwt.PyJWTError:
+        return False
+    return True
+
+
+def _jwt_reason(valid: bool, until: int, expires: int, ended: int | None) -> str:
+    """Why a JWT is or is not accepted: its signing value still current (or in its grace window),
+    or ended by its own expiry first, or by the refresh of the value that signed it."""
+    if valid:
+        return "current" if ended is None else "grace"
+    return "expired" if until == expires else "refreshed"
 
 
 def _jwt_scope_text(item: dict[str, Any]) -> str:
@@ -221,6 +247,29 @@ class Reads:
                 return None
         row = self.queries.token(user.user_token_id)
         return row if row is not None and not row.deleted else None
+
+    def stale_tokens(self, who: Caller, unused_seconds: int) -> Stale:
+        """Live tokens not used for `unused_seconds` (ADMIN or TOKENS); a never-used token counts
+        from its creation. Oldest use first."""
+        authorize(who, Op.LIST)
+        rows = self.queries.tokens(who.workspace_id)
+        used = self.service.usage.last_used_of(r.id for r in rows)
+        before = to_micros(now()) - unused_seconds * 1_000_000
+        stale = [r for r in rows if used.get(r.id, r.created_at) <= before]
+        stale.sort(key=lambda r: (used.get(r.id, r.created_at), r.id))
+        return Stale(stale, used)
+
+    def access_review(self, who: Caller, at: int) -> Review:
+        """The access review as of `at`: every token alive then, with its facts and a summary
+        (ADMIN or TOKENS: it reads token metadata, never a value)."""
+        authorize(who, Op.READ_AUDIT)
+        return review(self.service.read_engine, self.history, who.workspace_id, at, self.service.usage.all_last_used())
+
+    def workspace_settings(self, who: Caller) -> dict[str, Any]:
+        """The caller's workspace's settings (anyone of the workspace may read them), from the
+        event store: the source of truth, read only when asked."""
+        workspace = self.service.ledger.workspace(who.workspace_id)
+        return {"max_token_lifetime": workspace.max_token_lifetime}
 
     # -- the past -------------------------------------------------------------------------------
 
@@ -416,26 +465,34 @@ class Reads:
         )
 
     def _lives(self, row: TokenRow, value: tuple[int, str] | None) -> list[Interval]:
-        """When the token (or one of its values) was accepted, ended at its deletion."""
+        """When the token (or one of its values) was accepted, ended at its deletion and at its
+        expiry (the expiry in force at each instant: a change of expiry moves the end)."""
         generations = self.trail.generations_of(row.id)
         if value is not None:
             generations = [g for g in generations if g[0] == value[0]]
         spans = [(vf, vt) for _seq, vf, vt in generations]
+        alive = self.trail.alive_of(row.id)
         if row.deleted_at is not None:
-            return intersect_all(spans, [(0, row.deleted_at)])
-        return merge(spans)
+            alive = intersect_all(alive, [(0, row.deleted_at)])
+        return intersect_all(spans, alive)
 
     def value_generation(self, token_id: str, nonce: str) -> int | None:
-        """Which of a token's values (1: as created, +1 per refresh) has this nonce. The nonces
-        are read from the token's own events in the event store, the source of truth."""
-        seq = 0
-        for event in self.service.ledger.events.get(UUID(token_id)):
-            generation = getattr(event, "generation", None)
-            if isinstance(event, (Token.Created, Token.Refreshed)):
-                seq += 1
-                if generation == nonce:
-                    return seq
+        """Which of a token's values (1: as created, +1 per refresh) has this nonce. (The value's
+        signature has been checked before; the nonces are compared in constant time all the same.)"""
+        wanted = nonce.encode()
+        for seq, generation in enumerate(self._nonces(token_id), start=1):
+            if hmac.compare_digest(generation.encode(), wanted):
+                return seq
         return None
+
+    def _nonces(self, token_id: str) -> list[str]:
+        """The nonce of each of a token's values in order, from its own events in the event store
+        (the source of truth; the read models keep only the current one)."""
+        return [
+            str(event.generation)
+            for event in self.service.ledger.events.get(UUID(token_id))
+            if isinstance(event, (Token.Created, Token.Refreshed))
+        ]
 
     def identify(self, who: Caller, value: str) -> Identified:
         """Which token (and which of its values) a value is or was, and whether it is valid now and
@@ -460,9 +517,15 @@ class Reads:
             until = span[2]
             if row.deleted_at is not None and (until is None or row.deleted_at < until):
                 until = row.deleted_at
+            # An expiry (the one in force now) ends every value still accepted when it comes.
+            expires = row.expires_at
+            if expires is not None and (until is None or expires < until) and expires > span[1]:
+                until = expires
             valid = row.accepts(claims.generation, current)
             if valid:
                 reason = "current" if claims.generation == row.generation else "grace"
+            elif expires is not None and until == expires:
+                reason = "expired"
             else:
                 reason = "deleted" if row.deleted and until == row.deleted_at else "refreshed"
             return Identified(row.id, row.name, row.workspace_id, seq - 1, span[1], until, valid, reason, False)
@@ -477,27 +540,44 @@ class Reads:
             raise missing from None
         if header.get("alg") != "HS256" or not isinstance(unverified, dict):
             raise missing
+        if unverified.get("workspace_id") != who.workspace_id:
+            raise missing
         jti = unverified.get("jti")
-        if unverified.get("workspace_id") != who.workspace_id or not isinstance(jti, str) or len(jti) != 36:
+        jwt = self.trail.jwt(jti) if isinstance(jti, str) and len(jti) == 36 else None
+        if jwt is not None and jwt["workspace_id"] == who.workspace_id:
+            secret = self.service.signer.make(jwt["workspace_id"], jwt["admin_token_id"], jwt["admin_generation"])
+            if _verifies(value, secret):
+                expires, invalidated = jwt["expires_at"], jwt["invalidated_at"]
+                until = expires if invalidated is None else min(expires, invalidated)
+                valid = jwt["issued_at"] <= current < until
+                reason = _jwt_reason(valid, until, expires, invalidated)
+                return Identified(
+                    jwt["id"], jwt["name"], jwt["workspace_id"], None, jwt["issued_at"], until, valid, reason, True
+                )
+        return self._identify_signed_elsewhere(who, value, unverified, current)
+
+    def _identify_signed_elsewhere(self, who: Caller, value: str, claims: dict[str, Any], current: int) -> Identified:
+        """A JWT the server never issued but that one of the admin token's values signed (Tinybird
+        lets clients sign their own): it lives while that value does, and until its `exp`."""
+        missing = NotFound("Token not found")
+        workspace = self.queries.workspace(who.workspace_id)
+        exp = claims.get("exp")
+        if workspace is None or isinstance(exp, bool) or not isinstance(exp, int):
             raise missing
-        jwt = self.trail.jwt(jti)
-        if jwt is None or jwt["workspace_id"] != who.workspace_id:
-            raise missing
-        secret = self.service.signer.make(jwt["workspace_id"], jwt["admin_token_id"], jwt["admin_generation"])
-        try:
-            pyjwt.decode(value, secret, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False})
-        except pyjwt.PyJWTError:
-            raise missing from None
-        expires, invalidated = jwt["expires_at"], jwt["invalidated_at"]
-        until = expires if invalidated is None else min(expires, invalidated)
-        valid = jwt["issued_at"] <= current < until
-        if valid:
-            reason = "current" if invalidated is None else "grace"
-        else:
-            reason = "expired" if until == expires else "refreshed"
-        return Identified(
-            jwt["id"], jwt["name"], jwt["workspace_id"], None, jwt["issued_at"], until, valid, reason, True
-        )
+        admin_id = workspace.admin_token_id
+        for seq, nonce in enumerate(self._nonces(admin_id), start=1):
+            if not _verifies(value, self.service.signer.make(who.workspace_id, admin_id, nonce)):
+                continue
+            span = next((g for g in self.trail.generations_of(admin_id) if g[0] == seq), None)
+            if span is None:
+                raise missing
+            expires = exp * 1_000_000
+            until = expires if span[2] is None else min(expires, span[2])
+            valid = span[1] <= current < until
+            reason = _jwt_reason(valid, until, expires, span[2])
+            name = str(claims.get("name", "jwt"))[:256]
+            return Identified(admin_id, name, who.workspace_id, seq - 1, span[1], until, valid, reason, True)
+        raise missing
 
     def revocation_plan(self, who: Caller, selectors: Selectors) -> list[TokenRow]:
         """The live tokens a bulk revocation with these selectors would delete (all selectors must

@@ -33,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tokentrail import keys
 from tokentrail.auth import Authenticator
 from tokentrail.domain import clock
-from tokentrail.domain.errors import LedgerError, ProjectionFailed, StoreUnavailable
+from tokentrail.domain.errors import ConfigurationError, LedgerError, ProjectionFailed, StoreUnavailable
 from tokentrail.domain.ledger import Change, Ledger
 from tokentrail.domain.model import Token
 from tokentrail.domain.values import TokenSigner
@@ -44,6 +44,7 @@ from tokentrail.stats import ProcessStats
 from tokentrail.storage import pgstore
 from tokentrail.storage.database import Database, data_dir, database_url
 from tokentrail.storage.migrate import upgrade
+from tokentrail.usage import DEFAULT_FLUSH_SECONDS, UsageRecorder
 
 T = TypeVar("T")
 
@@ -52,6 +53,23 @@ _UNREACHABLE = (StoreOperationalError, StoreInterfaceError, SQLOperationalError,
 
 # Events after which a token's old value must stop working: their visibility here is measured.
 REVOKING_TOPICS = frozenset({Token.Refreshed.TOPIC, Token.Deleted.TOPIC})
+
+
+def _last_use_seconds(env: dict[str, str]) -> float:
+    """How often last use is written (seconds, at most 60 so it is never more than a minute late);
+    0 or `off` records no use at all."""
+    raw = env.get("TOKENTRAIL_LAST_USE_SECONDS", "").strip().lower()
+    if not raw:
+        return DEFAULT_FLUSH_SECONDS
+    if raw in ("0", "off", "false", "no"):
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"TOKENTRAIL_LAST_USE_SECONDS must be seconds from 0 to 60, not {raw!r}") from None
+    if not 0 <= seconds <= 60:
+        raise ConfigurationError(f"TOKENTRAIL_LAST_USE_SECONDS must be seconds from 0 to 60, not {raw!r}")
+    return seconds
 
 
 class Service:
@@ -82,7 +100,10 @@ class Service:
         )
         self.projector = Projector(self.ledger, self.write_engine, self.database.backend)
         self.queries = Queries(self.read_engine)
-        self.auth = Authenticator(self.queries, self.signer)
+        # Last use of each token: coalesced here, written in batches (`TOKENTRAIL_LAST_USE_SECONDS`,
+        # 0 turns it off), flushed on close.
+        self.usage = UsageRecorder(self.write_engine, self.database.backend, _last_use_seconds(env))
+        self.auth = Authenticator(self.queries, self.signer, self.usage.used)
         self.reads = Reads(self)  # the read side's one door (the ledger is the write side's)
         self._seen = 0  # every event up to here is projected and its tokens evicted from the cache
         self._seen_lock = threading.Lock()
@@ -249,6 +270,7 @@ class Service:
         return None if self.backend == "sqlite" else self._head.listener_live
 
     def close(self) -> None:
+        self.usage.close()
         self._head.close()
 
         self.ledger.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from tokentrail.api.cli.common import (
     print_json,
     progress_bar,
     say,
+    scopes_text,
     short_time,
     table,
     time_option,
@@ -448,6 +450,69 @@ def access_who(
         console.print(grants_table(data["grants"], title))
     else:
         say(escape(f"no token could {data['permission']} {data['kind']} {data['resource']} as of {data['as_of']}"))
+
+
+@access_app.command("review")
+def access_review(
+    as_of: str | None = typer.Option(
+        None, "--as-of", callback=time_option, help="Review as of then: ISO 8601, Unix seconds or 1h/2d ago."
+    ),
+    fmt: str = typer.Option("table", "--format", help="table (default), json or csv."),
+    output: Path | None = typer.Option(None, "-o", "--output", help="Write the rows here (csv or json)."),
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
+) -> None:
+    """The access review: every token alive (now or then) with its scopes, filters, origin, creator,
+    last refresh, last use, expiry and age, and a summary. CSV is safe to open in a spreadsheet.
+
+    Example: [bold]tokentrail access review --format csv -o review.csv[/]
+    """
+    chosen = "json" if as_json else fmt.lower()
+    if chosen not in ("table", "json", "csv"):
+        raise typer.BadParameter("table, json or csv", param_hint="--format")
+    api = client(host, token)
+    params = [("as_of", as_of), ("format", "csv" if chosen == "csv" else None)]
+    if chosen == "csv":
+        with api.stream("/v0/access/review", params) as response:
+            text = response.read().decode("utf-8")
+        if output:
+            output.write_text(text, encoding="utf-8")
+            say(f"wrote {max(text.count(chr(10)) - 1, 0)} tokens to {escape(str(output))}")
+        else:
+            sys.stdout.write(text)
+        return
+    data = api.get("/v0/access/review", params)
+    if chosen == "json":
+        if output:
+            output.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            say(f"wrote {len(data['tokens'])} tokens to {escape(str(output))}")
+        else:
+            print_json(data)
+        return
+    summary = data["summary"]
+    say(
+        f"access review as of {data['as_of']}: {summary['tokens']} tokens, {summary['with_admin']} with ADMIN, "
+        f"{summary['unused_90_days']} unused for 90 days, {summary['older_than_a_year']} older than a year, "
+        f"{summary['without_expiry']} without expiry"
+    )
+    t = table("name", "kind", "scopes", "created", "by", "last refresh", "last used", "expires")
+    for row in data["tokens"]:
+        t.add_row(
+            *cells(
+                row["name"],
+                row["kind"],
+                scopes_text(row["scopes"]),
+                short_time(row["created_at"]),
+                (row.get("created_by") or {}).get("name") or "",
+                short_time(row["last_refresh_at"]),
+                short_time(row["last_used_at"]) or "never",
+                short_time(row["expires_at"]) or "never",
+            )
+        )
+    console.print(t)
+    if output:
+        output.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 @access_app.command("diff")

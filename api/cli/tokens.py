@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any
 
 import typer
@@ -20,9 +22,12 @@ from tokentrail.api.cli.common import (
     say,
     scope_text,
     scopes_text,
+    short_time,
     table,
     time_option,
 )
+from tokentrail.domain.clock import parse_duration, parse_instant
+from tokentrail.domain.errors import LedgerError
 
 token_app = typer.Typer(
     name="token",
@@ -39,6 +44,7 @@ workspace_app = typer.Typer(
     rich_markup_mode="rich",
 )
 ARGV = "tokentrail.argv"
+_FROM_NOW = re.compile(r"(?:\d{1,9}[smhdw])+")
 
 
 class ScopeGroupsCommand(TyperCommand):
@@ -107,10 +113,25 @@ def token_rows(tokens: list[dict[str, Any]], with_values: bool = False) -> Any:
     return t
 
 
+def expiry_seconds(text: str) -> str:
+    """An expiry for the API, in Unix seconds: an instant, or a duration from now (`30d`, `12h`)."""
+    raw = text.strip().lower()
+    if raw == "none":
+        return "none"
+    try:
+        if _FROM_NOW.fullmatch(raw.replace(" ", "")):
+            return str(int(time.time()) + parse_duration(raw.replace(" ", "")))
+        return str(parse_instant(text) // 1_000_000)
+    except LedgerError:
+        raise typer.BadParameter(f"not an instant or a duration: {text!r}") from None
+
+
 def show_token(tok: dict[str, Any], verb: str) -> None:
     say(f"{verb} token [bold]{escape(tok['name'])}[/] ({tok['id']})")
     for scope in tok.get("scopes") or []:
         say(f"  scope  {escape(scope_text(scope))}")
+    if tok.get("expires_at"):
+        say(f"  expires  {short_time(tok['expires_at'])}")
     if tok.get("token"):
         say(f"  token  {tok['token']}")
 
@@ -155,6 +176,9 @@ def token_create(
     resource: list[str] = typer.Option([], "--resource", help="Resource of the --scope it follows (tb style)."),
     filter_: list[str] = typer.Option([], "--filter", help="sql_filter of the READ --scope it follows (tb style)."),
     description: str = typer.Option("", "--description", help="Free text shown in listings."),
+    expires: str | None = typer.Option(
+        None, "--expires", help="Stop working at this instant (ISO 8601 or Unix seconds) or after 30d, 12h … from now."
+    ),
     as_json: bool = AsJson,
     host: str = Host,
     token: str | None = Token,
@@ -166,7 +190,12 @@ def token_create(
     scopes = scope_groups(ctx.meta.get(ARGV), scope, resource, filter_)
     if not scopes:
         raise typer.BadParameter("give at least one --scope", param_hint="--scope")
-    params = [("name", name), *(("scope", s) for s in scopes), ("description", description or None)]
+    params = [
+        ("name", name),
+        *(("scope", s) for s in scopes),
+        ("description", description or None),
+        ("expiration_time", expiry_seconds(expires) if expires else None),
+    ]
     data = client(host, token).post("/v0/tokens", params)
     if as_json:
         print_json(data)
@@ -426,6 +455,88 @@ def token_revoke(
 
 
 # -- workspace ------------------------------------------------------------------------------------
+
+
+@token_app.command("expire")
+def token_expire(
+    ref: str = typer.Argument(..., metavar="TOKEN", help="The token's name, id or value."),
+    at: str = typer.Option(
+        ..., "--at", help="When it stops working: ISO 8601, Unix seconds, 30d/12h from now, or none (never)."
+    ),
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
+) -> None:
+    """Set or remove a token's expiry: at that instant it stops authenticating, on every server.
+
+    Example: [bold]tokentrail token expire temp --at 30d[/]
+    """
+    data = client(host, token).put(f"/v0/tokens/{path_segment(ref)}", [("expiration_time", expiry_seconds(at))])
+    if as_json:
+        print_json(data)
+        return
+    when = short_time(data.get("expires_at")) if data.get("expires_at") else "never"
+    say(f"token [bold]{escape(data['name'])}[/] expires: {when}")
+
+
+@token_app.command("stale")
+def token_stale(
+    unused_for: str = typer.Option("90d", "--unused-for", help="Not used for this long: 90d, 12h, 2w …"),
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
+) -> None:
+    """List tokens not used for a while (never-used ones count from their creation), oldest use first.
+
+    Example: [bold]tokentrail token stale --unused-for 90d[/]
+    """
+    data = client(host, token).get("/v0/tokens", [("unused_for", unused_for)])
+    if as_json:
+        print_json(data)
+        return
+    t = table("name", "id", "scopes", "last used", "expires", title=f"tokens unused for {unused_for}")
+    for tok in data.get("tokens", []):
+        last = short_time(tok.get("last_used_at")) or "never"
+        t.add_row(
+            *cells(
+                tok.get("name"),
+                tok.get("id"),
+                scopes_text(tok.get("scopes") or []),
+                last,
+                short_time(tok.get("expires_at")),
+            )
+        )
+    console.print(t)
+
+
+@workspace_app.command("settings")
+def workspace_settings(
+    max_token_lifetime: str | None = typer.Option(
+        None, "--max-token-lifetime", help="Cap the life of new and refreshed tokens: 90d, 12h, seconds, or none."
+    ),
+    as_json: bool = AsJson,
+    host: str = Host,
+    token: str | None = Token,
+) -> None:
+    """Show the workspace's token hygiene settings, or change them (ADMIN).
+
+    Example: [bold]tokentrail workspace settings --max-token-lifetime 90d[/]
+    """
+    api = client(host, token)
+    if max_token_lifetime is None:
+        data = api.get("/v0/workspace/settings")
+    else:
+        raw = max_token_lifetime.strip().lower()
+        try:
+            value = "none" if raw == "none" else str(parse_duration(raw))
+        except LedgerError as error:
+            raise typer.BadParameter(error.message, param_hint="--max-token-lifetime") from None
+        data = api.put("/v0/workspace/settings", [("max_token_lifetime", value)])
+    if as_json:
+        print_json(data)
+        return
+    cap = data.get("max_token_lifetime")
+    say(f"max_token_lifetime: {'none' if cap is None else f'{cap} s ({cap / 86_400:g} days)'}")
 
 
 @workspace_app.command("ls")

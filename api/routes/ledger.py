@@ -182,6 +182,7 @@ def as_of_object(row: TokenRow) -> dict[str, Any]:
         "scopes": [read_scope(x).wire() for x in row.scopes],
         "origin": row.origin,
         "host": None,
+        "expires_at": format_instant(row.expires_at) if row.expires_at is not None else None,
     }
 
 

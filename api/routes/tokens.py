@@ -26,7 +26,8 @@ from tokentrail.api.schemas import (
     responses,
 )
 from tokentrail.api.wire import Params, json_body
-from tokentrail.domain.errors import Forbidden, MethodNotAllowed
+from tokentrail.domain.clock import parse_duration
+from tokentrail.domain.errors import Forbidden, InvalidInput, MethodNotAllowed
 from tokentrail.domain.policy import Caller
 from tokentrail.projections.queries import TokenRow
 from tokentrail.service import Service
@@ -45,7 +46,10 @@ _DESCRIPTION = query_param("description", "Free text")
 _ORIGIN = query_param("origin", "C (custom, the default), DS (datasource) or P (pipe)", enum=["C", "DS", "P"])
 _RESOURCE_ID = query_param("resource_id", "The datasource or pipe of a DS/P origin")
 _EXPIRATION = query_param(
-    "expiration_time", "Unix seconds in the future: makes a JWT from the JSON body's scopes", type="integer"
+    "expiration_time",
+    "Unix seconds in the future. With a JSON body: a JWT of the body's scopes. Without a body: a static "
+    "token that stops authenticating then",
+    type="integer",
 )
 _REF = path_param("ref", "The token's id, name or value, percent-encoded (`read%20api%20token`)")
 _CREATE_PARAMS = [_NAME, _SCOPE, _DESCRIPTION, _ORIGIN, _RESOURCE_ID, _EXPIRATION]
@@ -53,20 +57,29 @@ _UPDATE_PARAMS = [
     query_param("scope", "Replaces all the token's scopes with these (repeated, unencoded)", many=True),
     query_param("name", "A new name (unchanged when absent)"),
     query_param("description", "A new description (unchanged when absent)"),
+    query_param("expiration_time", "Unix seconds in the future: the token expires then; `none` removes the expiry"),
 ]
+_UNUSED_FOR = query_param(
+    "unused_for",
+    "Only tokens not used for this long (`90d`, `12h`, `30m`, `2w`, or seconds); never-used ones count from "
+    "their creation",
+)
 
 
 @router.get(
     "/v0/tokens",
     summary="List the workspace's tokens (ADMIN or TOKENS)",
     response_model=None,
-    openapi_extra={"parameters": [_AS_OF]},
+    openapi_extra={"parameters": [_AS_OF, _UNUSED_FOR]},
     responses=responses(TokenListSchema(), 400, 403),
 )
 def list_tokens(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
     service = get_service(request)
     if p.get("as_of"):
         return ledger.tokens_as_of(request, who, p.get("as_of"))
+    if "unused_for" in p:
+        found = service.reads.stale_tokens(who, parse_duration(p.get("unused_for") or ""))
+        return JSONResponse({"tokens": present.token_objects(service, found.rows, who, found.last_used)})
     rows = service.reads.tokens(who)
     # The token objects are TokenSchema dumps already: answer them as they are (no second
     # TokenListSchema pass, no jsonable_encoder walk over thousands of plain dicts).
@@ -75,11 +88,14 @@ def list_tokens(request: Request, who: Caller = Depends(caller), p: Params = Dep
 
 @router.post(
     "/v0/tokens",
-    summary="Create a static token, or a JWT when expiration_time is given",
+    summary="Create a static token, or a JWT when expiration_time comes with a JSON body",
     description=(
-        "A static token takes `name` and one or more `scope` (query or form body). A JWT takes `name`, "
-        '`expiration_time` and a JSON body `{"scopes": [...], "limits": {"rps": N}}` of any '
-        'Content-Type, and answers `{"token": "<jwt>", ...}`.'
+        "A static token takes `name` and one or more `scope` (query or form body), and optionally "
+        "`expiration_time` (Unix seconds) with no body: it then stops authenticating at that instant "
+        "(under the workspace's `max_token_lifetime`, a token without one expires after that long). "
+        'A JWT takes `name`, `expiration_time` and a JSON body `{"scopes": [...], "limits": {"rps": N}}` '
+        'of any Content-Type, and answers `{"token": "<jwt>", ...}`: `expiration_time` with a non-empty '
+        "body is always a JWT request, as Tinybird's CLIs send it."
     ),
     response_model=None,
     openapi_extra={
@@ -108,14 +124,17 @@ def create_token(
     body: bytes = Depends(read_body),
 ) -> dict[str, Any]:
     service = get_service(request)
-    if "expiration_time" in p:
+    if "expiration_time" in p and body.strip():
+        # Tinybird's JWT create: expiration_time and a JSON body of scopes. Without a body,
+        # expiration_time is a static token's expiry.
         return _create_jwt(service, who, p, body)
     origin: dict[str, Any] = {"type": p.get("origin") or "C"}
     if p.get("resource_id"):
         origin["resource_id"] = p.get("resource_id")
+    expires = _expiry(p) if "expiration_time" in p else None
     change = service.command(
         lambda: service.ledger.create_token(
-            who, p.get("name") or "", p.getlist("scope"), p.get("description") or "", origin
+            who, p.get("name") or "", p.getlist("scope"), p.get("description") or "", origin, expires_at=expires
         )
     )
     return present.token_object(service, _row(service, str(change.token.id)), who)
@@ -125,6 +144,18 @@ def _create_jwt(service: Service, who: Caller, p: Params, body: bytes) -> dict[s
     data = load(JwtRequestSchema(), json_body(body))
     issued = jwts.issue(service, who, p.get("name") or "", p.int("expiration_time"), data["scopes"], data.get("limits"))
     return JwtResponseSchema().dump(issued)
+
+
+def _expiry(p: Params, allow_none: bool = False) -> int | None:
+    """`expiration_time`: Unix seconds (digits only), or `none` where removing is allowed."""
+    raw = (p.get("expiration_time") or "").strip()
+    if allow_none and raw.lower() == "none":
+        return None
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 12:
+        raise InvalidInput(
+            "expiration_time must be Unix seconds (a whole number) in the future" + (", or none" if allow_none else "")
+        )
+    return int(raw)
 
 
 def token_ref(request: Request) -> str:
@@ -190,7 +221,7 @@ def get_token(
 
 @router.put(
     "/v0/tokens/{ref:path}",
-    summary="Replace scopes (scope=…), rename, describe",
+    summary="Replace scopes (scope=…), rename, describe, set or remove the expiry",
     description="Parameters may also come in a form-encoded body without Content-Type (long scope lists).",
     response_model=None,
     openapi_extra={"parameters": [_REF, *_UPDATE_PARAMS], "requestBody": form_body(*_UPDATE_PARAMS)},
@@ -201,6 +232,7 @@ def update_token(
 ) -> dict[str, Any]:
     service = get_service(request)
     scopes = p.getlist("scope")
+    expiry = (_expiry(p, allow_none=True),) if "expiration_time" in p else None
     change = service.command(
         lambda: service.ledger.update_token(
             who,
@@ -208,6 +240,7 @@ def update_token(
             scopes=scopes if scopes else None,
             name=p.get("name") if p.get("name") else None,
             description=p.get("description"),
+            expiry=expiry,
         )
     )
     return present.token_object(service, _row(service, str(change.token.id)), who)

@@ -2,7 +2,7 @@
 id) and audit sinks' delivery positions (tt_audit_sinks)
 
 Revision ID: ops_0005
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-01
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "ops_0005"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
