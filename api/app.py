@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -19,22 +21,40 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tokentrail.api import ui
-from tokentrail.api.deps import MAX_BODY
+from tokentrail.api.deps import MAX_BODY, MAX_CLAIMED_REQUEST_ID
 from tokentrail.api.heavy import HeavyReadGate, heavy_concurrency
 from tokentrail.api.metrics import Metrics, MetricsMiddleware
 from tokentrail.api.proxies import TrustedProxies
 from tokentrail.api.routes import deployments, forward, health, hygiene, incident, ledger, tokens, workspaces
 from tokentrail.api.ui.session_store import ConsoleSessions, SessionSettings
-from tokentrail.api.wire import request_id
 from tokentrail.domain.errors import LedgerError, StoreUnavailable
+from tokentrail.redact import claimed
 from tokentrail.service import Service
+from tokentrail.sinks import AuditSink
 
 log = logging.getLogger("tokentrail.api")
 SWITCH_INTERVAL = 0.001  # seconds; Python's default is 0.005
 
 
 def create_app(service: Service) -> FastAPI:
+    # Read once here so that a malformed setting stops the server at start.
+    sink = AuditSink.from_environ(service)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # The audit sink delivers from its own thread while the server serves, never in a request.
+        if sink is not None:
+            sink.start()
+        try:
+            yield
+        finally:
+            if sink is not None:
+                sink.stop()
+            # On shutdown (uvicorn's SIGTERM or Ctrl-C), write the last uses not yet written.
+            service.usage.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="tokentrail",
         version="0.1.0",
         description=(
@@ -43,9 +63,8 @@ def create_app(service: Service) -> FastAPI:
         ),
     )
     app.state.service = service
-    # On shutdown (uvicorn's SIGTERM or Ctrl-C), write the last uses not yet written.
-    app.router.on_shutdown.append(service.usage.close)
-    app.state.metrics = Metrics(service)
+    app.state.audit_sink = sink
+    app.state.metrics = Metrics(service, sink)
     # Read once here so that a malformed setting stops the server at start.
     app.state.proxies = TrustedProxies.from_environ(service.environ)
     app.state.console_sessions = ConsoleSessions(
@@ -172,8 +191,9 @@ def _error(request: Request, status: int, message: str, headers: dict[str, str] 
 
 
 class RequestIdMiddleware:
-    """Gives every request an id (kept from X-Request-Id when sane), echoes it in the answer,
-    and refuses bodies over MAX_BODY with 413 before anything reads them."""
+    """Gives every request an id of the server's making, echoes it in `X-Request-Id`, keeps an
+    `X-Request-Id` the client sent as its claim, and refuses bodies over MAX_BODY with 413 before
+    anything reads them."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -189,8 +209,12 @@ class RequestIdMiddleware:
                 sent_id = value.decode("latin-1")
             elif key == b"content-length":
                 length = value.decode("latin-1")
-        rid = request_id(sent_id) or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
+        # The request id is always the server's own; one the client sent is kept apart, as a
+        # claim (the audit records both, labelled).
+        rid = uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        state["claimed_request_id"] = claimed(sent_id, MAX_CLAIMED_REQUEST_ID)
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
             response = JSONResponse(
                 {"error": f"request body too large (at most {MAX_BODY} bytes)"},

@@ -26,7 +26,9 @@ from prometheus_client.registry import Collector
 from starlette.routing import BaseRoute, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tokentrail.logs import access_log, log_request
 from tokentrail.service import Service
+from tokentrail.sinks import AuditSink
 
 log = logging.getLogger("tokentrail.metrics")
 
@@ -39,7 +41,7 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 class Metrics:
     """The registry of one app, and the request metrics the middleware updates."""
 
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, sink: AuditSink | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "tokentrail_requests",
@@ -55,6 +57,8 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(SystemCollector(service))
+        if sink is not None:
+            self.registry.register(SinkCollector(sink))
         # Label children by key: `.labels()` costs more than the increment itself.
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._timers: dict[tuple[str, str], Any] = {}
@@ -132,8 +136,61 @@ class SystemCollector(Collector):
             )
 
 
+class SinkCollector(Collector):
+    """The audit sink (TOKENTRAIL_AUDIT_SINK): its state as the database records it (whichever
+    server delivers) and this process's own counts."""
+
+    def __init__(self, sink: AuditSink) -> None:
+        self.sink = sink
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        sink = self.sink
+        try:
+            state = sink.status()
+        except Exception as error:  # noqa: BLE001 - a store that does not answer must not break the scrape
+            log.warning("metrics: audit sink state unavailable: %s", type(error).__name__)
+        else:
+            yield GaugeMetricFamily(
+                "tokentrail_audit_sink_up",
+                "1 while the audit sink takes what it is sent; 0 while delivery is failing (and retried).",
+                value=1 if state["ok"] else 0,
+            )
+            yield GaugeMetricFamily(
+                "tokentrail_audit_sink_lag_events",
+                "Audit events not yet delivered to the sink.",
+                value=state["behind"],
+            )
+            yield GaugeMetricFamily(
+                "tokentrail_audit_sink_lag_seconds",
+                "Age of the oldest audit event not yet delivered; 0 when caught up.",
+                value=state["lag_seconds"],
+            )
+            yield GaugeMetricFamily(
+                "tokentrail_audit_sink_position", "Log position the sink has acknowledged.", value=state["position"]
+            )
+        yield GaugeMetricFamily(
+            "tokentrail_audit_sink_delivering",
+            "1 when this process is the one that delivers (holds the sink's lock), else 0.",
+            value=1 if sink.delivering else 0,
+        )
+        yield CounterMetricFamily(
+            "tokentrail_audit_sink_delivered_events",
+            "Audit events this process delivered.",
+            value=sink.counts.delivered,
+        )
+        yield CounterMetricFamily(
+            "tokentrail_audit_sink_failures",
+            "Delivery attempts of this process that failed (each is retried with backoff).",
+            value=sink.counts.failures,
+        )
+
+
 class MetricsMiddleware:
-    """Counts and times every HTTP request by the template of the route that answered it."""
+    """Counts and times every HTTP request by the template of the route that answered it, and
+    writes its line in the access log (`tokentrail.access`: the template, never the path)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[BaseRoute]) -> None:
         self.app = app
@@ -158,9 +215,11 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             method = scope["method"]
-            self.metrics.observe(
-                self.template(scope), method if method in _METHODS else "other", status, time.perf_counter() - started
-            )
+            method = method if method in _METHODS else "other"
+            template, seconds = self.template(scope), time.perf_counter() - started
+            self.metrics.observe(template, method, status, seconds)
+            if access_log.isEnabledFor(logging.INFO):
+                log_request(scope.get("state", {}).get("request_id"), method, template, status, seconds)
 
     def template(self, scope: Scope) -> str:
         """The template of the route that answered (`/v0/tokens/{ref:path}`), else `(unmatched)`:

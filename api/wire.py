@@ -9,7 +9,6 @@ PUT moves its `scope=` string there) or, for JWTs, JSON.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -17,7 +16,6 @@ from tokentrail.domain.errors import InvalidInput
 
 RAW_PARAMS = frozenset({"scope"})  # values whose '+' is a literal plus
 MAX_PARAMS = 1000
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 
 class Params:
@@ -112,10 +110,3 @@ def _finite_float(text: str) -> float:
     if value in (float("inf"), float("-inf")):
         raise ValueError(f"{text} does not fit a double")
     return value
-
-
-def request_id(header: str | None) -> str | None:
-    """A caller-supplied X-Request-Id is kept when it is short and plain; else we make one."""
-    if header and _REQUEST_ID.fullmatch(header):
-        return header
-    return None

@@ -71,7 +71,12 @@ def normalize_filter(sql: str) -> str:
         tokens = sqlglot.tokenize(text, read=DIALECT)
         statements = sqlglot.parse(text, read=DIALECT)
     except (SqlglotError, ValueError, RecursionError) as error:
-        raise FilterError(f"sql_filter is not valid SQL: {_first_line(error)}") from None
+        reason = _first_line(error)
+        if reason.startswith("Error tokenizing"):
+            # sqlglot quotes only part of the input there: name the whole filter instead.
+            cause = "a quote is not closed" if text.count("'") % 2 else "a character or word SQL cannot read"
+            reason = f"{cause} in {text[:200]!r}"
+        raise FilterError(f"sql_filter is not valid SQL: {reason}") from None
     if any(token.comments for token in tokens):
         raise FilterError("sql_filter must not contain comments")
     trees = [s for s in statements if s is not None]

@@ -2,7 +2,10 @@
 or moving a class never orphans stored events; a schema change adds a new version and an upcaster.
 
 Every event carries `actor`: who made the change and in which request —
-`{"token_id", "name", "request_id", "origin", "deployment_id"}`.
+`{"token_id", "name", "request_id", "origin", "deployment_id"}`, and, in events written since
+they were added, `"client": {"address", "user_agent"}` (as the server saw the request) and
+`"claimed": {"origin", "request_id"}` (what the client said about itself). Both are optional: older
+events do not have them and load unchanged.
 """
 
 from __future__ import annotations

@@ -45,6 +45,10 @@ class Caller:
     generation: str | None = None
     in_grace: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    # Where the request came from, as the server saw it (`address`, `user_agent`), and what the
+    # client said about itself (`origin`, `request_id`): recorded apart, for new events only.
+    client: dict[str, str | None] = field(default_factory=dict, compare=False)
+    claimed: dict[str, str | None] = field(default_factory=dict, compare=False)
 
     @classmethod
     def system(cls, request_id: str | None = None, origin: str = "system") -> Caller:
@@ -68,14 +72,20 @@ class Caller:
         return role_of(self)
 
     def actor(self) -> dict[str, Any]:
-        """What every event records about who made it."""
-        return {
+        """What every event records about who made it. `client` and `claimed` are present only
+        when the request had them (events written before they existed lack them)."""
+        actor: dict[str, Any] = {
             "token_id": self.token_id,
             "name": self.name,
             "request_id": self.request_id,
             "origin": self.origin,
             "deployment_id": self.deployment_id,
         }
+        if self.client:
+            actor["client"] = dict(self.client)
+        if self.claimed:
+            actor["claimed"] = dict(self.claimed)
+        return actor
 
     def for_deployment(self, deployment_id: str) -> Caller:
         return replace(self, origin="deployment", deployment_id=deployment_id)

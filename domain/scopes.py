@@ -8,6 +8,7 @@ filter `a > 'x:y'`). `str(scope)` is the canonical form stored in events.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 from collections.abc import Iterable
@@ -102,6 +103,14 @@ class Scope:
         return out
 
 
+def _suggestion(type_: str) -> str:
+    """The valid scope types a misspelt one is closest to, and the full list."""
+    public = [t for t in _TYPES if t not in INTERNAL_TYPES]
+    close = difflib.get_close_matches(type_.upper(), public, n=2, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    return f"{hint}valid scopes are {', '.join(public)} (with :<resource> where one is needed)"
+
+
 def parse_scope(text: str) -> Scope:
     """Parse one scope string; raise ScopeError naming what is wrong."""
     if not isinstance(text, str):
@@ -120,7 +129,7 @@ def _parse_scope(text: str) -> Scope:
         raise ScopeError("scope is mandatory")
     type_, rest = _split(text)
     if type_ not in _TYPES:
-        raise ScopeError(f"Unknown scope {_shorten(text)}")
+        raise ScopeError(f"Unknown scope {_shorten(text)}: {_suggestion(type_)}")
     needs_resource, filterable, kind = _TYPES[type_]
     if not needs_resource:
         if rest:

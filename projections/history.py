@@ -41,6 +41,9 @@ class AuditQuery:
     resource: str | None = None
     events: tuple[str, ...] = ()
     deployment: str | None = None
+    # The workspace owner's user id: the owner's own events (the user's creation, the user
+    # token's) are part of the workspace's trail.
+    owner_user_id: str | None = None
     revocation: str | None = None  # the deletions of one bulk revocation
 
 
@@ -102,8 +105,21 @@ def audit_event(row: Any) -> dict[str, Any]:
         "scopes_after": json.loads(row["scopes_after"]) if row["scopes_after"] is not None else None,
         "details": json.loads(row["details"]) if row["details"] else None,
         "hash": row["hash"],
+        **request_fields(row),
     }
     return out
+
+
+def request_fields(row: Any) -> dict[str, Any]:
+    """What an audit event adds about its subject and its request: `aggregate` (token,
+    workspace, user, jwt, deployment), `client` as the server saw it and `claimed`, what the client
+    said about itself; both null for events written before they were recorded."""
+    client = claimed = None
+    if row["client_address"] is not None or row["user_agent"] is not None:
+        client = {"address": row["client_address"], "user_agent": row["user_agent"]}
+    if row["claimed_origin"] is not None or row["claimed_request_id"] is not None:
+        claimed = {"origin": row["claimed_origin"], "request_id": row["claimed_request_id"]}
+    return {"aggregate": row["aggregate"], "client": client, "claimed": claimed}
 
 
 class History:
@@ -112,7 +128,8 @@ class History:
 
     def _audit_select(self, q: AuditQuery, after: int) -> Any:
         a = s.audit
-        conditions = [a.c.workspace_id == q.workspace_id, a.c.visible.is_(True), a.c.position > after]
+        realms = [q.workspace_id] + ([q.owner_user_id] if q.owner_user_id else [])
+        conditions = [a.c.workspace_id.in_(realms), a.c.visible.is_(True), a.c.position > after]
         if q.start is not None:
             conditions.append(a.c.at >= q.start)
         if q.end is not None:

@@ -385,6 +385,7 @@ class Projector:
             "resources": [],
             "details": None,
             "hash": head,
+            **_request_columns(actor),
         }
         handler(batch, event, n, at, row)
         for resource in row.pop("resources"):
@@ -782,3 +783,16 @@ def _jwt_scope_string(scope: dict[str, Any]) -> str:
         if scope.get("filter"):
             parts.append(str(scope["filter"]))
     return ":".join(parts)
+
+
+def _request_columns(actor: dict[str, Any]) -> dict[str, Any]:
+    """Where a change came from (the server's view) and what its client claimed: the audit's
+    columns for them, NULL for events written before they were recorded."""
+    client = actor.get("client") or {}
+    claimed = actor.get("claimed") or {}
+    return {
+        "client_address": client.get("address"),
+        "user_agent": client.get("user_agent"),
+        "claimed_origin": claimed.get("origin"),
+        "claimed_request_id": claimed.get("request_id"),
+    }

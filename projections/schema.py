@@ -195,6 +195,12 @@ audit = Table(
     Column("scopes_after", Text),
     Column("details", Text),
     Column("hash", String(64), nullable=False),
+    # Where the change came from, as the server saw it, and what the client claimed about itself
+    # (NULL for events written before these were recorded).
+    Column("client_address", String(64)),
+    Column("user_agent", Text),
+    Column("claimed_origin", Text),
+    Column("claimed_request_id", Text),
     Column("revocation_id", String(36)),  # the bulk revocation a deletion belongs to
     Index("ix_tt_audit_workspace", "workspace_id", "position"),
     Index("ix_tt_audit_token", "token_id", "position"),
@@ -238,6 +244,23 @@ token_usage = Table(
     metadata,
     Column("token_id", String(36), primary_key=True),
     Column("last_used_at", BigInteger, nullable=False),
+)
+
+# Where each audit sink (TOKENTRAIL_AUDIT_SINK) has delivered up to: the last log position the sink
+# acknowledged. Not projected from the log (a `rebuild` leaves it alone): after a restart, delivery
+# resumes after `position`. `name` is derived from the sink's target (never its credentials), and
+# the deliverer records its state here so that every server's /readyz and /metrics can show it.
+audit_sinks = Table(
+    "tt_audit_sinks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("target", Text, nullable=False),
+    Column("position", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("delivered_at", BigInteger),
+    Column("deliverer", Text),
+    Column("failing_since", BigInteger),
+    Column("last_error", Text),
 )
 
 # Facts about the installation, not derived from the log (never rebuilt or dropped): the

@@ -111,7 +111,8 @@ def audit_rows(service: Service, after: int) -> list[dict[str, Any]]:
     with service.read_engine.connect() as conn:
         rows = conn.execute(
             text(
-                "SELECT position, type, token_id, token_name, request_id, actor_token_id, actor_name "
+                "SELECT position, type, token_id, token_name, request_id, actor_token_id, actor_name, "
+                "client_address, user_agent, claimed_origin, claimed_request_id "
                 "FROM tt_audit WHERE position > :after ORDER BY position"
             ),
             {"after": after},

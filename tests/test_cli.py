@@ -373,7 +373,7 @@ def test_token_lifecycle(server: Server) -> None:
 
     history = as_json(env, "token", "history", "lifecycle")["events"]
     assert [e["type"] for e in history] == ["Created", "Refreshed", "Refreshed"]
-    assert {e["origin"] for e in history} == {"cli"}
+    assert {(e["origin"], e["claimed"]["origin"]) for e in history} == {("api", "cli")}
     assert "Refreshed" in ok(env, "token", "history", "lifecycle")
 
     assert as_json(env, "token", "rm", "lifecycle") == {"ok": True}
@@ -391,7 +391,7 @@ def test_the_audit_trail_records_origin_cli_and_filters(server: Server) -> None:
     ok(env, "token", "refresh", "audited")
     events = as_json(env, "audit", "--token-name", "audited")["events"]
     assert [e["type"] for e in events] == ["Created", "Refreshed"]
-    assert all(e["origin"] == "cli" and e["actor"]["name"] == "admin token" for e in events)
+    assert all(e["claimed"]["origin"] == "cli" and e["actor"]["name"] == "admin token" for e in events)
     only = as_json(env, "audit", "--token-name", "audited", "--event", "Refreshed")["events"]
     assert [e["type"] for e in only] == ["Refreshed"]
     assert as_json(env, "audit", "--from", "2999-01-01T00:00:00+00:00")["events"] == []
@@ -415,10 +415,10 @@ def test_audit_export_streams_csv_and_ndjson_to_files(server: Server, tmp_path: 
     target = tmp_path / "audit.csv"
     result = run({**env, "TOKENTRAIL_PROGRESS": "1"}, "audit", "export", "-o", str(target))
     assert result.returncode == 0, result.stderr
-    assert "exporting" in result.stderr and f"exported {total} events" in result.stdout
+    assert "exporting" in result.stderr and f"exported {total} audit events" in result.stdout
     rows = list(csv.DictReader(target.open(newline="")))
     assert len(rows) == total and rows[0]["position"] and rows[0]["origin"]
-    assert any(r["token_name"] == "exported" and r["origin"] == "cli" for r in rows)
+    assert any(r["token_name"] == "exported" and r["claimed_origin"] == "cli" for r in rows)
     assert not (tmp_path / "audit.csv.part").exists()
 
     summary = as_json(

@@ -93,9 +93,10 @@ def test_an_api_caller_cannot_label_its_changes_as_made_in_the_console(client, s
         url("/v0/tokens", ws.admin, name="from cli", scope="PIPES:READ:top"), headers={"X-Tokentrail-Origin": "cli"}
     )
     assert cli.status_code == 200, cli.text
-    events = client.get(url("/v0/audit", ws.admin, event="Created")).json()["events"]
-    origins = {e["token_name"]: e["origin"] for e in events}
-    assert origins["spoof"] == "api" and origins["from cli"] == "cli"
+    events = {e["token_name"]: e for e in client.get(url("/v0/audit", ws.admin, event="Created")).json()["events"]}
+    # The origin is what the server knows (an API request); what the client said is a labelled claim.
+    assert events["spoof"]["origin"] == "api" and events["spoof"]["claimed"]["origin"] == "ui"
+    assert events["from cli"]["origin"] == "api" and events["from cli"]["claimed"]["origin"] == "cli"
 
 
 def test_a_token_row_read_before_a_delete_is_not_cached_after_it(client, service, ws) -> None:

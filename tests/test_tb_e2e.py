@@ -4,7 +4,7 @@ real tokentrail server, on SQLite and on PostgreSQL.
 One uvicorn process per backend (module scope) serves a store made with ``python -m tokentrail.api.cli init``.
 Every ``tb token …`` command must exit as Tinybird's server would make it exit, and its effect is
 then checked through the JSON API: the token table, one token, its history and the audit trail
-(actor = the admin token, origin ``cli`` because the CLIs send ``cli_version=``).
+(actor = the admin token, origin ``api`` with the claimed origin ``cli``, since the CLIs send ``cli_version=``).
 
 The CLIs are installed once (tests/tbcli.py, cached in ``~/.cache/tokentrail-tb`` or
 ``$TOKENTRAIL_TB_CACHE``); when they cannot be installed the tests fail, they never skip.
@@ -274,7 +274,7 @@ def out(proc: subprocess.CompletedProcess) -> str:
 def assert_by_admin_from_cli(events: list[dict[str, Any]], server: Server) -> None:
     for e in events:
         assert e["actor"] == {"token_id": server.admin_id, "name": "admin token"}, e
-        assert e["origin"] == "cli", e
+        assert e["origin"] == "api" and e["claimed"]["origin"] == "cli", e
         assert e["workspace_id"] == server.workspace_id, e
         assert e["request_id"], e
 

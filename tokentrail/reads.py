@@ -330,13 +330,16 @@ class Reads:
         return self.history.audit_stream(self._own(who, query))
 
     def _own(self, who: Caller, query: AuditQuery) -> AuditQuery:
-        """The query confined to the caller's workspace; a deployment named by its number (Forward's
-        deployment id) is the workspace's deployment of that number."""
+        """The query confined to the caller's workspace, with its owner's own events (the user's
+        creation and the user token's changes, which belong to no workspace); a deployment named by
+        its number (Forward's deployment id) is the workspace's deployment of that number."""
         deployment = query.deployment
         if deployment and deployment.isascii() and deployment.isdigit() and len(deployment) < 19:
             row = self.queries.deployment(who.workspace_id, int(deployment))
             deployment = row.id if row is not None else deployment
-        return dataclasses.replace(query, workspace_id=who.workspace_id, deployment=deployment)
+        workspace = self.queries.workspace(who.workspace_id)
+        owner = workspace.owner_user_id if workspace is not None else None
+        return dataclasses.replace(query, workspace_id=who.workspace_id, deployment=deployment, owner_user_id=owner)
 
     # -- deployments ----------------------------------------------------------------------------
 

@@ -91,8 +91,9 @@ def change_text(event: dict[str, Any]) -> str:
     before, after = event.get("scopes_before") or [], event.get("scopes_after") or []
     parts = [f"+{s}" for s in after if s not in before] + [f"-{s}" for s in before if s not in after]
     details = event.get("details") or {}
-    if details.get("grace_seconds"):
-        parts.append(f"grace {details['grace_seconds']} s")
+    if event.get("type") == "Refreshed":
+        grace = details.get("grace_seconds") or 0
+        parts.append(f"new value, grace {grace} s" if grace else "new value, no grace (the old one stopped at once)")
     if details.get("revocation_id"):
         parts.append(f"revoked ({details['revocation_id'][:8]}): {details.get('reason')}")
     if "outcome" in details:
@@ -104,20 +105,50 @@ def change_text(event: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def via_text(event: dict[str, Any]) -> str:
+    """How the change arrived: the server's view (`api`, `ui`, `deployment`, `system`), then what
+    the client claimed, labelled as such (`api (cli claimed)`)."""
+    via = event.get("origin") or ""
+    if event.get("deployment_id"):
+        via += f" {event['deployment_id'][:8]}"
+    claimed = (event.get("claimed") or {}).get("origin")
+    if claimed and claimed != event.get("origin"):
+        via += f" ({claimed} claimed)"
+    return via
+
+
+def subject_text(event: dict[str, Any]) -> str:
+    """What the event is about: a token's name, else the workspace, user or JWT it concerns."""
+    aggregate, details = event.get("aggregate") or "token", event.get("details") or {}
+    if aggregate == "workspace":
+        return f"workspace {details.get('name', '')}".strip()
+    if aggregate == "user":
+        return f"user {details.get('email', '')}".strip()
+    if aggregate == "jwt":
+        return f"JWT {event.get('token_name') or ''}".strip()
+    if aggregate == "deployment":
+        return "deployment"
+    return event.get("token_name") or ""
+
+
+POSITION_NOTE = (
+    "pos is the event's position in the log, shared by every workspace: the numbers between belong to "
+    "other workspaces and users, and to internal name-index events (all of them counted by `audit verify`)."
+)
+
+
 def events_table(events: list[dict[str, Any]], title: str | None = None) -> Any:
-    t = table("pos", "at (UTC)", "event", "token", "actor", "origin", "change", title=title)
+    t = table("pos", "at (UTC)", "event", "about", "actor", "via", "change", title=title)
     for e in events:
-        origin = e.get("origin") or ""
-        if e.get("deployment_id"):
-            origin += f" {e['deployment_id'][:8]}"
+        aggregate = e.get("aggregate") or "token"
         t.add_row(
             *cells(
                 e.get("position"),
                 short_time(e.get("at")),
-                e.get("type"),
-                e.get("token_name"),
+                e.get("type") if aggregate in ("token", "jwt") else f"{aggregate} {e.get('type')}",
+                subject_text(e),
                 (e.get("actor") or {}).get("name"),
-                origin,
+                via_text(e),
                 change_text(e),
             )
         )
@@ -166,6 +197,7 @@ def audit(
         return
     if events:
         console.print(events_table(events))
+        say(f"{len(events)} audit events. {POSITION_NOTE}")
     else:
         say("no events match")
     if cursor:
@@ -226,7 +258,10 @@ def audit_export(
     if as_json and output:  # on stdout the export itself is the machine-readable output
         print_json({"file": str(output), "format": chosen, "events": count, "bytes": size})
     elif output:
-        say(f"exported {count} events ({size} bytes, {chosen}) to {escape(str(output))}")
+        say(
+            f"exported {count} audit events of the workspace ({size} bytes, {chosen}) to {escape(str(output))}; "
+            "`audit verify` counts every stored event of the log instead"
+        )
 
 
 @audit_app.command("verify")
@@ -281,7 +316,10 @@ def _chain_verdict(chain: dict[str, Any], checked: dict[str, Any] | None, as_jso
     if as_json:
         print_json({**chain, "ok": ok, **({"checkpoint": checked} if checked is not None else {})})
     elif chain["ok"]:
-        say(f"the audit trail is intact: {chain['events_checked']} events checked, head {chain['head']}")
+        say(
+            f"the audit trail is intact: {chain['events_checked']} stored events checked (the whole log: every "
+            f"workspace's and user's events and the internal name-index events), head {chain['head']}"
+        )
         if checked is not None and checked["ok"]:
             say(
                 f"the checkpoint at position {checked['position']} holds: its signature is valid and the "

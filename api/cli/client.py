@@ -118,7 +118,9 @@ class Client:
         if not message:
             message = response.reason_phrase or "request failed"
         hint = ""
-        if response.status_code == 403 and "token" in message.lower() and "scope" not in message.lower():
+        # Only when the token itself was refused: a correct token refused an operation is not the
+        # token's fault ("default tokens cannot be deleted").
+        if response.status_code == 403 and message.startswith(("invalid authentication token", "a token is required")):
             hint = " (check --token / TOKENTRAIL_TOKEN)"
         fail(f"{message} (HTTP {response.status_code}){hint}", ERROR)
 

@@ -4,8 +4,10 @@ access, workspace). Shared options, consoles and exit codes live in common.py.""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,6 @@ from tokentrail.api.cli.common import (
     AsJson,
     DatabaseUrl,
     DataDir,
-    cells,
     console,
     err,
     fail,
@@ -28,7 +29,6 @@ from tokentrail.api.cli.common import (
     print_json,
     progress_bar,
     scope_text,
-    table,
 )
 from tokentrail.api.cli.deploy import deploy
 from tokentrail.api.cli.tokens import token_app, workspace_app
@@ -37,7 +37,8 @@ from tokentrail.domain.errors import LedgerError
 app = typer.Typer(
     name="tokentrail",
     help="A token ledger in the model of Tinybird's Auth Tokens, on an append-only event store.\n\n"
-    "Exit codes: 0 ok, 1 error, 2 verification failed or differences found, 3 server unreachable.\n\n"
+    "Exit codes: 0 ok, 1 error, 2 verification failed (or differences found, with access diff --exit-code), "
+    "3 server unreachable.\n\n"
     'Example: [bold]tokentrail token ls --host http://127.0.0.1:8000 --token "$T"[/]',
     no_args_is_help=True,
     add_completion=False,
@@ -69,7 +70,12 @@ def _root(
 
 @app.command()
 def init(
-    workspace: str = typer.Option("default", "--workspace", help="Name of the first workspace."),
+    workspace: str | None = typer.Option(
+        None,
+        "--workspace",
+        help="Name of the workspace: created when missing. Without it, an empty store gets `default` "
+        "and a store with one workspace prints that one's tokens.",
+    ),
     email: str = typer.Option("admin@localhost", "--email", help="E-mail of the workspace owner."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the admin token's value."),
     user_token: bool = typer.Option(False, "--user-token", help="Print only the user token's value."),
@@ -79,7 +85,8 @@ def init(
 ) -> None:
     """Create the store and a workspace with its default tokens, and print the tokens.
 
-    Safe to run again: it prints the existing workspace's tokens.
+    Safe to run again: it prints the existing workspace's tokens. Without --workspace it never
+    creates a workspace in a store that has one (with several, it asks which).
 
     Example: [bold]export TOKENTRAIL_TOKEN=$(tokentrail init --quiet)[/]
     """
@@ -87,6 +94,13 @@ def init(
 
     service = open_service(database_url, data_dir)
     try:
+        if workspace is None:
+            existing = [w.name for w in service.queries.all_workspaces()]
+            if len(existing) > 1:
+                fail(
+                    f"this store has {len(existing)} workspaces ({', '.join(existing)}): pick one with --workspace NAME"
+                )
+            workspace = existing[0] if existing else "default"
         result = initialise(service, workspace, email)
     except LedgerError as error:
         fail(error.message)
@@ -104,12 +118,14 @@ def init(
         f"workspace [bold]{escape(ws['name'])}[/] ({ws['id']}), owner {escape(ws['user_email'])}"
         + ("" if result["created"] else " [dim](already existed)[/]")
     )
-    tokens = table("name", "id", "scopes", "token")
+    # Not a table: ids and values must not wrap inside cells. Each value is one line of plain text,
+    # whatever the terminal's width, so that it can be copied.
     for token in result["tokens"]:
-        tokens.add_row(
-            *cells(token["name"], token["id"], ", ".join(scope_text(s) for s in token["scopes"]), token["token"])
+        console.print(
+            f"\n[bold]{escape(token['name'])}[/]  {escape(', '.join(scope_text(s) for s in token['scopes']))}"
         )
-    console.print(tokens)
+        print(f"  id     {token['id']}")
+        print(f"  token  {token['token']}")
 
 
 @app.command()
@@ -133,6 +149,7 @@ def serve(
     import uvicorn
 
     from tokentrail.api.setup import initialise
+    from tokentrail.logs import log_format, logging_config
 
     _check_port(host, port)
     if data_dir is not None:
@@ -141,12 +158,31 @@ def serve(
         os.environ["TOKENTRAIL_DATABASE_URL"] = database_url
     if rotate_key:
         os.environ["TOKENTRAIL_ROTATE_KEY"] = "1"
+    try:
+        log_config = logging_config(dict(os.environ))
+    except ValueError as error:
+        fail(str(error))
     service = open_service(None, None)
     os.environ.pop("TOKENTRAIL_ROTATE_KEY", None)  # recorded: the workers check against the new key
     if not service.queries.all_workspaces():
         result = initialise(service, "default", "admin@localhost")
         admin = next(t for t in result["tokens"] if t["name"] == "admin token")
-        err.print(f"Initialised an empty store: workspace [bold]default[/], admin token:\n{admin['token']}")
+        if log_format(dict(os.environ)) == "json":
+            # A JSON log goes to a collector: it never carries a value.
+            print(
+                json.dumps(
+                    {
+                        "time": datetime.now(UTC).isoformat(timespec="microseconds"),
+                        "level": "info",
+                        "logger": "tokentrail.setup",
+                        "message": "initialised an empty store: workspace default; "
+                        "`tokentrail init --quiet` prints its admin token",
+                    }
+                ),
+                file=sys.stderr,
+            )
+        else:
+            err.print(f"Initialised an empty store: workspace [bold]default[/], admin token:\n{admin['token']}")
     service.close()
     uvicorn.run(
         "tokentrail.api.app:app_from_env",
@@ -155,7 +191,8 @@ def serve(
         port=port,
         workers=workers,
         log_level="info",
-        access_log=False,
+        log_config=log_config,  # TOKENTRAIL_LOG_FORMAT: text or json, redacted either way
+        access_log=False,  # uvicorn's would write paths; tokentrail.access writes route templates
         # Forwarded headers are read by api/proxies.py, from TOKENTRAIL_TRUSTED_PROXIES only:
         # uvicorn must not rewrite the peer address or scheme from them on its own.
         proxy_headers=False,
@@ -234,10 +271,7 @@ def rebuild(
     else:
         verb = "verified" if verify else "rebuilt"
         for d in report.differences:
-            console.print(
-                f"[red]difference[/] in {d.table} at {escape(str(d.key))}: "
-                f"live={escape(str(d.live))} rebuilt={escape(str(d.rebuilt))}"
-            )
+            console.print(_difference_text(d))
         if report.ok:
             console.print(
                 f"{verb} {report.events} events up to position {report.position}: "
@@ -245,6 +279,28 @@ def rebuild(
             )
     if not report.ok:
         fail(f"the live read models differ from a rebuild ({len(report.differences)} differences shown)", FAILED)
+
+
+def _difference_text(d: Any) -> str:
+    """One difference found by `rebuild --verify`, in words: the row's key by column name, and
+    only the columns that differ (or which side the row is missing from)."""
+    from tokentrail.projections.schema import metadata
+
+    table = metadata.tables.get(d.table)
+    columns = [c.name for c in table.columns] if table is not None else []
+    keys = [c.name for c in table.primary_key.columns] if table is not None else []
+    key = ", ".join(f"{k}={v}" for k, v in zip(keys, d.key)) if keys else str(d.key)
+    where = f"[red]difference[/] in {d.table}, row {escape(key)}"
+    if d.rebuilt is None:
+        return f"{where}: only in the live tables (a rebuild has no such row)"
+    if d.live is None:
+        return f"{where}: missing from the live tables (a rebuild has it)"
+    changed = [
+        f"{name}: live {escape(repr(a))}, rebuilt {escape(repr(b))}"
+        for name, a, b in zip(columns or range(len(d.live)), d.live, d.rebuilt)
+        if a != b
+    ]
+    return f"{where}: " + "; ".join(changed or ["values differ in type only"])
 
 
 def _jsonable(row: Any) -> Any:
@@ -261,9 +317,20 @@ app.add_typer(workspace_app)
 # -- entry point ----------------------------------------------------------------------------------
 
 
+def _no_flag_metavars(command: Any) -> None:
+    """An on/off flag takes no value: its help line shows no `<bool>` (Typer shows one otherwise)."""
+    help_option = command.get_help_option(command.context_class(command))  # made once, then cached
+    for param in [*command.params, *([help_option] if help_option is not None else [])]:
+        if getattr(param, "is_flag", False) or getattr(param, "is_bool_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _no_flag_metavars(sub)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; every failure a user can cause ends as one line on stderr and an exit code."""
     command = typer.main.get_command(app)
+    _no_flag_metavars(command)
     # Typer vendors click in recent versions: take the exception classes from where it raises them.
     errors = sys.modules[typer.BadParameter.__module__]
     no_args = getattr(errors, "NoArgsIsHelpError", ())

@@ -92,11 +92,14 @@ def scope_groups(argv: list[str] | None, scopes: list[str], resources: list[str]
 
 
 def token_rows(tokens: list[dict[str, Any]], with_values: bool = False) -> Any:
-    columns = ["name", "id", "scopes", "origin", "description"] + (["token"] if with_values else [])
+    columns = ["name", "id", "scopes", "made by", "description"] + (["token"] if with_values else [])
     t = table(*columns)
     for tok in tokens:
+        # The token's origin in Tinybird's terms (C, DS, P), in words: not how a change arrived
+        # (the audit's "via" column).
         origin = tok.get("origin") or {}
-        origin_text = origin.get("type", "") + (f" {origin['resource_id']}" if origin.get("resource_id") else "")
+        kind = {"C": "hand (C)", "DS": "datasource (DS)", "P": "pipe (P)"}.get(origin.get("type", ""), "")
+        origin_text = kind + (f" {origin['resource_id']}" if origin.get("resource_id") else "")
         row = [
             tok.get("name"),
             tok.get("id"),

@@ -40,6 +40,11 @@ CSV_COLUMNS = (
     "scopes_before",
     "scopes_after",
     "hash",
+    "aggregate",
+    "client_address",
+    "user_agent",
+    "claimed_origin",
+    "claimed_request_id",
 )
 
 
@@ -63,6 +68,17 @@ _AUDIT_EVENT = {
         "scopes_after": {"type": ["array", "null"]},
         "details": {"type": ["object", "null"]},
         "hash": {"type": "string"},
+        "aggregate": {"type": "string", "description": "token, workspace, user, jwt or deployment"},
+        "client": {
+            "type": ["object", "null"],
+            "description": "The client as the server saw it (null for events recorded before this was kept)",
+            "properties": {"address": _NULLABLE_STRING, "user_agent": _NULLABLE_STRING},
+        },
+        "claimed": {
+            "type": ["object", "null"],
+            "description": "What the client said about itself (X-Tokentrail-Origin, X-Request-Id): unverified",
+            "properties": {"origin": _NULLABLE_STRING, "request_id": _NULLABLE_STRING},
+        },
     },
 }
 _GRANT = {
@@ -246,6 +262,13 @@ def audit_csv(events: Iterator[dict[str, Any]]) -> Iterator[str]:
     writer.writerow(CSV_COLUMNS)
     for event in events:
         flat = {**event, "actor_token_id": event["actor"]["token_id"], "actor_name": event["actor"]["name"]}
+        client, claims = event.get("client") or {}, event.get("claimed") or {}
+        flat.update(
+            client_address=client.get("address"),
+            user_agent=client.get("user_agent"),
+            claimed_origin=claims.get("origin"),
+            claimed_request_id=claims.get("request_id"),
+        )
         flat["scopes_before"] = json.dumps(event["scopes_before"]) if event["scopes_before"] is not None else ""
         flat["scopes_after"] = json.dumps(event["scopes_after"]) if event["scopes_after"] is not None else ""
         writer.writerow([_cell(flat.get(c)) for c in CSV_COLUMNS])

@@ -14,6 +14,7 @@ from tokentrail.domain.errors import InvalidInput
 from tokentrail.domain.scopes import KINDS, PERMISSIONS
 
 router = APIRouter(route_class=UiRoute)
+ANY = "any"
 
 
 @router.get("/access")
@@ -29,8 +30,8 @@ def access_page(page: Page = Depends(viewer)) -> Response:
     context: dict[str, Any] = {
         "form": form,
         "known": known,
-        "kinds": KINDS,
-        "permissions": PERMISSIONS,
+        "kinds": (*KINDS, ANY),
+        "permissions": (*PERMISSIONS, ANY),
         "grants": None,
         "diff": None,
     }
@@ -50,15 +51,19 @@ def _answer(page: Page, form: dict[str, str], current: int) -> dict[str, Any]:
     if compare is None:
         if resource is None:
             raise InvalidInput("Name a Data Source or Pipe, or give a second time to compare with")
+        if ANY in (form["kind"], form["permission"]):
+            raise InvalidInput("Choose a kind and a permission to ask who held it (Any is for comparing)")
         grants = page.reads.access(page.caller, resource, form["kind"], form["permission"], at)
         return {"grants": grants, "at": format_time(at, precise=True)}
     start, end = sorted((at, compare))
+    # The Kind and Permission selectors filter the comparison whether or not a name is given;
+    # "Any" leaves that one out.
     diff = page.reads.access_diff(
         page.caller,
         start,
         end,
         resource,
-        form["kind"] if resource else None,
-        form["permission"] if resource else None,
+        None if form["kind"] == ANY else form["kind"],
+        None if form["permission"] == ANY else form["permission"],
     )
     return {"diff": diff, "start": format_time(start, precise=True), "end": format_time(end, precise=True)}

@@ -36,6 +36,7 @@ from fastapi import Request
 from starlette.responses import Response
 
 from tokentrail import keys
+from tokentrail.api.deps import audit_context
 from tokentrail.api.proxies import proxies
 from tokentrail.api.ui.session_store import ConsoleSessions, SessionSettings
 from tokentrail.domain.errors import Unauthenticated
@@ -159,7 +160,7 @@ def authenticate(request: Request, session: Session) -> Caller:
         raise Unauthenticated("the session has ended")
     service.sync()
     try:
-        caller = service.auth.authenticate(session.value, request_id=request.state.request_id, origin="ui")
+        caller = service.auth.authenticate(session.value, **audit_context(request, origin="ui"))
     except Unauthenticated:
         store(request).end(session.sid)
         raise

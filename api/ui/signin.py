@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import RedirectResponse, Response
 
+from tokentrail.api.deps import audit_context
 from tokentrail.api.ui import session as sessions
 from tokentrail.api.ui.pages import Form, UiRoute, checked_form, render
 from tokentrail.domain.errors import Unauthenticated
@@ -61,7 +62,7 @@ def signin(request: Request, checked: tuple[sessions.Session | None, Form] = Dep
         service: Service = request.app.state.service
         service.sync()
         try:
-            caller = service.auth.authenticate(value, request_id=request.state.request_id, origin="ui")
+            caller = service.auth.authenticate(value, **audit_context(request, origin="ui"))
             opened = sessions.sign_in(request, value, caller)
         except Unauthenticated:
             message = "That token is not valid: it may have been refreshed or deleted."

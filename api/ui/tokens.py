@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from starlette.responses import RedirectResponse, Response
 
+from tokentrail.api.deps import audit_context
 from tokentrail.api.ui import session as sessions
 from tokentrail.api.ui.editor import PERMISSIONS_BY_KIND, WORKSPACE_SCOPES, Editor
 from tokentrail.api.ui.exposure import ExposureView, exposure_view
@@ -245,7 +246,7 @@ def refresh_token(token_id: str, page: Page = Depends(poster)) -> Response:
         assert fresh is not None
         value = service.signer.make(fresh.workspace_id, fresh.id, fresh.generation)
         sessions.sign_out(page.request, page.session)
-        renewed = service.auth.authenticate(value, request_id=page.request.state.request_id, origin="ui")
+        renewed = service.auth.authenticate(value, **audit_context(page.request, origin="ui"))
         sessions.write(page.request, response, sessions.sign_in(page.request, value, renewed))
     return response
 
