@@ -1,7 +1,7 @@
 """where each change came from (tt_audit: client address, user agent, claimed origin and request
 id) and audit sinks' delivery positions (tt_audit_sinks)
 
-Revision ID: ops_0005
+Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-01
 """
@@ -9,7 +9,7 @@ Create Date: 2026-12-01
 import sqlalchemy as sa
 from alembic import op
 
-revision = "ops_0005"
+revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
