@@ -290,6 +290,12 @@ def relative_time(value: Any, now_micros: int | None = None) -> str:
     raise AssertionError("unreachable")
 
 
+def short_time(value: Any) -> str:
+    """Micros or an ISO string → "2026-03-01 12:00" (UTC, to the minute: for dense tables)."""
+    moment = _moment(value)
+    return moment.strftime("%Y-%m-%d %H:%M") if moment else ""
+
+
 def iso_time(value: Any) -> str:
     moment = _moment(value)
     return moment.isoformat(timespec="microseconds") if moment else ""
@@ -312,6 +318,7 @@ _env = Environment(
 )
 _env.filters["time"] = format_time
 _env.filters["iso"] = iso_time
+_env.filters["short_time"] = short_time
 _env.filters["ago"] = relative_time
 _env.filters["local_input"] = lambda micros: local_input(micros)
 _env.filters["duration"] = lambda seconds: duration(seconds)
