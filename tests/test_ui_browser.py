@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -458,4 +458,44 @@ def test_the_incident_page_looks_up_a_value_then_previews_and_confirms_a_revocat
     assert lanes.first.get_attribute("data-resource") == "leaky_ds"
     assert "to now" not in page.get_by_test_id("exposure").inner_text()
     shoot(page, "token-exposure-revoked")
+    assert page.js_errors == []
+
+
+def test_the_token_page_sets_an_expiry_and_the_review_page_downloads_its_csv(
+    server: dict[str, Any], chromium: Any
+) -> None:
+    admin = server["tokens"]["admin token"]["token"]
+    created = api(server, "POST", "/v0/tokens", admin, name="=quarterly export", scope="DATASOURCES:READ:events")
+    assert created.status_code == 200, created.text
+    token_id = created.json()["id"]
+    page = new_page(chromium, server)
+    sign_in(page, admin)
+    assert page.locator(f"[data-token-id='{token_id}'] [data-testid='expiry']").inner_text() == "never"
+
+    page.goto(f"/ui/tokens/{token_id}")
+    assert page.get_by_test_id("last-used").inner_text() == "never used"
+    when = datetime.now(UTC).replace(microsecond=0) + timedelta(days=30)
+    page.get_by_label("Expires at").fill(when.strftime("%Y-%m-%dT%H:%M:%S"))
+    page.get_by_test_id("set-expiry").click()
+    page.wait_for_url("**done=expiry-set")
+    assert flash(page) == "Expiry set."
+    assert when.strftime("%Y-%m-%d %H:%M:%S UTC") in page.get_by_test_id("expiry").inner_text()
+    shown = api(server, "GET", f"/v0/tokens/{token_id}", admin).json()
+    assert shown["expires_at"].startswith(when.strftime("%Y-%m-%dT%H:%M:%S"))
+    shoot(page, "token-expiry")
+
+    page.get_by_role("link", name="Review").click()
+    page.wait_for_url("**/ui/review")
+    summary = page.get_by_test_id("review-summary")
+    assert page.get_by_test_id("stat-tokens").inner_text() == str(page.locator("tbody tr").count())
+    assert "DATASOURCES:READ" in summary.inner_text()
+    row = page.locator(f"tr[data-token-id='{token_id}']")
+    assert "=quarterly export" in row.inner_text() and when.strftime("%Y-%m-%d") in row.inner_text()
+    shoot(page, "review")
+    with page.expect_download() as download:
+        page.get_by_test_id("review-csv").click()
+    assert download.value.suggested_filename == "access-review.csv"
+    text = Path(download.value.path()).read_text()
+    assert text.startswith("token_id,name,kind,scopes,")
+    assert "'=quarterly export" in text
     assert page.js_errors == []

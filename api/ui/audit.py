@@ -28,6 +28,7 @@ EVENT_TYPES = (
     "Renamed",
     "DescriptionChanged",
     "Refreshed",
+    "ExpirySet",
     "Deleted",
     "Issued",
     "Deployed",

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from tokentrail.api.ui import session as sessions
-from tokentrail.domain.clock import from_micros, parse_instant
+from tokentrail.domain.clock import from_micros, now, parse_instant
 from tokentrail.domain.errors import InvalidInput, LedgerError, NotFound, Unauthenticated
 from tokentrail.domain.policy import Caller, Op, allows, require_token_manager
 from tokentrail.projections.queries import UserRow
@@ -165,6 +165,11 @@ class Page:
         """May trace exposure and look values up (the Incident page and the token page's exposure)."""
         return allows(self.caller, Op.INVESTIGATE)
 
+    @property
+    def reviews(self) -> bool:
+        """May read the access review (the Review page, as `GET /v0/access/review`)."""
+        return allows(self.caller, Op.READ_AUDIT)
+
     def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
         return render(self.request, template, status=status, page=self, **context)
 
@@ -261,6 +266,36 @@ def format_time(value: Any, precise: bool = False) -> str:
     return text + " UTC"
 
 
+def relative_time(value: Any, now_micros: int | None = None) -> str:
+    """Micros or an ISO string → "3 days ago" (or "in 3 days" for a future instant), to one unit."""
+    moment = _moment(value)
+    if moment is None:
+        return ""
+    current = from_micros(now_micros) if now_micros is not None else now()
+    seconds = int((current - moment).total_seconds())
+    ahead, seconds = seconds < 0, abs(seconds)
+    if seconds < 60:
+        return "just now" if not ahead else "in under a minute"
+    for size, unit in (
+        (365 * 86_400, "year"),
+        (30 * 86_400, "month"),
+        (86_400, "day"),
+        (3_600, "hour"),
+        (60, "minute"),
+    ):
+        if seconds >= size:
+            count = seconds // size
+            text = f"{count} {unit}{'s' if count != 1 else ''}"
+            return f"in {text}" if ahead else f"{text} ago"
+    raise AssertionError("unreachable")
+
+
+def short_time(value: Any) -> str:
+    """Micros or an ISO string → "2026-03-01 12:00" (UTC, to the minute: for dense tables)."""
+    moment = _moment(value)
+    return moment.strftime("%Y-%m-%d %H:%M") if moment else ""
+
+
 def iso_time(value: Any) -> str:
     moment = _moment(value)
     return moment.isoformat(timespec="microseconds") if moment else ""
@@ -283,6 +318,10 @@ _env = Environment(
 )
 _env.filters["time"] = format_time
 _env.filters["iso"] = iso_time
+_env.filters["short_time"] = short_time
+_env.filters["ago"] = relative_time
+_env.filters["local_input"] = lambda micros: local_input(micros)
+_env.filters["duration"] = lambda seconds: duration(seconds)
 _env.globals["asset_version"] = _asset_version()
 
 
@@ -296,6 +335,7 @@ def render(
         "workspace_name": _workspace_name(page) if page else "",
         "manages_tokens": page.manages_tokens if page else False,
         "investigates": page.investigates if page else False,
+        "reviews": page.reviews if page else False,
         "path": request.url.path,
         "request_id": getattr(request.state, "request_id", ""),
         "error": None,
@@ -331,6 +371,15 @@ def ui_instant(raw: str, what: str) -> int | None:
         return parse_instant(raw)
     except InvalidInput as error:
         raise InvalidInput(f"{what}: {error.message}") from None
+
+
+def duration(seconds: int) -> str:
+    """Seconds → "90 days", "12 hours", "45 minutes" (the largest whole unit), else "N seconds"."""
+    for size, unit in ((86_400, "day"), (3_600, "hour"), (60, "minute")):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} seconds"
 
 
 def local_input(micros: int) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from tokentrail.api.ui.pages import format_time
+
 
 @dataclass
 class ScopeDiff:
@@ -104,6 +106,9 @@ def _notes(event: dict[str, Any]) -> list[str]:
                 else "the previous one stopped working at once"
             )
         ]
+    if kind == "ExpirySet":
+        to = details.get("to")
+        return [f"Expiry set to {format_time(int(to) * 1_000_000)}" if to is not None else "Expiry removed"]
     if kind == "Deleted" and details.get("revocation_id"):
         reason = f": \u201c{details['reason']}\u201d" if details.get("reason") else ""
         return [f"Revoked in bulk (revocation {details['revocation_id']}){reason}"]

@@ -14,8 +14,9 @@ from tokentrail.api.deps import audit_context
 from tokentrail.api.ui import session as sessions
 from tokentrail.api.ui.editor import PERMISSIONS_BY_KIND, WORKSPACE_SCOPES, Editor
 from tokentrail.api.ui.exposure import ExposureView, exposure_view
-from tokentrail.api.ui.pages import Page, SignInRequired, UiRoute, poster, viewer
+from tokentrail.api.ui.pages import Page, SignInRequired, UiRoute, poster, ui_instant, viewer
 from tokentrail.api.ui.timeline import timeline
+from tokentrail.domain.clock import now, to_micros
 from tokentrail.domain.errors import InvalidInput, LedgerError, NotFound
 from tokentrail.domain.ledger import MAX_GRACE_SECONDS
 from tokentrail.domain.policy import (
@@ -38,6 +39,8 @@ DONE = {
     "renamed": "Token renamed.",
     "refreshed": "Token refreshed: copy its new value.",
     "deleted": "Token deleted.",
+    "expiry-set": "Expiry set.",
+    "expiry-cleared": "Expiry removed: the token no longer expires.",
 }
 PROTECTED_KINDS = ("default", "user")
 
@@ -52,8 +55,12 @@ class TokenView:
     is_self: bool
     protected: bool  # default and user tokens: refresh only
     manageable: bool  # the caller's rights reach this token (ADMIN needed for privileged ones)
-    can_change: bool  # scopes, name, description, delete
+    can_change: bool  # scopes, name, description
     can_refresh: bool
+    can_delete: bool
+    can_set_expiry: bool  # set or clear the expiry (Op.UPDATE; never a default or user token)
+    expired: bool  # its expiry has passed: it can only be deleted
+    last_used_at: int | None  # µs (None: never used)
 
     @property
     def badge(self) -> str | None:
@@ -66,8 +73,12 @@ class TokenView:
         return None
 
 
-def token_view(page: Page, row: TokenRow) -> TokenView:
+def token_view(page: Page, row: TokenRow, last_used: dict[str, int] | None = None) -> TokenView:
+    """`last_used`: every shown token's last use, read once for a list (else read for this one)."""
     caller = page.caller
+    if last_used is None:
+        last_used = page.service.usage.last_used([row.id])
+    expired = row.expired(to_micros(now()))
     scopes = row.parsed_scopes
     own = row.id == caller.token_id
     in_realm = row.workspace_id == caller.workspace_id
@@ -86,8 +97,12 @@ def token_view(page: Page, row: TokenRow) -> TokenView:
         is_self=own,
         protected=protected,
         manageable=manages,
-        can_change=live and allows(caller, Op.UPDATE, facts) and allows(caller, Op.DELETE, facts),
-        can_refresh=live and allows(caller, Op.REFRESH, facts),
+        can_change=live and not expired and allows(caller, Op.UPDATE, facts) and allows(caller, Op.DELETE, facts),
+        can_refresh=live and not expired and allows(caller, Op.REFRESH, facts),
+        can_delete=live and not protected and allows(caller, Op.DELETE, facts),
+        can_set_expiry=live and not expired and not protected and allows(caller, Op.UPDATE, facts),
+        expired=expired,
+        last_used_at=last_used.get(row.id),
     )
 
 
@@ -113,10 +128,11 @@ def home() -> Response:
 def list_tokens(page: Page = Depends(viewer), done: str = "") -> Response:
     rows = page.reads.visible_tokens(page.caller)
     user_row = page.reads.own_user_token(page.caller)
+    used = page.service.usage.last_used_of([r.id for r in rows] + ([user_row.id] if user_row else []))
     return page.render(
         "tokens.html",
-        tokens=[token_view(page, r) for r in rows],
-        user_token=token_view(page, user_row) if user_row else None,
+        tokens=[token_view(page, r, used) for r in rows],
+        user_token=token_view(page, user_row, used) if user_row else None,
         flash=DONE.get(done),
     )
 
@@ -132,6 +148,8 @@ def _editor_page(
     view: TokenView | None = None,
     rename_error: str | None = None,
     flash: str | None = None,
+    expiry_error: str | None = None,
+    expiry_input: str = "",
 ) -> Response:
     events = page.reads.events_of(page.caller, view.row) if view is not None else []
     return page.render(
@@ -147,7 +165,18 @@ def _editor_page(
         rename_error=rename_error,
         flash=flash,
         max_grace=MAX_GRACE_SECONDS,
+        expiry_error=expiry_error,
+        expiry_input=expiry_input,
+        lifetime_cap=_lifetime_cap(page, view),
     )
+
+
+def _lifetime_cap(page: Page, view: TokenView | None) -> int | None:
+    """The workspace's cap on token lifetimes, for the expiry form's hint (seconds; None: none)."""
+    if view is None or not view.can_set_expiry:
+        return None
+    cap: int | None = page.reads.workspace_settings(page.caller)["max_token_lifetime"]
+    return cap
 
 
 def _exposure(page: Page, view: TokenView | None, events: list[dict[str, Any]]) -> ExposureView | None:
@@ -249,6 +278,35 @@ def refresh_token(token_id: str, page: Page = Depends(poster)) -> Response:
         renewed = service.auth.authenticate(value, **audit_context(page.request, origin="ui"))
         sessions.write(page.request, response, sessions.sign_in(page.request, value, renewed))
     return response
+
+
+@router.post("/tokens/{token_id}/expiry")
+def set_expiry(token_id: str, page: Page = Depends(poster)) -> Response:
+    """Set (`action=set`, `expires_at` a UTC datetime-local) or clear (`action=clear`) the expiry,
+    through the same use case as `PUT /v0/tokens/{x}?expiration_time=`: the workspace's lifetime
+    cap applies, and a refusal is shown on the token page with nothing written."""
+    row = find_token(page, token_id)
+    service, caller = page.service, page.caller
+    action = page.form.get("action", "set")
+    raw = page.form.get("expires_at").strip()[:64]
+    try:
+        if action == "clear":
+            expiry: int | None = None
+        elif action == "set":
+            at = ui_instant(raw, "Expires at")
+            if at is None:
+                raise InvalidInput("Pick the date and time (UTC) at which the token expires")
+            expiry = -(-at // 1_000_000)  # whole Unix seconds, never before the instant picked
+        else:
+            raise InvalidInput("action must be set or clear")
+        service.command(lambda: service.ledger.update_token(caller, row.id, expiry=(expiry,)))
+    except LedgerError as error:
+        view = token_view(page, row)
+        editor = Editor.from_scopes(row.name, row.description, view.scopes)
+        return _editor_page(page, editor, status=error.status, view=view, expiry_error=error.message, expiry_input=raw)
+    return RedirectResponse(
+        f"/ui/tokens/{row.id}?done={'expiry-cleared' if expiry is None else 'expiry-set'}", status_code=303
+    )
 
 
 def _grace_seconds(raw: str) -> int:
