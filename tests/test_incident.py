@@ -429,6 +429,20 @@ def test_bad_revocations_are_refused_and_write_nothing(client, service, realm) -
     assert client.get("/v0/tokens/revoke").status_code in (403, 404)  # a GET is a token name, never a revocation
 
 
+def test_a_revocation_too_big_for_one_transaction_is_refused_whole(client, service, realm, monkeypatch) -> None:
+    from tokentrail import incident
+
+    for i in range(4):
+        create(client, realm.admin, f"big-{i}", "DATASOURCES:READ:events")
+    monkeypatch.setattr(incident, "MAX_REVOCATION", 3)
+    before = _head(service)
+    plan = _revoke(client, realm.admin, resource="events", dry_run="true")
+    assert plan.status_code == 200 and len(plan.json()["tokens"]) == 4  # the plan is still shown
+    answer = _revoke(client, realm.admin, resource="events", reason="too many")
+    assert answer.status_code == 400 and "at most 3" in answer.json()["error"]
+    assert _head(service) == before
+
+
 def test_a_concurrent_create_is_in_the_revocation_or_untouched(service, realm) -> None:
     admin = service.auth.authenticate(realm.admin)
     created: list[str] = []

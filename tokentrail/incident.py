@@ -11,12 +11,17 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
+from tokentrail.domain.errors import InvalidInput
 from tokentrail.domain.ledger import validate_reason
 from tokentrail.domain.policy import Caller
 from tokentrail.reads import Identified, Selectors
 
 if TYPE_CHECKING:
     from tokentrail.service import Service
+
+# One revocation is one transaction, which must commit within the command's time budget: 10,000
+# tokens take ~5 s on SQLite (docs/benchmarks.md). A bigger plan is refused, not half-tried.
+MAX_REVOCATION = 20_000
 
 
 def lookup(service: Service, who: Caller, value: str) -> Identified:
@@ -42,6 +47,11 @@ def revoke(
     reason = validate_reason(reason)
     if not plan:
         return None, []
+    if len(plan) > MAX_REVOCATION:
+        raise InvalidInput(
+            f"these selectors match {len(plan):,} tokens; one revocation deletes at most {MAX_REVOCATION:,}: "
+            "narrow the selectors (a created_from/created_to window, say) and revoke in parts"
+        )
     revocation_id = str(uuid.uuid4())
     revoked = service.command(lambda: service.ledger.revoke(who, [r.id for r in plan], reason, revocation_id))
     if not revoked.tokens:

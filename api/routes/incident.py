@@ -154,7 +154,8 @@ def lookup(request: Request, who: Caller = Depends(caller), body: bytes = Depend
     description=(
         "At least one selector. Default tokens are never selected. `dry_run=true` answers the plan and "
         "writes nothing; otherwise `reason` is required and every deletion's audit event carries the "
-        "answer's `revocation_id` (`GET /v0/audit?revocation=<id>`)."
+        "answer's `revocation_id` (`GET /v0/audit?revocation=<id>`). One revocation deletes at most "
+        "20,000 tokens (one transaction); a bigger plan is refused (400) whole."
     ),
     response_model=None,
     openapi_extra={
