@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -18,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.api_helpers import OWNER, Realm, create, make_realm
+from tests.helpers import FakeClock
 from tokentrail.api.app import create_app
 from tokentrail.domain import clock
 from tokentrail.domain.policy import Caller
@@ -123,6 +125,12 @@ def other(service: Service, client: TestClient) -> Realm:
 def _restore_clock() -> Iterator[None]:
     yield
     clock.set_clock(None)
+
+
+@pytest.fixture
+def fake() -> FakeClock:
+    """The domain's clock, held at the current second and moved only by `fake.advance(seconds)`."""
+    return FakeClock(datetime.now(UTC).replace(microsecond=0))
 
 
 @pytest.fixture

@@ -58,11 +58,6 @@ def _lookup(client: TestClient, token: str, value: str) -> Any:
 
 
 @pytest.fixture
-def fake() -> FakeClock:
-    return FakeClock(_now())
-
-
-@pytest.fixture
 def realm(service: Service, fake: FakeClock) -> Realm:
     return make_realm(service, "main", "owner@example.com")
 

@@ -25,11 +25,6 @@ from tokentrail.service import Service
 
 
 @pytest.fixture
-def fake() -> FakeClock:
-    return FakeClock(datetime.now(UTC).replace(microsecond=0))
-
-
-@pytest.fixture
 def seeded(service: Service, fake: FakeClock) -> dict[str, Any]:
     result = initialise(service, "main", "owner@example.com")
     tokens = {t["name"]: t for t in result["tokens"]}

@@ -9,7 +9,7 @@ import logging
 import re
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from html import unescape
 from typing import Any
 
@@ -30,11 +30,6 @@ LANE = re.compile(
 )
 BAR = re.compile(r'<rect class="bar[^"]*" x="([0-9.]+)%" width="([0-9.]+)%"')
 TIMES = re.compile(r'<ul class="lane-times" data-testid="lane-times">(.*?)</ul>', re.S)
-
-
-@pytest.fixture
-def fake() -> FakeClock:
-    return FakeClock(datetime.now(UTC).replace(microsecond=0))
 
 
 @pytest.fixture
