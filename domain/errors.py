@@ -55,8 +55,9 @@ class DeploymentInProgress(Conflict):
 
 
 class ProjectionFailed(LedgerError):
-    """A change was committed but the read models could not take it in: a defect of ours, never
-    the caller's bad input (so never a 4xx), and the change is not lost."""
+    """The read models could not take a change in: a defect of ours, never the caller's bad input
+    (so never a 4xx). A command projected in its own transaction was then not written at all; one
+    projected after its commit (a big batch) is committed and not lost."""
 
     status = 500
 

@@ -9,6 +9,7 @@ can catch up to exactly that point before answering (read-your-writes).
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import time
@@ -78,6 +79,12 @@ MAX_ATTEMPTS = 10
 # The largest deployment accepted (MAX_DEPLOY_TOKENS) prepares in well under half of it.
 COMMAND_SECONDS = 25.0
 _DEADLINE: ContextVar[float | None] = ContextVar("tokentrail_command_deadline", default=None)
+# Aggregates an attempt read in one query before it began (`Ledger._prefetch`), by id; None when
+# it did not. Each attempt starts without any: a retry after a lost race reads everything again.
+# The domain events of the save under way (from `Ledger._record` until its insert returns): the
+# projector of a command takes them as they are rather than decoding what was just encoded.
+_SAVING: ContextVar[Sequence[Any] | None] = ContextVar("tokentrail_saving", default=None)
+_PREFETCHED: ContextVar[dict[UUID, Any] | None] = ContextVar("tokentrail_prefetched", default=None)
 DEFAULT_TOKEN_NAMES = ("admin token", "create datasource token")
 USER_TOKEN_NAME = "user token"
 ORIGIN_TYPES = {"C", "DS", "P"}
@@ -364,6 +371,7 @@ class Ledger(StagedDeployments, Application[UUID]):
         workspace_id = caller.workspace_id
 
         def attempt() -> Change:
+            self._prefetch(caller, token_name_id(workspace_id, name), _uuid_or_none(workspace_id))
             self._require_current(caller)
             index = self._get_or_none(token_name_id(workspace_id, name))
             if index is not None and index.token_id is not None:
@@ -424,6 +432,7 @@ class Ledger(StagedDeployments, Application[UUID]):
         changes = new_scopes is not None or to_add or to_remove or new_name is not None or expiry is not None
 
         def attempt() -> Change:
+            self._prefetch(caller, _uuid_or_none(ref), _uuid_or_none(caller.workspace_id) if expiry else None)
             self._require_current(caller)
             token = self._token_for_change(caller, ref, Op.UPDATE if changes else Op.DESCRIBE)
             actor = caller.actor()
@@ -452,6 +461,7 @@ class Ledger(StagedDeployments, Application[UUID]):
             raise InvalidInput(f"grace_seconds must be a whole number from 0 to {MAX_GRACE_SECONDS}")
 
         def attempt() -> Change:
+            self._prefetch(caller, _uuid_or_none(ref), _uuid_or_none(caller.workspace_id))
             self._require_current(caller)
             token = self._token_for_change(caller, ref, Op.REFRESH)
             actor = caller.actor()
@@ -825,7 +835,22 @@ class Ledger(StagedDeployments, Application[UUID]):
             touched.append(old)
         return touched
 
+    def _prefetch(self, caller: Caller, *aggregate_ids: UUID | None) -> None:
+        """Read the caller's token and `aggregate_ids` in one query, for the rest of this attempt
+        (`_get_or_none` answers from them): a write's reads cost one round trip, not one each.
+        Without a bulk read in the recorder, nothing is read ahead."""
+        if getattr(self.recorder, "select_events_of", None) is None:
+            return
+        ids = [i for i in aggregate_ids if i is not None]
+        if caller.token_id and not caller.is_system and not caller.is_jwt:
+            with contextlib.suppress(ValueError):
+                ids.append(UUID(caller.token_id))
+        _PREFETCHED.set(self._get_many(list(dict.fromkeys(ids))))
+
     def _get_or_none(self, aggregate_id: UUID) -> Any:
+        known = _PREFETCHED.get()
+        if known is not None and aggregate_id in known:
+            return known[aggregate_id]
         try:
             return self.repository.get(aggregate_id)
         except AggregateNotFoundError:
@@ -846,6 +871,17 @@ class Ledger(StagedDeployments, Application[UUID]):
 
     def _new_token_id(self) -> UUID:
         return uuid.uuid4()
+
+    def _record(self, processing_event: Any) -> Any:
+        saving = _SAVING.set(processing_event.events)
+        try:
+            return super()._record(processing_event)
+        finally:
+            _SAVING.reset(saving)
+
+    def events_being_saved(self) -> Sequence[Any] | None:
+        """The domain events whose stored form this thread is inserting now, in order (or None)."""
+        return _SAVING.get()
 
     def _save(self, aggregates: Sequence[Aggregate]) -> int:
         deadline = _DEADLINE.get()
@@ -869,6 +905,7 @@ class Ledger(StagedDeployments, Application[UUID]):
         try:
             busy = False
             for n in range(MAX_ATTEMPTS):
+                prefetched = _PREFETCHED.set(None)
                 try:
                     with clock.one_instant():
                         return attempt()
@@ -882,6 +919,8 @@ class Ledger(StagedDeployments, Application[UUID]):
                         raise
                     busy = True
                     pause = random.uniform(0, 0.01 * (n + 1))
+                finally:
+                    _PREFETCHED.reset(prefetched)
                 if time.monotonic() + pause >= deadline:
                     break
                 time.sleep(pause)
@@ -890,6 +929,14 @@ class Ledger(StagedDeployments, Application[UUID]):
         if busy:
             raise StoreUnavailable("the store stayed locked by other writers; nothing was written, try again")
         raise Conflict("The token was changed concurrently by another request; try again")
+
+
+def _uuid_or_none(text: str | None) -> UUID | None:
+    """The aggregate id `text` spells, if it spells one (a reference may also be a name or a value)."""
+    try:
+        return UUID(text) if text and len(text) == 36 else None
+    except ValueError:
+        return None
 
 
 def _waited_for_lock(error: Exception) -> bool:

@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import gc
 import json
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+import psycopg
 from eventsourcing.persistence import Notification
+from psycopg import sql
+from psycopg.rows import tuple_row
 from sqlalchemy import Engine, select
 
 from tokentrail.domain import clock
 from tokentrail.domain.chain import GENESIS, event_bytes, next_hash
+from tokentrail.domain.errors import ProjectionFailed
 from tokentrail.domain.ledger import Ledger
 from tokentrail.domain.model import (
     DeploymentLog,
@@ -172,18 +177,23 @@ class _Batch:
 class Projector:
     """Applies the ledger's events to the read models; `catch_up` is safe to call from anywhere."""
 
-    def __init__(self, ledger: Ledger, engine: Engine, backend: str) -> None:
+    def __init__(self, ledger: Ledger, engine: Engine, backend: str, reader: Engine | None = None) -> None:
         self.ledger = ledger
         self.engine = engine
+        # `tracked_position` reads through a pool that checks its connections (readiness probes
+        # must not fail on a connection the database dropped while commands no longer use ours).
+        self.reader = reader or engine
         self.backend = backend
         self._lock = threading.Lock()
         self.position = 0  # last position this process knows to be projected
-        self.listeners: list[Callable[[Sequence[Notification]], None]] = []
+        # Called with each committed batch and the tracked position it followed on from.
+        self.listeners: list[Callable[[Sequence[Notification], int], None]] = []
         # Notifications this process has just written (fed by `remember`), so projecting its own
         # commands need not read them back from the log. Used only for a range it covers entirely.
         self._recent: dict[int, Notification] = {}
         self._recent_lock = threading.Lock()
         self._sql = _Sql(backend)
+        self._within = threading.local()  # `project_within`'s tracked position before its batch
         self._handlers: dict[type, tuple[str, Callable[..., None]]] = {}
 
     # -- driving ------------------------------------------------------------------------------
@@ -230,7 +240,7 @@ class Projector:
         return known  # type: ignore[return-value]
 
     def tracked_position(self) -> int:
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             row = conn.execute(select(s.tracking.c.position).where(s.tracking.c.name == TRACKING_NAME)).first()
         return row[0] if row else 0
 
@@ -291,21 +301,7 @@ class Projector:
                 self._commit(dbapi, cursor)
                 self.position = max(self.position, position)
                 return 0
-            batch = _Batch(dbapi, cursor)
-            self._load_tokens(batch, notifications)
-            for notification in notifications:
-                at, head = self._apply(batch, notification, at, head)
-            last = notifications[-1].id
-            track = sql.update(s.tracking.name, ("position", "at", "head"), ("name", "position"))
-            if postgres:
-                with dbapi.pipeline():  # every write of the batch in one round trip
-                    self._flush(batch)
-                    cursor.execute(track, (last, at, head, TRACKING_NAME, position))
-            else:
-                self._flush(batch)
-                cursor.execute(track, (last, at, head, TRACKING_NAME, position))
-            if cursor.rowcount != 1:
-                raise StaleBatch(f"tracking moved past {position} while projecting")
+            self._apply_batch(dbapi, cursor, notifications, position, at, head)
             self._commit(dbapi, cursor)
         except BaseException:
             if postgres:
@@ -313,10 +309,116 @@ class Projector:
             elif dbapi.in_transaction:
                 cursor.execute("ROLLBACK")
             raise
-        self.position = last
-        for listener in self.listeners:
-            listener(notifications)
+        self.committed(notifications, position)
         return len(notifications)
+
+    def _apply_batch(
+        self,
+        dbapi: Any,
+        cursor: Any,
+        notifications: Sequence[Notification],
+        position: int,
+        at: int,
+        head: str,
+        events: Sequence[Any] | None = None,
+    ) -> None:
+        """Apply `notifications` (which follow on from the tracked `position`) to every read model
+        and move the tracking row on, in the caller's open transaction. The tracking update is
+        conditional on `position`: a batch another process applied first is `StaleBatch`."""
+        batch = _Batch(dbapi, cursor)
+        self._load_tokens(batch, notifications)
+        if events is None:
+            for notification in notifications:
+                at, head = self._apply(batch, notification, at, head, self.ledger.mapper.to_domain_event(notification))
+        else:
+            for notification, event in zip(notifications, events, strict=True):
+                at, head = self._apply(batch, notification, at, head, event)
+        track = self._sql.update(s.tracking.name, ("position", "at", "head"), ("name", "position"))
+        values = (notifications[-1].id, at, head, TRACKING_NAME, position)
+        if self.backend == "postgres":
+            with dbapi.pipeline():  # every write of the batch in one round trip
+                self._flush(batch)
+                cursor.execute(track, values)
+        else:
+            self._flush(batch)
+            cursor.execute(track, values)
+        if cursor.rowcount != 1:
+            raise StaleBatch(f"tracking moved past {position} while projecting")
+
+    def committed_within(self, notifications: Sequence[Notification]) -> None:
+        """The transaction in which `project_within` projected `notifications` has committed."""
+        self.committed(notifications, self._within.after)
+
+    def project_within(
+        self, dbapi: Any, notifications: Sequence[Notification], events: Sequence[Any] | None = None
+    ) -> bool:
+        """Project a command's own events inside the event store's transaction that inserts them,
+        on its connection: one transaction and one commit for the events, the read models and the
+        tracking row. Call `committed_within` once that transaction has committed.
+
+        Returns False, having written nothing, when the events do not follow on from the tracked
+        position (another writer's events are not projected yet), when another projector holds
+        the lock (PostgreSQL: never wait for it while holding the events table's lock), or for a
+        batch larger than BATCH_SIZE (a big deployment would hold the event store's write lock
+        for the length of its projection): the caller then catches up after the commit, as
+        before. An error raises, and the insert rolls back with the projection.
+
+        `events` are the domain events the notifications encode, when the caller has them (the
+        save under way): used as they are, they spare a decode of what was just encoded."""
+        if not notifications or len(notifications) > BATCH_SIZE:
+            return False
+        mark, postgres = self._sql.mark, self.backend == "postgres"
+        if postgres:
+            cursor = dbapi.cursor(row_factory=tuple_row)
+            cursor.execute(f"SELECT pg_try_advisory_xact_lock({mark})", (_ADVISORY_KEY,))
+            if not cursor.fetchone()[0]:
+                return False
+        else:
+            cursor = dbapi.cursor()
+            cursor.row_factory = None  # the event store's connection answers sqlite3.Row
+        cursor.execute(f"SELECT position, at, head FROM {s.tracking.name} WHERE name = {mark}", (TRACKING_NAME,))
+        state = cursor.fetchone()
+        if state is None:
+            return False
+        position, at, head = state
+        if position != notifications[0].id - 1 and not (
+            postgres and self._none_between(cursor, position, notifications[0].id)
+        ):
+            return False
+        try:
+            if events is not None and not _same_events(events, notifications):
+                events = None
+            self._apply_batch(dbapi, cursor, notifications, position, at, head, events)
+            self._within.after = position
+        except (sqlite3.OperationalError, psycopg.OperationalError):
+            raise  # the store's trouble (a lost connection, a timeout): the store layer's 503
+        except Exception as error:
+            # A defect of ours, not a lost race: the insert rolls back, and nothing is written.
+            raise ProjectionFailed(
+                f"the change was not written: the read models could not take it in ({type(error).__name__})"
+            ) from error
+        return True
+
+    def _none_between(self, cursor: Any, position: int, first: int) -> bool:
+        """PostgreSQL: no stored event lies between the tracked `position` and `first`. Its ids come
+        from a sequence, and an insert that rolled back (a lost race) leaves a gap in them. The
+        insert holds the events table's lock, so every event with a smaller id has committed and
+        is visible to this statement."""
+        recorder = self.ledger.recorder
+        table = sql.Identifier(recorder.datastore.schema, recorder.events_table_name)  # type: ignore[attr-defined]
+        cursor.execute(
+            sql.SQL("SELECT 1 FROM {} WHERE notification_id > %s AND notification_id < %s LIMIT 1").format(table),
+            (position, first),
+        )
+        return cursor.fetchone() is None
+
+    def committed(self, notifications: Sequence[Notification], after: int) -> None:
+        """These notifications, which followed on from the tracked position `after` (no event
+        lies between), have been projected and committed: move this process's position on and
+        tell the listeners (the auth cache's eviction)."""
+        self.position = max(self.position, notifications[-1].id)
+        for listener in self.listeners:
+            listener(notifications, after)
 
     def _commit(self, dbapi: Any, cursor: Any) -> None:
         if self.backend == "postgres":
@@ -357,8 +459,7 @@ class Projector:
             found = self._handlers[event_type] = (aggregate, getattr(self, f"_on_{aggregate}"))
         return found
 
-    def _apply(self, batch: _Batch, n: Notification, at: int, head: str) -> tuple[int, str]:
-        event = self.ledger.mapper.to_domain_event(n)
+    def _apply(self, batch: _Batch, n: Notification, at: int, head: str, event: Any) -> tuple[int, str]:
         recorded = clock.to_micros(event.timestamp)
         at = max(at, recorded)
         head = next_hash(head, event_bytes(n.id, n.originator_id, n.originator_version, n.topic, n.state))
@@ -765,6 +866,14 @@ _DEPLOYMENT_ROW_TYPES = {
     DeploymentLog.Promoted: "DeploymentPromoted",
     DeploymentLog.Discarded: "DeploymentDiscarded",
 }
+
+
+def _same_events(events: Sequence[Any], notifications: Sequence[Notification]) -> bool:
+    """Whether `events` are, one for one, the domain events `notifications` record."""
+    return len(events) == len(notifications) and all(
+        e.originator_id == n.originator_id and e.originator_version == n.originator_version
+        for e, n in zip(events, notifications, strict=True)
+    )
 
 
 def _deployment_details(event: Any) -> dict[str, Any]:

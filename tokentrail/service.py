@@ -98,11 +98,13 @@ class Service:
         self.key_fingerprint = keys.check_fingerprint(
             self.write_engine, key, rotate=env.get("TOKENTRAIL_ROTATE_KEY", "").lower() in ("1", "true", "yes")
         )
-        self.projector = Projector(self.ledger, self.write_engine, self.database.backend)
+        self.projector = Projector(self.ledger, self.write_engine, self.database.backend, reader=self.read_engine)
         self.queries = Queries(self.read_engine)
         # Last use of each token: coalesced here, written in batches (`TOKENTRAIL_LAST_USE_SECONDS`,
         # 0 turns it off), flushed on close.
-        self.usage = UsageRecorder(self.write_engine, self.database.backend, _last_use_seconds(env))
+        self.usage = UsageRecorder(
+            self.write_engine, self.database.backend, _last_use_seconds(env), reader=self.read_engine
+        )
         self.auth = Authenticator(self.queries, self.signer, self.usage.used)
         self.reads = Reads(self)  # the read side's one door (the ledger is the write side's)
         self._seen = 0  # every event up to here is projected and its tokens evicted from the cache
@@ -123,18 +125,31 @@ class Service:
         # tells us what it applied (no read-back to evict the cache).
         self.ledger._notify = self._recorded  # type: ignore[method-assign]  # eventsourcing's hook
         self.projector.listeners.append(self._applied)
+        # A command's events are projected in the transaction that inserts them (one commit).
+        self._commanding = threading.local()
+        self.ledger.recorder.within = _CommandProjection(self)  # type: ignore[attr-defined]
 
     @property
     def backend(self) -> str:
         return self.database.backend
 
     def command(self, use_case: Callable[[], T]) -> T:
-        """Run a write; when it returns, this process's read models include its events."""
-        if self._write_lock is not None:
-            with self._write_lock:
+        """Run a write; when it returns, this process's read models include its events.
+
+        Its saves are projected inside the event store's own transaction (one connection, one
+        commit for the events, the read models and the tracking row); a save the projector
+        declines (another writer's events not projected yet, a batch over a thousand events) is
+        caught up after its commit, as is anything another process wrote."""
+        outer = getattr(self._commanding, "active", False)
+        self._commanding.active = True
+        try:
+            if self._write_lock is not None:
+                with self._write_lock:
+                    result = use_case()
+            else:
                 result = use_case()
-        else:
-            result = use_case()
+        finally:
+            self._commanding.active = outer
         position = getattr(result, "position", None)
         if position:
             try:
@@ -169,7 +184,8 @@ class Service:
         return head is not None and head <= self._seen
 
     def _recorded(self, recordings: Sequence[Any]) -> None:
-        self.projector.remember([r.notification for r in recordings])
+        if recordings and recordings[-1].notification.id > self.projector.position:  # not projected in its insert
+            self.projector.remember([r.notification for r in recordings])
         self.stats.written([type(r.domain_event).__qualname__ for r in recordings])
         own = [r.notification.id for r in recordings if r.notification.topic in REVOKING_TOPICS]
         if own:
@@ -213,13 +229,14 @@ class Service:
                 raise
             return 0  # read models not created yet (migrate=False): nothing is projected
 
-    def _applied(self, notifications: Sequence[Notification]) -> None:
-        """The projector committed these: evict their tokens; when they follow on from what the
-        cache already reflects, the cache now reflects them too (no read-back of the log)."""
+    def _applied(self, notifications: Sequence[Notification], after: int) -> None:
+        """The projector committed these, which follow on from log position `after`: evict their
+        tokens; when they follow on from what the cache already reflects, the cache now reflects
+        them too (no read-back of the log)."""
         self.auth.tokens.evict({str(n.originator_id) for n in notifications})
         with self._seen_lock:
             self._measure_revocations(notifications)
-            if notifications and notifications[0].id == max(self._seen, self._cache_floor) + 1:
+            if notifications and after == max(self._seen, self._cache_floor):
                 self._seen = notifications[-1].id
 
     def _evict_through(self, head: int) -> None:
@@ -473,3 +490,21 @@ class _LogHead:
 
 
 __all__ = ["Service", "Change"]
+
+
+class _CommandProjection:
+    """What the event store's recorder calls around a save (`storage/within.py`): project the
+    events in the insert's transaction, but only for saves made inside `Service.command` (direct
+    `ledger` writes, as tools and benchmarks make, are caught up later as before)."""
+
+    def __init__(self, service: Service) -> None:
+        self._service = service
+
+    def active(self) -> bool:
+        return getattr(self._service._commanding, "active", False)
+
+    def project(self, dbapi: Any, notifications: Sequence[Notification]) -> bool:
+        return self._service.projector.project_within(dbapi, notifications, self._service.ledger.events_being_saved())
+
+    def committed(self, notifications: Sequence[Notification]) -> None:
+        self._service.projector.committed_within(notifications)

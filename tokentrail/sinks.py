@@ -394,7 +394,7 @@ class AuditSink:
         self.transport.close()
         self.delivering = False
 
-    def _projected(self, notifications: Any) -> None:
+    def _projected(self, notifications: Any, after: int) -> None:
         self._wake.set()  # new audit rows: deliver now rather than at the next poll
 
     # -- the loop --

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Engine, select
+from sqlalchemy.exc import DBAPIError
 
 from tokentrail.projections import schema as s
 
@@ -28,8 +29,13 @@ log = logging.getLogger(__name__)
 
 
 class UsageRecorder:
-    def __init__(self, engine: Engine, backend: str, flush_seconds: float = DEFAULT_FLUSH_SECONDS) -> None:
-        self.engine = engine
+    def __init__(
+        self, engine: Engine, backend: str, flush_seconds: float = DEFAULT_FLUSH_SECONDS, reader: Engine | None = None
+    ) -> None:
+        self.engine = engine  # writes
+        # Reads go through the read models' reading engine, whose pool checks a connection before
+        # lending it: a request must not fail on a connection the database dropped (a restart).
+        self.reader = reader or engine
         self.backend = backend
         self.flush_seconds = flush_seconds
         self.enabled = flush_seconds > 0
@@ -84,9 +90,16 @@ class UsageRecorder:
                 f"ON CONFLICT (token_id) DO UPDATE SET last_used_at = "
                 f"{greatest}({s.token_usage.name}.last_used_at, excluded.last_used_at)"
             )
-            with self.engine.begin() as conn:
-                for start in range(0, len(moved), _CHUNK):
-                    conn.exec_driver_sql(sql, moved[start : start + _CHUNK])
+            for attempt in (1, 2):
+                try:
+                    with self.engine.begin() as conn:
+                        for start in range(0, len(moved), _CHUNK):
+                            conn.exec_driver_sql(sql, moved[start : start + _CHUNK])
+                    break
+                except DBAPIError as error:
+                    # A connection the database dropped (the pool discards them all): once more.
+                    if attempt == 2 or not error.connection_invalidated:
+                        raise
             self._written.update(moved)
             return len(moved)
 
@@ -109,7 +122,7 @@ class UsageRecorder:
         ids = sorted(set(token_ids))
         out: dict[str, int] = {}
         u = s.token_usage
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             for start in range(0, len(ids), _CHUNK):
                 chunk = ids[start : start + _CHUNK]
                 out.update(conn.execute(select(u.c.token_id, u.c.last_used_at).where(u.c.token_id.in_(chunk))).all())
@@ -127,7 +140,7 @@ class UsageRecorder:
     def all_last_used(self) -> dict[str, Any]:
         """Every token's last use (for the stale-token and review reads of a whole workspace)."""
         u = s.token_usage
-        with self.engine.connect() as conn:
+        with self.reader.connect() as conn:
             out: dict[str, int] = dict(conn.execute(select(u.c.token_id, u.c.last_used_at)).all())
         for token_id, mine in self._seen.copy().items():
             if mine > out.get(token_id, 0):

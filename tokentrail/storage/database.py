@@ -59,7 +59,7 @@ class Database:
             path = self.sqlite_path
             _private_file(path)
             return {
-                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "PERSISTENCE_MODULE": "tokentrail.storage.sqlitestore:Factory",
                 "SQLITE_DBNAME": str(path),
                 "SQLITE_LOCK_TIMEOUT": str(SQLITE_BUSY_MS // 1000),
             }

@@ -1,7 +1,7 @@
 """The PostgreSQL event store as tokentrail runs it: eventsourcing's recorder, made safe to share.
 
 `Database.eventsourcing_env` selects this module's `Factory` for PostgreSQL. It differs from the
-library's in four ways, each for a failure seen with several servers on one database:
+library's in five ways, four of them for failures seen with several servers on one database:
 
 - **No pipeline on insert.** The library sends the table lock, the NOTIFY and the INSERT in psycopg
   pipeline mode. With a large batch (a deployment of thousands of tokens: one INSERT carrying
@@ -19,6 +19,8 @@ library's in four ways, each for a failure seen with several servers on one data
   `CREATE TYPE` and `CREATE OR REPLACE FUNCTION`; several servers starting at once collide on the
   catalog (`tuple concurrently updated`). Here creation runs under a session advisory lock and is
   skipped when the table and its row type already exist.
+- **One transaction per command.** A command's events are projected inside the transaction that
+  inserts them (`within.py`), on its connection: one commit for the events and the read models.
 - **A clear first error.** `probe` connects once with a short timeout, so that a wrong host, port,
   database or password is reported as the server's own message within seconds, not as "couldn't
   get a connection after 30 sec".
@@ -31,9 +33,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
-from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+from eventsourcing.persistence import InterfaceError, Notification, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresFactory
 from psycopg.sql import SQL, Identifier
+
+from tokentrail.storage.within import Within, notifications_of
 
 T = TypeVar("T")
 
@@ -109,12 +113,16 @@ class Recorder(PostgresApplicationRecorder):
 
     _down: tuple[float, str] = (0.0, "")  # (monotonic time until which the store is taken as down, why)
 
+    within: Within | None = None  # projects a command's events in the insert's transaction
+
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         committing = False
+        within = self.within if self.within is not None and self.within.active() else None
+        projected: list[Notification] | None = None
 
         def insert() -> Sequence[int] | None:
-            nonlocal committing
-            committing = False
+            nonlocal committing, projected
+            committing, projected = False, None
             with self.datastore.get_connection() as conn:
                 with conn.transaction():
                     with conn.cursor() as curs:
@@ -125,10 +133,17 @@ class Recorder(PostgresApplicationRecorder):
                             # LOCK TABLE (lock_timeout), NOTIFY, INSERT ... RETURNING.
                             self._insert_stored_events(curs, stored_events, **kwargs)
                             ids = self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+                    if within is not None and ids:
+                        notifications = notifications_of(stored_events, ids)
+                        if within.project(conn, notifications):
+                            projected = notifications
                     committing = True  # leaving the block sends COMMIT: its outcome may be unknown
                 return ids
 
-        return self._bounded(insert, retry_if=lambda: not committing)
+        ids = self._bounded(insert, retry_if=lambda: not committing)
+        if within is not None and projected is not None:
+            within.committed(projected)
+        return ids
 
     def select_events(self, *args: Any, **kwargs: Any) -> Any:
         return self._bounded(lambda: _unwrapped(PostgresApplicationRecorder.select_events)(self, *args, **kwargs))
