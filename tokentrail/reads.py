@@ -329,6 +329,12 @@ class Reads:
         authorize(who, Op.READ_AUDIT)
         return self.history.audit_stream(self._own(who, query))
 
+    def audit_rows(self, who: Caller, query: AuditQuery) -> Iterator[list[tuple[Any, ...]]]:
+        """The whole filtered trail as raw rows (`history.AUDIT_COLUMNS`), a page at a time, for the
+        export encoders (`api/export.py`). Permission is asked now, not when the pages are read."""
+        authorize(who, Op.READ_AUDIT)
+        return self.history.audit_rows(self._own(who, query))
+
     def _own(self, who: Caller, query: AuditQuery) -> AuditQuery:
         """The query confined to the caller's workspace, with its owner's own events (the user's
         creation and the user token's changes, which belong to no workspace); a deployment named by
