@@ -83,7 +83,7 @@ CSV_COLUMNS = (
 ) = range(20)
 
 _NDJSON_LINE = (
-    '{"position":%s,"at":%s,"type":%s,"workspace_id":%s,"token_id":%s,"token_name":%s,'
+    '{"position":%s,"at":"%s.%06d+00:00","type":%s,"workspace_id":%s,"token_id":%s,"token_name":%s,'
     '"actor":{"token_id":%s,"name":%s},"request_id":%s,"origin":%s,"deployment_id":%s,'
     '"scopes_before":%s,"scopes_after":%s,"details":%s,"hash":%s,"aggregate":%s,"client":%s,"claimed":%s}\n'
 )
@@ -158,13 +158,34 @@ def ndjson_lines(pages: Iterable[list[tuple[Any, ...]]]) -> Iterator[str]:
     quote = encode_basestring_ascii
     scopes = _remembered(_compact, spliced=True)
     details_of = _remembered(_compact, spliced=True)
-    instants = _Instants()
     line = _NDJSON_LINE
+    second, prefix = None, ""  # the instant's text up to its seconds, for the last second seen
     for page in pages:
-        for r in page:
-            before, after, details = r[_SCOPES_BEFORE], r[_SCOPES_AFTER], r[_DETAILS]
-            address, agent = r[_CLIENT_ADDRESS], r[_USER_AGENT]
-            claimed_origin, claimed_request = r[_CLAIMED_ORIGIN], r[_CLAIMED_REQUEST]
+        for (
+            position,
+            at,
+            type_,
+            workspace,
+            token,
+            token_name,
+            actor_token,
+            actor_name,
+            request,
+            origin,
+            deployment,
+            before,
+            after,
+            details,
+            hash_,
+            aggregate,
+            address,
+            agent,
+            claimed_origin,
+            claimed_request,
+        ) in page:
+            at_second, fraction = divmod(at, 1_000_000)
+            if at_second != second:
+                second, prefix = at_second, format_instant(at_second * 1_000_000)[:-13]
             client = claimed = "null"
             if address is not None or agent is not None:
                 client = _CLIENT % (
@@ -177,22 +198,23 @@ def ndjson_lines(pages: Iterable[list[tuple[Any, ...]]]) -> Iterator[str]:
                     "null" if claimed_request is None else quote(claimed_request),
                 )
             yield line % (
-                int.__repr__(r[_POSITION]),
-                quote(instants.text(r[_AT])),
-                quote(r[_TYPE]),
-                "null" if r[_WORKSPACE] is None else quote(r[_WORKSPACE]),
-                "null" if r[_TOKEN] is None else quote(r[_TOKEN]),
-                "null" if r[_TOKEN_NAME] is None else quote(r[_TOKEN_NAME]),
-                "null" if r[_ACTOR_TOKEN] is None else quote(r[_ACTOR_TOKEN]),
-                "null" if r[_ACTOR_NAME] is None else quote(r[_ACTOR_NAME]),
-                "null" if r[_REQUEST] is None else quote(r[_REQUEST]),
-                "null" if r[_ORIGIN] is None else quote(r[_ORIGIN]),
-                "null" if r[_DEPLOYMENT] is None else quote(r[_DEPLOYMENT]),
+                int.__repr__(position),
+                prefix,
+                fraction,
+                quote(type_),
+                "null" if workspace is None else quote(workspace),
+                "null" if token is None else quote(token),
+                "null" if token_name is None else quote(token_name),
+                "null" if actor_token is None else quote(actor_token),
+                "null" if actor_name is None else quote(actor_name),
+                "null" if request is None else quote(request),
+                "null" if origin is None else quote(origin),
+                "null" if deployment is None else quote(deployment),
                 "null" if before is None else scopes(before),
                 "null" if after is None else scopes(after),
                 details_of(details) if details else "null",
-                quote(r[_HASH]),
-                quote(r[_AGGREGATE]),
+                quote(hash_),
+                quote(aggregate),
                 client,
                 claimed,
             )

@@ -190,7 +190,7 @@ def old_export(service, value: str, fmt: str, **filters: str) -> bytes:
     return reference_ndjson(stream) if fmt == "ndjson" else reference_csv(stream)
 
 
-def test_the_api_and_console_exports_are_the_old_bytes_with_and_without_filters(client, service, ws, other) -> None:
+def test_the_api_exports_are_the_old_bytes_with_and_without_filters(client, service, ws, other) -> None:
     headers = {"User-Agent": 'agent "quoted" \\ =1', "X-Request-Id": 'req-"1"', "X-Tokentrail-Origin": "@ci"}
     made = client.post(
         url(
