@@ -8,15 +8,16 @@ objects; tests/test_export.py holds the encoders to that. What makes them fast:
 - the rows are plain tuples read page by page through the driver's cursor (`History.audit_rows`);
 - each line is one `%` format over the row, its strings escaped by the C function `json.dumps`
   itself uses; no dict per event, no general-purpose encoder walking it;
-- the columns that are already JSON text (`scopes_before`, `scopes_after`, `details`) are
-  re-encoded by `json.loads` + `json.dumps` only the first time a text is seen: the same few scope
-  lists and details recur in every page, so most rows splice a remembered result;
+- the columns that are already JSON text (`scopes_before`, `scopes_after`, `details`) are spliced
+  as they are when the text is already its own compact encoding (`_CANONICAL`: what the projector
+  writes); any other text goes through `json.loads` + `json.dumps`, remembered by text (the CSV's
+  spaced scope lists always are: the same few lists recur in every page);
 - an instant's text is built once per second of the log;
 - lines are joined into chunks of about `CHUNK_BYTES` before they are handed to the server, so
   its per-send cost (a worker-thread hop for a plain iterator) is paid a few hundred times for
-  100 MB, not once per event. The database is read in the same worker thread, off the event loop.
+  100 MB, not once per event. The database is read in worker threads, off the event loop.
 
-Memory stays at one page of rows and one chunk, whatever the size of the trail.
+Memory stays at a few pages of rows and one chunk, whatever the size of the trail.
 """
 
 from __future__ import annotations
