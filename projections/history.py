@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import json
 import re
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import chain, islice
 from typing import Any
 
-from sqlalchemy import Engine, and_, or_, select
+from sqlalchemy import Engine, and_, or_, select, union_all
 
 from tokentrail.domain.clock import format_instant
 from tokentrail.domain.errors import InvalidInput
@@ -24,6 +27,30 @@ from tokentrail.projections import schema as s
 from tokentrail.projections.queries import TokenRow, origin_of
 
 MAX_PAGE = 1000
+EXPORT_PAGE = 5000  # rows per read of an export (keyset on position)
+# The columns of an export's raw rows, in this order (`History.audit_rows`).
+AUDIT_COLUMNS = (
+    "position",
+    "at",
+    "type",
+    "workspace_id",
+    "token_id",
+    "token_name",
+    "actor_token_id",
+    "actor_name",
+    "request_id",
+    "origin",
+    "deployment_id",
+    "scopes_before",
+    "scopes_after",
+    "details",
+    "hash",
+    "aggregate",
+    "client_address",
+    "user_agent",
+    "claimed_origin",
+    "claimed_request_id",
+)
 AUDIT_FILTERS = ("from", "to", "actor", "token_id", "token_name", "resource", "event", "deployment", "revocation")
 
 
@@ -122,14 +149,45 @@ def request_fields(row: Any) -> dict[str, Any]:
     return {"aggregate": row["aggregate"], "client": client, "claimed": claimed}
 
 
+def _driver_sql(engine: Engine, statement: Any) -> tuple[str, Any]:
+    """`statement` as the driver's own SQL text and parameters (qmark or pyformat): the values stay
+    bound parameters, never spliced into the text."""
+    compiled = statement.compile(dialect=engine.dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.params
+    if compiled.positional:
+        return str(compiled), tuple(params[name] for name in compiled.positiontup)
+    return str(compiled), params
+
+
+def _realms(q: AuditQuery) -> list[str]:
+    """The `workspace_id`s of a workspace's trail: its own, and its owner's (the user's events)."""
+    return [q.workspace_id] + ([q.owner_user_id] if q.owner_user_id else [])
+
+
 class History:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _audit_select(self, q: AuditQuery, after: int) -> Any:
+    def _audit_select(self, q: AuditQuery, after: int, limit: int) -> Any:
+        """The first `limit` matching rows after position `after`, in log order. One ordered,
+        limited branch per realm (the workspace, its owner), merged: each branch walks its index
+        (workspace_id, position) in order, where one `workspace_id IN (...)` would sort every
+        remaining row of the workspace for every page."""
         a = s.audit
-        realms = [q.workspace_id] + ([q.owner_user_id] if q.owner_user_id else [])
-        conditions = [a.c.workspace_id.in_(realms), a.c.visible.is_(True), a.c.position > after]
+        conditions = self._audit_conditions(q, after)
+        branches = [
+            select(a).where(a.c.workspace_id == realm, *conditions).order_by(a.c.position).limit(limit)
+            for realm in _realms(q)
+        ]
+        if len(branches) == 1:
+            return branches[0]
+        merged = union_all(*(select(*b.subquery().c) for b in branches)).subquery()
+        return select(*merged.c).order_by(merged.c.position).limit(limit)
+
+    def _audit_conditions(self, q: AuditQuery, after: int) -> list[Any]:
+        """What a row of the trail must satisfy beyond its realm (its workspace or owner)."""
+        a = s.audit
+        conditions = [a.c.visible.is_(True), a.c.position > after]
         if q.start is not None:
             conditions.append(a.c.at >= q.start)
         if q.end is not None:
@@ -155,14 +213,14 @@ class History:
                     )
                 )
             )
-        return select(a).where(and_(*conditions)).order_by(a.c.position)
+        return conditions
 
     def audit_page(self, q: AuditQuery, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
         if not 1 <= limit <= MAX_PAGE:
             raise InvalidInput(f"limit must be from 1 to {MAX_PAGE}")
         after = decode_cursor(cursor)
         with self.engine.connect() as conn:
-            rows = list(conn.execute(self._audit_select(q, after).limit(limit + 1)).mappings())
+            rows = list(conn.execute(self._audit_select(q, after, limit + 1)).mappings())
         more = len(rows) > limit
         rows = rows[:limit]
         events = [audit_event(r) for r in rows]
@@ -173,12 +231,54 @@ class History:
         after = 0
         while True:
             with self.engine.connect() as conn:
-                rows = list(conn.execute(self._audit_select(q, after).limit(chunk)).mappings())
+                rows = list(conn.execute(self._audit_select(q, after, chunk)).mappings())
             for row in rows:
                 yield audit_event(row)
             if len(rows) < chunk:
                 return
             after = rows[-1]["position"]
+
+    def audit_rows(self, q: AuditQuery, page: int = EXPORT_PAGE) -> Iterator[list[tuple[Any, ...]]]:
+        """Every matching row as a plain tuple of `AUDIT_COLUMNS`, in log order, in lists of up to
+        `page` rows. Each realm (the workspace, its owner) is read on its own, keyset-paged on
+        position down its index (workspace_id, position), and the realms are merged here: one
+        `workspace_id IN (...)` query would sort the workspace's remaining rows for every page.
+        Pages are read through the driver's own cursor (no SQLAlchemy row objects) on a connection
+        that is given back before the rows are yielded, so a slow reader of an export holds no
+        transaction open; the next page of a realm is read in a helper thread while the caller
+        works on this one (the drivers let go of the GIL while the database works). Memory holds a
+        few pages at most, whatever the size of the trail."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-rows") as reader:
+            streams = [chain.from_iterable(self._realm_pages(reader, q, realm, page)) for realm in _realms(q)]
+            rows = streams[0] if len(streams) == 1 else heapq.merge(*streams)  # positions are unique
+            while batch := list(islice(rows, page)):
+                yield batch
+
+    def _realm_pages(
+        self, reader: ThreadPoolExecutor, q: AuditQuery, realm: str, page: int
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        pending: Future[list[tuple[Any, ...]]] | None = reader.submit(self._realm_rows_after, q, realm, 0, page)
+        while pending is not None:
+            rows = pending.result()
+            pending = reader.submit(self._realm_rows_after, q, realm, rows[-1][0], page) if len(rows) == page else None
+            yield rows
+
+    def _realm_rows_after(self, q: AuditQuery, realm: str, after: int, page: int) -> list[tuple[Any, ...]]:
+        a = s.audit
+        statement = (
+            select(*(a.c[c] for c in AUDIT_COLUMNS))
+            .where(a.c.workspace_id == realm, *self._audit_conditions(q, after))
+            .order_by(a.c.position)
+            .limit(page)
+        )
+        sql, params = _driver_sql(self.engine, statement)
+        with self.engine.connect() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            try:
+                cursor.execute(sql, params)
+                return list(cursor.fetchall())
+            finally:
+                cursor.close()
 
     def token_history(self, token_id: str) -> list[dict[str, Any]]:
         a = s.audit

@@ -324,10 +324,17 @@ class Reads:
         return self.history.audit_page(self._own(who, query), cursor, limit)
 
     def audit_stream(self, who: Caller, query: AuditQuery) -> Iterator[dict[str, Any]]:
-        """The whole filtered trail, a page at a time (for exports). Permission is asked now,
-        not when the stream is first read."""
+        """The whole filtered trail as wire objects, a page at a time. Permission is asked now,
+        not when the stream is first read. (The exports read `audit_rows` instead; this is the
+        definition their bytes are checked against in tests/test_export.py.)"""
         authorize(who, Op.READ_AUDIT)
         return self.history.audit_stream(self._own(who, query))
+
+    def audit_rows(self, who: Caller, query: AuditQuery) -> Iterator[list[tuple[Any, ...]]]:
+        """The whole filtered trail as raw rows (`history.AUDIT_COLUMNS`), a page at a time, for the
+        export encoders (`api/export.py`). Permission is asked now, not when the pages are read."""
+        authorize(who, Op.READ_AUDIT)
+        return self.history.audit_rows(self._own(who, query))
 
     def _own(self, who: Caller, query: AuditQuery) -> AuditQuery:
         """The query confined to the caller's workspace, with its owner's own events (the user's

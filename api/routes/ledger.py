@@ -3,16 +3,14 @@ and the chain's verification and checkpoints."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from collections.abc import Iterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tokentrail.api.deps import caller, get_service, params
+from tokentrail.api.export import CSV_COLUMNS, audit_body
+from tokentrail.api.export import cell as _cell
 from tokentrail.api.heavy import RenderedInThread
 from tokentrail.api.schemas import path_param, query_param, responses
 from tokentrail.api.wire import Params
@@ -25,27 +23,6 @@ from tokentrail.projections.queries import TokenRow
 from tokentrail.reads import Reads
 
 router = APIRouter(tags=["ledger"], route_class=RenderedInThread)
-CSV_COLUMNS = (
-    "position",
-    "at",
-    "type",
-    "workspace_id",
-    "token_id",
-    "token_name",
-    "actor_token_id",
-    "actor_name",
-    "request_id",
-    "origin",
-    "deployment_id",
-    "scopes_before",
-    "scopes_after",
-    "hash",
-    "aggregate",
-    "client_address",
-    "user_agent",
-    "claimed_origin",
-    "claimed_request_id",
-)
 
 
 # OpenAPI declarations of what these routes read from the raw query string and answer.
@@ -239,49 +216,23 @@ def audit(request: Request, who: Caller = Depends(caller), p: Params = Depends(p
         events, cursor = door.audit_page(who, query, p.get("cursor"), p.int("limit", 100))
         return {"events": events, "next_cursor": cursor}
     if fmt not in ("ndjson", "csv"):
-        door.audit_stream(who, query)  # a caller that may not read the trail hears 403 first
+        door.audit_rows(who, query)  # a caller that may not read the trail hears 403 first
         raise InvalidInput("format must be json, ndjson or csv")
-    stream = door.audit_stream(who, query)
+    body = audit_body(door.audit_rows(who, query), fmt)
     if fmt == "ndjson":
-        lines = (json.dumps(e, separators=(",", ":")) + "\n" for e in stream)
         return StreamingResponse(
-            lines,
+            body,
             media_type="application/x-ndjson",
             headers={"Content-Disposition": 'attachment; filename="audit.ndjson"'},
         )
     return StreamingResponse(
-        audit_csv(stream),
+        body,
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="audit.csv"'},
     )
 
 
-def audit_csv(events: Iterator[dict[str, Any]]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
-    for event in events:
-        flat = {**event, "actor_token_id": event["actor"]["token_id"], "actor_name": event["actor"]["name"]}
-        client, claims = event.get("client") or {}, event.get("claimed") or {}
-        flat.update(
-            client_address=client.get("address"),
-            user_agent=client.get("user_agent"),
-            claimed_origin=claims.get("origin"),
-            claimed_request_id=claims.get("request_id"),
-        )
-        flat["scopes_before"] = json.dumps(event["scopes_before"]) if event["scopes_before"] is not None else ""
-        flat["scopes_after"] = json.dumps(event["scopes_after"]) if event["scopes_after"] is not None else ""
-        writer.writerow([_cell(flat.get(c)) for c in CSV_COLUMNS])
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-    yield buffer.getvalue()
-
-
-def _cell(value: Any) -> str:
-    text = "" if value is None else str(value)
-    # Keep spreadsheet tools from evaluating cells as formulas (CSV injection).
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+__all__ = ["CSV_COLUMNS", "_cell"]  # also read by the hygiene routes and the tests
 
 
 @router.get(
