@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, and_, select
 
@@ -100,6 +100,27 @@ class TokenRow:
         )
 
 
+class ListedToken(NamedTuple):
+    """A live token as the token list shows it: only the columns its wire object needs, plain
+    (scopes still the column's JSON text), so that listing ten thousand costs little."""
+
+    id: str
+    workspace_id: str
+    name: str
+    description: str
+    kind: str
+    origin_type: str
+    origin_resource_id: str | None
+    scopes: str  # JSON list of canonical scope strings, as stored
+    generation: str
+    expires_at: int | None
+    created_position: int  # the list's order, and its cursor
+
+    @property
+    def scope_texts(self) -> tuple[str, ...]:
+        return tuple(json.loads(self.scopes))
+
+
 @dataclass(frozen=True)
 class WorkspaceRow:
     id: str
@@ -166,6 +187,20 @@ class Queries:
                 .order_by(s.tokens.c.created_position)
             ).mappings()
             return [TokenRow.from_row(r) for r in rows]
+
+    def token_list(self, workspace_id: str, after: int = 0, limit: int | None = None) -> list[ListedToken]:
+        """The workspace's live tokens in creation order (`created_position`, unique), those after
+        `after` only, at most `limit` of them: the columns of `ListedToken`, nothing else."""
+        t = s.tokens.c
+        query = (
+            select(*(getattr(t, name) for name in ListedToken._fields))
+            .where(and_(t.workspace_id == workspace_id, t.deleted.is_(False), t.created_position > after))
+            .order_by(t.created_position)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return [ListedToken(*r) for r in conn.execute(query)]
 
     def workspace(self, workspace_id: str) -> WorkspaceRow | None:
         with self.engine.connect() as conn:
