@@ -13,6 +13,7 @@ from tokentrail.domain.clock import format_instant
 from tokentrail.domain.exposure import Interval, Reach
 from tokentrail.domain.policy import Caller, ValueVisibility, may_see_value
 from tokentrail.domain.scopes import Scope, read_scope
+from tokentrail.domain.values import TokenSigner
 from tokentrail.projections.queries import ListedToken, TokenRow, WorkspaceRow
 from tokentrail.reads import Exposure, Identified
 from tokentrail.service import Service
@@ -74,57 +75,52 @@ _ORDER = list(
 )
 
 
-def _runs(order: list[str]) -> list[str | tuple[str, ...]]:
-    """The order as runs of static members (a tuple of names) between the dynamic ones (a name)."""
-    runs: list[str | tuple[str, ...]] = []
-    current: list[str] = []
-    for key in order:
-        if key in _DYNAMIC:
-            if current:
-                runs.append(tuple(current))
-                current = []
-            runs.append(key)
-        else:
-            current.append(key)
-    if current:
-        runs.append(tuple(current))
-    return runs
-
-
-_RUNS = _runs(_ORDER)
+if _ORDER[0] in _DYNAMIC or [k for k in _ORDER if k in _DYNAMIC] not in (list(_DYNAMIC), list(_DYNAMIC)[::-1]):
+    raise RuntimeError("token_list_body expects TokenSchema to start with a static member and hold both dynamic ones")
+_TOKEN_FIRST = _ORDER.index("token") < _ORDER.index("last_used_at")
+# The static members between the dynamic ones: three segments, each a tuple of names.
+_SEGMENTS: list[tuple[str, ...]] = [()]
+for _key in _ORDER:
+    if _key in _DYNAMIC:
+        _SEGMENTS.append(())
+    else:
+        _SEGMENTS[-1] += (_key,)
 
 
 class FragmentCache:
-    """Serialized static members of token objects, by token id, valid while the columns they were
-    made from are unchanged: each entry holds the tuple of those columns (its key) and is used
-    only when the row listed now has the same tuple, so any change to the token (rename,
-    description, scopes, origin, expiry; refresh changes only the value, made per request) is a
-    miss and a new dump, and a deleted token is simply never listed again. Bounded: past
-    `max_entries` the oldest entries go first. Holds no value, nor anything a value is made from
-    beyond the public columns."""
+    """Serialized static members of token objects, by token id, valid while the token's row is
+    unchanged: each entry keeps every column it was made from (and the host) and is used only when
+    the row listed now has the same ones, so any change to the token (rename, description, scopes,
+    origin, expiry set or removed; a refresh changes the generation) is a miss and a new dump, and
+    a deleted token is never listed again (its entry ages out). Bounded: past `max_entries` (about
+    a kilobyte each) the oldest entries go first. Holds no value: only public columns and a value's
+    public half (`TokenSigner.payload`); the signature, made with the server key, is added to each
+    answer."""
 
-    def __init__(self, max_entries: int = 200_000) -> None:
+    def __init__(self, max_entries: int = 100_000) -> None:
         self.max_entries = max_entries
-        self._entries: dict[str, tuple[tuple[Any, ...], tuple[str, ...]]] = {}
+        self._entries: dict[str, tuple[str | None, tuple[Any, ...], tuple[str, ...], str]] = {}
         self._lock = threading.Lock()
         self.misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def static_runs(self, host: str | None, row: ListedToken) -> tuple[str, ...]:
-        key = (host, row.name, row.description, row.origin_type, row.origin_resource_id, row.scopes, row.expires_at)
+    def get(self, signer: TokenSigner, row: ListedToken) -> tuple[tuple[str, ...], str]:
+        """The static runs of the row's token object, and its value's payload."""
+        key = row[1:-1]  # every column but the id (the entry's) and the list position
         entry = self._entries.get(row.id)
-        if entry is not None and entry[0] == key:
-            return entry[1]
-        runs = self._dump(host, row)
+        if entry is not None and entry[1] == key and entry[0] == signer.host:
+            return entry[2], entry[3]
+        runs = self._dump(signer.host, row)
+        payload = signer.payload(row.workspace_id, row.id, row.generation)
         with self._lock:
             self.misses += 1
             self._entries.pop(row.id, None)
             while len(self._entries) >= self.max_entries:
                 del self._entries[next(iter(self._entries))]
-            self._entries[row.id] = (key, runs)
-        return runs
+            self._entries[row.id] = (signer.host, key, runs, payload)
+        return runs, payload
 
     @staticmethod
     def _dump(host: str | None, row: ListedToken) -> tuple[str, ...]:
@@ -141,11 +137,10 @@ class FragmentCache:
             "expires_at": _instant(row.expires_at),
         }
         dumped = _token_schema.dump(data)
-        return tuple(
-            ",".join(f"{_dumps(k)}:{_dumps(dumped[k])}" for k in run if k in dumped)
-            for run in _RUNS
-            if not isinstance(run, str)
-        )
+        # Every member is written `,"name":value`; the object's first one (`id`, static) loses its
+        # comma to the opening brace, and the dynamic ones bring their own.
+        texts = ["".join(f",{_dumps(k)}:{_dumps(dumped[k])}" for k in keys if k in dumped) for keys in _SEGMENTS]
+        return ("{" + texts[0][1:], *texts[1:-1], texts[-1] + "}")
 
 
 fragments = FragmentCache()
@@ -164,26 +159,19 @@ def token_list_body(
     if last_used is None:
         last_used = service.usage.last_used_of(r.id for r in rows)
     signer = service.signer
-    host = signer.host
     sees = ValueVisibility(caller)
     cache = fragments
     objects = []
     for row in rows:
-        static = iter(cache.static_runs(host, row))
-        members = []
-        for run in _RUNS:
-            if run == "token":
-                if sees(row.id, row.kind, row.workspace_id, row.scopes, partial(_parsed, row)):
-                    # A value is `p.` and base64url: nothing in it needs escaping.
-                    members.append(f'"token":"{signer.make(row.workspace_id, row.id, row.generation)}"')
-            elif run == "last_used_at":
-                used = last_used.get(row.id)
-                members.append('"last_used_at":null' if used is None else f'"last_used_at":{_dumps(_instant(used))}')
-            else:
-                text = next(static)
-                if text:
-                    members.append(text)
-        objects.append("{" + ",".join(members) + "}")
+        (first, middle, last), payload = cache.get(signer, row)
+        # A value is `p.` and base64url, an instant ISO 8601: nothing in them needs escaping.
+        if sees(row.id, row.kind, row.workspace_id, row.scopes, partial(_parsed, row)):
+            value = f',"token":"{signer.value(payload)}"'
+        else:
+            value = ""
+        used = last_used.get(row.id)
+        use = ',"last_used_at":null' if used is None else f',"last_used_at":"{format_instant(used)}"'
+        objects.append(f"{first}{value}{middle}{use}{last}" if _TOKEN_FIRST else f"{first}{use}{middle}{value}{last}")
     before = "".join(f"{_dumps(k)}:{_dumps(v)}," for k, v in (head or {}).items())
     after = "".join(f",{_dumps(k)}:{_dumps(v)}" for k, v in (tail or {}).items())
     return ("{" + before + '"tokens":[' + ",".join(objects) + "]" + after + "}").encode("utf-8")

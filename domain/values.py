@@ -54,15 +54,23 @@ class TokenSigner:
         self._host_json = json.dumps(host)
 
     def make(self, workspace_id: str, token_id: str, generation: str) -> str:
-        # The payload is `json.dumps({"u": …, "id": …, "host": …, "g": …}, separators=(",", ":"))`
-        # written out: the same bytes (each string through json.dumps' own ASCII string encoder),
-        # without building a dict and an encoder per value (a listing makes ten thousand).
-        payload = (
+        return self.value(self.payload(workspace_id, token_id, generation))
+
+    def payload(self, workspace_id: str, token_id: str, generation: str) -> str:
+        """The value's public part (base64url of its claims): no secret, nothing a value can be
+        rebuilt from without the key; `value` signs it."""
+        # `json.dumps({"u": …, "id": …, "host": …, "g": …}, separators=(",", ":"))` written out:
+        # the same bytes (each string through json.dumps' own ASCII string encoder), without
+        # building a dict and an encoder per value (a listing makes ten thousand).
+        claims = (
             f'{{"u":{_json_string(workspace_id)},"id":{_json_string(token_id)},'
             f'"host":{self._host_json},"g":{_json_string(generation)}}}'
-        ).encode()
-        encoded = b64url(payload)
-        return f"p.{encoded}.{self._sign(encoded)}"
+        )
+        return b64url(claims.encode())
+
+    def value(self, payload: str) -> str:
+        """The value of a `payload`: `p.<payload>.<signature>`."""
+        return f"p.{payload}.{self._sign(payload)}"
 
     def tag(self, purpose: str, *parts: str) -> str:
         """A MAC, with the server key, of `parts` for `purpose` (say, a listing's cursor): what the

@@ -200,7 +200,7 @@ class Queries:
         if limit is not None:
             query = query.limit(limit)
         with self.engine.connect() as conn:
-            return [ListedToken(*r) for r in conn.execute(query)]
+            return list(map(ListedToken._make, conn.execute(query).all()))
 
     def workspace(self, workspace_id: str) -> WorkspaceRow | None:
         with self.engine.connect() as conn:
