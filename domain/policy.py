@@ -372,20 +372,21 @@ class ValueVisibility:
     """`may_see_value` for one caller over many tokens (a listing), asked once per distinct answer
     it can have. The answer depends on the token's kind, realm and scopes, and on its id only
     through "is it the caller itself" (`target_of`'s SELF): so it is memoised on exactly that.
-    `scopes_key` is any text that names the scopes (the read model's column); `scopes` parses them,
-    called only when the memo misses."""
+    `scopes_key` is any text that names the scopes (the read model's column); `parse` turns it into
+    the scopes, called only when the memo misses."""
 
     def __init__(self, caller: Caller) -> None:
         self.caller = caller
         self._memo: dict[tuple[bool, str, str, str], bool] = {}
 
     def __call__(
-        self, token_id: str, kind: str, workspace_id: str, scopes_key: str, scopes: Callable[[], tuple[Scope, ...]]
+        self, token_id: str, kind: str, workspace_id: str, scopes_key: str, parse: Callable[[str], tuple[Scope, ...]]
     ) -> bool:
         key = (token_id == self.caller.token_id, kind, workspace_id, scopes_key)
         seen = self._memo.get(key)
         if seen is None:
-            seen = self._memo[key] = may_see_value(self.caller, TokenFacts(token_id, kind, workspace_id, scopes()))
+            facts = TokenFacts(token_id, kind, workspace_id, parse(scopes_key))
+            seen = self._memo[key] = may_see_value(self.caller, facts)
         return seen
 
 
