@@ -106,7 +106,7 @@ class FragmentCache:
         return len(self._entries)
 
     def get(self, signer: TokenSigner, row: ListedToken) -> tuple[tuple[str, ...], str]:
-        """The static runs of the row's token object, and its value's payload."""
+        """The three static pieces of the row's token object, and its value's payload."""
         key = row[1:-1]  # every column but the id (the entry's) and the list position
         entry = self._entries.get(row.id)
         if entry is not None and entry[1] == key and entry[0] == signer.host:

@@ -303,7 +303,8 @@ class Reads:
         self, who: Caller, at: int, limit: int | None = None, cursor: str | None = None
     ) -> tuple[list[TokenRow], str | None]:
         """`tokens_as_of`, a page at a time (as `token_page`); a cursor is good only for the same
-        workspace and the same instant. The past does not change, so neither do its pages."""
+        workspace and the same instant. The past does not change, so neither do its pages (those
+        of an instant not yet past can: a token changed meanwhile could then show twice)."""
         authorize(who, Op.LIST)
         signer = self.service.signer
         listing = f"as_of:{at}"

@@ -96,7 +96,7 @@ _LISTING["properties"]["next_cursor"] = {
         "one page; one created during it is on a later page; one deleted before its page is not "
         "listed. A bad `limit` or a cursor that is not this listing's is a 400. With `as_of`, the "
         "table as it stood then, in the order of each token's last change before then, pages the "
-        "same way (the past does not change). `unused_for` takes no paging."
+        "same way (the past does not change; an instant not yet past can). `unused_for` takes no paging."
     ),
     response_model=None,
     openapi_extra={"parameters": [_AS_OF, _UNUSED_FOR, _LIMIT, _CURSOR]},
