@@ -10,7 +10,8 @@ Baseline, same run, interleaved: GET on a bare FastAPI app returning a constant
 Target: list p50 <= 100 ms (with 10,000 tokens); the other latencies have none, their ratio says how
 many round-trip floors a request costs. In-process, the list's answer is also built both ways,
 warm, in the same run: the marshmallow dump of every row (`queries.tokens` + `token_objects` +
-JSONResponse rendering: the baseline) and the route's own (`reads.token_page` + `token_list_body`).
+JSONResponse rendering: the baseline) and the route's own (`reads.token_page`, the keys, +
+`token_list_body`).
 
     python -m bench.latency [--backend sqlite|postgres|both] [--quick] [--tokens N]
 """
@@ -70,8 +71,8 @@ def run_backend(
         return JSONResponse({"tokens": present.token_objects(service, rows, who)}).body
 
     def rendered() -> bytes:
-        rows, _ = service.reads.token_page(who)
-        return present.token_list_body(service, rows, who)
+        keys, _ = service.reads.token_page(who)
+        return present.token_list_body(service, keys, who, lambda ids: service.reads.listed_tokens(who, ids))
 
     rendered()  # fills the fragment cache, as the first listing of a server does
     old_ms, new_ms, query_ms = [], [], []

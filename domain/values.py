@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import json
 import secrets
@@ -52,6 +53,13 @@ class TokenSigner:
         self._key = key
         self.host = host
         self._host_json = json.dumps(host)
+        # HMAC-SHA256's two keyed states (RFC 2104), made once: signing a value then costs two
+        # hashes of a copied state, not a new HMAC (a listing signs ten thousand values).
+        block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
+        if self._hmac(b"check") != hmac.digest(key, b"check", "sha256"):
+            raise RuntimeError("HMAC-SHA256 self-check failed")
 
     def make(self, workspace_id: str, token_id: str, generation: str) -> str:
         return self.value(self.payload(workspace_id, token_id, generation))
@@ -103,7 +111,14 @@ class TokenSigner:
         return ValueClaims(u, id_, g)
 
     def _sign(self, encoded: str) -> str:
-        return b64url(hmac.digest(self._key, encoded.encode("ascii", "replace"), "sha256"))
+        return b64url(self._hmac(encoded.encode("ascii", "replace")))
+
+    def _hmac(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 def looks_like_value(text: str) -> bool:

@@ -40,7 +40,7 @@ from tokentrail.domain.refs import parse_ref
 from tokentrail.domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME, SCOPE_TYPES, read_scope
 from tokentrail.jwts import MAX_JWT_LENGTH
 from tokentrail.projections.history import AuditQuery, History, Trail
-from tokentrail.projections.queries import DeploymentRow, ListedToken, TokenRow, UserRow, WorkspaceRow
+from tokentrail.projections.queries import DeploymentRow, ListedKey, ListedToken, TokenRow, UserRow, WorkspaceRow
 from tokentrail.projections.review import Review, review
 from tokentrail.verify import ChainReport, make_checkpoint, verify_chain, workspace_view
 
@@ -204,23 +204,28 @@ class Reads:
 
     def token_page(
         self, who: Caller, limit: int | None = None, cursor: str | None = None
-    ) -> tuple[list[ListedToken], str | None]:
-        """The workspace's live tokens (ADMIN or TOKENS) in creation order, lean (`ListedToken`):
-        all of them, or the `limit` after `cursor` and the cursor of the next page (None after the
-        last). A token created while a client pages appears on a later page (the order is by
-        creation); one deleted before its page is fetched does not appear; the others appear
-        exactly once, renamed or changed or not."""
+    ) -> tuple[list[ListedKey], str | None]:
+        """The workspace's live tokens (ADMIN or TOKENS) in creation order, as keys (`ListedKey`;
+        their rows from `listed_tokens`): all of them, or the `limit` after `cursor` and the
+        cursor of the next page (None after the last). A token created while a client pages
+        appears on a later page (the order is by creation); one deleted before its page is
+        fetched does not appear; the others appear exactly once, renamed or changed or not."""
         authorize(who, Op.LIST)
         signer = self.service.signer
         after = paging.decode(signer, who.workspace_id, "now", cursor)
         if limit is None and cursor is None:
             return self.queries.token_list(who.workspace_id), None
         size = limit if limit is not None else paging.DEFAULT_LIMIT
-        rows = self.queries.token_list(who.workspace_id, after, size + 1)
-        if len(rows) <= size:
-            return rows, None
-        rows = rows[:size]
-        return rows, paging.encode(signer, who.workspace_id, "now", rows[-1].created_position)
+        keys = self.queries.token_list(who.workspace_id, after, size + 1)
+        if len(keys) <= size:
+            return keys, None
+        keys = keys[:size]
+        return keys, paging.encode(signer, who.workspace_id, "now", keys[-1].created_position)
+
+    def listed_tokens(self, who: Caller, ids: list[str]) -> dict[str, ListedToken]:
+        """The rows of listed tokens (ADMIN or TOKENS), of the caller's workspace only."""
+        authorize(who, Op.LIST)
+        return self.queries.listed_tokens(who.workspace_id, ids)
 
     def visible_tokens(self, who: Caller) -> list[TokenRow]:
         """What the token list shows this caller: every token to a manager; to any other static

@@ -112,11 +112,17 @@ def list_tokens(request: Request, who: Caller = Depends(caller), p: Params = Dep
             raise InvalidInput("unused_for takes no limit or cursor: it answers every stale token")
         found = service.reads.stale_tokens(who, parse_duration(p.get("unused_for") or ""))
         return JSONResponse({"tokens": present.token_objects(service, found.rows, who, found.last_used)})
-    rows, next_cursor = service.reads.token_page(who, limit, cursor)
+    keys, next_cursor = service.reads.token_page(who, limit, cursor)
     paged = limit is not None or cursor is not None
     # The body is rendered here, as JSONResponse would render {"tokens": [TokenSchema dumps]}, from
     # per-token fragments (api/present.py): no dict per token, no jsonable_encoder walk.
-    body = present.token_list_body(service, rows, who, tail={"next_cursor": next_cursor} if paged else None)
+    body = present.token_list_body(
+        service,
+        keys,
+        who,
+        lambda ids: service.reads.listed_tokens(who, ids),
+        tail={"next_cursor": next_cursor} if paged else None,
+    )
     return Response(body, media_type="application/json")
 
 

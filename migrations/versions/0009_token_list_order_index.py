@@ -1,6 +1,6 @@
-"""the token list's order: an index on tt_tokens (workspace_id, deleted, created_position), so that
-`GET /v0/tokens` reads the workspace's live tokens in order without sorting them, and a page after
-a cursor starts where the cursor points
+"""the token list's order: an index on tt_tokens (workspace_id, deleted, created_position, id,
+position), so that `GET /v0/tokens` reads the workspace's live tokens' keys in order from the index
+alone, without sorting them, and a page after a cursor starts where the cursor points
 
 Revision ID: 0009
 Revises: 0008
@@ -17,7 +17,10 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_index(
-        "ix_tt_tokens_workspace_created", "tt_tokens", ["workspace_id", "deleted", "created_position"], unique=False
+        "ix_tt_tokens_workspace_created",
+        "tt_tokens",
+        ["workspace_id", "deleted", "created_position", "id", "position"],
+        unique=False,
     )
 
 
