@@ -12,7 +12,7 @@ that caller. Two rules sit before the table: a token never reaches another works
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -366,6 +366,28 @@ def may_see_value(caller: Caller, token: TokenFacts) -> bool:
     """Values reach the token itself and callers entitled to manage it; a user-bound token's value
     reaches only its own user (whose user token lives in the user's realm, not the workspace)."""
     return in_reach(caller, token) and allows(caller, Op.SEE_VALUE, token)
+
+
+class ValueVisibility:
+    """`may_see_value` for one caller over many tokens (a listing), asked once per distinct answer
+    it can have. The answer depends on the token's kind, realm and scopes, and on its id only
+    through "is it the caller itself" (`target_of`'s SELF): so it is memoised on exactly that.
+    `scopes_key` is any text that names the scopes (the read model's column); `parse` turns it into
+    the scopes, called only when the memo misses."""
+
+    def __init__(self, caller: Caller) -> None:
+        self.caller = caller
+        self._memo: dict[tuple[bool, str, str, str], bool] = {}
+
+    def __call__(
+        self, token_id: str, kind: str, workspace_id: str, scopes_key: str, parse: Callable[[str], tuple[Scope, ...]]
+    ) -> bool:
+        key = (token_id == self.caller.token_id, kind, workspace_id, scopes_key)
+        seen = self._memo.get(key)
+        if seen is None:
+            facts = TokenFacts(token_id, kind, workspace_id, parse(scopes_key))
+            seen = self._memo[key] = may_see_value(self.caller, facts)
+        return seen
 
 
 def table() -> list[tuple[Op, Target, list[Role]]]:

@@ -322,6 +322,27 @@ class History:
             ).mappings()
             return [_version_row(r) for r in rows]
 
+    def tokens_as_of_page(self, workspace_id: str, at: int, after: int, limit: int) -> list[tuple[int, TokenRow]]:
+        """`tokens_as_of`, the `limit` rows after position `after` of its order, each with that
+        position (its version's `from_position`: unique) for the next page's cursor."""
+        v = s.token_versions
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(v)
+                .where(
+                    and_(
+                        v.c.workspace_id == workspace_id,
+                        v.c.valid_from <= at,
+                        or_(v.c.valid_to.is_(None), v.c.valid_to > at),
+                        _alive(v, at),
+                        v.c.from_position > after,
+                    )
+                )
+                .order_by(v.c.from_position)
+                .limit(limit)
+            ).mappings()
+            return [(r["from_position"], _version_row(r)) for r in rows]
+
     def token_as_of(
         self, workspace_id: str, at: int, token_id: str | None = None, name: str | None = None
     ) -> TokenRow | None:

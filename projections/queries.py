@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Engine, and_, select
 
@@ -100,6 +100,36 @@ class TokenRow:
         )
 
 
+class ListedKey(NamedTuple):
+    """A live token's place in the token list, and which state of it is current: its row changes
+    only with a new event of the token, which moves `position`."""
+
+    id: str
+    position: int  # the token's last event
+    created_position: int  # the list's order, and its cursor
+
+
+class ListedToken(NamedTuple):
+    """A live token as the token list shows it: only the columns its wire object needs, plain
+    (scopes still the column's JSON text), so that listing ten thousand costs little."""
+
+    id: str
+    workspace_id: str
+    name: str
+    description: str
+    kind: str
+    origin_type: str
+    origin_resource_id: str | None
+    scopes: str  # JSON list of canonical scope strings, as stored
+    generation: str
+    expires_at: int | None
+    position: int  # the token's last event (as ListedKey)
+
+    @property
+    def scope_texts(self) -> tuple[str, ...]:
+        return tuple(json.loads(self.scopes))
+
+
 @dataclass(frozen=True)
 class WorkspaceRow:
     id: str
@@ -166,6 +196,41 @@ class Queries:
                 .order_by(s.tokens.c.created_position)
             ).mappings()
             return [TokenRow.from_row(r) for r in rows]
+
+    def token_list(self, workspace_id: str, after: int = 0, limit: int | None = None) -> list[ListedKey]:
+        """The workspace's live tokens in creation order (`created_position`, unique), those after
+        `after` only, at most `limit` of them: their keys only, read from the index
+        `ix_tt_tokens_workspace_created` alone."""
+        t = s.tokens.c
+        query = (
+            select(t.id, t.position, t.created_position)
+            .where(and_(t.workspace_id == workspace_id, t.deleted.is_(False), t.created_position > after))
+            .order_by(t.created_position)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            return list(map(ListedKey._make, conn.execute(query).all()))
+
+    def listed_tokens(self, workspace_id: str, ids: list[str]) -> dict[str, ListedToken]:
+        """`ListedToken` of these live tokens of the workspace, by id (a token deleted meanwhile,
+        or of another workspace, is not there)."""
+        t = s.tokens.c
+        columns = [getattr(t, name) for name in ListedToken._fields]
+        found: dict[str, ListedToken] = {}
+        live = and_(t.workspace_id == workspace_id, t.deleted.is_(False))
+        with self.engine.connect() as conn:
+            if len(ids) > 1000:  # many (a first listing): one pass over the workspace's rows
+                wanted = set(ids)
+                for r in conn.execute(select(*columns).where(live)).all():
+                    if r[0] in wanted:
+                        found[r[0]] = ListedToken._make(r)
+                return found
+            for start in range(0, len(ids), 500):
+                query = select(*columns).where(live, t.id.in_(ids[start : start + 500]))
+                for r in conn.execute(query).all():
+                    found[r[0]] = ListedToken._make(r)
+        return found
 
     def workspace(self, workspace_id: str) -> WorkspaceRow | None:
         with self.engine.connect() as conn:

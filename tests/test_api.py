@@ -1180,7 +1180,7 @@ def test_a_wrong_method_is_405_whatever_the_token(client) -> None:
 # -- OpenAPI ---------------------------------------------------------------------------------------
 
 ROUTES = {
-    ("/v0/tokens", "get"): ({"as_of"}, {"200", "400", "403"}),
+    ("/v0/tokens", "get"): ({"as_of", "unused_for", "limit", "cursor"}, {"200", "400", "403"}),
     ("/v0/tokens", "post"): (
         {"name", "scope", "description", "origin", "resource_id", "expiration_time"},
         {"200", "400", "403", "413"},

@@ -476,6 +476,19 @@ def test_token_ls_as_of_shows_the_table_as_it_stood(server: Server) -> None:
     assert "later" in [t["name"] for t in as_json(env, "token", "ls")["tokens"]]
 
 
+def test_token_ls_pages_with_limit_and_cursor(server: Server) -> None:
+    env = server.env
+    everything = [t["id"] for t in as_json(env, "token", "ls")["tokens"]]
+    assert len(everything) >= 3
+    first = as_json(env, "token", "ls", "--limit", "2")
+    assert [t["id"] for t in first["tokens"]] == everything[:2] and first["next_cursor"]
+    text = ok(env, "token", "ls", "--limit", "2")
+    assert f"--cursor {first['next_cursor']}" in text
+    rest = as_json(env, "token", "ls", "--limit", "10000", "--cursor", first["next_cursor"])
+    assert [t["id"] for t in rest["tokens"]] == everything[2:] and rest["next_cursor"] is None
+    one_line_error(run(env, "token", "ls", "--limit", "2", "--cursor", "garbage"), 1, "cursor", "HTTP 400")
+
+
 def test_deploy_locally_and_against_the_server(server: Server, tmp_path: Path) -> None:
     env = server.env
     project = tmp_path / "project"

@@ -30,6 +30,7 @@ from uuid import UUID
 
 import jwt as pyjwt
 
+from tokentrail import paging
 from tokentrail.domain.clock import format_instant, now, to_micros
 from tokentrail.domain.errors import InvalidInput, NotFound
 from tokentrail.domain.exposure import Interval, Reach, escalation, intersect_all, merge, reach
@@ -39,7 +40,7 @@ from tokentrail.domain.refs import parse_ref
 from tokentrail.domain.scopes import KINDS, PERMISSIONS, RESOURCE_NAME, SCOPE_TYPES, read_scope
 from tokentrail.jwts import MAX_JWT_LENGTH
 from tokentrail.projections.history import AuditQuery, History, Trail
-from tokentrail.projections.queries import DeploymentRow, TokenRow, UserRow, WorkspaceRow
+from tokentrail.projections.queries import DeploymentRow, ListedKey, ListedToken, TokenRow, UserRow, WorkspaceRow
 from tokentrail.projections.review import Review, review
 from tokentrail.verify import ChainReport, make_checkpoint, verify_chain, workspace_view
 
@@ -201,6 +202,31 @@ class Reads:
         authorize(who, Op.LIST)
         return self.queries.tokens(who.workspace_id)
 
+    def token_page(
+        self, who: Caller, limit: int | None = None, cursor: str | None = None
+    ) -> tuple[list[ListedKey], str | None]:
+        """The workspace's live tokens (ADMIN or TOKENS) in creation order, as keys (`ListedKey`;
+        their rows from `listed_tokens`): all of them, or the `limit` after `cursor` and the
+        cursor of the next page (None after the last). A token created while a client pages
+        appears on a later page (the order is by creation); one deleted before its page is
+        fetched does not appear; the others appear exactly once, renamed or changed or not."""
+        authorize(who, Op.LIST)
+        signer = self.service.signer
+        after = paging.decode(signer, who.workspace_id, "now", cursor)
+        if limit is None and cursor is None:
+            return self.queries.token_list(who.workspace_id), None
+        size = limit if limit is not None else paging.DEFAULT_LIMIT
+        keys = self.queries.token_list(who.workspace_id, after, size + 1)
+        if len(keys) <= size:
+            return keys, None
+        keys = keys[:size]
+        return keys, paging.encode(signer, who.workspace_id, "now", keys[-1].created_position)
+
+    def listed_tokens(self, who: Caller, ids: list[str]) -> dict[str, ListedToken]:
+        """The rows of listed tokens (ADMIN or TOKENS), of the caller's workspace only."""
+        authorize(who, Op.LIST)
+        return self.queries.listed_tokens(who.workspace_id, ids)
+
     def visible_tokens(self, who: Caller) -> list[TokenRow]:
         """What the token list shows this caller: every token to a manager; to any other static
         token, itself alone (as the API lets it read only itself); nothing to a JWT."""
@@ -277,6 +303,25 @@ class Reads:
         """The workspace's token table as it stood at `at` (ADMIN or TOKENS)."""
         authorize(who, Op.LIST)
         return self.history.tokens_as_of(who.workspace_id, at)
+
+    def tokens_as_of_page(
+        self, who: Caller, at: int, limit: int | None = None, cursor: str | None = None
+    ) -> tuple[list[TokenRow], str | None]:
+        """`tokens_as_of`, a page at a time (as `token_page`); a cursor is good only for the same
+        workspace and the same instant. The past does not change, so neither do its pages (those
+        of an instant not yet past can: a token changed meanwhile could then show twice)."""
+        authorize(who, Op.LIST)
+        signer = self.service.signer
+        listing = f"as_of:{at}"
+        after = paging.decode(signer, who.workspace_id, listing, cursor)
+        if limit is None and cursor is None:
+            return self.history.tokens_as_of(who.workspace_id, at), None
+        size = limit if limit is not None else paging.DEFAULT_LIMIT
+        keyed = self.history.tokens_as_of_page(who.workspace_id, at, after, size + 1)
+        if len(keyed) <= size:
+            return [row for _, row in keyed], None
+        keyed = keyed[:size]
+        return [row for _, row in keyed], paging.encode(signer, who.workspace_id, listing, keyed[-1][0])
 
     def token_as_of(self, who: Caller, ref: str, at: int) -> TokenRow:
         """One token as it stood at `at`, by value, id or (past or present) name."""

@@ -146,15 +146,21 @@ def token_ls(
         None, "--as-of", callback=time_option, help="The table as it stood then: ISO 8601, Unix seconds or 1h/2d ago."
     ),
     values: bool = typer.Option(False, "--values", help="Add a column with each token's value."),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, max=10_000, help="One page of at most this many tokens, and the cursor of the next."
+    ),
+    cursor: str | None = typer.Option(None, "--cursor", help="The page after this cursor (printed by --limit)."),
     as_json: bool = AsJson,
     host: str = Host,
     token: str | None = Token,
 ) -> None:
-    """List the workspace's tokens (default ones included), now or as of a past instant.
+    """List the workspace's tokens (default ones included), now or as of a past instant; all of
+    them, or a page at a time with --limit and --cursor (in creation order; --match filters the page).
 
     Example: [bold]tokentrail token ls --match reader --as-of 1h[/]
     """
-    data = client(host, token).get("/v0/tokens", [("as_of", as_of)])
+    params = [("as_of", as_of), ("limit", str(limit) if limit is not None else None), ("cursor", cursor)]
+    data = client(host, token).get("/v0/tokens", params)
     tokens = [t for t in data.get("tokens", []) if not match or match.lower() in t.get("name", "").lower()]
     if as_json:
         print_json({**data, "tokens": tokens})
@@ -162,6 +168,8 @@ def token_ls(
     if as_of:
         say(f"tokens as of {data.get('as_of')}")
     console.print(token_rows(tokens, with_values=values and not as_of))
+    if data.get("next_cursor"):
+        say(f"more: --cursor {data['next_cursor']}")
 
 
 @token_app.command("create", cls=ScopeGroupsCommand)

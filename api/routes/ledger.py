@@ -136,12 +136,18 @@ def _instant(p: Params, name: str, default_now: bool = False) -> int | None:
     return parse_instant(raw)
 
 
-def tokens_as_of(request: Request, who: Caller, raw: str) -> JSONResponse:
-    """`GET /v0/tokens?as_of=`: the token table as it stood then, without values."""
+def tokens_as_of(
+    request: Request, who: Caller, raw: str, limit: int | None = None, cursor: str | None = None
+) -> JSONResponse:
+    """`GET /v0/tokens?as_of=`: the token table as it stood then, without values; with `limit`
+    or `cursor`, one page of it and `next_cursor`."""
     at = parse_instant(raw)
-    rows = reads(request).tokens_as_of(who, at)
+    rows, next_cursor = reads(request).tokens_as_of_page(who, at, limit, cursor)
     # Plain JSON already: answered as is, without jsonable_encoder's walk over every token.
-    return JSONResponse({"as_of": format_instant(at), "tokens": [as_of_object(r) for r in rows]})
+    answer: dict[str, Any] = {"as_of": format_instant(at), "tokens": [as_of_object(r) for r in rows]}
+    if limit is not None or cursor is not None:
+        answer["next_cursor"] = next_cursor
+    return JSONResponse(answer)
 
 
 def token_as_of(request: Request, who: Caller, ref: str, raw: str) -> dict[str, Any]:

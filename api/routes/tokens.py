@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from tokentrail import jwts
+from tokentrail import jwts, paging
 from tokentrail.api import present
 from tokentrail.api.deps import caller, get_service, params, read_body
 from tokentrail.api.heavy import RenderedInThread
@@ -66,24 +66,64 @@ _UNUSED_FOR = query_param(
 )
 
 
+_LIMIT = query_param(
+    "limit",
+    f"At most this many tokens (1 to {paging.MAX_LIMIT}), and a `next_cursor` for the next page; "
+    "without `limit` nor `cursor`, every token and no `next_cursor` (as Tinybird answers)",
+    type="integer",
+    minimum=1,
+    maximum=paging.MAX_LIMIT,
+)
+_CURSOR = query_param(
+    "cursor",
+    f"`next_cursor` of the previous page of the same listing (same workspace, same `as_of`), unchanged; "
+    f"alone, pages of {paging.DEFAULT_LIMIT}",
+)
+# The listing: `tokens`, and `next_cursor` only when paged (`limit` or `cursor`).
+_LISTING = json_schema(TokenListSchema())
+_LISTING["properties"]["next_cursor"] = {
+    "type": ["string", "null"],
+    "description": "Only with `limit` or `cursor`: the next page's `cursor`, null on the last page",
+}
+
+
 @router.get(
     "/v0/tokens",
     summary="List the workspace's tokens (ADMIN or TOKENS)",
+    description=(
+        "In creation order. With `limit` (and then `cursor`), a page at a time: the answer adds "
+        "`next_cursor`, null on the last page. A token that lives throughout the walk is on exactly "
+        "one page; one created during it is on a later page; one deleted before its page is not "
+        "listed. A bad `limit` or a cursor that is not this listing's is a 400. With `as_of`, the "
+        "table as it stood then, in the order of each token's last change before then, pages the "
+        "same way (the past does not change; an instant not yet past can). `unused_for` takes no paging."
+    ),
     response_model=None,
-    openapi_extra={"parameters": [_AS_OF, _UNUSED_FOR]},
-    responses=responses(TokenListSchema(), 400, 403),
+    openapi_extra={"parameters": [_AS_OF, _UNUSED_FOR, _LIMIT, _CURSOR]},
+    responses=responses(_LISTING, 400, 403),
 )
-def list_tokens(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> dict[str, Any]:
+def list_tokens(request: Request, who: Caller = Depends(caller), p: Params = Depends(params)) -> Response:
     service = get_service(request)
+    limit, cursor = paging.parse_limit(p.get("limit")), p.get("cursor")
     if p.get("as_of"):
-        return ledger.tokens_as_of(request, who, p.get("as_of"))
+        return ledger.tokens_as_of(request, who, p.get("as_of"), limit, cursor)
     if "unused_for" in p:
+        if limit is not None or cursor is not None:
+            raise InvalidInput("unused_for takes no limit or cursor: it answers every stale token")
         found = service.reads.stale_tokens(who, parse_duration(p.get("unused_for") or ""))
         return JSONResponse({"tokens": present.token_objects(service, found.rows, who, found.last_used)})
-    rows = service.reads.tokens(who)
-    # The token objects are TokenSchema dumps already: answer them as they are (no second
-    # TokenListSchema pass, no jsonable_encoder walk over thousands of plain dicts).
-    return JSONResponse({"tokens": present.token_objects(service, rows, who)})
+    keys, next_cursor = service.reads.token_page(who, limit, cursor)
+    paged = limit is not None or cursor is not None
+    # The body is rendered here, as JSONResponse would render {"tokens": [TokenSchema dumps]}, from
+    # per-token fragments (api/present.py): no dict per token, no jsonable_encoder walk.
+    body = present.token_list_body(
+        service,
+        keys,
+        who,
+        lambda ids: service.reads.listed_tokens(who, ids),
+        tail={"next_cursor": next_cursor} if paged else None,
+    )
+    return Response(body, media_type="application/json")
 
 
 @router.post(
