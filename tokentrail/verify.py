@@ -71,20 +71,28 @@ class ChainReport:
 
 def _stored(service: Service, until: int) -> Iterator[tuple[int, bytes]]:
     """(position, canonical bytes) of every stored event up to `until`, read straight from the
-    event store's table in large pages: the rows as they are on disk, without decoding them."""
+    event store's table in large pages: the rows as they are on disk, without decoding them.
+
+    PostgreSQL builds each row's canonical bytes itself (`chain.event_bytes`: the position and
+    version as big-endian 8-byte integers, the id's 16 bytes, the topic in UTF-8, a zero byte, the
+    state) and sends them in binary: no hex-encoded bytea to decode, no UUID object per row."""
     recorder = service.ledger.recorder
     table = recorder.events_table_name
     if service.backend == "postgres":
         schema = recorder.datastore.schema
         sql = (
-            f'SELECT notification_id, originator_id, originator_version, topic, state FROM "{schema}"."{table}" '
+            "SELECT notification_id, int8send(notification_id) || int8send(originator_version) || "
+            "uuid_send(originator_id) || convert_to(topic, 'UTF8') || '\\x00'::bytea || state "
+            f'FROM "{schema}"."{table}" '
             "WHERE notification_id > %s AND notification_id <= %s ORDER BY notification_id LIMIT %s"
         )
-    else:
-        sql = (
-            f'SELECT rowid, originator_id, originator_version, topic, state FROM "{table}" '
-            "WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?"
-        )
+        for rows in _pages(service, sql, until, binary=True):
+            yield from rows
+        return
+    sql = (
+        f'SELECT rowid, originator_id, originator_version, topic, state FROM "{table}" '
+        "WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?"
+    )
     pack = struct.Struct(">QQ").pack
     for rows in _pages(service, sql, until):
         for pos, oid, version, topic, state in rows:
@@ -93,13 +101,15 @@ def _stored(service: Service, until: int) -> Iterator[tuple[int, bytes]]:
             yield pos, b"".join((pack(pos, version), oid_bytes, topic.encode("utf-8"), b"\x00", bytes(state)))
 
 
-def _pages(service: Service, sql: str, until: int) -> Iterator[list[Any]]:
+def _pages(service: Service, sql: str, until: int, binary: bool = False) -> Iterator[list[Any]]:
     """Pages of STORED_CHUNK rows of `sql` (parameters: after, until, limit; the first column is
-    the position), through the raw driver cursor: no per-row processing by SQLAlchemy."""
+    the position), through the raw driver cursor: no per-row processing by SQLAlchemy. `binary`
+    (psycopg only) asks for the results in PostgreSQL's binary format."""
     position = 0
     while position < until:
         with service.read_engine.connect() as conn:
-            cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+            raw = conn.connection.dbapi_connection
+            cursor = raw.cursor(binary=True) if binary else raw.cursor()  # type: ignore[union-attr]
             try:
                 cursor.execute(sql, (position, until, STORED_CHUNK))
                 rows = cursor.fetchall()
