@@ -1,9 +1,12 @@
 """Compliance at scale: point-in-time answers, chain verification and a full export on a big ledger.
 
-Generates a ledger of `--tokens` tokens and `--events` events (default 100,000 and 1,000,000) in a
-SQLite file: real `Token`, `TokenName`, `Workspace` and `Jwt` aggregates and events, written many
-aggregates per `ledger.save(...)` (one transaction each), with a clock that moves 50 ms per event,
-then projected once. Tokens get scope adds and removals (some filtered, some ADMIN,
+Generates a ledger of `--tokens` tokens and `--events` events (default 100,000 and 1,000,000) on
+each `--backend` (a SQLite file; a throwaway PostgreSQL database `tt_bench_compliance_<pid>`,
+dropped at the end unless `--keep`): real `Token`, `TokenName`, `Workspace` and `Jwt` aggregates
+and events, written many aggregates per `ledger.save(...)` (one transaction each: 200 aggregates on
+SQLite, 2,000 on PostgreSQL, where each save is a round trip and a table lock; the ledger is the
+same either way), with a clock that moves 50 ms per event, then projected once, and prints each
+table's rows, data and index bytes. Tokens get scope adds and removals (some filtered, some ADMIN,
 WORKSPACE:READ_ALL or DATASOURCES:CREATE), refreshes, descriptions, renames and deletes; a JWT is
 issued for every 100 tokens. Workspaces hold `--per-workspace` tokens each (default 500), except one
 big workspace that holds `--big-share` of all tokens (default 25%), so the export is large.
@@ -18,12 +21,15 @@ Then measures, on the same file:
 - peak RSS (VmHWM) of a uvicorn process serving `GET /v0/audit?format=ndjson` of the big workspace,
   streamed to the end by an httpx client. Target <= 200 MB.
 
-    python -m bench.compliance [--tokens N --events M] [--quick] [--tmpdir DIR] [--json PATH] [--keep]
+    python -m bench.compliance [--backend sqlite|postgres|both] [--tokens N --events M] [--quick]
+                               [--tmpdir DIR] [--json PATH] [--keep] [--per-save N]
 
-SQLite only. At full size, writing takes ~1.5 min and projecting ~4.5 min on the 2-core team machine,
-the whole run ~15 min (the brute-force replays are ~15 s each); `--quick` (2,000 tokens, 20,000
-events) takes ~10 s. `--db PATH` re-measures a ledger generated earlier with `--keep` (see
-docs/benchmarks.md, "Compliance at scale").
+At full size, on SQLite, writing takes ~1.5 min and projecting ~4.5 min on the 2-core team machine
+when it is quiet, the whole run ~15 min (the brute-force replays are ~15 s each); PostgreSQL takes
+longer (under load: writing 10 min, projecting 11 min). `--quick` (2,000 tokens, 20,000 events)
+takes ~10 s a backend. `--keep` keeps the ledger and prints `--db FILE_OR_URL --data DIR`, which
+re-measures it later without generating (see docs/benchmarks.md, "Compliance at scale", and
+docs/scaling.md).
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ Two ways to feed it:
   quiet machine, then plot. A file's ledger size is taken from, in order: `FILE@SIZE` on the
   command line; a row's own `size` or `events` field; the row's name ("... 100,000 events");
   the figure's own rule (`GET /v0/tokens (10,000+ tokens)` is a ledger of ~2 events per token);
-  the results' title ("... 1,000,000 events"); one "N events" count in the notes.
+  the results' title ("... 1,000,000 events"); one "N events" count in the notes. A size is put
+  in the column of the nearest of `--sizes` (within 2x); where two files give the same figure,
+  backend and size, the file named last wins in the table and the plot.
 - without `--from-json`, it runs the scripts itself for each size of `--sizes` and each backend
   (as subprocesses, each writing `--json` into `--out DIR`), then reads what they wrote the same
   way. A script is run at a size only when its `--help` offers the flag that sets that size
@@ -44,10 +46,11 @@ DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 class Record:
     figure: str
     backend: str
-    size: int  # events in the ledger measured
+    size: int  # the ledger size it is plotted at (the nearest of --sizes, within 2x)
     value: float
     unit: str
     source: str  # file and row it came from
+    events: int  # the ledger size measured
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,16 @@ def _size_in(text: str) -> int | None:
     return _count(found.group(1)) if found else None
 
 
-def records_from(path: str, override: int | None = None) -> list[Record]:
+def snap(size: int, sizes: Sequence[int]) -> int:
+    """The nearest of `sizes` (on a log scale) when within a factor 2, else `size` itself: a
+    projection run of 9,111 events belongs in the 10k column."""
+    if not sizes:
+        return size
+    nearest = min(sizes, key=lambda s: abs(math.log(s / size)))
+    return nearest if abs(math.log(nearest / size)) <= math.log(2) else size
+
+
+def records_from(path: str, override: int | None = None, sizes: Sequence[int] = ()) -> list[Record]:
     """The records of one `--json` file of any benchmark (rows no figure claims are skipped)."""
     payload = json.loads(Path(path).read_text())
     title_size = _size_in(payload.get("title", ""))
@@ -141,13 +153,12 @@ def records_from(path: str, override: int | None = None) -> list[Record]:
             if not size:
                 print(f"warning: {path}: no ledger size for {row['benchmark']!r}; pass {path}@SIZE", file=sys.stderr)
                 continue
-            key = (figure.name, row["backend"], int(size))
+            key = (figure.name, row["backend"], snap(int(size), sizes))
             if key in seen:  # the same figure against another baseline (projection prints two)
                 continue
             seen.add(key)
-            out.append(
-                Record(figure.name, row["backend"], int(size), value, figure.unit, f"{path}: {row['benchmark']}")
-            )
+            source = f"{path}: {row['benchmark']}"
+            out.append(Record(figure.name, row["backend"], key[2], value, figure.unit, source, int(size)))
     return out
 
 
@@ -244,8 +255,14 @@ def _size_label(size: int) -> str:
     return f"{size:,}"
 
 
+def latest(records: Sequence[Record]) -> list[Record]:
+    """One record per (figure, backend, size): the one from the file given last."""
+    return list({(r.figure, r.backend, r.size): r for r in records}.values())
+
+
 def markdown(records: Sequence[Record]) -> str:
     """One row per figure and backend, one column per ledger size (events)."""
+    records = latest(records)
     sizes = sorted({r.size for r in records})
     lines = [
         "| figure | backend | " + " | ".join(f"{_size_label(s)} events" for s in sizes) + " |",
@@ -272,6 +289,7 @@ def plot(records: Sequence[Record], path: Path, title: str) -> None:
             "bench/scaling.py: matplotlib is not installed, so no plot can be drawn. Install the bench "
             "extra (pip install -e '.[bench]'), or pass --no-png to write only the JSON and Markdown."
         ) from None
+    records = latest(records)
     figures = [f for f in FIGURES if any(r.figure == f.name for r in records)]
     if not figures:
         raise SystemExit("bench/scaling.py: no figure found in the results given")
@@ -304,7 +322,12 @@ def plot(records: Sequence[Record], path: Path, title: str) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--from-json", nargs="+", metavar="FILE[@SIZE]", help="only read these results and plot them")
-    p.add_argument("--sizes", default=",".join(str(s) for s in DEFAULT_SIZES), help="ledger sizes, e.g. 10k,100k,1M")
+    p.add_argument(
+        "--sizes",
+        default=",".join(str(s) for s in DEFAULT_SIZES),
+        help="ledger sizes, e.g. 10k,100k,1M: the sizes run, and the columns a measured size is put in "
+        "(the nearest within 2x; the JSON keeps the measured size as `events`)",
+    )
     p.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
     p.add_argument(
         "--scripts",
@@ -323,10 +346,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             import matplotlib  # noqa: F401
         except ImportError:
             p.error("matplotlib is not installed: pip install -e '.[bench]' (or pass --no-png)")
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     if args.from_json:
         sources = args.from_json
     else:
-        sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
         backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
         sources = []
         for backend in backends:
@@ -334,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     records: list[Record] = []
     for source in sources:
         path, size = parse_source(source)
-        records += records_from(path, size)
+        records += records_from(path, size, sizes)
     if not records:
         raise SystemExit("bench/scaling.py: no figure found in the results given")
     table = markdown(records)
