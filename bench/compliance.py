@@ -569,21 +569,20 @@ def report_sizes(service: Service, events: int, results: common.Results) -> None
 
 
 def run(backend: str, args: Any, scratch: common.Scratch, results: common.Results) -> None:
-    print(f"== {backend} ==", flush=True)
     dropped: list[str] = []
     if args.db:
-        if args.db.startswith("postgresql://"):
-            if backend != "postgres":
-                return
+        if (backend == "postgres") != args.db.startswith("postgresql://"):
+            return  # --db names one ledger, of one backend
+        print(f"== {backend} ==", flush=True)
+        if backend == "postgres":
             url, data = args.db, Path(args.data or ".")
         else:
-            if backend != "sqlite":
-                return
             url, data = f"sqlite:///{args.db}", Path(args.data or Path(args.db).parent)
         meta = json.loads((data / "bench-meta.json").read_text())
         span = {"start": datetime.fromisoformat(meta["start"]), "end": datetime.fromisoformat(meta["end"])}
         service = Service(url, data=data, environ=common.environ(data))
     else:
+        print(f"== {backend} ==", flush=True)
         data = (
             Path(scratch.directory())
             if not args.keep
