@@ -303,13 +303,14 @@ def plot(records: Sequence[Record], path: Path, title: str) -> None:
             color, marker = styles.get(backend, ("tab:gray", "^"))
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color=color, label=backend)
         ax.set_xscale("log")
+        ax.set_xlim(min(r.size for r in records) / 2, max(r.size for r in records) * 2)  # one x range for all
         ax.set_title(f"{figure.name} ({'higher' if figure.higher_is_better else 'lower'} is better)", fontsize=9)
         ax.set_xlabel("ledger size (events)", fontsize=8)
         ax.set_ylabel(figure.unit, fontsize=8)
         ax.set_ylim(bottom=0)
         ax.tick_params(labelsize=8)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="best")
     for ax in list(axes.flat)[len(figures) :]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=11)
