@@ -14,7 +14,7 @@ Two ways to feed it:
   (as subprocesses, each writing `--json` into `--out DIR`), then reads what they wrote the same
   way. A script is run at a size only when its `--help` offers the flag that sets that size
   (`compliance --events`, `projection --events`, `export --events`, `latency --tokens`);
-  `ledger_writes` has no ledger size and is run once, recorded at the size it wrote.
+  `ledger_writes` has no ledger size and is run once, shown at the smallest size.
 
 Every figure becomes a record (figure, backend, size, value, unit, source); the JSON holds the
 records, the Markdown table has one row per figure and backend and one column per size, and the
@@ -219,20 +219,22 @@ def run_scripts(sizes: Sequence[int], backend: str, out: Path, scripts: Sequence
         ).stdout
         runs = [(size, _size_args(script, size, flags)) for size in sizes]
         if all(args is None for _, args in runs):
-            runs = [(0, [])]  # no ledger size: once, at the size the script writes
-            print(f"{script}: no size flag, run once", flush=True)
+            # No ledger size (ledger_writes: a fresh store of a few thousand events): run once and
+            # plot it at the smallest size.
+            runs = [(min(sizes), [])]
+            print(f"{script}: no size flag, run once, shown at {min(sizes):,} events", flush=True)
         for size, args in runs:
             if args is None:
                 print(f"skip {script} at {size:,} events: its --help offers no flag for the size", flush=True)
                 continue
-            target = out / f"{script}-{backend}-{size or 'default'}.json"
+            target = out / f"{script}-{backend}-{size if args else 'default'}.json"
             command = [sys.executable, "-m", f"bench.{script}", "--backend", backend, "--json", str(target), *args]
             print("$ " + " ".join(command[1:]), flush=True)
             done = subprocess.run(command, cwd=REPO_ROOT, env={**os.environ, **env_path}).returncode
             if done != 0 or not target.exists():
                 print(f"warning: {script} at {size:,} failed (exit {done})", file=sys.stderr, flush=True)
                 continue
-            sources.append(f"{target}@{size}" if size else str(target))
+            sources.append(f"{target}@{size}")
     return sources
 
 
