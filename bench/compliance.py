@@ -1,9 +1,12 @@
 """Compliance at scale: point-in-time answers, chain verification and a full export on a big ledger.
 
-Generates a ledger of `--tokens` tokens and `--events` events (default 100,000 and 1,000,000) in a
-SQLite file: real `Token`, `TokenName`, `Workspace` and `Jwt` aggregates and events, written many
-aggregates per `ledger.save(...)` (one transaction each), with a clock that moves 50 ms per event,
-then projected once. Tokens get scope adds and removals (some filtered, some ADMIN,
+Generates a ledger of `--tokens` tokens and `--events` events (default 100,000 and 1,000,000) on
+each `--backend` (a SQLite file; a throwaway PostgreSQL database `tt_bench_compliance_<pid>`,
+dropped at the end unless `--keep`): real `Token`, `TokenName`, `Workspace` and `Jwt` aggregates
+and events, written many aggregates per `ledger.save(...)` (one transaction each: 200 aggregates on
+SQLite, 2,000 on PostgreSQL, where each save is a round trip and a table lock; the ledger is the
+same either way), with a clock that moves 50 ms per event, then projected once, and prints each
+table's rows, data and index bytes. Tokens get scope adds and removals (some filtered, some ADMIN,
 WORKSPACE:READ_ALL or DATASOURCES:CREATE), refreshes, descriptions, renames and deletes; a JWT is
 issued for every 100 tokens. Workspaces hold `--per-workspace` tokens each (default 500), except one
 big workspace that holds `--big-share` of all tokens (default 25%), so the export is large.
@@ -18,17 +21,22 @@ Then measures, on the same file:
 - peak RSS (VmHWM) of a uvicorn process serving `GET /v0/audit?format=ndjson` of the big workspace,
   streamed to the end by an httpx client. Target <= 200 MB.
 
-    python -m bench.compliance [--tokens N --events M] [--quick] [--tmpdir DIR] [--json PATH] [--keep]
+    python -m bench.compliance [--backend sqlite|postgres|both] [--tokens N --events M] [--quick]
+                               [--tmpdir DIR] [--json PATH] [--keep] [--per-save N]
 
-SQLite only. At full size, writing takes ~1.5 min and projecting ~4.5 min on the 2-core team machine,
-the whole run ~15 min (the brute-force replays are ~15 s each); `--quick` (2,000 tokens, 20,000
-events) takes ~10 s. `--db PATH` re-measures a ledger generated earlier with `--keep` (see
-docs/benchmarks.md, "Compliance at scale").
+At full size, on SQLite, writing takes ~1.5 min and projecting ~4.5 min on the 2-core team machine
+when it is quiet, the whole run ~15 min (the brute-force replays are ~15 s each); PostgreSQL takes
+longer (under load: writing 10 min, projecting 11 min). `--quick` (2,000 tokens, 20,000 events)
+takes ~10 s a backend. `--keep` keeps the ledger and prints `--db FILE_OR_URL --data DIR`, which
+re-measures it later without generating (see docs/benchmarks.md, "Compliance at scale", and
+docs/scaling.md).
 """
 
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import random
 import sys
 import time
@@ -55,6 +63,7 @@ from tokentrail.verify import verify_chain  # noqa: E402
 TARGET_P99_MS = 50.0
 TARGET_VERIFY_PER_S = 100_000
 TARGET_EXPORT_MB = 200.0
+PG_PER_SAVE = 2000  # aggregates per save on PostgreSQL: one round trip and one table lock per ~10k events
 START = datetime(2026, 1, 1, tzinfo=UTC)
 STEP = timedelta(milliseconds=50)
 DATASOURCES = [f"ds{i}" for i in range(20)]
@@ -361,7 +370,7 @@ def measure_routes(
             sizes.append(len(body["tokens"]))
         for name, cpu in (("/v0/access", access_cpu), ("/v0/tokens?as_of=", as_of_cpu)):
             results.note(
-                f"{label} workspace {name}: CPU time per request p50 {common.percentile(cpu, 50):.1f} ms, "
+                f"{service.backend}, {label} workspace {name}: CPU time per request p50 {common.percentile(cpu, 50):.1f} ms, "
                 f"p99 {common.percentile(cpu, 99):.1f} ms (wall-clock figures include waiting for a core)"
             )
         brute_access, brute_as_of = common.Samples(), common.Samples()
@@ -394,7 +403,7 @@ def measure_routes(
         target = TARGET_P99_MS if label == "typical" else None
         results.add(
             f"{name} p99, {label} workspace",
-            "sqlite",
+            service.backend,
             p99,
             "ms",
             "brute-force replay p50",
@@ -404,12 +413,12 @@ def measure_routes(
             spread=f"p50 {p50:.1f} ms",
         )
         print(
-            f"  {name} [{label}]: p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(ours.values)}; brute-force replay "
+            f"  {service.backend} {name} [{label}]: p50 {p50:.1f} ms, p99 {p99:.1f} ms over {len(ours.values)}; brute-force replay "
             f"p50 {bp50:,.0f} ms over {len(brute.values)} -> replay/ours(p50) = {bp50 / p50:,.0f}x",
             flush=True,
         )
     results.note(
-        f"{label} workspace: /v0/tokens?as_of= answered {min(sizes)}-{max(sizes)} tokens "
+        f"{service.backend}, {label} workspace: /v0/tokens?as_of= answered {min(sizes)}-{max(sizes)} tokens "
         f"(median {sorted(sizes)[len(sizes) // 2]}); {baseline_samples * 2} answers compared with the "
         f"replay, {mismatches} differed"
     )
@@ -431,10 +440,10 @@ def measure_verify(service: Service, results: common.Results, repeats: int) -> N
             f"({report.events_checked / seconds:,.0f}/s; {report.events_checked / cpu:,.0f} per CPU-second)",
             flush=True,
         )
-    results.note(f"verify_chain: {cpu_rates.median:,.0f} events per CPU-second (load-independent)")
+    results.note(f"{service.backend}, verify_chain: {cpu_rates.median:,.0f} events per CPU-second (load-independent)")
     results.add(
         "verify_chain, whole log",
-        "sqlite",
+        service.backend,
         rates.median,
         "events/s",
         min_value=TARGET_VERIFY_PER_S,
@@ -442,7 +451,7 @@ def measure_verify(service: Service, results: common.Results, repeats: int) -> N
     )
 
 
-def measure_export(url: str, data: Path, workspace: dict[str, Any], results: common.Results) -> None:
+def measure_export(backend: str, url: str, data: Path, workspace: dict[str, Any], results: common.Results) -> None:
     env = common.environ(data, url)
     with common.Uvicorn("tokentrail.api.app:app_from_env", env=env, factory=True) as server:
         assert server.process is not None
@@ -467,7 +476,7 @@ def measure_export(url: str, data: Path, workspace: dict[str, Any], results: com
     )
     results.add(
         "ndjson export, server peak RSS",
-        "sqlite",
+        backend,
         peak,
         "MB",
         "server RSS before",
@@ -475,7 +484,8 @@ def measure_export(url: str, data: Path, workspace: dict[str, Any], results: com
         max_value=TARGET_EXPORT_MB,
         higher_is_better=False,
     )
-    results.note(f"export: {lines:,} events, {size / 1e6:,.0f} MB of ndjson in {seconds:.1f} s")
+    results.add("ndjson export", backend, lines / seconds, "events/s")
+    results.note(f"{backend}, export: {lines:,} events, {size / 1e6:,.0f} MB of ndjson in {seconds:.1f} s")
 
 
 def _vm(pid: int, field: str) -> float:
@@ -485,47 +495,126 @@ def _vm(pid: int, field: str) -> float:
     raise RuntimeError(f"no {field} for {pid}")
 
 
-def main() -> None:
-    p = common.parser(__doc__.split("\n\n")[0])
-    p.add_argument("--tokens", type=int, default=100_000)
-    p.add_argument("--events", type=int, default=1_000_000)
-    p.add_argument("--per-workspace", type=int, default=500)
-    p.add_argument("--big-share", type=float, default=0.25)
-    p.add_argument("--samples", type=int, default=300, help="route requests per route and workspace kind")
-    p.add_argument("--baseline-samples", type=int, default=3, help="brute-force replays per route")
-    p.add_argument("--db", help="reuse this SQLite file (generated earlier with --keep)")
-    p.add_argument("--keep", action="store_true", help="keep the generated SQLite file and print its path")
-    args = p.parse_args()
-    if args.quick:
-        args.tokens, args.events, args.samples, args.per_workspace = 2_000, 20_000, 60, 200
-    common.print_machine()
-    scratch = common.Scratch(args.tmpdir)
-    results = common.Results(f"compliance: {args.tokens:,} tokens, {args.events:,} events")
+def pg_url(name: str) -> str:
+    return f"postgresql://{common.PG_USER}@{common.PG_HOST}:{common.PG_PORT}/{name}"
+
+
+def table_sizes(service: Service) -> list[tuple[str, int, int, int]]:
+    """(table, rows, table+TOAST bytes, index bytes) of every table of the ledger's database.
+
+    PostgreSQL: pg_table_size / pg_indexes_size. SQLite: the dbstat virtual table (pages of each
+    table and of each of its indexes), when the library was built with it; else nothing."""
+    out = []
+    with service.read_engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        cur = raw.cursor()
+        if service.backend == "postgres":
+            cur.execute(
+                "SELECT c.relname, c.reltuples::bigint, pg_table_size(c.oid), pg_indexes_size(c.oid) "
+                "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                "ORDER BY pg_total_relation_size(c.oid) DESC"
+            )
+            out = [(r[0], int(r[1]), int(r[2]), int(r[3])) for r in cur.fetchall()]
+        else:
+            try:
+                cur.execute(
+                    "SELECT m.tbl_name, m.type, sum(d.pgsize) FROM dbstat d JOIN sqlite_master m ON m.name = d.name "
+                    "GROUP BY m.tbl_name, m.type"
+                )
+                stats = cur.fetchall()
+            except Exception:  # noqa: BLE001 - dbstat is an optional compile-time feature of SQLite
+                stats = []
+            tables: dict[str, list[int]] = {}
+            for table, kind, size in stats:
+                tables.setdefault(table, [0, 0])[0 if kind == "table" else 1] += int(size)
+            for table, (data, index) in tables.items():
+                cur.execute(f'SELECT count(*) FROM "{table}"')
+                out.append((table, int(cur.fetchone()[0]), data, index))
+            out.sort(key=lambda r: -(r[2] + r[3]))
+        cur.close()
+    return out
+
+
+def report_sizes(service: Service, events: int, results: common.Results) -> None:
+    sizes = table_sizes(service)
+    if service.backend == "postgres":
+        # reltuples is an estimate until ANALYZE: run it so the row counts are the real ones.
+        with service.write_engine.connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
+            conn.commit()
+        sizes = table_sizes(service)
+    print(f"  {service.backend} table sizes ({events:,} events):", flush=True)
+    total_data = total_index = 0
+    for table, rows, data, index in sizes:
+        total_data += data
+        total_index += index
+        if data + index >= 1 << 20:
+            print(
+                f"    {table:32} {rows:>11,} rows  {data / 2**20:8,.1f} MB data  {index / 2**20:8,.1f} MB indexes"
+                f"  ({(data + index) / max(events, 1):,.0f} B/event)",
+                flush=True,
+            )
+    print(
+        f"    total: {total_data / 2**20:,.0f} MB data + {total_index / 2**20:,.0f} MB indexes = "
+        f"{(total_data + total_index) / max(events, 1):,.0f} bytes per event",
+        flush=True,
+    )
+    results.add("database size per event", service.backend, (total_data + total_index) / max(events, 1), "B/event")
+    results.note(
+        f"{service.backend}, sizes: "
+        + "; ".join(f"{t} {r:,} rows {d / 2**20:,.0f}+{i / 2**20:,.0f} MB" for t, r, d, i in sizes if d + i >= 1 << 20)
+    )
+
+
+def run(backend: str, args: Any, scratch: common.Scratch, results: common.Results) -> None:
+    dropped: list[str] = []
     if args.db:
-        data = Path(args.db).parent
-        url = f"sqlite:///{args.db}"
+        if (backend == "postgres") != args.db.startswith("postgresql://"):
+            return  # --db names one ledger, of one backend
+        print(f"== {backend} ==", flush=True)
+        if backend == "postgres":
+            url, data = args.db, Path(args.data or ".")
+        else:
+            url, data = f"sqlite:///{args.db}", Path(args.data or Path(args.db).parent)
         meta = json.loads((data / "bench-meta.json").read_text())
         span = {"start": datetime.fromisoformat(meta["start"]), "end": datetime.fromisoformat(meta["end"])}
         service = Service(url, data=data, environ=common.environ(data))
     else:
+        print(f"== {backend} ==", flush=True)
         data = (
             Path(scratch.directory())
             if not args.keep
             else Path(__import__("tempfile").mkdtemp(prefix="tt-compliance-", dir=args.tmpdir))
         )
-        url = f"sqlite:///{data / 'tokentrail.db'}"
+        if backend == "sqlite":
+            url = f"sqlite:///{data / 'tokentrail.db'}"
+        else:
+            name = f"tt_bench_compliance_{os.getpid()}"
+            with common._pg_admin() as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                conn.execute(f'CREATE DATABASE "{name}"')
+            if not args.keep:
+                dropped.append(name)
+                atexit.register(_drop, dropped)
+            url = pg_url(name)
         service = Service(url, data=data, environ=common.environ(data))
-        print(f"generating {args.tokens:,} tokens / {args.events:,} events in {data}", flush=True)
+        per_save = args.per_save or (200 if backend == "sqlite" else PG_PER_SAVE)
+        print(f"generating {args.tokens:,} tokens / {args.events:,} events in {url} ({per_save} per save)", flush=True)
         gen_s, meta = common.timed(
-            lambda: generate(service, args.tokens, args.events, args.per_workspace, args.big_share)
+            lambda: generate(service, args.tokens, args.events, args.per_workspace, args.big_share, per_save=per_save)
         )
-        print(f"  written {meta['events']:,} events in {gen_s:.0f} s", flush=True)
+        print(f"  written {meta['events']:,} events in {gen_s:.0f} s ({meta['events'] / gen_s:,.0f}/s)", flush=True)
         proj_s, _ = common.timed(lambda: service.sync())
         print(f"  projected in {proj_s:.0f} s ({meta['events'] / proj_s:,.0f} events/s)", flush=True)
         results.note(
-            f"generation: {meta['events']:,} events written in {gen_s:.0f} s, projected in {proj_s:.0f} s; "
-            f"{len(meta['workspaces'])} workspaces, big one {meta['big']['tokens'] if meta['big'] else 0:,} tokens"
+            f"{backend}, generation: {meta['events']:,} events written in {gen_s:.0f} s ({per_save} aggregates "
+            f"per save), projected in {proj_s:.0f} s; {len(meta['workspaces'])} workspaces, big one "
+            f"{meta['big']['tokens'] if meta['big'] else 0:,} tokens"
         )
+        results.add("generation (bulk saves)", backend, meta["events"] / gen_s, "events/s")
+        results.add("projection catch-up, whole log", backend, meta["events"] / proj_s, "events/s")
         span = {"start": meta["start"], "end": meta["end"]}
         (data / "bench-meta.json").write_text(
             json.dumps(
@@ -539,8 +628,9 @@ def main() -> None:
             )
         )
         if args.keep:
-            print(f"  kept: --db {data / 'tokentrail.db'}", flush=True)
-    typical = [w for w in meta["workspaces"] if w is not meta["big"] and w != meta["big"]]
+            print(f"  kept: --db {url.removeprefix('sqlite:///')} --data {data}", flush=True)
+    report_sizes(service, meta["events"], results)
+    typical = [w for w in meta["workspaces"] if w != meta["big"]]
     print("measuring routes", flush=True)
     measure_routes(
         service, span, results, args.samples, args.baseline_samples, "typical", lambda rng: rng.choice(typical)
@@ -552,7 +642,49 @@ def main() -> None:
     service.close()
     if meta["big"]:
         print("measuring export", flush=True)
-        measure_export(url, data, meta["big"], results)
+        measure_export(backend, url, data, meta["big"], results)
+    _drop(dropped)
+
+
+def _drop(names: list[str]) -> None:
+    """Drop the throwaway PostgreSQL databases still listed (at the end of a run, or at exit)."""
+    while names:
+        name = names.pop()
+        try:
+            with common._pg_admin() as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        except Exception as error:  # noqa: BLE001 - report, do not hide, a database left behind
+            print(f"warning: could not drop {name}: {error}", file=sys.stderr)
+
+
+def main() -> None:
+    p = common.parser(__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=100_000)
+    p.add_argument("--events", type=int, default=1_000_000)
+    p.add_argument("--per-workspace", type=int, default=500)
+    p.add_argument("--big-share", type=float, default=0.25)
+    p.add_argument("--samples", type=int, default=300, help="route requests per route and workspace kind")
+    p.add_argument("--baseline-samples", type=int, default=3, help="brute-force replays per route")
+    p.add_argument(
+        "--per-save",
+        type=int,
+        default=0,
+        help=f"aggregates per ledger.save while generating (default 200 on SQLite, {PG_PER_SAVE} on PostgreSQL); "
+        "the ledger generated is the same whatever the batching",
+    )
+    p.add_argument("--db", help="reuse this SQLite file or postgresql:// URL (generated earlier with --keep)")
+    p.add_argument("--data", help="with --db: the data directory holding bench-meta.json (printed by --keep)")
+    p.add_argument(
+        "--keep", action="store_true", help="keep the generated SQLite file / PostgreSQL database and print where"
+    )
+    args = p.parse_args()
+    if args.quick:
+        args.tokens, args.events, args.samples, args.per_workspace = 2_000, 20_000, 60, 200
+    common.print_machine()
+    scratch = common.Scratch(args.tmpdir)
+    results = common.Results(f"compliance: {args.tokens:,} tokens, {args.events:,} events")
+    for backend in common.backends(args.backend):
+        run(backend, args, scratch, results)
     results.print()
     results.write_json(args.json)
 
