@@ -148,6 +148,7 @@ class _Batch:
     tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     new_tokens: set[str] = field(default_factory=set)
     changed_tokens: set[str] = field(default_factory=set)
+    indexed: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # (name, deleted) as loaded
     audit_rows: list[dict[str, Any]] = field(default_factory=list)
     audit_resources: list[dict[str, Any]] = field(default_factory=list)
     version_inserts: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
@@ -184,6 +185,9 @@ class Projector:
         self._recent: dict[int, Notification] = {}
         self._recent_lock = threading.Lock()
         self._sql = _Sql(backend)
+        # Events per batch (one transaction). A bigger batch amortises each commit's dirty pages
+        # over more events: `rebuild` projects into its scratch file with bigger ones.
+        self.batch_size = BATCH_SIZE
         self._handlers: dict[type, tuple[str, Callable[..., None]]] = {}
 
     # -- driving ------------------------------------------------------------------------------
@@ -201,7 +205,7 @@ class Projector:
                         progress(applied)
                     if not applied or (until is not None and self.position >= until):
                         return self.position
-                    if applied == BATCH_SIZE:
+                    if applied == self.batch_size:
                         # A backlog: its batches allocate millions of short-lived, acyclic dicts,
                         # and the cyclic collector's passes over them cost ~10%. Back on at the end.
                         gc.disable()
@@ -285,7 +289,7 @@ class Projector:
             notifications = self._known(position + 1, until)
             if notifications is None:
                 notifications = self.ledger.recorder.select_notifications(
-                    start=position + 1, limit=BATCH_SIZE, stop=until
+                    start=position + 1, limit=self.batch_size, stop=until
                 )
             if not notifications:
                 self._commit(dbapi, cursor)
@@ -347,6 +351,7 @@ class Projector:
                 token = dict(zip(columns, row))
                 token["deleted"] = bool(token["deleted"])
                 batch.tokens[token["id"]] = token
+                batch.indexed[token["id"]] = (token["name"], token["deleted"])
                 if row[-1] is not None:
                     batch.generation_seqs[token["id"]] = row[-1]
 
@@ -716,32 +721,41 @@ class Projector:
 
         insert(s.tokens, [batch.tokens[t] for t in sorted(batch.new_tokens)])
         if batch.changed_tokens:
-            changed = [batch.tokens[t] for t in sorted(batch.changed_tokens)]
-            columns = [c for c in changed[0] if c != "id"]
-            values = itemgetter(*columns, "id")
-            update(s.tokens, columns, ("id",), [values(t) for t in changed])
+            # Only the columns an event can change; the name index's columns only for the tokens
+            # whose name or deletion changed (setting them rewrites that index's entry).
+            plain, reindexed = [], []
+            for token_id in sorted(batch.changed_tokens):
+                token = batch.tokens[token_id]
+                same = batch.indexed.get(token_id) == (token["name"], token["deleted"])
+                (plain if same else reindexed).append(token)
+            for rows, columns in ((plain, _TOKEN_CHANGES), (reindexed, (*_TOKEN_CHANGES, "name", "deleted"))):
+                values = itemgetter(*columns, "id")
+                update(s.tokens, columns, ("id",), [values(t) for t in rows])
         update(
             s.token_versions,
             ("valid_to", "to_position"),
             ("token_id", "version"),
-            [(r["b_at"], r["b_position"], r["b_token"], r["b_version"]) for r in batch.version_closes],
+            sorted(
+                [(r["b_at"], r["b_position"], r["b_token"], r["b_version"]) for r in batch.version_closes], key=_last2
+            ),
         )
-        insert(s.token_versions, list(batch.version_inserts.values()))
+        # In key order (tokens' ids are random): consecutive rows land on the same B-tree pages.
+        insert(s.token_versions, [row for _, row in sorted(batch.version_inserts.items())])
         update(
             s.scope_grants,
             ("valid_to", "to_position"),
             ("token_id", "scope"),
-            [(r["b_at"], r["b_position"], r["b_token"], r["b_scope"]) for r in batch.grant_closes],
+            sorted([(r["b_at"], r["b_position"], r["b_token"], r["b_scope"]) for r in batch.grant_closes], key=_last2),
             "valid_to IS NULL",
         )
-        insert(s.scope_grants, batch.grant_inserts)
+        insert(s.scope_grants, sorted(batch.grant_inserts, key=_grant_key))
         update(
             s.generations,
             ("valid_to",),
             ("token_id", "seq"),
             [(r["b_until"], r["b_token"], r["b_seq"]) for r in batch.generation_closes],
         )
-        insert(s.generations, list(batch.generation_inserts.values()))
+        insert(s.generations, [row for _, row in sorted(batch.generation_inserts.items())])
         insert(s.workspaces, batch.workspaces)
         insert(s.users, batch.users)
         insert(s.jwts, batch.jwts)
@@ -759,6 +773,25 @@ class Projector:
         insert(s.audit, batch.audit_rows)
         insert(s.audit_resources, batch.audit_resources)
 
+
+_grant_key = itemgetter("token_id", "scope", "from_position")
+_last2 = itemgetter(2, 3)
+
+# The token columns an event after its creation may change (never its workspace, kind, origin or
+# creation); `name` and `deleted` (in the workspace-name index) are handled apart.
+_TOKEN_CHANGES = (
+    "scopes",
+    "description",
+    "generation",
+    "previous_generation",
+    "previous_valid_until",
+    "grace",
+    "updated_at",
+    "deleted_at",
+    "version",
+    "position",
+    "expires_at",
+)
 
 _DEPLOYMENT_ROW_TYPES = {
     DeploymentLog.Staged: "DeploymentStaged",
