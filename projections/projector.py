@@ -769,7 +769,8 @@ class Projector:
         if batch.changed_tokens:
             # Only the columns an event can change; the name index's columns only for the tokens
             # whose name or deletion changed (setting them rewrites that index's entry).
-            plain, reindexed = [], []
+            plain: list[dict[str, Any]] = []
+            reindexed: list[dict[str, Any]] = []
             for token_id in sorted(batch.changed_tokens):
                 token = batch.tokens[token_id]
                 same = batch.indexed.get(token_id) == (token["name"], token["deleted"])
