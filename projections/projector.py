@@ -140,6 +140,15 @@ class _Sql:
             sql = self._cache[key] = f"UPDATE {table} SET {sets} WHERE {conds}"
         return sql
 
+    def insert_many(self, table: str, columns: Sequence[str], count: int) -> str:
+        """One INSERT of `count` rows (multi-row VALUES)."""
+        key = ("insert_many", table, tuple(columns), count)
+        sql = self._cache.get(key)
+        if sql is None:
+            row = f"({', '.join([self.mark] * len(columns))})"
+            sql = self._cache[key] = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * count)}"
+        return sql
+
     def in_list(self, count: int) -> str:
         return ", ".join([self.mark] * count)
 
@@ -153,6 +162,7 @@ class _Batch:
     tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
     new_tokens: set[str] = field(default_factory=set)
     changed_tokens: set[str] = field(default_factory=set)
+    indexed: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # (name, deleted) as loaded
     audit_rows: list[dict[str, Any]] = field(default_factory=list)
     audit_resources: list[dict[str, Any]] = field(default_factory=list)
     version_inserts: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
@@ -194,7 +204,10 @@ class Projector:
         self._recent_lock = threading.Lock()
         self._sql = _Sql(backend)
         self._within = threading.local()  # `project_within`'s tracked position before its batch
-        self._handlers: dict[type, tuple[str, Callable[..., None]]] = {}
+        # Events per batch (one transaction). A bigger batch amortises each commit's dirty pages
+        # over more events: `rebuild` projects into its scratch file with bigger ones.
+        self.batch_size = BATCH_SIZE
+        self._handlers: dict[type, tuple[str, Callable[..., None], str, bool]] = {}
 
     # -- driving ------------------------------------------------------------------------------
 
@@ -211,7 +224,7 @@ class Projector:
                         progress(applied)
                     if not applied or (until is not None and self.position >= until):
                         return self.position
-                    if applied == BATCH_SIZE:
+                    if applied == self.batch_size:
                         # A backlog: its batches allocate millions of short-lived, acyclic dicts,
                         # and the cyclic collector's passes over them cost ~10%. Back on at the end.
                         gc.disable()
@@ -295,7 +308,7 @@ class Projector:
             notifications = self._known(position + 1, until)
             if notifications is None:
                 notifications = self.ledger.recorder.select_notifications(
-                    start=position + 1, limit=BATCH_SIZE, stop=until
+                    start=position + 1, limit=self.batch_size, stop=until
                 )
             if not notifications:
                 self._commit(dbapi, cursor)
@@ -449,29 +462,40 @@ class Projector:
                 token = dict(zip(columns, row))
                 token["deleted"] = bool(token["deleted"])
                 batch.tokens[token["id"]] = token
+                batch.indexed[token["id"]] = (token["name"], token["deleted"])
                 if row[-1] is not None:
                     batch.generation_seqs[token["id"]] = row[-1]
 
-    def _handler(self, event_type: type) -> tuple[str, Callable[..., None]]:
+    def _handler(self, event_type: type) -> tuple[str, Callable[..., None], str, bool]:
         found = self._handlers.get(event_type)
         if found is None:
             aggregate = next(v for k, v in _AGGREGATES.items() if issubclass(event_type, k.Event))
-            found = self._handlers[event_type] = (aggregate, getattr(self, f"_on_{aggregate}"))
+            found = self._handlers[event_type] = (
+                aggregate,
+                getattr(self, f"_on_{aggregate}"),
+                event_type.__name__,
+                aggregate not in HIDDEN_AGGREGATES,
+            )
         return found
 
     def _apply(self, batch: _Batch, n: Notification, at: int, head: str, event: Any) -> tuple[int, str]:
         recorded = clock.to_micros(event.timestamp)
-        at = max(at, recorded)
-        head = next_hash(head, event_bytes(n.id, n.originator_id, n.originator_version, n.topic, n.state))
-        aggregate, handler = self._handler(type(event))
-        actor = getattr(event, "actor", None) or {}
+        if recorded > at:
+            at = recorded
+        position = n.id
+        head = next_hash(head, event_bytes(position, n.originator_id, n.originator_version, n.topic, n.state))
+        aggregate, handler, type_name, visible = self._handler(type(event))
+        actor = getattr(event, "actor", None) or _NOTHING
+        client = actor.get("client") or _NOTHING
+        claimed = actor.get("claimed") or _NOTHING
+        # (Keys in the order of the audit INSERT's columns; `resources` is popped before.)
         row: dict[str, Any] = {
-            "position": n.id,
+            "position": position,
             "at": at,
             "recorded_at": recorded,
-            "type": type(event).__name__,
+            "type": type_name,
             "aggregate": aggregate,
-            "visible": aggregate not in HIDDEN_AGGREGATES,
+            "visible": visible,
             "workspace_id": None,
             "token_id": None,
             "token_name": None,
@@ -483,14 +507,23 @@ class Projector:
             "revocation_id": actor.get("revocation_id"),
             "scopes_before": None,
             "scopes_after": None,
-            "resources": [],
+            "resources": (),
             "details": None,
             "hash": head,
-            **_request_columns(actor),
+            # Where the change came from (the server's view) and what its client claimed: NULL
+            # for events written before they were recorded.
+            "client_address": client.get("address"),
+            "user_agent": client.get("user_agent"),
+            "claimed_origin": claimed.get("origin"),
+            "claimed_request_id": claimed.get("request_id"),
         }
         handler(batch, event, n, at, row)
-        for resource in row.pop("resources"):
-            batch.audit_resources.append({"position": n.id, "resource": resource, "workspace_id": row["workspace_id"]})
+        resources = row.pop("resources")
+        if resources:
+            workspace_id = row["workspace_id"]
+            batch.audit_resources += [
+                {"position": position, "resource": resource, "workspace_id": workspace_id} for resource in resources
+            ]
         batch.audit_rows.append(row)
         return at, head
 
@@ -803,11 +836,29 @@ class Projector:
     def _flush(self, batch: _Batch) -> None:
         cursor, sql = batch.cursor, self._sql
 
+        postgres = self.backend == "postgres"
+
         def insert(table: Any, rows: Sequence[dict[str, Any]]) -> None:
-            if rows:
-                columns = list(rows[0])
-                values = itemgetter(*columns)
-                cursor.executemany(sql.insert(table.name, columns), [values(r) for r in rows])
+            if not rows:
+                return
+            columns = list(rows[0])
+            values = itemgetter(*columns)
+            if postgres and len(rows) > 1:
+                # PostgreSQL executes (parses, plans, runs) each statement of an executemany on
+                # its own: rows go in groups of up to _PG_ROWS per statement instead.
+                tuples = [values(r) for r in rows]
+                full, rest = divmod(len(tuples), _PG_ROWS)
+                if full:
+                    statement = sql.insert_many(table.name, columns, _PG_ROWS)
+                    cursor.executemany(
+                        statement,
+                        [[v for t in tuples[i : i + _PG_ROWS] for v in t] for i in range(0, full * _PG_ROWS, _PG_ROWS)],
+                    )
+                if rest:
+                    tail = tuples[full * _PG_ROWS :]
+                    cursor.execute(sql.insert_many(table.name, columns, rest), [v for t in tail for v in t])
+                return
+            cursor.executemany(sql.insert(table.name, columns), [values(r) for r in rows])
 
         def update(
             table: Any, columns: Sequence[str], where: Sequence[str], rows: list[tuple[Any, ...]], extra: str = ""
@@ -817,32 +868,42 @@ class Projector:
 
         insert(s.tokens, [batch.tokens[t] for t in sorted(batch.new_tokens)])
         if batch.changed_tokens:
-            changed = [batch.tokens[t] for t in sorted(batch.changed_tokens)]
-            columns = [c for c in changed[0] if c != "id"]
-            values = itemgetter(*columns, "id")
-            update(s.tokens, columns, ("id",), [values(t) for t in changed])
+            # Only the columns an event can change; the name index's columns only for the tokens
+            # whose name or deletion changed (setting them rewrites that index's entry).
+            plain: list[dict[str, Any]] = []
+            reindexed: list[dict[str, Any]] = []
+            for token_id in sorted(batch.changed_tokens):
+                token = batch.tokens[token_id]
+                same = batch.indexed.get(token_id) == (token["name"], token["deleted"])
+                (plain if same else reindexed).append(token)
+            for rows, columns in ((plain, _TOKEN_CHANGES), (reindexed, (*_TOKEN_CHANGES, "name", "deleted"))):
+                values = itemgetter(*columns, "id")
+                update(s.tokens, columns, ("id",), [values(t) for t in rows])
         update(
             s.token_versions,
             ("valid_to", "to_position"),
             ("token_id", "version"),
-            [(r["b_at"], r["b_position"], r["b_token"], r["b_version"]) for r in batch.version_closes],
+            sorted(
+                [(r["b_at"], r["b_position"], r["b_token"], r["b_version"]) for r in batch.version_closes], key=_last2
+            ),
         )
-        insert(s.token_versions, list(batch.version_inserts.values()))
+        # In key order (tokens' ids are random): consecutive rows land on the same B-tree pages.
+        insert(s.token_versions, [row for _, row in sorted(batch.version_inserts.items())])
         update(
             s.scope_grants,
             ("valid_to", "to_position"),
             ("token_id", "scope"),
-            [(r["b_at"], r["b_position"], r["b_token"], r["b_scope"]) for r in batch.grant_closes],
+            sorted([(r["b_at"], r["b_position"], r["b_token"], r["b_scope"]) for r in batch.grant_closes], key=_last2),
             "valid_to IS NULL",
         )
-        insert(s.scope_grants, batch.grant_inserts)
+        insert(s.scope_grants, sorted(batch.grant_inserts, key=_grant_key))
         update(
             s.generations,
             ("valid_to",),
             ("token_id", "seq"),
             [(r["b_until"], r["b_token"], r["b_seq"]) for r in batch.generation_closes],
         )
-        insert(s.generations, list(batch.generation_inserts.values()))
+        insert(s.generations, [row for _, row in sorted(batch.generation_inserts.items())])
         insert(s.workspaces, batch.workspaces)
         insert(s.users, batch.users)
         insert(s.jwts, batch.jwts)
@@ -860,6 +921,28 @@ class Projector:
         insert(s.audit, batch.audit_rows)
         insert(s.audit_resources, batch.audit_resources)
 
+
+_PG_ROWS = 100  # rows per multi-row INSERT on PostgreSQL (x 23 audit columns: well under 65,535 parameters)
+_grant_key = itemgetter("token_id", "scope", "from_position")
+_last2 = itemgetter(2, 3)
+
+# The token columns an event after its creation may change (never its workspace, kind, origin or
+# creation); `name` and `deleted` (in the workspace-name index) are handled apart.
+_TOKEN_CHANGES = (
+    "scopes",
+    "description",
+    "generation",
+    "previous_generation",
+    "previous_valid_until",
+    "grace",
+    "updated_at",
+    "deleted_at",
+    "version",
+    "position",
+    "expires_at",
+)
+
+_NOTHING: dict[str, Any] = {}  # (never written to)
 
 _DEPLOYMENT_ROW_TYPES = {
     DeploymentLog.Staged: "DeploymentStaged",
@@ -892,16 +975,3 @@ def _jwt_scope_string(scope: dict[str, Any]) -> str:
         if scope.get("filter"):
             parts.append(str(scope["filter"]))
     return ":".join(parts)
-
-
-def _request_columns(actor: dict[str, Any]) -> dict[str, Any]:
-    """Where a change came from (the server's view) and what its client claimed: the audit's
-    columns for them, NULL for events written before they were recorded."""
-    client = actor.get("client") or {}
-    claimed = actor.get("claimed") or {}
-    return {
-        "client_address": client.get("address"),
-        "user_agent": client.get("user_agent"),
-        "claimed_origin": claimed.get("origin"),
-        "claimed_request_id": claimed.get("request_id"),
-    }

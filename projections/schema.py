@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -179,7 +180,8 @@ deployments = Table(
 audit = Table(
     "tt_audit",
     metadata,
-    Column("position", BigInteger, primary_key=True, autoincrement=False),
+    # On SQLite the rowid itself (INTEGER PRIMARY KEY): no second B-tree for the key.
+    Column("position", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=False),
     Column("at", BigInteger, nullable=False),
     Column("recorded_at", BigInteger, nullable=False),
     Column("type", String(48), nullable=False),
@@ -207,9 +209,20 @@ audit = Table(
     Index("ix_tt_audit_workspace", "workspace_id", "position"),
     Index("ix_tt_audit_token", "token_id", "position"),
     Index("ix_tt_audit_at", "workspace_id", "at"),
-    Index("ix_tt_audit_deployment", "deployment_id"),
+    # Partial: almost every row has neither (a read's `column = value` implies NOT NULL).
+    Index(
+        "ix_tt_audit_deployment",
+        "deployment_id",
+        sqlite_where=text("deployment_id IS NOT NULL"),
+        postgresql_where=text("deployment_id IS NOT NULL"),
+    ),
     Index("ix_tt_audit_actor", "actor_token_id"),
-    Index("ix_tt_audit_revocation", "revocation_id"),
+    Index(
+        "ix_tt_audit_revocation",
+        "revocation_id",
+        sqlite_where=text("revocation_id IS NOT NULL"),
+        postgresql_where=text("revocation_id IS NOT NULL"),
+    ),
 )
 
 # Which datasources/pipes each audit event concerns (through the scopes before or after it).
