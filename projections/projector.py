@@ -42,6 +42,7 @@ from tokentrail.projections import schema as s
 
 TRACKING_NAME = "ledger"
 BATCH_SIZE = 1000
+BACKLOG_BATCH_SIZE = 10_000  # once a batch comes back full: a backlog (a new server, a restore)
 _ADVISORY_KEY = 0x746F6B656E  # "token"
 
 _AGGREGATES = {
@@ -217,17 +218,21 @@ class Projector:
             return self.position
         with self._lock:
             collecting = gc.isenabled()
+            size = self.batch_size
             try:
                 while True:
-                    applied = self._project_batch(until)
+                    applied = self._project_batch(until, size)
                     if progress is not None and applied:
                         progress(applied)
                     if not applied or (until is not None and self.position >= until):
                         return self.position
-                    if applied == self.batch_size:
+                    if applied == size:
                         # A backlog: its batches allocate millions of short-lived, acyclic dicts,
                         # and the cyclic collector's passes over them cost ~10%. Back on at the end.
                         gc.disable()
+                        # And each commit writes every page the batch dirtied (random token ids
+                        # spread them over every index): bigger batches, fewer commits.
+                        size = max(size, BACKLOG_BATCH_SIZE)
             finally:
                 if collecting:
                     gc.enable()
@@ -257,14 +262,14 @@ class Projector:
             row = conn.execute(select(s.tracking.c.position).where(s.tracking.c.name == TRACKING_NAME)).first()
         return row[0] if row else 0
 
-    def _project_batch(self, until: int | None) -> int:
+    def _project_batch(self, until: int | None, size: int) -> int:
         """One batch in one transaction, on a pooled DBAPI connection. A connection found broken
         (PostgreSQL restarted, say) is discarded and the batch tried once more on a fresh one:
         the tracking row makes the retry safe."""
         for attempt in (1, 2):
             raw = self.engine.raw_connection()
             try:
-                return self._project_batch_on(raw.dbapi_connection, until)
+                return self._project_batch_on(raw.dbapi_connection, until, size)
             except Exception:
                 broken = self.backend == "postgres" and (raw.dbapi_connection.broken or raw.dbapi_connection.closed)
                 if broken:
@@ -275,7 +280,7 @@ class Projector:
                 raw.close()
         raise AssertionError("unreachable")
 
-    def _project_batch_on(self, dbapi: Any, until: int | None) -> int:
+    def _project_batch_on(self, dbapi: Any, until: int | None, size: int) -> int:
         sql, mark, postgres = self._sql, self._sql.mark, self.backend == "postgres"
         cursor = dbapi.cursor()
         try:
@@ -307,9 +312,7 @@ class Projector:
                 position, at, head = state
             notifications = self._known(position + 1, until)
             if notifications is None:
-                notifications = self.ledger.recorder.select_notifications(
-                    start=position + 1, limit=self.batch_size, stop=until
-                )
+                notifications = self.ledger.recorder.select_notifications(start=position + 1, limit=size, stop=until)
             if not notifications:
                 self._commit(dbapi, cursor)
                 self.position = max(self.position, position)

@@ -18,8 +18,10 @@ from tokentrail.service import Service  # noqa: E402
 
 def main() -> None:
     url, data_dir = sys.argv[1], sys.argv[2]
-    projector_module.BATCH_SIZE = int(os.environ.get("CRASH_BATCH", "25"))
+    size = int(os.environ.get("CRASH_BATCH", "25"))
+    projector_module.BACKLOG_BATCH_SIZE = size  # small batches all the way through the backlog
     service = Service(url, data=Path(data_dir), environ=json.loads(os.environ["CRASH_ENVIRON"]))
+    service.projector.batch_size = size
     original = service.projector._flush
 
     def slow_flush(batch):  # noqa: ANN001
