@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, project_aggregate
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import IntegrityError, OperationalError
 
@@ -865,8 +865,11 @@ class Ledger(StagedDeployments, Application[UUID]):
         stored = select_many(aggregate_ids)
         found: dict[UUID, Any] = {}
         for aggregate_id in aggregate_ids:
-            events = [self.mapper.to_domain_event(e) for e in stored.get(aggregate_id, ())]
-            found[aggregate_id] = project_aggregate(None, events) if events else None
+            aggregate = None
+            for stored_event in stored.get(aggregate_id, ()):
+                # (`project_aggregate`, without its runtime protocol check: ~30 µs an aggregate)
+                aggregate = self.mapper.to_domain_event(stored_event).mutate(aggregate)  # type: ignore[attr-defined]
+            found[aggregate_id] = aggregate
         return found
 
     def _new_token_id(self) -> UUID:
