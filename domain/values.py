@@ -58,7 +58,7 @@ class TokenSigner:
         block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
         self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
         self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
-        if self._hmac(b"check") != hmac.digest(key, b"check", "sha256"):
+        if not hmac.compare_digest(self._hmac(b"check"), hmac.digest(key, b"check", "sha256")):
             raise RuntimeError("HMAC-SHA256 self-check failed")
 
     def make(self, workspace_id: str, token_id: str, generation: str) -> str:

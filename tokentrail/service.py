@@ -184,10 +184,14 @@ class Service:
         return head is not None and head <= self._seen
 
     def _recorded(self, recordings: Sequence[Any]) -> None:
-        if recordings and recordings[-1].notification.id > self.projector.position:  # not projected in its insert
-            self.projector.remember([r.notification for r in recordings])
         self.stats.written([type(r.domain_event).__qualname__ for r in recordings])
-        own = [r.notification.id for r in recordings if r.notification.topic in REVOKING_TOPICS]
+        if recordings and recordings[-1].notification.id > self.projector.position:  # not projected in its insert
+            self._note_own([r.notification for r in recordings])
+            self.projector.remember([r.notification for r in recordings])
+
+    def _note_own(self, notifications: Sequence[Notification]) -> None:
+        """Revocations this process wrote: never measured as seen from elsewhere."""
+        own = [n.id for n in notifications if n.topic in REVOKING_TOPICS]
         if own:
             with self._seen_lock:
                 self._own_revocations.update(own)
@@ -507,4 +511,5 @@ class _CommandProjection:
         return self._service.projector.project_within(dbapi, notifications, self._service.ledger.events_being_saved())
 
     def committed(self, notifications: Sequence[Notification]) -> None:
+        self._service._note_own(notifications)  # before the listeners measure them
         self._service.projector.committed_within(notifications)
