@@ -386,17 +386,23 @@ class Projector:
         mark, postgres = self._sql.mark, self.backend == "postgres"
         if postgres:
             cursor = dbapi.cursor(row_factory=tuple_row)
-            cursor.execute(f"SELECT pg_try_advisory_xact_lock({mark})", (_ADVISORY_KEY,))
-            if not cursor.fetchone()[0]:
+            # The lock and the tracking row in one round trip (the lock is taken, or not, either way).
+            cursor.execute(
+                f"SELECT position, at, head, pg_try_advisory_xact_lock({mark}) FROM {s.tracking.name} "
+                f"WHERE name = {mark}",
+                (_ADVISORY_KEY, TRACKING_NAME),
+            )
+            state = cursor.fetchone()
+            if state is None or not state[3]:
                 return False
         else:
             cursor = dbapi.cursor()
             cursor.row_factory = None  # the event store's connection answers sqlite3.Row
-        cursor.execute(f"SELECT position, at, head FROM {s.tracking.name} WHERE name = {mark}", (TRACKING_NAME,))
-        state = cursor.fetchone()
-        if state is None:
-            return False
-        position, at, head = state
+            cursor.execute(f"SELECT position, at, head FROM {s.tracking.name} WHERE name = {mark}", (TRACKING_NAME,))
+            state = cursor.fetchone()
+            if state is None:
+                return False
+        position, at, head = state[:3]
         if position != notifications[0].id - 1 and not (
             postgres and self._none_between(cursor, position, notifications[0].id)
         ):
