@@ -306,41 +306,18 @@ class History:
     # -- point in time -------------------------------------------------------------------------
 
     def tokens_as_of(self, workspace_id: str, at: int) -> list[TokenRow]:
-        v = s.token_versions
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(v)
-                .where(
-                    and_(
-                        v.c.workspace_id == workspace_id,
-                        v.c.valid_from <= at,
-                        or_(v.c.valid_to.is_(None), v.c.valid_to > at),
-                        _alive(v, at),
-                    )
-                )
-                .order_by(v.c.from_position)
-            ).mappings()
-            return [_version_row(r) for r in rows]
+        return [row for _, row in self.tokens_as_of_page(workspace_id, at, 0, None)]
 
-    def tokens_as_of_page(self, workspace_id: str, at: int, after: int, limit: int) -> list[tuple[int, TokenRow]]:
-        """`tokens_as_of`, the `limit` rows after position `after` of its order, each with that
-        position (its version's `from_position`: unique) for the next page's cursor."""
+    def tokens_as_of_page(
+        self, workspace_id: str, at: int, after: int, limit: int | None
+    ) -> list[tuple[int, TokenRow]]:
+        """The tokens alive at `at`, in the order of their version's `from_position` (unique),
+        each with it: the `limit` rows (all: None) after position `after`, and each row's
+        position for the next page's cursor."""
         v = s.token_versions
+        query = select(v).where(and_(*_alive_versions(v, workspace_id, at), v.c.from_position > after))
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(v)
-                .where(
-                    and_(
-                        v.c.workspace_id == workspace_id,
-                        v.c.valid_from <= at,
-                        or_(v.c.valid_to.is_(None), v.c.valid_to > at),
-                        _alive(v, at),
-                        v.c.from_position > after,
-                    )
-                )
-                .order_by(v.c.from_position)
-                .limit(limit)
-            ).mappings()
+            rows = conn.execute(query.order_by(v.c.from_position).limit(limit)).mappings()
             return [(r["from_position"], _version_row(r)) for r in rows]
 
     def token_as_of(
@@ -348,12 +325,9 @@ class History:
     ) -> TokenRow | None:
         v = s.token_versions
         conditions = [
-            v.c.workspace_id == workspace_id,
-            v.c.valid_from <= at,
-            or_(v.c.valid_to.is_(None), v.c.valid_to > at),
-            _alive(v, at),
+            *_alive_versions(v, workspace_id, at),
+            v.c.token_id == token_id if token_id is not None else v.c.name == name,
         ]
-        conditions.append(v.c.token_id == token_id if token_id is not None else v.c.name == name)
         with self.engine.connect() as conn:
             row = conn.execute(select(v).where(and_(*conditions))).mappings().first()
         return _version_row(row) if row else None
@@ -533,6 +507,16 @@ class AccessSnapshot:
 
 def _grant(token_id: str, name: str, grant: Grant, jwt: bool) -> dict[str, Any]:
     return {"token_id": token_id, "name": name, "via": grant.via, "filter": grant.filter, "jwt": jwt}
+
+
+def _alive_versions(v: Any, workspace_id: str, at: int) -> list[Any]:
+    """The versions of a workspace's tokens in force, and alive (not expired), at `at`."""
+    return [
+        v.c.workspace_id == workspace_id,
+        v.c.valid_from <= at,
+        or_(v.c.valid_to.is_(None), v.c.valid_to > at),
+        _alive(v, at),
+    ]
 
 
 def _alive(table: Any, at: int) -> Any:
