@@ -266,8 +266,9 @@ class CheckpointReport:
         return out
 
 
-def verify_checkpoint(service: Service, checkpoint: Any, public_key: Ed25519PublicKey) -> CheckpointReport:
-    """Is the checkpoint signed by our key, and does the store still hash to its head?"""
+def _signed_checkpoint(checkpoint: Any, public_key: Ed25519PublicKey) -> tuple[int, str, CheckpointReport | None]:
+    """A checkpoint's position and head, and a refusal when our key did not sign it as it is.
+    A body that is not a checkpoint at all is InvalidInput (400)."""
     if not isinstance(checkpoint, dict):
         raise InvalidInput("a checkpoint is a JSON object")
     try:
@@ -278,11 +279,19 @@ def verify_checkpoint(service: Service, checkpoint: Any, public_key: Ed25519Publ
     except (KeyError, TypeError, ValueError) as error:
         raise InvalidInput(f"not a checkpoint: {error}") from None
     if checkpoint.get("key_id") != key_id(public_key):
-        return CheckpointReport(False, position, "the checkpoint was signed with another key", None)
+        return position, head, CheckpointReport(False, position, "the checkpoint was signed with another key", None)
     try:
         public_key.verify(signature, signed)
     except InvalidSignature:
-        return CheckpointReport(False, position, "the checkpoint's signature is not valid", None)
+        return position, head, CheckpointReport(False, position, "the checkpoint's signature is not valid", None)
+    return position, head, None
+
+
+def verify_checkpoint(service: Service, checkpoint: Any, public_key: Ed25519PublicKey) -> CheckpointReport:
+    """Is the checkpoint signed by our key, and does the store still hash to its head?"""
+    position, head, refused = _signed_checkpoint(checkpoint, public_key)
+    if refused is not None:
+        return refused
     chain = verify_chain(service, until=position)
     if not chain.ok:
         return CheckpointReport(False, position, chain.reason, chain)
@@ -308,22 +317,13 @@ def verify_since_checkpoint(
     older events are archived (with the checkpoint) can still check, in time proportional to the
     events since. The checkpoint's signature is checked first; the events up to its position are
     not read (`verify_checkpoint` re-walks those)."""
-    if not isinstance(checkpoint, dict):
-        raise InvalidInput("a checkpoint is a JSON object")
+    position, head, refused = _signed_checkpoint(checkpoint, public_key)
     try:
-        position = int(checkpoint["position"])
-        head = str(checkpoint["head"])
-        signature = base64.urlsafe_b64decode(str(checkpoint["signature"]) + "==")
-        signed = _signed_bytes(checkpoint)
-        bytes.fromhex(head)
-    except (KeyError, TypeError, ValueError) as error:
+        bytes.fromhex(head)  # the chain restarts from this head
+    except ValueError as error:
         raise InvalidInput(f"not a checkpoint: {error}") from None
-    if checkpoint.get("key_id") != key_id(public_key):
-        return CheckpointReport(False, position, "the checkpoint was signed with another key", None)
-    try:
-        public_key.verify(signature, signed)
-    except InvalidSignature:
-        return CheckpointReport(False, position, "the checkpoint's signature is not valid", None)
+    if refused is not None:
+        return refused
     reached, _ = tracked(service)
     if reached < position:
         return CheckpointReport(
