@@ -31,33 +31,15 @@ from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from tokentrail.domain.clock import format_instant
+from tokentrail.projections.history import AUDIT_COLUMNS
 
 CHUNK_BYTES = 256 * 1024
 _MEMO_ENTRIES = 4096  # remembered re-encodings per kind (cleared when full)
 _MEMO_MAX_TEXT = 1024  # longer JSON texts are re-encoded every time, never remembered
 _CSV_ROWS = 500  # records per CSV writer call
 
-CSV_COLUMNS = (
-    "position",
-    "at",
-    "type",
-    "workspace_id",
-    "token_id",
-    "token_name",
-    "actor_token_id",
-    "actor_name",
-    "request_id",
-    "origin",
-    "deployment_id",
-    "scopes_before",
-    "scopes_after",
-    "hash",
-    "aggregate",
-    "client_address",
-    "user_agent",
-    "claimed_origin",
-    "claimed_request_id",
-)
+# The CSV's columns: the raw rows' without `details` (a JSON object: the ndjson carries it).
+CSV_COLUMNS = tuple(c for c in AUDIT_COLUMNS if c != "details")
 
 # Indexes into a row of `history.AUDIT_COLUMNS`.
 (
@@ -81,7 +63,7 @@ CSV_COLUMNS = (
     _USER_AGENT,
     _CLAIMED_ORIGIN,
     _CLAIMED_REQUEST,
-) = range(20)
+) = range(len(AUDIT_COLUMNS))  # (an unpacking error at import if the two drift)
 
 _NDJSON_LINE = (
     '{"position":%s,"at":"%s.%06d+00:00","type":%s,"workspace_id":%s,"token_id":%s,"token_name":%s,'
